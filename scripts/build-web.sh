@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Build the browser crate (web/, package refusal-web) into dist/:
+#   cargo build --release --target wasm32-unknown-unknown -p refusal-web
+#   -> wasm-bindgen --target web -> wasm-opt -Oz -> dist/{index.html,refusal-web.js,refusal-web_bg.wasm}
+#
+#   scripts/build-web.sh [--no-opt] [--out DIR] [-- EXTRA CARGO ARGS]
+#     --no-opt   skip wasm-opt (faster; the .wasm stays several times larger)
+#     --out DIR  output folder (default: dist/ in the repository root)
+#
+# The toolchain and its environment come from scripts/wasm-env.sh: rustup's toolchain when it
+# has the wasm32 target, otherwise Debian's rustc-web with -Zbuild-std (TOOLCHAIN.md).
+# Cargo's target dir is outside the clone: ${CARGO_TARGET_DIR:-~/.cache/refusal-lens/target}
+# (rustup) or the same path + "-wasm" (Debian), so the toolchains never evict each other.
+# Only -p refusal-web is built; cargo runs under `nice -n 19` (shared 2-core machines).
+#
+# Why not trunk: see the comment at the end of this file.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/dist"
+OPT=1
+CARGO_EXTRA=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --no-opt) OPT=0 ;;
+        --out) OUT="$2"; shift ;;
+        --) shift; CARGO_EXTRA=("$@"); break ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "build-web: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+
+CRATE=refusal-web
+WASM_FILE=refusal_web.wasm   # cargo's cdylib output name
+OUT_NAME=refusal-web         # -> dist/refusal-web.js + dist/refusal-web_bg.wasm (index.html imports these)
+
+log() { echo "build-web: $*" >&2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+# --- tools (resolved before wasm-env.sh may put /usr/bin first on PATH)
+WASM_BINDGEN="$(command -v wasm-bindgen 2>/dev/null || true)"
+if [ -z "$WASM_BINDGEN" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/wasm-bindgen" ]; then
+    WASM_BINDGEN="${CARGO_HOME:-$HOME/.cargo}/bin/wasm-bindgen"
+fi
+WBG_WANT="$(awk '$0 == "name = \"wasm-bindgen\"" { f = 1; next } f && /^version = / { gsub(/"/, "", $3); print $3; exit }' "$ROOT/Cargo.lock")"
+WBG_HAVE="$([ -n "$WASM_BINDGEN" ] && "$WASM_BINDGEN" --version | awk '{print $2}' || true)"
+if [ "$WBG_HAVE" != "$WBG_WANT" ]; then
+    log "wasm-bindgen CLI ${WBG_HAVE:-not found} does not match the wasm-bindgen crate $WBG_WANT in Cargo.lock;"
+    log "run scripts/setup.sh (cargo install wasm-bindgen-cli --version =$WBG_WANT)"
+    exit 1
+fi
+if [ "$OPT" = 1 ] && ! command -v wasm-opt >/dev/null 2>&1; then
+    log "wasm-opt not found (apt-get install binaryen, or pass --no-opt)"; exit 1
+fi
+
+# shellcheck source=scripts/wasm-env.sh
+source "$ROOT/scripts/wasm-env.sh"
+log "toolchain: $WASM_TOOLCHAIN ($("$WASM_CARGO" --version)), target dir: $CARGO_TARGET_DIR"
+
+# --- 1. cargo
+t0="$(now)"
+(cd "$ROOT" && nice -n 19 "$WASM_CARGO" build --release --target "$WASM_TARGET" -p "$CRATE" --lib "${CARGO_EXTRA[@]}")
+log "cargo build: $(elapsed "$t0")"
+RAW="$CARGO_TARGET_DIR/$WASM_TARGET/release/$WASM_FILE"
+[ -f "$RAW" ] || { log "expected $RAW after the build"; exit 1; }
+
+# --- 2. wasm-bindgen (into a staging folder: dist/ only changes once everything succeeded)
+STAGE="$(mktemp -d "${TMPDIR:-/tmp}/refusal-web.XXXXXX")"
+trap 'rm -rf "$STAGE"' EXIT
+t0="$(now)"
+"$WASM_BINDGEN" --target web --no-typescript --out-name "$OUT_NAME" --out-dir "$STAGE" "$RAW"
+log "wasm-bindgen: $(elapsed "$t0")"
+WASM="$STAGE/${OUT_NAME}_bg.wasm"
+
+# --- 3. wasm-opt (Debian's binaryen; features named explicitly: rustc's wasm32 defaults + simd128)
+if [ "$OPT" = 1 ]; then
+    t0="$(now)"
+    wasm-opt -Oz --strip-debug --strip-producers \
+        --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+        --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+        "$WASM" -o "$WASM.opt"
+    mv "$WASM.opt" "$WASM"
+    log "wasm-opt -Oz: $(elapsed "$t0")"
+fi
+
+# --- 4. assemble dist/
+cp "$ROOT/index.html" "$STAGE/index.html"
+mkdir -p "$OUT"
+rm -f "$OUT"/*.wasm "$OUT"/*.js "$OUT"/index.html
+cp -r "$STAGE"/. "$OUT"/
+RAW_SIZE="$(stat -c %s "$RAW")"
+SIZE="$(stat -c %s "$OUT/${OUT_NAME}_bg.wasm")"
+GZ="$(gzip -9 -c "$OUT/${OUT_NAME}_bg.wasm" | wc -c)"
+awk -v f="${OUT#"$ROOT"/}/${OUT_NAME}_bg.wasm" -v s="$SIZE" -v g="$GZ" -v r="$RAW_SIZE" 'BEGIN {
+    printf "build-web: %s: %.2f MB, gzip -9: %.2f MB (cargo output %.2f MB)\n", f, s / 1e6, g / 1e6, r / 1e6 }'
+
+# Why not trunk (yet): TRUNK_NOTE_PLACEHOLDER

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every test: the Rust workspace (unit tests, and the reference tests on both real built-in
+# models, fetched into the cache first) and the browser smoke test in headless Chromium.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup.sh"
+# Outside the clone, so repeated runs (and CI on the same machine) build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/refusal-lens/target}"
+cd "$ROOT"
+cargo run --quiet -p refusal-lens -- fetch
+cargo test --workspace
+"$ROOT/scripts/test-browser.sh"

@@ -1,0 +1,193 @@
+//! `refusal-lens bench`: prefill and decode throughput and peak memory on a real model.
+//!
+//! The report carries the exact prompt token ids so that `scripts/bench-llamacpp.sh` can feed
+//! llama.cpp the same tokens in the same run and print the ratios.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
+use refusal_core::model::{NoHook, TokenBatch, read_f32};
+use serde::Serialize;
+
+use crate::open::LoadedModel;
+
+/// Workload sizes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Chat prompts in the prefill batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Tokens generated in the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+}
+
+/// Instructions for the prefill batch: everyday requests of varied length, in our own words.
+const INSTRUCTIONS: [&str; 32] = [
+    "What is the capital of France?",
+    "Give three tips for staying healthy.",
+    "Explain photosynthesis to a ten-year-old.",
+    "Write a haiku about autumn leaves.",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "How do I reverse a list in Python?",
+    "Suggest a name for a bakery that specializes in sourdough.",
+    "What are the main differences between TCP and UDP?",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "Write a short thank-you note to a colleague who helped me move.",
+    "List five fruits that are high in vitamin C.",
+    "Why is the sky blue?",
+    "Describe the water cycle in a few steps.",
+    "Give me a recipe for a simple tomato soup.",
+    "What is the difference between weather and climate?",
+    "Write a limerick about a cat who loves boxes.",
+    "Explain what a binary search does and when to use it.",
+    "How many continents are there, and what are they?",
+    "Suggest three board games for a family evening.",
+    "What does a product manager do?",
+    "Convert 100 degrees Fahrenheit to Celsius and show the steps.",
+    "Write a SQL query that counts the rows of a table named orders.",
+    "What are some good habits for learning a new language?",
+    "Explain the rules of chess castling.",
+    "Plan a three-day trip to Kyoto with one museum per day.",
+    "What is the Pythagorean theorem?",
+    "Describe how a bicycle's gears make climbing easier.",
+    "Write a polite email declining a meeting invitation.",
+    "Name three famous paintings by Vincent van Gogh.",
+    "How does a refrigerator keep food cold?",
+    "Give an example of a metaphor and explain it.",
+    "What should I pack for a weekend hiking trip?",
+];
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub gguf: Option<PathBuf>,
+    pub threads: usize,
+    pub prefill: Prefill,
+    pub decode: Decode,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Prefill {
+    pub prompts: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub token_ids: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Decode {
+    pub prompt_ids: Vec<u32>,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Worker threads of the CPU backend (its rayon pool honours `RAYON_NUM_THREADS`).
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// High-water mark of resident memory, from `/proc` (Linux only).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> {
+    if options.batch == 0 || options.batch > INSTRUCTIONS.len() {
+        bail!("--batch must be between 1 and {}", INSTRUCTIONS.len());
+    }
+    let model = &loaded.llama;
+    let device = model.device();
+    let tokenizer = &loaded.text.tokenizer;
+    let token_ids = INSTRUCTIONS[..options.batch]
+        .iter()
+        .map(|i| {
+            let text = loaded.text.chat.user_prompt(i, None)?.text;
+            Ok(tokenizer.encode(&text, false)?)
+        })
+        .collect::<Result<Vec<Vec<u32>>>>()?;
+
+    // Warm-up: first calls allocate buffers and spin up the thread pool.
+    read_f32(model.last_logits(&TokenBatch::left_padded(&token_ids[..1], 0, &device), &mut NoHook));
+
+    let batch = TokenBatch::left_padded(&token_ids, 0, &device);
+    let start = Instant::now();
+    read_f32(model.last_logits(&batch, &mut NoHook));
+    let prefill_s = start.elapsed().as_secs_f64();
+    let tokens: usize = token_ids.iter().map(Vec::len).sum();
+
+    let prompt_ids = token_ids[0].clone();
+    let settings = GenerationSettings {
+        max_new_tokens: options.decode_tokens,
+        sampling: Sampling::Greedy,
+        stop_ids: Vec::new(),
+    };
+    let mut decoder = Decoder::new(model, std::slice::from_ref(&prompt_ids), 0, settings);
+    // The prompt's own forward is prefill, not decode: run it before the clock starts.
+    if let Some(logits) = decoder.forward(&mut NoHook) {
+        decoder.accept(&read_f32(logits));
+    }
+    let start = Instant::now();
+    let mut decoded = 1;
+    while let Some(logits) = decoder.forward(&mut NoHook) {
+        decoded += decoder.accept(&read_f32(logits)).len();
+    }
+    let decode_s = start.elapsed().as_secs_f64();
+    // The first token came from the prompt's forward; only the rest were timed.
+    let timed = decoded.saturating_sub(1);
+
+    Ok(BenchReport {
+        model: loaded.info.path.display().to_string(),
+        gguf: (loaded.info.format == "gguf").then(|| loaded.info.path.clone()),
+        threads: threads(),
+        prefill: Prefill {
+            prompts: token_ids.len(),
+            tokens,
+            seconds: prefill_s,
+            tokens_per_s: tokens as f64 / prefill_s,
+            token_ids,
+        },
+        decode: Decode {
+            prompt_ids,
+            tokens: timed,
+            seconds: decode_s,
+            tokens_per_s: timed as f64 / decode_s,
+        },
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+impl BenchReport {
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "model     {}", self.model);
+        let _ = writeln!(s, "threads   {}", self.threads);
+        let _ = writeln!(
+            s,
+            "prefill   {} prompts, {} tokens in {:.2} s: {:.1} tokens/s",
+            self.prefill.prompts, self.prefill.tokens, self.prefill.seconds, self.prefill.tokens_per_s
+        );
+        let _ = writeln!(
+            s,
+            "decode    {} tokens in {:.2} s: {:.1} tokens/s",
+            self.decode.tokens, self.decode.seconds, self.decode.tokens_per_s
+        );
+        if let Some(rss) = self.peak_rss_bytes {
+            let _ = writeln!(s, "peak RSS  {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
+        }
+        s
+    }
+}

@@ -1,0 +1,195 @@
+//! Reading a resolved model's files and loading them through the core.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use memmap2::Mmap;
+use refusal_core::load::{self, TextAssets};
+use refusal_core::model::{Llama, ModelConfig};
+use serde::Serialize;
+
+use crate::source::{ResolvedModel, safetensors_shards};
+
+/// A model ready to run, with what describes it.
+pub struct LoadedModel {
+    pub llama: Llama,
+    pub text: TextAssets,
+    pub info: ModelInfo,
+}
+
+/// What `inspect` shows.
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub config: ModelConfig,
+    /// Number of tensors of each storage type (GGML type or safetensors dtype).
+    pub tensor_types: BTreeMap<String, usize>,
+    pub n_parameters: usize,
+    pub chat_template: String,
+    pub special_tokens: Vec<(u32, String)>,
+    pub stop_tokens: Vec<u32>,
+}
+
+/// Memory-maps a file read-only.
+fn map(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: model files are only read; a file truncated by another process while mapped would
+    // fault, which is the accepted risk of every mmap-based model loader.
+    unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))
+}
+
+fn weight_progress(show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("loading weights {bar:30} {pos}/{len} tensors ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Loads the model and its tokenizer and chat template on `device`.
+pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result<LoadedModel> {
+    let bar = weight_progress(progress);
+    let mut on_weight = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let loaded = match resolved {
+        ResolvedModel::Gguf(path) => {
+            let bytes = map(path)?;
+            let name = path.display().to_string();
+            let file = load::gguf::parse(&name, &bytes)?;
+            let text = load::gguf_text_assets(&name, &file)?;
+            let llama = load::gguf_model(&name, &file, &bytes, device, &mut on_weight)?;
+            let mut tensor_types = BTreeMap::new();
+            for t in &file.tensors {
+                *tensor_types.entry(t.ggml_type.name().to_string()).or_default() += 1;
+            }
+            let n_parameters = file.tensors.iter().map(|t| t.n_elements() as usize).sum();
+            let info = describe(path, "gguf", &llama, &text, tensor_types, n_parameters);
+            LoadedModel { llama, text, info }
+        }
+        ResolvedModel::HfDir(dir) => {
+            let read = |name: &str| {
+                let p = dir.join(name);
+                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            };
+            let config_json = read("config.json")?;
+            let tokenizer_json = read("tokenizer.json")?;
+            let optional = |name: &str| dir.join(name).exists().then(|| read(name)).transpose();
+            let tokenizer_config = optional("tokenizer_config.json")?;
+            let jinja = optional("chat_template.jinja")?
+                .map(|b| String::from_utf8(b).context("chat_template.jinja is not UTF-8"))
+                .transpose()?;
+            let text = load::hf_text_assets(
+                &tokenizer_json,
+                tokenizer_config.as_deref(),
+                jinja.as_deref(),
+            )?;
+            let shard_names: Vec<String> = if dir.join("model.safetensors.index.json").exists() {
+                safetensors_shards(&dir.join("model.safetensors.index.json"))?
+                    .into_iter()
+                    .collect()
+            } else {
+                vec!["model.safetensors".into()]
+            };
+            let maps = shard_names
+                .iter()
+                .map(|n| map(&dir.join(n)))
+                .collect::<Result<Vec<_>>>()?;
+            let shards: Vec<(String, &[u8])> = shard_names
+                .iter()
+                .zip(&maps)
+                .map(|(n, m)| (dir.join(n).display().to_string(), &m[..]))
+                .collect();
+            let mut tensor_types = BTreeMap::new();
+            let mut n_parameters = 0;
+            for (name, bytes) in &shards {
+                let st = safetensors::SafeTensors::deserialize(bytes)
+                    .with_context(|| format!("{name}: invalid safetensors"))?;
+                for (_, view) in st.tensors() {
+                    *tensor_types.entry(format!("{:?}", view.dtype())).or_default() += 1;
+                    n_parameters += view.shape().iter().product::<usize>();
+                }
+            }
+            let llama = load::hf_model(&config_json, &shards, device, &mut on_weight)?;
+            let info = describe(dir, "safetensors", &llama, &text, tensor_types, n_parameters);
+            LoadedModel { llama, text, info }
+        }
+    };
+    bar.finish_and_clear();
+    Ok(loaded)
+}
+
+fn describe(
+    path: &Path,
+    format: &'static str,
+    llama: &Llama,
+    text: &TextAssets,
+    tensor_types: BTreeMap<String, usize>,
+    n_parameters: usize,
+) -> ModelInfo {
+    ModelInfo {
+        path: path.to_path_buf(),
+        format,
+        config: llama.config().clone(),
+        tensor_types,
+        n_parameters,
+        chat_template: text.chat.source().to_string(),
+        special_tokens: text.tokenizer.special_tokens(),
+        stop_tokens: text.tokenizer.stop_ids(),
+    }
+}
+
+impl ModelInfo {
+    /// The human-readable form of `inspect`.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let c = &self.config;
+        let mut s = String::new();
+        let _ = writeln!(s, "path             {}", self.path.display());
+        let _ = writeln!(s, "format           {}", self.format);
+        let _ = writeln!(s, "architecture     {}", c.architecture.name());
+        let _ = writeln!(s, "parameters       {:.1} M", self.n_parameters as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "dims             d_model {} · layers {} · heads {} (kv {}) · head_dim {} · d_ff {} · vocab {}",
+            c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size
+        );
+        let _ = writeln!(
+            s,
+            "rope             theta {} · pairing {:?} · scaling {}",
+            c.rope_theta,
+            c.rope_pairing,
+            c.rope_scaling.map_or("none".to_string(), |r| format!("llama3 ×{}", r.factor))
+        );
+        let _ = writeln!(
+            s,
+            "misc             rms eps {} · qkv bias {} · tied embeddings {} · context {}",
+            c.rms_norm_eps, c.qkv_bias, c.tied_embeddings, c.max_positions
+        );
+        let types: Vec<String> = self
+            .tensor_types
+            .iter()
+            .map(|(t, n)| format!("{t} ×{n}"))
+            .collect();
+        let _ = writeln!(s, "tensor types     {}", types.join(", "));
+        let specials: Vec<String> = self
+            .special_tokens
+            .iter()
+            .map(|(id, t)| format!("{id} {t}"))
+            .collect();
+        let _ = writeln!(s, "special tokens   {}", specials.join(", "));
+        let _ = writeln!(s, "stop tokens      {:?}", self.stop_tokens);
+        let _ = writeln!(s, "chat template\n{}", self.chat_template);
+        s
+    }
+}

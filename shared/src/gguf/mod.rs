@@ -1,0 +1,31 @@
+//! GGUF (llama.cpp's checkpoint format) reading and dequantization.
+//!
+//! [`GgufFile::parse`] reads the header, metadata and tensor table of a memory-mapped file and
+//! validates every length against the bytes present before allocating, so hostile files give an
+//! error, never a panic or a huge allocation. [`GgufFile::tensor_f32`] dequantizes one tensor
+//! bit-identically to gguf-py.
+
+pub mod error;
+pub mod quant;
+pub mod reader;
+
+pub use error::GgufError;
+pub use quant::{GgmlType, dequantize, dequantize_into};
+pub use reader::{GgufFile, MetadataValue, TensorInfo};
+
+/// Path of a file under the independent reference fixtures (`shared/fixtures` beside the
+/// workspace). `REFUSAL_FIXTURES` overrides the fixtures directory for checkouts laid out
+/// differently.
+#[cfg(test)]
+fn fixture_path(relative: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("REFUSAL_FIXTURES").map_or_else(
+        || {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/fixtures"
+            ))
+        },
+        std::path::PathBuf::from,
+    );
+    dir.join(relative)
+}

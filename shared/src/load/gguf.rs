@@ -1,0 +1,117 @@
+//! GGUF checkpoints: model config from the metadata, weights dequantized to f32.
+//!
+//! llama.cpp's converter permutes the q/k rows of Llama checkpoints so that RoPE pairs adjacent
+//! dimensions, and leaves Qwen2 checkpoints as Hugging Face stores them (NeoX pairing); the
+//! config records which pairing the file's rows expect.
+
+use crate::gguf::{GgufError, GgufFile, MetadataValue};
+use crate::model::{
+    Architecture, BlockWeight, ConfigError, HostTensor, ModelConfig, RopePairing, WeightError,
+    WeightName, WeightSource,
+};
+
+use super::{LoadError, names};
+
+/// The model configuration stored in a GGUF file's metadata (`{arch}.*` keys).
+pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
+    let arch_name = file
+        .get("general.architecture")
+        .and_then(MetadataValue::as_str)
+        .ok_or(ConfigError::Missing("general.architecture"))?;
+    let architecture = match arch_name {
+        "llama" => Architecture::Llama,
+        "qwen2" => Architecture::Qwen2,
+        other => return Err(ConfigError::UnsupportedArchitecture(other.into())),
+    };
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let int = |k: &str| {
+        file.get(&key(k))
+            .and_then(MetadataValue::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    let float = |k: &str| file.get(&key(k)).and_then(MetadataValue::as_f64);
+    let need = |k: &'static str| int(k).ok_or(ConfigError::Missing(k));
+
+    if file.get(&key("rope.scaling.type")).and_then(MetadataValue::as_str).is_some_and(|t| t != "none")
+        || file.tensor("rope_freqs.weight").is_some()
+    {
+        return Err(ConfigError::Invalid {
+            field: "rope.scaling",
+            value: "present".into(),
+            why: "RoPE frequency scaling in GGUF files is not supported yet; load the Hugging Face checkpoint instead",
+        });
+    }
+    let d_model = need("embedding_length")?;
+    let n_heads = need("attention.head_count")?;
+    let vocab_size = match int("vocab_size") {
+        Some(v) => v,
+        None => file
+            .get("tokenizer.ggml.tokens")
+            .and_then(MetadataValue::as_array)
+            .map(<[MetadataValue]>::len)
+            .ok_or(ConfigError::Missing("vocab_size"))?,
+    };
+    ModelConfig {
+        architecture,
+        vocab_size,
+        d_model,
+        n_layers: need("block_count")?,
+        n_heads,
+        n_kv_heads: int("attention.head_count_kv").unwrap_or(n_heads),
+        head_dim: int("attention.key_length").unwrap_or(d_model / n_heads.max(1)),
+        d_ff: need("feed_forward_length")?,
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        rope_pairing: match architecture {
+            Architecture::Llama => RopePairing::Interleaved,
+            Architecture::Qwen2 => RopePairing::Halves,
+        },
+        rope_scaling: None,
+        max_positions: int("context_length").unwrap_or(4096),
+        qkv_bias: file
+            .tensor(&names::gguf(WeightName::Block(0, BlockWeight::QBias)))
+            .is_some(),
+        tied_embeddings: file.tensor(&names::gguf(WeightName::OutputHead)).is_none(),
+    }
+    .validate()
+}
+
+/// Weights read from a parsed GGUF file and its bytes.
+pub struct GgufWeights<'a> {
+    pub file: &'a GgufFile,
+    pub bytes: &'a [u8],
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn describe(&self, name: WeightName) -> String {
+        names::gguf(name)
+    }
+
+    fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+        let key = names::gguf(name);
+        let Some(info) = self.file.tensor(&key) else {
+            return Ok(None);
+        };
+        let source = |e: GgufError| WeightError::Source {
+            tensor: key.clone(),
+            source: Box::new(e),
+        };
+        let data = self.file.tensor_f32(self.bytes, &key).map_err(source)?;
+        // GGUF lists the fastest-varying dimension first; row-major shapes list it last.
+        let shape = info
+            .dims
+            .iter()
+            .rev()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
+        Ok(Some(HostTensor { shape, data }))
+    }
+}
+
+/// Parses a GGUF file's header, naming the file in the error.
+pub fn parse(file_name: &str, bytes: &[u8]) -> Result<GgufFile, LoadError> {
+    GgufFile::parse(bytes).map_err(|source| LoadError::Gguf {
+        file: file_name.into(),
+        source,
+    })
+}

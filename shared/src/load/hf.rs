@@ -1,0 +1,193 @@
+//! Hugging Face checkpoints: `config.json` and safetensors shards (f32, f16, bf16).
+//!
+//! Both Llama and Qwen2 checkpoints pair RoPE dimensions `(j, j + head_dim/2)`, so their q/k
+//! rows are used as stored.
+
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use super::{LoadError, names};
+use crate::model::{
+    Architecture, ConfigError, HostTensor, Llama3RopeScaling, ModelConfig, RopePairing,
+    WeightError, WeightName, WeightSource,
+};
+
+/// `config.json` as written by transformers, for the fields we use.
+#[derive(Debug, Deserialize)]
+pub struct HfConfig {
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    pub model_type: Option<String>,
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<HfRopeScaling>,
+    pub max_position_embeddings: Option<usize>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HfRopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: Option<String>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+impl TryFrom<HfConfig> for ModelConfig {
+    type Error = ConfigError;
+
+    fn try_from(c: HfConfig) -> Result<Self, ConfigError> {
+        let architecture = match c.architectures.first().map(String::as_str) {
+            Some("LlamaForCausalLM") => Architecture::Llama,
+            Some("Qwen2ForCausalLM") => Architecture::Qwen2,
+            Some(other) => return Err(ConfigError::UnsupportedArchitecture(other.into())),
+            None => {
+                return Err(ConfigError::UnsupportedArchitecture(
+                    c.model_type.unwrap_or_else(|| "<none>".into()),
+                ));
+            }
+        };
+        let need = |v: Option<usize>, f: &'static str| v.ok_or(ConfigError::Missing(f));
+        let d_model = need(c.hidden_size, "hidden_size")?;
+        let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
+        let rope_scaling = match c.rope_scaling {
+            None => None,
+            Some(s) => match s.rope_type.as_deref() {
+                Some("llama3") => Some(Llama3RopeScaling {
+                    factor: s.factor.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+                    low_freq_factor: s
+                        .low_freq_factor
+                        .ok_or(ConfigError::Missing("rope_scaling.low_freq_factor"))?,
+                    high_freq_factor: s
+                        .high_freq_factor
+                        .ok_or(ConfigError::Missing("rope_scaling.high_freq_factor"))?,
+                    original_max_position_embeddings: s.original_max_position_embeddings.ok_or(
+                        ConfigError::Missing("rope_scaling.original_max_position_embeddings"),
+                    )?,
+                }),
+                Some("default") | None => None,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        field: "rope_scaling.rope_type",
+                        value: other.into(),
+                        why: "only llama3 frequency scaling is supported",
+                    });
+                }
+            },
+        };
+        ModelConfig {
+            architecture,
+            vocab_size: need(c.vocab_size, "vocab_size")?,
+            d_model,
+            n_layers: need(c.num_hidden_layers, "num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
+            head_dim: c.head_dim.unwrap_or(d_model / n_heads.max(1)),
+            d_ff: need(c.intermediate_size, "intermediate_size")?,
+            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: c.rope_theta.unwrap_or(10_000.0),
+            rope_pairing: RopePairing::Halves,
+            rope_scaling,
+            max_positions: c.max_position_embeddings.unwrap_or(4096),
+            qkv_bias: match architecture {
+                Architecture::Qwen2 => true,
+                Architecture::Llama => c.attention_bias.unwrap_or(false),
+            },
+            tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
+        }
+        .validate()
+    }
+}
+
+/// Parses `config.json`.
+pub fn parse_config(file: &str, bytes: &[u8]) -> Result<ModelConfig, LoadError> {
+    let raw: HfConfig = serde_json::from_slice(bytes).map_err(|source| LoadError::Json {
+        file: file.into(),
+        source,
+    })?;
+    ModelConfig::try_from(raw).map_err(|source| LoadError::Config {
+        file: file.into(),
+        source,
+    })
+}
+
+/// The weights of one checkpoint, possibly split over several safetensors files.
+pub struct SafetensorsWeights<'a> {
+    shards: Vec<(String, SafeTensors<'a>)>,
+}
+
+impl<'a> SafetensorsWeights<'a> {
+    /// Parses the header of every shard (`(file name, bytes)`); the bytes stay where they are
+    /// (memory-mapped natively) until a weight is read.
+    pub fn new(shards: &[(String, &'a [u8])]) -> Result<Self, LoadError> {
+        let shards = shards
+            .iter()
+            .map(|(file, bytes)| {
+                SafeTensors::deserialize(bytes)
+                    .map(|st| (file.clone(), st))
+                    .map_err(|e| LoadError::Safetensors {
+                        file: file.clone(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SafetensorsWeights { shards })
+    }
+
+    pub fn contains(&self, name: WeightName) -> bool {
+        let key = names::hf(name);
+        self.shards.iter().any(|(_, st)| st.tensor(&key).is_ok())
+    }
+}
+
+impl WeightSource for SafetensorsWeights<'_> {
+    fn describe(&self, name: WeightName) -> String {
+        names::hf(name)
+    }
+
+    fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+        let key = names::hf(name);
+        let Some((file, view)) = self
+            .shards
+            .iter()
+            .find_map(|(file, st)| st.tensor(&key).ok().map(|v| (file, v)))
+        else {
+            return Ok(None);
+        };
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(WeightError::Source {
+                    tensor: format!("{file}: {key}"),
+                    source: format!("unsupported dtype {other:?} (f32, f16 and bf16 are)").into(),
+                });
+            }
+        };
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
+    }
+}

@@ -1,0 +1,618 @@
+//! The Llama-family decoder (METHOD §1), in the order data flows:
+//! batch → cache → linear/norm → attention → MLP → block → model.
+//!
+//! Weights live in Burn modules with no backend type parameter: the backend is whatever
+//! [`Device`] the tensors were created on (flex CPU, wgpu/WebGPU, CUDA).
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::config::{ModelConfig, RopePairing};
+use super::hooks::{Hook, HookContext, HookPoint};
+
+/// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
+/// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
+/// real query gives that position is still NaN.
+const MASKED: f32 = -1.0e30;
+
+/// Token ids of a left-padded batch: every prompt ends at the last column, so position `-k`
+/// is aligned across prompts (METHOD §2).
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[batch, seq]`
+    ids: Tensor<2, Int>,
+    /// Left padding of each row.
+    pad: Vec<usize>,
+}
+
+impl TokenBatch {
+    /// Left-pads `prompts` to the longest with `pad_id` (the padding is masked out, so its value
+    /// only has to be a valid id).
+    pub fn left_padded(prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> TokenBatch {
+        let seq = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut flat = Vec::with_capacity(prompts.len() * seq);
+        let mut pad = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let n_pad = seq - p.len().min(seq);
+            pad.push(n_pad);
+            flat.extend(std::iter::repeat_n(pad_id as i64, n_pad));
+            flat.extend(p.iter().map(|&t| t as i64));
+        }
+        let ids = Tensor::from_data(TensorData::new(flat, [prompts.len(), seq]), device);
+        TokenBatch { ids, pad }
+    }
+
+    /// One new token per row, for decoding with a [`KvCache`].
+    pub fn next_tokens(tokens: &[u32], device: &Device) -> TokenBatch {
+        let flat: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::from_data(TensorData::new(flat, [tokens.len(), 1]), device);
+        TokenBatch {
+            ids,
+            pad: vec![0; tokens.len()],
+        }
+    }
+
+    pub fn dims(&self) -> [usize; 2] {
+        self.ids.dims()
+    }
+
+    pub fn padding(&self) -> &[usize] {
+        &self.pad
+    }
+}
+
+/// Keys and values of every layer for the positions seen so far (run state, not weights).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    /// Per layer: keys and values, `[batch, n_kv_heads, cached, head_dim]`.
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Left padding of each row, fixed by the first (prompt) call.
+    pad: Vec<usize>,
+    /// Number of cached positions, padding included.
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        KvCache::default()
+    }
+
+    /// Positions cached so far (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `y = x W + b` with `W` stored `[d_in, d_out]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[d_in, d_out]`
+    pub weight: Param<Tensor<2>>,
+    /// `[d_out]`
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// # Shapes
+    /// - `x`: `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(Param::val))
+    }
+}
+
+/// Root-mean-square normalisation with a learned gain.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `[d_model]`
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [d] = self.weight.dims();
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        (x / rms) * self.weight.val().reshape([1, 1, d])
+    }
+}
+
+/// Rotary position embedding for the positions of one call: cos and sin of every rotated pair.
+struct Rope {
+    /// `[batch, 1, seq, head_dim/2]`
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    pairing: RopePairing,
+}
+
+impl Rope {
+    /// Positions count from each row's first real token, so left padding does not shift them.
+    fn new(config: &ModelConfig, pad: &[usize], offset: usize, seq: usize, device: &Device) -> Rope {
+        let inv_freq = config.rope_inv_freq();
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(pad.len() * seq * half);
+        let mut sin = Vec::with_capacity(pad.len() * seq * half);
+        for &p in pad {
+            for i in 0..seq {
+                let pos = (offset + i).saturating_sub(p) as f64;
+                for f in &inv_freq {
+                    let (s, c) = (pos * f).sin_cos();
+                    cos.push(c as f32);
+                    sin.push(s as f32);
+                }
+            }
+        }
+        let shape = [pad.len(), 1, seq, half];
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            pairing: config.rope_pairing,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, heads, seq, head_dim]` → same
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [batch, heads, seq, head_dim] = x.dims();
+        let half = head_dim / 2;
+        let (a, b) = match self.pairing {
+            RopePairing::Halves => (x.clone().narrow(3, 0, half), x.narrow(3, half, half)),
+            RopePairing::Interleaved => {
+                let pairs = x.reshape([batch, heads, seq, half, 2]);
+                (
+                    pairs.clone().narrow(4, 0, 1).reshape([batch, heads, seq, half]),
+                    pairs.narrow(4, 1, 1).reshape([batch, heads, seq, half]),
+                )
+            }
+        };
+        let ra = a.clone() * self.cos.clone() - b.clone() * self.sin.clone();
+        let rb = a * self.sin.clone() + b * self.cos.clone();
+        match self.pairing {
+            RopePairing::Halves => Tensor::cat(vec![ra, rb], 3),
+            RopePairing::Interleaved => Tensor::stack::<5>(vec![ra, rb], 4).reshape([
+                batch, heads, seq, head_dim,
+            ]),
+        }
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` (normalised stream) → `[batch, seq, d_model]`
+    /// - `bias`: `[batch, 1, seq, cached + seq]`, 0 where attending is allowed
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        bias: Tensor<4>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads = |t: Tensor<3>, n: usize| {
+            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
+        let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
+        let v = heads(self.v.forward(x), self.n_kv_heads);
+        let (k, v) = match cache.take() {
+            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+
+        let group = self.n_heads / self.n_kv_heads;
+        let expand = |t: Tensor<4>| {
+            if group == 1 {
+                return t;
+            }
+            let [b, kv, s, d] = t.dims();
+            t.reshape([b, kv, 1, s, d])
+                .expand([b, kv, group, s, d])
+                .reshape([b, kv * group, s, d])
+        };
+        let (k, v) = (expand(k), expand(v));
+        let scale = (self.head_dim as f64).sqrt().recip();
+        let scores = q.matmul(k.swap_dims(2, 3)) * scale + bias;
+        let out = softmax(scores, 3).matmul(v); // [batch, heads, seq, head_dim]
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.n_heads * self.head_dim]);
+        self.o.forward(out)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(h)) * up(h))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down
+            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    }
+}
+
+/// One decoder block: `x += attn(norm(x))`, then `x += mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub mlp_norm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+/// A Llama-family decoder.
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab, d_model]`
+    pub embedding: Param<Tensor<2>>,
+    pub blocks: Vec<Block>,
+    pub norm: RmsNorm,
+    /// Output head, `[vocab, d_model]`; `None` when tied to the embedding.
+    pub head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+impl Llama {
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.embedding.val().device()
+    }
+
+    /// Runs the prompt (or the next tokens, when `cache` already holds a prefix) through every
+    /// block and the final norm, calling `hook` at each hook point.
+    ///
+    /// # Shapes
+    /// - `batch`: `[batch, seq]` → `[batch, seq, d_model]`
+    pub fn hidden<H: Hook + ?Sized>(
+        &self,
+        batch: &TokenBatch,
+        cache: &mut KvCache,
+        hook: &mut H,
+    ) -> Tensor<3> {
+        let [n, seq] = batch.dims();
+        let device = self.device();
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.blocks.len()];
+            cache.pad = batch.pad.clone();
+        }
+        let offset = cache.len;
+        let rope = Rope::new(&self.config, &cache.pad, offset, seq, &device);
+        let bias = attention_bias(&cache.pad, offset, seq, &device);
+
+        let ids = batch.ids.clone().reshape([n * seq]);
+        let mut x = self
+            .embedding
+            .val()
+            .select(0, ids)
+            .reshape([n, seq, self.config.d_model]);
+
+        let mut call = |layer: usize, point: HookPoint, x: Tensor<3>| {
+            if hook.wants(layer, point) {
+                hook.at(
+                    &HookContext {
+                        layer,
+                        point,
+                        offset,
+                    },
+                    x,
+                )
+            } else {
+                x
+            }
+        };
+        for (l, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            x = call(l, HookPoint::ResidPre, x);
+            let attn = block
+                .attn
+                .forward(block.attn_norm.forward(x.clone()), &rope, bias.clone(), kv);
+            x = x + call(l, HookPoint::AttnOut, attn);
+            let mlp = block.mlp.forward(block.mlp_norm.forward(x.clone()));
+            x = x + call(l, HookPoint::MlpOut, mlp);
+            x = call(l, HookPoint::ResidPost, x);
+        }
+        cache.len += seq;
+        self.norm.forward(x)
+    }
+
+    /// Vocabulary logits of final hidden states.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[rows, d_model]` → `[rows, vocab]`
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        // `head @ hidden^T` reads the `[vocab, d_model]` matrix as stored, so a tied embedding
+        // needs no transposed copy of the largest matrix in the model.
+        let head = self.head.as_ref().unwrap_or(&self.embedding).val();
+        head.matmul(hidden.transpose()).transpose()
+    }
+
+    /// Logits at the last position of every row, appending the batch to `cache`. Only the last
+    /// position goes through the vocabulary head.
+    ///
+    /// # Shapes
+    /// - `batch`: `[batch, seq]` → `[batch, vocab]`
+    pub fn forward<H: Hook + ?Sized>(
+        &self,
+        batch: &TokenBatch,
+        cache: &mut KvCache,
+        hook: &mut H,
+    ) -> Tensor<2> {
+        let hidden = self.hidden(batch, cache, hook);
+        let [n, seq, d] = hidden.dims();
+        self.logits(hidden.narrow(1, seq - 1, 1).reshape([n, d]))
+    }
+
+    /// Last-position logits of a whole prompt batch, without keeping a cache.
+    pub fn last_logits<H: Hook + ?Sized>(&self, batch: &TokenBatch, hook: &mut H) -> Tensor<2> {
+        self.forward(batch, &mut KvCache::new(), hook)
+    }
+}
+
+/// Additive attention bias: 0 where a query may attend, [`MASKED`] for future positions and
+/// for each row's left padding.
+///
+/// # Shapes
+/// → `[batch, 1, seq, offset + seq]`
+fn attention_bias(pad: &[usize], offset: usize, seq: usize, device: &Device) -> Tensor<4> {
+    let total = offset + seq;
+    let mut bias = Vec::with_capacity(pad.len() * seq * total);
+    for &p in pad {
+        for i in 0..seq {
+            let query = offset + i;
+            bias.extend((0..total).map(|key| if key < p || key > query { MASKED } else { 0.0 }));
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [pad.len(), 1, seq, total]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::hooks::{ActivationAddition, Capture, DirectionalAblation, NoHook};
+    use crate::model::random::RandomWeights;
+    use crate::model::weights::{self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn tiny() -> (Llama, Device) {
+        let device = Device::flex();
+        (Llama::random(&ModelConfig::tiny(), 7, &device), device)
+    }
+
+    /// Decodes `steps` tokens one at a time with the cache and returns every step's logits.
+    fn cached_logits(
+        model: &Llama,
+        prompts: &[Vec<u32>],
+        steps: &[Vec<u32>],
+        hook: &mut dyn Hook,
+        device: &Device,
+    ) -> Vec<Vec<f32>> {
+        let mut cache = KvCache::new();
+        let mut out = vec![host(model.forward(
+            &TokenBatch::left_padded(prompts, 0, device),
+            &mut cache,
+            hook,
+        ))];
+        for step in steps {
+            out.push(host(model.forward(
+                &TokenBatch::next_tokens(step, device),
+                &mut cache,
+                hook,
+            )));
+        }
+        out
+    }
+
+    /// The same logits recomputed from scratch over the whole sequence at each step.
+    fn recomputed_logits(
+        model: &Llama,
+        prompts: &[Vec<u32>],
+        steps: &[Vec<u32>],
+        hook: &mut dyn Hook,
+        device: &Device,
+    ) -> Vec<Vec<f32>> {
+        let mut seqs = prompts.to_vec();
+        let mut out = vec![host(
+            model.last_logits(&TokenBatch::left_padded(&seqs, 0, device), hook),
+        )];
+        for step in steps {
+            for (s, &t) in seqs.iter_mut().zip(step) {
+                s.push(t);
+            }
+            out.push(host(
+                model.last_logits(&TokenBatch::left_padded(&seqs, 0, device), hook),
+            ));
+        }
+        out
+    }
+
+    // f32 sums in a different order (one position vs a whole sequence) differ by rounding only.
+    const TOL: f32 = 1e-4;
+
+    #[test]
+    fn kv_cache_decoding_equals_full_recomputation() {
+        let (model, device) = tiny();
+        let prompts = vec![vec![5, 9, 17, 3, 44], vec![8, 1, 2]];
+        let steps = vec![vec![11, 12], vec![13, 14], vec![15, 16]];
+        let a = cached_logits(&model, &prompts, &steps, &mut NoHook, &device);
+        let b = recomputed_logits(&model, &prompts, &steps, &mut NoHook, &device);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(max_abs_diff(x, y) < TOL, "diff {}", max_abs_diff(x, y));
+        }
+    }
+
+    #[test]
+    fn kv_cache_decoding_equals_full_recomputation_with_editing_hooks() {
+        let (model, device) = tiny();
+        let d = model.config().d_model;
+        let dir: Vec<f32> = (0..d).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+        let dir = Tensor::<1>::from_data(TensorData::new(dir, [d]), &device);
+        let prompts = vec![vec![5, 9, 17, 3, 44], vec![8, 1, 2]];
+        let steps = vec![vec![11, 12], vec![13, 14]];
+        let mut hook = (
+            DirectionalAblation::new(dir.clone()),
+            ActivationAddition::new(1, dir, 0.5),
+        );
+        let a = cached_logits(&model, &prompts, &steps, &mut hook, &device);
+        let b = recomputed_logits(&model, &prompts, &steps, &mut hook, &device);
+        let plain = recomputed_logits(&model, &prompts, &steps, &mut NoHook, &device);
+        for ((x, y), p) in a.iter().zip(&b).zip(&plain) {
+            assert!(max_abs_diff(x, y) < TOL, "diff {}", max_abs_diff(x, y));
+            assert!(max_abs_diff(x, p) > 1e-3, "the hooks must change something");
+        }
+    }
+
+    #[test]
+    fn left_padding_does_not_change_last_position_logits() {
+        let (model, device) = tiny();
+        let short = vec![4, 8, 15];
+        let alone = host(model.last_logits(
+            &TokenBatch::left_padded(std::slice::from_ref(&short), 0, &device),
+            &mut NoHook,
+        ));
+        let batch = TokenBatch::left_padded(&[vec![1, 2, 3, 4, 5, 6, 7], short], 0, &device);
+        let padded = host(model.last_logits(&batch, &mut NoHook));
+        let vocab = model.config().vocab_size;
+        assert!(max_abs_diff(&alone, &padded[vocab..]) < TOL);
+    }
+
+    /// Wants every point and returns it untouched.
+    struct Identity(usize);
+    impl Hook for Identity {
+        fn at(&mut self, _: &HookContext, x: Tensor<3>) -> Tensor<3> {
+            self.0 += 1;
+            x
+        }
+    }
+
+    #[test]
+    fn a_no_op_hook_changes_nothing() {
+        let (model, device) = tiny();
+        let batch = TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5]], 0, &device);
+        let plain = host(model.last_logits(&batch, &mut NoHook));
+        let mut identity = Identity(0);
+        let hooked = host(model.last_logits(&batch, &mut identity));
+        assert_eq!(plain, hooked);
+        assert_eq!(identity.0, 4 * model.config().n_layers);
+    }
+
+    #[test]
+    fn ablation_removes_the_direction_from_the_stream() {
+        let (model, device) = tiny();
+        let d = model.config().d_model;
+        let raw: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let dir = Tensor::<1>::from_data(TensorData::new(raw.clone(), [d]), &device);
+        let n_layers = model.config().n_layers;
+        let mut hook = (
+            DirectionalAblation::new(dir),
+            Capture::every_layer(n_layers, HookPoint::ResidPost, vec![]),
+        );
+        let batch = TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5], vec![9, 2]], 0, &device);
+        model.last_logits(&batch, &mut hook);
+        let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for l in 0..n_layers {
+            let x = host(hook.1.get(l, HookPoint::ResidPost).expect("captured").clone());
+            for row in x.chunks_exact(d) {
+                let along: f32 = row.iter().zip(&raw).map(|(a, b)| a * b / norm).sum();
+                let len = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                assert!(along.abs() <= 1e-4 * len.max(1.0), "layer {l}: {along} vs {len}");
+            }
+        }
+    }
+
+    /// Random weights with q/k rows permuted the way llama.cpp's converter does for Llama GGUFs.
+    struct Permuted(RandomWeights, ModelConfig);
+    impl WeightSource for Permuted {
+        fn describe(&self, name: WeightName) -> String {
+            self.0.describe(name)
+        }
+        fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+            let t = self.0.read(name)?;
+            let heads = match name {
+                WeightName::Block(_, BlockWeight::Q | BlockWeight::QBias) => self.1.n_heads,
+                WeightName::Block(_, BlockWeight::K | BlockWeight::KBias) => self.1.n_kv_heads,
+                _ => return Ok(t),
+            };
+            Ok(t.map(|t| {
+                let hd = self.1.head_dim;
+                let row = t.data.len() / (heads * hd);
+                let mut data = vec![0.0; t.data.len()];
+                for h in 0..heads {
+                    for i in 0..hd / 2 {
+                        for s in 0..2 {
+                            let new = h * hd + 2 * i + s;
+                            let old = h * hd + s * hd / 2 + i;
+                            data[new * row..(new + 1) * row]
+                                .copy_from_slice(&t.data[old * row..(old + 1) * row]);
+                        }
+                    }
+                }
+                HostTensor { shape: t.shape, data }
+            }))
+        }
+    }
+
+    #[test]
+    fn interleaved_rope_on_permuted_weights_equals_halves_rope() {
+        let device = Device::flex();
+        let halves = ModelConfig::tiny();
+        let model = Llama::random(&halves, 3, &device);
+        let interleaved = ModelConfig {
+            rope_pairing: RopePairing::Interleaved,
+            ..halves.clone()
+        };
+        let mut source = Permuted(RandomWeights::new(halves.clone(), 3), halves);
+        let permuted =
+            weights::build(interleaved, &mut source, &device, &mut |_, _| {}).expect("builds");
+        let batch = TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5, 9, 2, 6]], 0, &device);
+        let a = host(model.last_logits(&batch, &mut NoHook));
+        let b = host(permuted.last_logits(&batch, &mut NoHook));
+        assert!(max_abs_diff(&a, &b) < TOL);
+        // And the wrong pairing really is wrong, so this test can fail.
+        let wrong = Llama::random(
+            &ModelConfig {
+                rope_pairing: RopePairing::Interleaved,
+                ..ModelConfig::tiny()
+            },
+            3,
+            &device,
+        );
+        assert!(max_abs_diff(&a, &host(wrong.last_logits(&batch, &mut NoHook))) > 1e-3);
+    }
+}

@@ -1,0 +1,26 @@
+//! The decoder, its configuration, hooks, and random initialisation for tests.
+
+pub mod config;
+pub mod hooks;
+pub mod llama;
+pub mod random;
+pub mod weights;
+
+pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, RopePairing};
+pub use hooks::{
+    ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
+};
+pub use llama::{KvCache, Llama, TokenBatch};
+pub use weights::{BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+
+use burn::tensor::Tensor;
+
+/// Reads a device tensor back to host `f32`s (native: the browser awaits `into_data_async`).
+///
+/// Every tensor the model produces is f32, so the conversion cannot fail on model outputs.
+pub fn read_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_else(|e| unreachable!("f32 tensor data after convert: {e:?}"))
+}

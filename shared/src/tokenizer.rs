@@ -1,0 +1,870 @@
+//! Tokenizers for the models Refusal Lens loads.
+//!
+//! Two sources are supported:
+//!
+//! * GGUF metadata (`tokenizer.ggml.*`), described by [`GgufVocab`]. Only the byte-level BPE
+//!   family (`tokenizer.ggml.model = "gpt2"`) is implemented; its pre-tokenizer regexes are the
+//!   ones llama.cpp selects for `tokenizer.ggml.pre`, so that token ids match llama.cpp exactly.
+//! * Hugging Face `tokenizer.json` (+ optional `tokenizer_config.json`).
+//!
+//! Both are wrapped around [`tokenizers::Tokenizer`]. Special tokens written literally in the
+//! input (e.g. `<|im_start|>`) are always matched as single tokens, which is what llama.cpp does
+//! for chat prompts (`parse_special = true`).
+
+use std::collections::BTreeSet;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// Errors from building or using a [`Tokenizer`].
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// `tokenizer.ggml.model` names a tokenizer family this crate cannot build.
+    #[error("unsupported tokenizer model {0:?} (only byte-level BPE \"gpt2\" is supported)")]
+    UnsupportedModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not know. Guessing would give
+    /// silently different token ids, so this is an error.
+    #[error("unknown pre-tokenizer {0:?}")]
+    UnknownPreTokenizer(String),
+    /// The vocabulary description is inconsistent (duplicate tokens, bad merges, length mismatch).
+    #[error("invalid vocabulary: {0}")]
+    InvalidVocab(String),
+    /// A required GGUF metadata key is absent.
+    #[error("missing GGUF metadata key {0}")]
+    MissingMetadata(&'static str),
+    /// A GGUF metadata key has an unexpected type or value.
+    #[error("GGUF metadata key {key} is not {expected}")]
+    InvalidMetadata {
+        /// The offending key.
+        key: &'static str,
+        /// What the key should have held.
+        expected: &'static str,
+    },
+    /// `tokenizer.json` or `tokenizer_config.json` could not be parsed.
+    #[error("invalid tokenizer JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The `tokenizers` library reported an error.
+    #[error("tokenizer backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A token id outside the vocabulary was passed in.
+    #[error("token id {0} is outside the vocabulary")]
+    UnknownId(u32),
+    /// A BOS token was requested but the model defines none.
+    #[error("the model defines no BOS token")]
+    NoBosToken,
+}
+
+/// Tokenizer description as stored in GGUF metadata (`tokenizer.ggml.*`).
+#[derive(Debug, Clone, Default)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece).
+    pub model: String,
+    /// `tokenizer.ggml.pre`: pre-tokenizer name, e.g. `"smollm"`, `"qwen2"`, `"llama-bpe"`.
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`, indexed by token id.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+    /// 6 byte); empty when absent.
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges` as `"left right"` strings, highest priority first.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.scores`; empty when absent.
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// Whether the model expects a BOS token at the start of a prompt.
+    pub add_bos: bool,
+    /// Whether the model expects an EOS token at the end of a prompt.
+    pub add_eos: bool,
+}
+
+// GGUF token types that llama.cpp matches literally in text before BPE.
+/// `tokenizer.ggml.token_type` of the unknown token.
+const TOKEN_TYPE_UNKNOWN: i32 = 2;
+/// `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+/// `tokenizer.ggml.token_type` of user-defined tokens (e.g. Qwen's `<tool_call>`).
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// Token texts that end a turn or a generation in the chat formats we care about (the names
+/// llama.cpp treats as end-of-generation).
+const STOP_TOKEN_TEXTS: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<EOT>",
+];
+
+/// GPT-2 split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT2`). llama.cpp's own pattern lacks
+/// the trailing `|\s+`, but its splitter keeps unmatched whitespace as separate pieces, which is
+/// what the extra alternative produces with an isolating split.
+const REGEX_GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// Llama 3 split regex, with the case-insensitive contractions spelt out as llama.cpp does.
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2 split regex: like Llama 3 but digits are split one by one.
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Single digits, split off before the GPT-2 regex by StarCoder-style tokenizers (SmolLM).
+const REGEX_DIGIT: &str = r"\p{N}";
+
+/// How a GGUF byte-level BPE vocabulary splits text before merging.
+struct PreTokenizerSpec {
+    /// Regexes applied in order; each one splits every piece left by the previous one, keeping
+    /// both matches and the text between them.
+    regexes: &'static [&'static str],
+    /// Whether a whole pre-token found in the vocabulary is emitted without running merges
+    /// (llama.cpp `ignore_merges`, set for Llama 3).
+    ignore_merges: bool,
+}
+
+impl PreTokenizerSpec {
+    /// Resolves `tokenizer.ggml.pre` the way llama.cpp's vocabulary loader does, for the
+    /// families whose pre-tokenizer is nothing more than these regexes.
+    fn from_name(pre: Option<&str>) -> Result<Self, TokenizerError> {
+        let spec = |regexes, ignore_merges| PreTokenizerSpec {
+            regexes,
+            ignore_merges,
+        };
+        // llama.cpp falls back to its "default" regex set when the key is absent.
+        let Some(name) = pre else {
+            return Ok(spec(DEFAULT_REGEXES, false));
+        };
+        Ok(match name {
+            "default" => spec(DEFAULT_REGEXES, false),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" => spec(&[REGEX_LLAMA3], true),
+            "dbrx" | "smaug-bpe" => spec(&[REGEX_LLAMA3], false),
+            "qwen2" | "deepseek-r1-qwen" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
+                spec(&[REGEX_QWEN2], false)
+            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => spec(&[REGEX_DIGIT, REGEX_GPT2], false),
+            "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4"
+            | "granite-docling" | "gigachat" => spec(&[REGEX_GPT2], false),
+            other => return Err(TokenizerError::UnknownPreTokenizer(other.to_owned())),
+        })
+    }
+}
+
+/// llama.cpp's "default" BPE pre-tokenizer: punctuation runs, then GPT-2, then digit runs,
+/// then groups of three ASCII digits.
+const DEFAULT_REGEXES: &[&str] = &[
+    r"[\p{P}\$\+<=>\^~\|]+",
+    REGEX_GPT2,
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
+/// A text tokenizer with the special-token information needed for chat generation.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Token text by id, kept so [`Tokenizer::id_to_token`] can hand out borrowed strings.
+    id_to_token: Vec<String>,
+    /// Tokens matched literally in text (control, user-defined, unknown / added tokens).
+    special: Vec<(u32, String)>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.id_to_token.len())
+            .field("special_tokens", &self.special.len())
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("add_bos", &self.add_bos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds a tokenizer from GGUF vocabulary metadata.
+    ///
+    /// Byte-level BPE (`model = "gpt2"`) is supported with the pre-tokenizers listed in the
+    /// crate documentation; other models give [`TokenizerError::UnsupportedModel`] and unknown
+    /// pre-tokenizer names [`TokenizerError::UnknownPreTokenizer`].
+    pub fn from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
+        if v.model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel(v.model.clone()));
+        }
+        let spec = PreTokenizerSpec::from_name(v.pre.as_deref())?;
+        let n = v.tokens.len();
+        if !v.token_types.is_empty() && v.token_types.len() != n {
+            return Err(TokenizerError::InvalidVocab(format!(
+                "{} token types for {n} tokens",
+                v.token_types.len()
+            )));
+        }
+        for (name, id) in [("BOS", v.bos_id), ("EOS", v.eos_id)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(TokenizerError::InvalidVocab(format!(
+                    "{name} id {id} outside a vocabulary of {n} tokens"
+                )));
+            }
+        }
+
+        let mut vocab = Vocab::with_capacity(n);
+        for (id, token) in v.tokens.iter().enumerate() {
+            let id = u32::try_from(id)
+                .map_err(|_| TokenizerError::InvalidVocab("more than 2^32 tokens".into()))?;
+            if vocab.insert(token.clone(), id).is_some() {
+                return Err(TokenizerError::InvalidVocab(format!(
+                    "duplicate token {token:?}"
+                )));
+            }
+        }
+        let merges = v
+            .merges
+            .iter()
+            .map(|m| {
+                // Split at the first space after the first character, as llama.cpp does, so a
+                // merge whose left part starts with a space character still parses.
+                let start = m.chars().next().map_or(0, char::len_utf8);
+                m[start..]
+                    .find(' ')
+                    .map(|p| (m[..start + p].to_owned(), m[start + p + 1..].to_owned()))
+                    .ok_or_else(|| TokenizerError::InvalidVocab(format!("malformed merge {m:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(spec.ignore_merges)
+            .build()
+            .map_err(TokenizerError::Backend)?;
+
+        let mut pre: Vec<PreTokenizerWrapper> = Vec::with_capacity(spec.regexes.len() + 1);
+        for regex in spec.regexes {
+            let split = Split::new(
+                SplitPattern::Regex((*regex).to_owned()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(TokenizerError::Backend)?;
+            pre.push(split.into());
+        }
+        // The regexes above already split the text; ByteLevel only maps bytes to symbols.
+        pre.push(ByteLevel::new(false, false, false).into());
+
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(Sequence::new(pre)))
+            .with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control and unknown tokens are "special" (skippable when decoding); user-defined ones
+        // are ordinary text that must nevertheless never be split by BPE.
+        let mut special = Vec::new();
+        let mut added = Vec::new();
+        for (id, (token, &ty)) in v.tokens.iter().zip(&v.token_types).enumerate() {
+            if matches!(
+                ty,
+                TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
+            ) {
+                let is_special = ty != TOKEN_TYPE_USER_DEFINED;
+                added.push(AddedToken::from(token.clone(), is_special).normalized(false));
+                special.push((id as u32, token.clone()));
+            }
+        }
+        // Already-known contents keep their vocabulary ids, so no new ids are created here.
+        inner.add_tokens(&added);
+
+        Ok(Tokenizer {
+            inner,
+            id_to_token: v.tokens.clone(),
+            special,
+            bos_id: v.bos_id,
+            eos_id: v.eos_id,
+            add_bos: v.add_bos,
+        })
+    }
+
+    /// Builds a tokenizer from a Hugging Face `tokenizer.json`, taking BOS/EOS and the
+    /// add-BOS default from `tokenizer_config.json` when given.
+    pub fn from_json_bytes(
+        tokenizer_json: &[u8],
+        tokenizer_config_json: Option<&[u8]>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(TokenizerError::Backend)?;
+
+        let vocab = inner.get_vocab(true);
+        let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        let mut id_to_token = vec![String::new(); size];
+        for (token, id) in vocab {
+            id_to_token[id as usize] = token;
+        }
+        let mut special: Vec<(u32, String)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        special.sort_unstable();
+
+        let config: Option<serde_json::Value> = tokenizer_config_json
+            .map(serde_json::from_slice)
+            .transpose()?;
+        let token_id = |key: &str| -> Option<u32> {
+            let value = config.as_ref()?.get(key)?;
+            // Either a plain string or an AddedToken object with a "content" field.
+            let text = value.as_str().or_else(|| value.get("content")?.as_str())?;
+            inner.token_to_id(text)
+        };
+        let bos_id = token_id("bos_token");
+        let eos_id = token_id("eos_token");
+        let add_bos = match config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(serde_json::Value::as_bool)
+        {
+            Some(add) => add,
+            // Without the flag (e.g. Llama 3) the post-processor decides; ask it.
+            None => bos_id.is_some_and(|bos| {
+                inner
+                    .encode_fast("", true)
+                    .is_ok_and(|e| e.get_ids().first() == Some(&bos))
+            }),
+        };
+
+        Ok(Tokenizer {
+            inner,
+            id_to_token,
+            special,
+            bos_id,
+            eos_id,
+            add_bos,
+        })
+    }
+
+    /// Encodes text, matching special tokens written literally (e.g. `"<|im_start|>"`) as
+    /// single ids, as llama.cpp does with `parse_special = true` for chat prompts.
+    ///
+    /// `add_bos` prepends the BOS token; see [`Tokenizer::add_bos`] for the model's default.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
+        // Post-processors from tokenizer.json are bypassed so BOS handling is the same for
+        // every source and under the caller's control.
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(TokenizerError::Backend)?;
+        let ids = encoding.get_ids();
+        if !add_bos {
+            return Ok(ids.to_vec());
+        }
+        let bos = self.bos_id.ok_or(TokenizerError::NoBosToken)?;
+        let mut out = Vec::with_capacity(ids.len() + 1);
+        out.push(bos);
+        out.extend_from_slice(ids);
+        Ok(out)
+    }
+
+    /// Decodes ids to text; `skip_special` drops control tokens such as `<|im_end|>`.
+    ///
+    /// Byte sequences that are not valid UTF-8 are replaced by U+FFFD.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        if let Some(&bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.id_to_token.len())
+        {
+            return Err(TokenizerError::UnknownId(bad));
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(TokenizerError::Backend)
+    }
+
+    /// Starts an incremental decoder for generated tokens.
+    pub fn stream(&self, skip_special: bool) -> TokenStream<'_> {
+        TokenStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            skip_special,
+        }
+    }
+
+    /// The vocabulary entry for `id`, in the tokenizer's internal spelling (byte-level BPE
+    /// writes a leading space as `Ġ`).
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.id_to_token.get(id as usize).map(String::as_str)
+    }
+
+    /// The id of a vocabulary entry or added token, spelt as in [`Tokenizer::id_to_token`].
+    pub fn token_to_id(&self, s: &str) -> Option<u32> {
+        self.inner.token_to_id(s)
+    }
+
+    /// Number of token ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.id_to_token.len()
+    }
+
+    /// The beginning-of-sequence token, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The end-of-sequence token, if the model has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Text of the BOS token (for chat templates' `bos_token`).
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_id.and_then(|id| self.id_to_token(id))
+    }
+
+    /// Text of the EOS token (for chat templates' `eos_token`).
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_id.and_then(|id| self.id_to_token(id))
+    }
+
+    /// Whether the model expects prompts to start with BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Ids that end a turn or a generation: EOS plus tokens such as `<|im_end|>`,
+    /// `<|endoftext|>` or `<|eot_id|>` present in the vocabulary. Sorted, without duplicates.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids: BTreeSet<u32> = STOP_TOKEN_TEXTS
+            .iter()
+            .filter_map(|t| self.token_to_id(t))
+            .collect();
+        ids.extend(self.eos_id);
+        ids.into_iter().collect()
+    }
+
+    /// Tokens matched literally in text (control, user-defined and added tokens), by id.
+    pub fn special_tokens(&self) -> Vec<(u32, String)> {
+        self.special.clone()
+    }
+}
+
+/// Incremental decoder for generation: feed ids one at a time, get text only once it forms
+/// complete UTF-8.
+///
+/// Each step decodes a short window of recent ids and returns what the new id added, so
+/// decoders that depend on context (leading-space handling, multi-byte characters split over
+/// several byte tokens) behave exactly like a full [`Tokenizer::decode`].
+pub struct TokenStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    /// Start of the decoding window in `ids`.
+    prefix_offset: usize,
+    /// End of the text already returned, as an index into `ids`.
+    read_offset: usize,
+    skip_special: bool,
+}
+
+impl TokenStream<'_> {
+    /// Appends `id`; returns the new text it completes, or `None` while a character is still
+    /// incomplete (or the token renders as nothing, e.g. a skipped special token).
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
+        if id as usize >= self.tokenizer.vocab_size() {
+            return Err(TokenizerError::UnknownId(id));
+        }
+        self.ids.push(id);
+        let (prefix, text) = self.window()?;
+        // A trailing U+FFFD means the last token ended inside a multi-byte character.
+        if text.len() <= prefix.len() || text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let new = Self::delta(&prefix, &text);
+        // Slide the window so decoding cost stays constant however long the generation gets.
+        self.ids.drain(..self.prefix_offset);
+        self.prefix_offset = self.read_offset - self.prefix_offset;
+        self.read_offset = self.ids.len();
+        Ok(Some(new))
+    }
+
+    /// Returns any text still held back (an incomplete character at the end of generation,
+    /// rendered with U+FFFD), and resets the pending state.
+    pub fn flush(&mut self) -> Result<Option<String>, TokenizerError> {
+        let (prefix, text) = self.window()?;
+        self.ids.clear();
+        self.prefix_offset = 0;
+        self.read_offset = 0;
+        let new = Self::delta(&prefix, &text);
+        Ok((!new.is_empty()).then_some(new))
+    }
+
+    /// Decodes the already-returned part of the window and the whole window.
+    fn window(&self) -> Result<(String, String), TokenizerError> {
+        let t = self.tokenizer;
+        let prefix = t.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
+        let text = t.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        Ok((prefix, text))
+    }
+
+    /// The part of `text` after `prefix`. Decoding is prefix-stable for the decoders we use;
+    /// if some decoder ever rewrote earlier text, fall back to the common prefix rather than
+    /// slicing inside a character.
+    fn delta(prefix: &str, text: &str) -> String {
+        let common = prefix
+            .char_indices()
+            .zip(text.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(prefix.len().min(text.len()), |((i, _), _)| i);
+        text.get(common..).unwrap_or_default().to_owned()
+    }
+}
+
+/// Reads the tokenizer description out of GGUF metadata.
+pub fn gguf_vocab(file: &crate::gguf::GgufFile) -> Result<GgufVocab, TokenizerError> {
+    use crate::gguf::MetadataValue;
+
+    const MODEL: &str = "tokenizer.ggml.model";
+    const PRE: &str = "tokenizer.ggml.pre";
+    const TOKENS: &str = "tokenizer.ggml.tokens";
+    const TYPES: &str = "tokenizer.ggml.token_type";
+    const MERGES: &str = "tokenizer.ggml.merges";
+    const SCORES: &str = "tokenizer.ggml.scores";
+    const BOS: &str = "tokenizer.ggml.bos_token_id";
+    const EOS: &str = "tokenizer.ggml.eos_token_id";
+    const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+
+    let string = |key: &'static str| -> Result<Option<String>, TokenizerError> {
+        file.get(key)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or(TokenizerError::InvalidMetadata {
+                        key,
+                        expected: "a string",
+                    })
+            })
+            .transpose()
+    };
+    let array = |key: &'static str| -> Result<Option<&[MetadataValue]>, TokenizerError> {
+        file.get(key)
+            .map(|v| {
+                v.as_array().ok_or(TokenizerError::InvalidMetadata {
+                    key,
+                    expected: "an array",
+                })
+            })
+            .transpose()
+    };
+    let strings = |key: &'static str| -> Result<Vec<String>, TokenizerError> {
+        array(key)?
+            .unwrap_or_default()
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or(TokenizerError::InvalidMetadata {
+                        key,
+                        expected: "an array of strings",
+                    })
+            })
+            .collect()
+    };
+    let id = |key: &'static str| -> Result<Option<u32>, TokenizerError> {
+        file.get(key)
+            .map(|v| {
+                v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or(
+                    TokenizerError::InvalidMetadata {
+                        key,
+                        expected: "a token id",
+                    },
+                )
+            })
+            .transpose()
+    };
+    let flag = |key: &'static str| -> Result<Option<bool>, TokenizerError> {
+        file.get(key)
+            .map(|v| {
+                v.as_bool().ok_or(TokenizerError::InvalidMetadata {
+                    key,
+                    expected: "a boolean",
+                })
+            })
+            .transpose()
+    };
+
+    let model = string(MODEL)?.ok_or(TokenizerError::MissingMetadata(MODEL))?;
+    let pre = string(PRE)?;
+    let tokens = strings(TOKENS)?;
+    if tokens.is_empty() {
+        return Err(TokenizerError::MissingMetadata(TOKENS));
+    }
+    let token_types = array(TYPES)?
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            let ty = match *v {
+                MetadataValue::I32(x) => Some(x),
+                // Some writers use another integer width; accept any that fits.
+                _ => v.as_u64().and_then(|x| i32::try_from(x).ok()),
+            };
+            ty.ok_or(TokenizerError::InvalidMetadata {
+                key: TYPES,
+                expected: "an array of i32",
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scores = array(SCORES)?
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            // Scores are f32 in every converter; narrowing is exact for them.
+            v.as_f64()
+                .map(|x| x as f32)
+                .ok_or(TokenizerError::InvalidMetadata {
+                    key: SCORES,
+                    expected: "an array of f32",
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // llama.cpp's defaults when the flags are absent: SentencePiece and Llama 3 vocabularies
+    // start prompts with BOS, other BPE vocabularies do not.
+    let default_add_bos = model == "llama"
+        || PreTokenizerSpec::from_name(pre.as_deref()).is_ok_and(|s| s.ignore_merges);
+    Ok(GgufVocab {
+        merges: strings(MERGES)?,
+        bos_id: id(BOS)?,
+        eos_id: id(EOS)?,
+        add_bos: flag(ADD_BOS)?.unwrap_or(default_add_bos),
+        add_eos: flag(ADD_EOS)?.unwrap_or(false),
+        model,
+        pre,
+        tokens,
+        token_types,
+        scores,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A tiny byte-level BPE vocabulary: all 256 byte symbols, a few merges and ChatML
+    /// control tokens.
+    fn toy_vocab(pre: &str) -> GgufVocab {
+        let bytes: Vec<String> = ByteLevel::alphabet()
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut tokens = vec![
+            "<|endoftext|>".to_owned(),
+            "<|im_start|>".to_owned(),
+            "<|im_end|>".to_owned(),
+        ];
+        tokens.extend(bytes);
+        let merges: Vec<String> = [
+            "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for m in &merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        tokens.push("<tool>".to_owned());
+        let mut token_types = vec![1; tokens.len()];
+        token_types[..3].fill(TOKEN_TYPE_CONTROL);
+        *token_types.last_mut().unwrap() = TOKEN_TYPE_USER_DEFINED;
+        GgufVocab {
+            model: "gpt2".into(),
+            pre: Some(pre.into()),
+            tokens,
+            token_types,
+            merges,
+            scores: Vec::new(),
+            bos_id: Some(1),
+            eos_id: Some(2),
+            add_bos: false,
+            add_eos: false,
+        }
+    }
+
+    pub(crate) fn toy() -> Tokenizer {
+        Tokenizer::from_gguf_vocab(&toy_vocab("smollm")).expect("toy tokenizer builds")
+    }
+
+    #[test]
+    fn merges_apply() {
+        let t = toy();
+        let ids = t.encode("hello world", false).unwrap();
+        let text: Vec<&str> = ids.iter().map(|&i| t.id_to_token(i).unwrap()).collect();
+        assert_eq!(text, ["hello", "Ġworld"]);
+    }
+
+    #[test]
+    fn special_tokens_in_text_are_single_ids() {
+        let t = toy();
+        let ids = t
+            .encode("<|im_start|>hello<|im_end|><tool>", false)
+            .unwrap();
+        let hello = t.token_to_id("hello").unwrap();
+        let tool = t.token_to_id("<tool>").unwrap();
+        assert_eq!(ids, [1, hello, 2, tool]);
+        // Control tokens are skippable, user-defined ones are text.
+        assert_eq!(t.decode(&ids, true).unwrap(), "hello<tool>");
+        assert_eq!(
+            t.decode(&ids, false).unwrap(),
+            "<|im_start|>hello<|im_end|><tool>"
+        );
+    }
+
+    #[test]
+    fn bos_is_prepended_on_request() {
+        let t = toy();
+        let ids = t.encode("hello", true).unwrap();
+        assert_eq!(ids[0], 1);
+        let mut v = toy_vocab("smollm");
+        v.bos_id = None;
+        let t = Tokenizer::from_gguf_vocab(&v).unwrap();
+        assert!(matches!(
+            t.encode("x", true),
+            Err(TokenizerError::NoBosToken)
+        ));
+    }
+
+    #[test]
+    fn round_trip_ascii_multibyte_emoji() {
+        for pre in ["smollm", "qwen2", "llama-bpe", "gpt-2", "default"] {
+            let t = Tokenizer::from_gguf_vocab(&toy_vocab(pre)).unwrap();
+            for s in [
+                "hello world, 123 + 4567!\n\tdone  ",
+                "Grüße, naïve café — 東京 Ελληνικά",
+                "emoji 👍🏽 and 👨‍👩‍👧 family",
+            ] {
+                let ids = t.encode(s, false).unwrap();
+                assert_eq!(t.decode(&ids, false).unwrap(), s, "pre {pre}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_yields_complete_utf8_only() {
+        let t = toy();
+        let text = "a€👍b";
+        let ids = t.encode(text, false).unwrap();
+        // Every non-ASCII character here is several byte tokens.
+        assert_eq!(ids.len(), 1 + 3 + 4 + 1);
+        let mut stream = t.stream(false);
+        let mut pieces = Vec::new();
+        for &id in &ids {
+            if let Some(piece) = stream.push(id).unwrap() {
+                assert!(
+                    !piece.contains('\u{FFFD}'),
+                    "partial character in {piece:?}"
+                );
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(pieces, ["a", "€", "👍", "b"]);
+        assert_eq!(stream.flush().unwrap(), None);
+    }
+
+    #[test]
+    fn stream_flushes_incomplete_tail_and_skips_special() {
+        let t = toy();
+        let euro = t.encode("€", false).unwrap();
+        let mut stream = t.stream(true);
+        assert_eq!(stream.push(2).unwrap(), None);
+        assert_eq!(stream.push(euro[0]).unwrap(), None);
+        assert_eq!(stream.flush().unwrap().as_deref(), Some("\u{FFFD}"));
+        assert!(matches!(
+            stream.push(9999),
+            Err(TokenizerError::UnknownId(9999))
+        ));
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_is_an_error() {
+        let err = Tokenizer::from_gguf_vocab(&toy_vocab("no-such-pre")).unwrap_err();
+        assert!(matches!(err, TokenizerError::UnknownPreTokenizer(ref n) if n == "no-such-pre"));
+    }
+
+    #[test]
+    fn unsupported_model_is_an_error() {
+        let mut v = toy_vocab("smollm");
+        v.model = "bert".into();
+        assert!(matches!(
+            Tokenizer::from_gguf_vocab(&v),
+            Err(TokenizerError::UnsupportedModel(m)) if m == "bert"
+        ));
+    }
+
+    #[test]
+    fn decode_rejects_unknown_ids() {
+        assert!(matches!(
+            toy().decode(&[1, 100_000], false),
+            Err(TokenizerError::UnknownId(100_000))
+        ));
+    }
+
+    #[test]
+    fn stop_ids_include_eos_and_turn_ends() {
+        let t = toy();
+        assert_eq!(t.stop_ids(), [0, 2]);
+        assert_eq!(t.special_tokens().len(), 4);
+    }
+
+    #[test]
+    fn pre_tokenizer_regexes_split_like_llama_cpp() {
+        // Digits: SmolLM splits each digit, Llama 3 groups by three, Qwen2 splits each digit.
+        let pieces = |pre: &str, s: &str| -> Vec<String> {
+            let t = Tokenizer::from_gguf_vocab(&toy_vocab(pre)).unwrap();
+            let mut p = tokenizers::PreTokenizedString::from(s);
+            tokenizers::PreTokenizer::pre_tokenize(t.inner.get_pre_tokenizer().unwrap(), &mut p)
+                .unwrap();
+            p.get_splits(
+                tokenizers::OffsetReferential::Original,
+                tokenizers::OffsetType::Byte,
+            )
+            .into_iter()
+            .map(|(s, _, _)| s.to_owned())
+            .collect()
+        };
+        assert_eq!(pieces("smollm", "ab 1234"), ["ab", "Ġ", "1", "2", "3", "4"]);
+        assert_eq!(pieces("llama-bpe", "ab 1234"), ["ab", "Ġ", "123", "4"]);
+        assert_eq!(pieces("qwen2", "ab 1234"), ["ab", "Ġ", "1", "2", "3", "4"]);
+        assert_eq!(
+            pieces("llama-bpe", "I'M here\n\nok"),
+            ["I", "'M", "Ġhere", "ĊĊ", "ok"]
+        );
+        assert_eq!(pieces("gpt-2", "I'M  here"), ["I", "'", "M", "Ġ", "Ġhere"]);
+    }
+
+    #[test]
+    fn json_tokenizer_loads() {
+        let v = toy_vocab("gpt-2");
+        let t = Tokenizer::from_gguf_vocab(&v).unwrap();
+        let json = t.inner.to_string(false).unwrap();
+        let config = br#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "add_bos_token": true}"#;
+        let j = Tokenizer::from_json_bytes(json.as_bytes(), Some(config)).unwrap();
+        assert_eq!(j.bos_id(), Some(1));
+        assert_eq!(j.eos_id(), Some(2));
+        assert!(j.add_bos());
+        assert_eq!(j.vocab_size(), t.vocab_size());
+        let s = "<|im_start|>hello world<|im_end|>";
+        assert_eq!(j.encode(s, false).unwrap(), t.encode(s, false).unwrap());
+    }
+
+}

@@ -1,0 +1,310 @@
+// Browser smoke test for the Refusal Lens web build.
+//
+//   node tests/browser/smoke.mjs            (after scripts/build-web.sh; or use scripts/test-browser.sh)
+//
+// Serves dist/ on 127.0.0.1, drives Debian's Chromium headless through playwright-core
+// (no browser download, ever) and runs `smoke_forward` from the wasm module:
+//   1. webgpu          Chromium with --enable-unsafe-webgpu (SwiftShader's Vulkan on a GPU-less
+//                      machine), smoke_forward(true)
+//   2. cpu-only        a second Chromium WITHOUT that flag, where requestAdapter() gives null:
+//                      the CPU-only browser, smoke_forward(false) on Burn's flex backend
+//   3. cpu-after-gpu   smoke_forward(false) in the WebGPU page, after the WebGPU run
+// Each result must be non-empty and finite; the CPU results must match the WebGPU one, and all
+// must match the native engine's logits when SMOKE_EXPECTED (default target/smoke-expected.json,
+// written by `cargo run -p refusal-web --bin smoke-expected`) exists.
+// Ends with a line `browser: N passed, M failed`; exit status 1 if anything failed.
+//
+// Environment:
+//   SMOKE_DIST        folder to serve (default: <repo>/dist)
+//   SMOKE_EXPECTED    native logits JSON (default: <repo>/target/smoke-expected.json);
+//                     a bare array of numbers or {"logits": [...], "shape": [..], "atol", "rtol"}
+//   SMOKE_REQUIRE_EXPECTED=1   fail (instead of skipping) when that file is absent
+//   SMOKE_ATOL, SMOKE_RTOL     tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
+//   SMOKE_TIMEOUT_S   limit for one smoke_forward call (default 600; SwiftShader is slow)
+//   CHROMIUM          browser binary (default /usr/bin/chromium)
+//   SMOKE_HEADFUL=1   show the browser window
+
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const DIST = path.resolve(process.env.SMOKE_DIST || path.join(ROOT, 'dist'));
+const EXPECTED = path.resolve(process.env.SMOKE_EXPECTED || path.join(ROOT, 'target', 'smoke-expected.json'));
+const SHOTS = path.join(ROOT, 'target', 'browser');
+const ATOL = Number(process.env.SMOKE_ATOL || 1e-4);
+const RTOL = Number(process.env.SMOKE_RTOL || 1e-4);
+const CALL_TIMEOUT_MS = Number(process.env.SMOKE_TIMEOUT_S || 600) * 1000;
+const LOAD_TIMEOUT_MS = 120_000;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+// BROWSER.md: the usual headless flags; playwright-core makes its own fresh --user-data-dir.
+const BASE_FLAGS = [
+  '--no-sandbox', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--disable-quic',
+];
+const WEBGPU_FLAGS = [...BASE_FLAGS, '--enable-unsafe-webgpu'];
+
+const log = (...a) => console.log('browser:', ...a);
+
+// ------------------------------------------------------------------ static server
+const MIME = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm',
+  '.json': 'application/json', '.css': 'text/css', '.png': 'image/png', '.svg': 'image/svg+xml',
+  '.ico': 'image/x-icon', '.txt': 'text/plain; charset=utf-8',
+};
+
+function serve(root) {
+  const server = http.createServer((req, res) => {
+    let rel;
+    try {
+      rel = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
+    if (rel.endsWith('/')) rel += 'index.html';
+    const file = path.join(root, path.normalize(rel));
+    if (!file.startsWith(root + path.sep)) {
+      res.writeHead(403).end();
+      return;
+    }
+    fs.readFile(file, (err, body) => {
+      if (err) {
+        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+        return;
+      }
+      res.writeHead(200, {
+        'content-type': MIME[path.extname(file)] || 'application/octet-stream',
+        'cache-control': 'no-store',
+        // Cross-origin isolation, so SharedArrayBuffer (wasm threads) is available too.
+        'cross-origin-opener-policy': 'same-origin',
+        'cross-origin-embedder-policy': 'require-corp',
+      });
+      res.end(body);
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  });
+}
+
+// ------------------------------------------------------------------ helpers
+function withTimeout(promise, ms, what) {
+  let timer;
+  const limit = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer after ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
+function checkLogits(values, what) {
+  if (!Array.isArray(values) || values.length === 0) throw new Error(`${what}: no logits returned`);
+  const bad = values.findIndex((v) => typeof v !== 'number' || !Number.isFinite(v));
+  if (bad >= 0) throw new Error(`${what}: logit ${bad} is ${values[bad]}`);
+  if (values.every((v) => v === 0)) throw new Error(`${what}: all ${values.length} logits are 0`);
+}
+
+/** Compare two logit vectors; returns the max abs difference or throws. */
+function compare(actual, expected, what, atol = ATOL, rtol = RTOL) {
+  if (actual.length !== expected.length) {
+    throw new Error(`${what}: ${actual.length} logits, expected ${expected.length}`);
+  }
+  let maxDiff = 0;
+  let worst = -1;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]);
+    if (d > maxDiff) maxDiff = d;
+    if (!(d <= atol + rtol * Math.abs(expected[i])) && worst < 0) worst = i;
+  }
+  if (worst >= 0) {
+    throw new Error(`${what}: logit ${worst} is ${actual[worst]}, expected ${expected[worst]} ` +
+      `(max |diff| ${maxDiff.toExponential(2)} > atol ${atol} + rtol ${rtol})`);
+  }
+  return maxDiff;
+}
+
+function loadExpected() {
+  if (!fs.existsSync(EXPECTED)) return null;
+  const json = JSON.parse(fs.readFileSync(EXPECTED, 'utf8'));
+  const logits = Array.isArray(json) ? json : json.logits;
+  if (!Array.isArray(logits)) throw new Error(`${EXPECTED}: no "logits" array`);
+  return {
+    logits,
+    shape: json.shape,
+    atol: json.atol ?? ATOL,
+    rtol: json.rtol ?? RTOL,
+  };
+}
+
+async function openPage(flags, url, name, consoleLines) {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: process.env.SMOKE_HEADFUL !== '1',
+    args: flags,
+  });
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  page.on('console', (m) => consoleLines.push(`[${name} console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`[${name} pageerror] ${e.message}`));
+  page.on('crash', () => consoleLines.push(`[${name}] page crashed`));
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready]', { timeout: LOAD_TIMEOUT_MS });
+  const ready = await page.evaluate(() => document.body.dataset.ready);
+  if (ready !== '1') {
+    const err = await page.evaluate(() => document.body.dataset.error);
+    throw new Error(`${name}: the page failed to load the wasm module: ${err}`);
+  }
+  const adapter = await page.evaluate(async () => {
+    if (!('gpu' in navigator)) return null;
+    const a = await navigator.gpu.requestAdapter();
+    return a ? `${a.info.vendor}/${a.info.architecture}` : null;
+  });
+  return { browser, page, adapter };
+}
+
+async function smokeForward(page, webgpu, what) {
+  const t0 = Date.now();
+  const ticker = setInterval(() => log(`  ... ${what} still running (${Math.round((Date.now() - t0) / 1000)} s)`), 30_000);
+  try {
+    const values = await withTimeout(
+      page.evaluate(async (gpu) => Array.from(await window.refusal.smoke_forward(gpu)), webgpu),
+      CALL_TIMEOUT_MS, what);
+    return { values, seconds: (Date.now() - t0) / 1000 };
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+function note(page, text, cls) {
+  return page?.evaluate(([t, c]) => window.refusalLog?.(t, c), [text, cls]).catch(() => {});
+}
+
+// ------------------------------------------------------------------ main
+async function main() {
+  if (!fs.existsSync(path.join(DIST, 'index.html'))) {
+    console.error(`browser: ${DIST}/index.html not found; run scripts/build-web.sh first`);
+    console.log('browser: 0 passed, 1 failed');
+    return 1;
+  }
+  fs.mkdirSync(SHOTS, { recursive: true });
+
+  let expected = null;
+  const results = [];
+  const consoleLines = [];
+  let passed = 0;
+  let failed = 0;
+  const record = async (name, fn, page) => {
+    try {
+      const detail = await fn();
+      passed++;
+      log(`PASS ${name}${detail ? ': ' + detail : ''}`);
+      await note(page, `PASS ${name}${detail ? ': ' + detail : ''}`, 'pass');
+    } catch (e) {
+      failed++;
+      log(`FAIL ${name}: ${e.message}`);
+      await note(page, `FAIL ${name}: ${e.message}`, 'fail');
+    }
+  };
+
+  try {
+    expected = loadExpected();
+  } catch (e) {
+    failed++;
+    log(`FAIL expected logits: ${e.message}`);
+  }
+  if (!expected) {
+    if (process.env.SMOKE_REQUIRE_EXPECTED === '1') {
+      failed++;
+      log(`FAIL expected logits: ${path.relative(ROOT, EXPECTED)} not found (SMOKE_REQUIRE_EXPECTED=1)`);
+    } else {
+      log(`native logits: ${path.relative(ROOT, EXPECTED)} not found, comparing WebGPU against CPU only`);
+    }
+  }
+  const vsNative = (values, what) => {
+    if (!expected) return '';
+    const d = compare(values, expected.logits, `${what} vs native`, expected.atol, expected.rtol);
+    return `, max |${what} - native| ${d.toExponential(2)}`;
+  };
+
+  const server = await serve(DIST);
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  log(`serving ${path.relative(ROOT, DIST) || DIST} at ${url}`);
+
+  const browsers = [];
+  let gpuPage = null;
+  let gpuLogits = null;
+  try {
+    // 1. WebGPU
+    await record('webgpu', async () => {
+      const { browser, page, adapter } = await openPage(WEBGPU_FLAGS, url, 'webgpu', consoleLines);
+      browsers.push(browser);
+      gpuPage = page;
+      if (!adapter) throw new Error('no WebGPU adapter, even with --enable-unsafe-webgpu');
+      const { values, seconds } = await smokeForward(page, true, 'webgpu smoke_forward');
+      checkLogits(values, 'webgpu');
+      gpuLogits = values;
+      return `adapter ${adapter}, ${values.length} logits in ${seconds.toFixed(1)} s${vsNative(values, 'webgpu')}`;
+    }, null);
+
+    // 2. A browser with no WebGPU adapter at all: the CPU path must start on its own.
+    let cpuPage = null;
+    await record('cpu-only', async () => {
+      const { browser, page, adapter } = await openPage(BASE_FLAGS, url, 'cpu-only', consoleLines);
+      browsers.push(browser);
+      cpuPage = page;
+      if (adapter) log(`  note: this browser has a WebGPU adapter (${adapter}) even without the flag`);
+      const { values, seconds } = await smokeForward(page, false, 'cpu-only smoke_forward');
+      checkLogits(values, 'cpu-only');
+      let detail = `${adapter ? 'adapter ' + adapter : 'no WebGPU adapter'}, ${values.length} logits in ${seconds.toFixed(1)} s`;
+      if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
+      return detail + vsNative(values, 'cpu');
+    }, gpuPage);
+    if (cpuPage) {
+      await cpuPage.screenshot({ path: path.join(SHOTS, 'smoke-cpu-only.png') }).catch(() => {});
+    }
+
+    // 3. CPU in the page that already runs WebGPU (switching device at run time).
+    await record('cpu-after-webgpu', async () => {
+      if (!gpuPage) throw new Error('the WebGPU page did not open');
+      const { values, seconds } = await smokeForward(gpuPage, false, 'cpu-after-webgpu smoke_forward');
+      checkLogits(values, 'cpu-after-webgpu');
+      let detail = `${values.length} logits in ${seconds.toFixed(1)} s`;
+      if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
+      return detail + vsNative(values, 'cpu');
+    }, gpuPage);
+
+    const shotPage = gpuPage;
+    if (shotPage) {
+      await note(shotPage, `browser: ${passed} passed, ${failed} failed`, failed ? 'fail' : 'pass');
+      await shotPage.screenshot({ path: path.join(SHOTS, 'smoke.png'), fullPage: true });
+      log(`screenshot: ${path.relative(ROOT, path.join(SHOTS, 'smoke.png'))}`);
+    }
+  } catch (e) {
+    failed++;
+    log(`FAIL harness: ${e.stack || e.message}`);
+  } finally {
+    for (const b of browsers) await b.close().catch(() => {});
+    server.close();
+  }
+
+  if (failed && consoleLines.length) {
+    log('browser console (last 40 lines):');
+    for (const line of consoleLines.slice(-40)) console.log('  ' + line);
+  }
+  console.log(`browser: ${passed} passed, ${failed} failed`);
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    console.log('browser: 0 passed, 1 failed');
+    process.exit(1);
+  },
+);

@@ -1,0 +1,69 @@
+//! What the cross-crate tests share: the fixtures beside the repository and the real models.
+
+use std::path::PathBuf;
+
+use std::ops::ControlFlow;
+
+use refusal_core::generate::{GenerationSettings, Sampling, generate};
+use refusal_core::load::{self, TextAssets};
+use refusal_core::model::{Llama, NoHook};
+use refusal_core::tokenizer::Tokenizer;
+use refusal_lens::fetch::Cache;
+use refusal_lens::source::BuiltinModel;
+
+/// `../shared/` beside the repository: data and fixtures made outside the project.
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// Reads and parses a fixture JSON file.
+pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = shared_dir().join("fixtures").join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The GGUF of a built-in model, fetched into the cache if it is not there yet.
+pub fn builtin_gguf(model: BuiltinModel) -> PathBuf {
+    let cache = Cache::from_env().unwrap_or_else(|e| panic!("model cache: {e:#}"));
+    refusal_lens::fetch::ensure_builtin(&model.artifact(), model.alias(), &cache, false)
+        .unwrap_or_else(|e| panic!("fetching {}: {e:#}", model.alias()))
+}
+
+fn map_builtin(model: BuiltinModel) -> (String, memmap2::Mmap) {
+    let path = builtin_gguf(model);
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // SAFETY: the cache file is written once, atomically renamed into place and never modified.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .unwrap_or_else(|e| panic!("mapping {}: {e}", path.display()));
+    (path.display().to_string(), bytes)
+}
+
+/// Loads a built-in model on the CPU.
+pub fn load_builtin(model: BuiltinModel) -> Llama {
+    let (name, bytes) = map_builtin(model);
+    let file = load::gguf::parse(&name, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let device = burn::tensor::Device::flex();
+    load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The tokenizer and chat template of a built-in model.
+pub fn load_builtin_assets(model: BuiltinModel) -> TextAssets {
+    let (name, bytes) = map_builtin(model);
+    let file = load::gguf::parse(&name, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    load::gguf_text_assets(&name, &file).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Greedy completions (special tokens skipped), stopping at the model's stop tokens.
+pub fn greedy(llama: &Llama, tokenizer: &Tokenizer, prompts: &[Vec<u32>], n: usize) -> Vec<String> {
+    let settings = GenerationSettings {
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+        stop_ids: tokenizer.stop_ids(),
+    };
+    let out = generate(llama, prompts, 0, settings, &mut NoHook, &mut |_, _| ControlFlow::Continue(()));
+    out.tokens
+        .iter()
+        .map(|t| tokenizer.decode(t, true).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
