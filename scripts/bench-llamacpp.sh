@@ -16,6 +16,8 @@
 #   LLAMA_CPP_PYTHON_VERSION  the pinned llama-cpp-python (default 0.3.36, see PIN below)
 #   LLAMACPP_AMX=1     build llama.cpp with AMX kernels (off by default: GCC 12 miscompiles them)
 #   BENCH_REPEATS      llama.cpp runs per measurement, the median is reported (default 3)
+#   BENCH_NICE         run both benches under `nice -n BENCH_NICE` (e.g. -10 as root on a shared
+#                      machine: llama.cpp's spinning threads collapse when the CPUs are oversubscribed)
 #
 # The venv is made on first use: `pip install llama-cpp-python==PIN` from PyPI compiles llama.cpp
 # from source (CPU only, -march=native minus AMX, under `nice -n 19`; ~20 min on 2 busy cores),
@@ -37,7 +39,7 @@ MODELS=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --setup-only) SETUP_ONLY=1 ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         -*) echo "bench-llamacpp: unknown option '$1' (try --help)" >&2; exit 2 ;;
         *) MODELS+=("$1") ;;
     esac
@@ -96,6 +98,9 @@ setup_venv() {
 setup_venv
 [ "$SETUP_ONLY" = 1 ] && exit 0
 
+RUN=()
+[ -n "${BENCH_NICE:-}" ] && RUN=(nice -n "$BENCH_NICE")
+
 mkdir -p "$OUT_DIR"
 RESULTS=()
 for model in "${MODELS[@]}"; do
@@ -103,13 +108,13 @@ for model in "${MODELS[@]}"; do
     ours="$OUT_DIR/ours-$safe.json"
     result="$OUT_DIR/llamacpp-$safe.json"
     log "$model: refusal-lens bench"
-    if ! "$BIN" bench --model "$model" --json >"$ours.tmp"; then
+    if ! "${RUN[@]}" "$BIN" bench --model "$model" --json >"$ours.tmp"; then
         rm -f "$ours.tmp"
         die "refusal-lens bench --model $model failed (is the model available? see its message above)"
     fi
     mv "$ours.tmp" "$ours"
     log "$model: llama.cpp on the same tokens"
-    "$VENV/bin/python" "$PY_SCRIPT" run --ours "$ours" --out "$result" ||
+    "${RUN[@]}" "$VENV/bin/python" "$PY_SCRIPT" run --ours "$ours" --out "$result" ||
         die "the llama.cpp side failed for $model"
     RESULTS+=("$result")
 done

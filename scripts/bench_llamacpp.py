@@ -341,11 +341,18 @@ def cmd_run(args) -> None:
     lc = import_llama_cpp()
     log(f"{ours.get('model', gguf)}: llama.cpp {lc.__version__}, {threads} threads, "
         f"{len(prompts)} prompts / {sum(map(len, prompts))} tokens, decode {decode_tokens}")
+    load_before = os.getloadavg()
+    busy = load_before[0] > (os.cpu_count() or 1)
+    if busy:
+        log(f"warning: the machine is busy (load {load_before[0]:.1f} on {os.cpu_count()} CPUs); "
+            "llama.cpp's threads spin at their barriers, and with more runnable threads than "
+            "CPUs it slows down far more than the load alone explains: numbers are unreliable")
     engine = Engine(gguf, threads, verbose=args.verbose)
     bad = [t for p in prompts + [decode_prompt] for t in p if not 0 <= t < engine.n_vocab]
     if bad:
         fail(f"token ids outside llama.cpp's vocabulary of {engine.n_vocab}: {bad[:5]}...")
     ll = measure(engine, prompts, decode_prompt, decode_tokens, args.repeats)
+    load_after = os.getloadavg()
 
     batched = ll.get("prefill_batched", {}).get("tokens_per_s")
     best_prefill = max(x for x in (ll["prefill"]["tokens_per_s"], batched) if x)
@@ -359,6 +366,10 @@ def cmd_run(args) -> None:
         "llama_cpp_python": lc.__version__,
         "llama_cpp_system_info": lc.llama_print_system_info().decode().strip(),
         "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "nice": os.nice(0),
+        "loadavg_before": load_before,  # 1, 5 and 15 minute load averages
+        "loadavg_after": load_after,
         "ours": ours,
         "llamacpp": ll,
         "ratios": {  # ours / llama.cpp: > 1 means we are faster
@@ -407,6 +418,9 @@ def print_table(results: list[dict]) -> None:
             fmt(rss / mib if rss else None, ".0f"),
             fmt(ll["peak_rss_bytes"] / mib, ".0f"),
         ))
+    busy = [r for r in results
+            if max(r.get("loadavg_before", [0])[0], r.get("loadavg_after", [0])[0])
+            > (r.get("cpus") or 1)]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for i, row in enumerate([head, *rows]):
         print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
@@ -415,6 +429,10 @@ def print_table(results: list[dict]) -> None:
             print("  ".join("-" * w for w in widths))
     print("tok/s; ratio = ours / llama.cpp (> 1: we are faster); the prefill ratio is against "
           "the faster llama.cpp mode (one prompt per call, or all prompts in one batch).")
+    for r in busy:
+        print(f"warning: {r.get('model')}: measured on a busy machine (load "
+              f"{r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after, on "
+              f"{r['cpus']} CPUs): the numbers, llama.cpp's especially, are unreliable")
 
 
 def cmd_table(args) -> None:

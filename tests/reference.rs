@@ -35,7 +35,11 @@ const NORM_REL_TOL: f64 = 1e-3;
 
 fn logsumexp(row: &[f32]) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+    max + row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 fn check_logits(case: &Case, row: &[f32], what: &str) {
@@ -55,7 +59,11 @@ fn check_logits(case: &Case, row: &[f32], what: &str) {
         case.logsumexp
     );
     let argmax = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-    assert_eq!(argmax, case.top10_ids[0], "{what} `{}`: top token", case.instruction);
+    assert_eq!(
+        argmax, case.top10_ids[0],
+        "{what} `{}`: top token",
+        case.instruction
+    );
 }
 
 fn check_model(model: BuiltinModel, fixture_name: &str) {
@@ -72,7 +80,12 @@ fn check_model(model: BuiltinModel, fixture_name: &str) {
         check_logits(case, &row, "alone");
         assert_eq!(case.resid_pre_norm_last.len(), n_layers);
         for (l, &want) in case.resid_pre_norm_last.iter().enumerate() {
-            let x = read_f32(capture.get(l, HookPoint::ResidPre).expect("captured").clone());
+            let x = read_f32(
+                capture
+                    .get(l, HookPoint::ResidPre)
+                    .expect("captured")
+                    .clone(),
+            );
             let got = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
             assert!(
                 (got - want).abs() <= NORM_REL_TOL * want.max(1.0),
@@ -83,8 +96,13 @@ fn check_model(model: BuiltinModel, fixture_name: &str) {
     }
 
     // All six prompts in one left-padded batch give the same answers.
-    let prompts: Vec<Vec<u32>> = reference.cases.iter().map(|c| c.token_ids.clone()).collect();
-    let logits = read_f32(llama.last_logits(&TokenBatch::left_padded(&prompts, 0, &device), &mut NoHook));
+    let prompts: Vec<Vec<u32>> = reference
+        .cases
+        .iter()
+        .map(|c| c.token_ids.clone())
+        .collect();
+    let logits =
+        read_f32(llama.last_logits(&TokenBatch::left_padded(&prompts, 0, &device), &mut NoHook));
     for (case, row) in reference.cases.iter().zip(logits.chunks_exact(vocab)) {
         check_logits(case, row, "batched");
     }
@@ -100,7 +118,12 @@ fn check_tokens_and_greedy(llama: &Llama, model: BuiltinModel, reference: &Refer
             .unwrap_or_else(|e| panic!("{e}"));
         // The model's own template inserts a default system turn; "no system prompt" must
         // remove it (the fixtures are plain ChatML user turns).
-        assert_eq!(prompt.text, case.prompt, "chat template of {}", model.alias());
+        assert_eq!(
+            prompt.text,
+            case.prompt,
+            "chat template of {}",
+            model.alias()
+        );
         assert_eq!(prompt.suffix, "<|im_end|>\n<|im_start|>assistant\n");
         let own = assets
             .chat
@@ -115,15 +138,29 @@ fn check_tokens_and_greedy(llama: &Llama, model: BuiltinModel, reference: &Refer
             with_system.text,
             format!("<|im_start|>system\nBe brief.<|im_end|>\n{}", case.prompt)
         );
-        let ids = assets.tokenizer.encode(&case.prompt, false).unwrap_or_else(|e| panic!("{e}"));
+        let ids = assets
+            .tokenizer
+            .encode(&case.prompt, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ids, case.token_ids, "token ids of `{}`", case.instruction);
-        let text = assets.tokenizer.decode(&ids, false).unwrap_or_else(|e| panic!("{e}"));
+        let text = assets
+            .tokenizer
+            .decode(&ids, false)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(text, case.prompt, "decoding `{}`", case.instruction);
     }
-    let prompts: Vec<Vec<u32>> = reference.cases.iter().map(|c| c.token_ids.clone()).collect();
+    let prompts: Vec<Vec<u32>> = reference
+        .cases
+        .iter()
+        .map(|c| c.token_ids.clone())
+        .collect();
     let completions = refusal_tests::greedy(llama, &assets.tokenizer, &prompts, 24);
     for (case, text) in reference.cases.iter().zip(completions) {
-        assert_eq!(text, case.greedy24_reference, "greedy completion of `{}`", case.instruction);
+        assert_eq!(
+            text, case.greedy24_reference,
+            "greedy completion of `{}`",
+            case.instruction
+        );
     }
 }
 
@@ -134,5 +171,8 @@ fn smollm2_matches_the_float_reference() {
 
 #[test]
 fn qwen25_coder_matches_the_float_reference() {
-    check_model(BuiltinModel::Qwen25Coder0_5b, "qwen2.5-coder-0.5b.reference.json");
+    check_model(
+        BuiltinModel::Qwen25Coder0_5b,
+        "qwen2.5-coder-0.5b.reference.json",
+    );
 }

@@ -44,7 +44,8 @@ pub fn load_builtin(model: BuiltinModel) -> Llama {
     let (name, bytes) = map_builtin(model);
     let file = load::gguf::parse(&name, &bytes).unwrap_or_else(|e| panic!("{e}"));
     let device = burn::tensor::Device::flex();
-    load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"))
+    load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The tokenizer and chat template of a built-in model.
@@ -61,7 +62,9 @@ pub fn greedy(llama: &Llama, tokenizer: &Tokenizer, prompts: &[Vec<u32>], n: usi
         sampling: Sampling::Greedy,
         stop_ids: tokenizer.stop_ids(),
     };
-    let out = generate(llama, prompts, 0, settings, &mut NoHook, &mut |_, _| ControlFlow::Continue(()));
+    let out = generate(llama, prompts, 0, settings, &mut NoHook, &mut |_, _| {
+        ControlFlow::Continue(())
+    });
     out.tokens
         .iter()
         .map(|t| tokenizer.decode(t, true).unwrap_or_else(|e| panic!("{e}")))

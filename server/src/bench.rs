@@ -121,7 +121,10 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
         .collect::<Result<Vec<Vec<u32>>>>()?;
 
     // Warm-up: first calls allocate buffers and spin up the thread pool.
-    read_f32(model.last_logits(&TokenBatch::left_padded(&token_ids[..1], 0, &device), &mut NoHook));
+    read_f32(model.last_logits(
+        &TokenBatch::left_padded(&token_ids[..1], 0, &device),
+        &mut NoHook,
+    ));
 
     let batch = TokenBatch::left_padded(&token_ids, 0, &device);
     let start = Instant::now();
@@ -178,7 +181,10 @@ impl BenchReport {
         let _ = writeln!(
             s,
             "prefill   {} prompts, {} tokens in {:.2} s: {:.1} tokens/s",
-            self.prefill.prompts, self.prefill.tokens, self.prefill.seconds, self.prefill.tokens_per_s
+            self.prefill.prompts,
+            self.prefill.tokens,
+            self.prefill.seconds,
+            self.prefill.tokens_per_s
         );
         let _ = writeln!(
             s,

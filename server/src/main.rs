@@ -15,7 +15,10 @@ use refusal_lens::source::{BuiltinModel, ModelSource};
 use refusal_lens::{bench, fetch};
 
 #[derive(Parser)]
-#[command(version, about = "Refusal Lens: see and test refusal directions in language models")]
+#[command(
+    version,
+    about = "Refusal Lens: see and test refusal directions in language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +84,10 @@ enum Command {
 
 fn parse_builtin(s: &str) -> Result<BuiltinModel, String> {
     BuiltinModel::from_alias(s).ok_or_else(|| {
-        format!("unknown model `{s}`; built-in models: {}", refusal_lens::source::alias_list())
+        format!(
+            "unknown model `{s}`; built-in models: {}",
+            refusal_lens::source::alias_list()
+        )
     })
 }
 
@@ -133,7 +139,10 @@ fn run(cli: Cli) -> Result<()> {
                     if !json {
                         if let Ok(Some(piece)) = stream.push(token) {
                             // A closed stdout (e.g. piped into `head`) ends generation early.
-                            if write!(stdout, "{piece}").and_then(|()| stdout.flush()).is_err() {
+                            if write!(stdout, "{piece}")
+                                .and_then(|()| stdout.flush())
+                                .is_err()
+                            {
                                 return ControlFlow::Break(());
                             }
                         }

@@ -71,7 +71,9 @@ pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result
             let llama = load::gguf_model(&name, &file, &bytes, device, &mut on_weight)?;
             let mut tensor_types = BTreeMap::new();
             for t in &file.tensors {
-                *tensor_types.entry(t.ggml_type.name().to_string()).or_default() += 1;
+                *tensor_types
+                    .entry(t.ggml_type.name().to_string())
+                    .or_default() += 1;
             }
             let n_parameters = file.tensors.iter().map(|t| t.n_elements() as usize).sum();
             let info = describe(path, "gguf", &llama, &text, tensor_types, n_parameters);
@@ -116,12 +118,21 @@ pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result
                 let st = safetensors::SafeTensors::deserialize(bytes)
                     .with_context(|| format!("{name}: invalid safetensors"))?;
                 for (_, view) in st.tensors() {
-                    *tensor_types.entry(format!("{:?}", view.dtype())).or_default() += 1;
+                    *tensor_types
+                        .entry(format!("{:?}", view.dtype()))
+                        .or_default() += 1;
                     n_parameters += view.shape().iter().product::<usize>();
                 }
             }
             let llama = load::hf_model(&config_json, &shards, device, &mut on_weight)?;
-            let info = describe(dir, "safetensors", &llama, &text, tensor_types, n_parameters);
+            let info = describe(
+                dir,
+                "safetensors",
+                &llama,
+                &text,
+                tensor_types,
+                n_parameters,
+            );
             LoadedModel { llama, text, info }
         }
     };
@@ -158,7 +169,11 @@ impl ModelInfo {
         let _ = writeln!(s, "path             {}", self.path.display());
         let _ = writeln!(s, "format           {}", self.format);
         let _ = writeln!(s, "architecture     {}", c.architecture.name());
-        let _ = writeln!(s, "parameters       {:.1} M", self.n_parameters as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "parameters       {:.1} M",
+            self.n_parameters as f64 / 1e6
+        );
         let _ = writeln!(
             s,
             "dims             d_model {} · layers {} · heads {} (kv {}) · head_dim {} · d_ff {} · vocab {}",
@@ -169,7 +184,8 @@ impl ModelInfo {
             "rope             theta {} · pairing {:?} · scaling {}",
             c.rope_theta,
             c.rope_pairing,
-            c.rope_scaling.map_or("none".to_string(), |r| format!("llama3 ×{}", r.factor))
+            c.rope_scaling
+                .map_or("none".to_string(), |r| format!("llama3 ×{}", r.factor))
         );
         let _ = writeln!(
             s,

@@ -437,5 +437,4 @@ mod tests {
             Err(ChatError::Config(_))
         ));
     }
-
 }

@@ -20,7 +20,11 @@ pub enum Sampling {
     Greedy,
     /// Softmax at `temperature`, restricted to the smallest set of tokens whose probability
     /// reaches `top_p`, drawn from a generator seeded with `seed`.
-    Random { temperature: f32, top_p: f32, seed: u64 },
+    Random {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 /// Settings of one generation run.
@@ -166,9 +170,7 @@ fn choose(scores: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
     match sampling {
         Sampling::Greedy => argmax(scores),
         Sampling::Random {
-            temperature,
-            top_p,
-            ..
+            temperature, top_p, ..
         } if temperature > 0.0 => sample_top_p(scores, temperature, top_p, rng),
         Sampling::Random { .. } => argmax(scores),
     }
@@ -283,14 +285,21 @@ mod tests {
             stop_ids: vec![],
         };
         let mut seen = 0;
-        let out = generate(&model, &[vec![1, 2]], 0, settings, &mut NoHook, &mut |_, _| {
-            seen += 1;
-            if seen == 3 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
+        let out = generate(
+            &model,
+            &[vec![1, 2]],
+            0,
+            settings,
+            &mut NoHook,
+            &mut |_, _| {
+                seen += 1;
+                if seen == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        );
         assert_eq!(out.tokens[0].len(), 3);
         assert_eq!(out.finish[0], FinishReason::Cancelled);
     }

@@ -866,5 +866,4 @@ pub(crate) mod tests {
         let s = "<|im_start|>hello world<|im_end|>";
         assert_eq!(j.encode(s, false).unwrap(), t.encode(s, false).unwrap());
     }
-
 }

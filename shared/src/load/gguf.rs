@@ -32,7 +32,10 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
     let float = |k: &str| file.get(&key(k)).and_then(MetadataValue::as_f64);
     let need = |k: &'static str| int(k).ok_or(ConfigError::Missing(k));
 
-    if file.get(&key("rope.scaling.type")).and_then(MetadataValue::as_str).is_some_and(|t| t != "none")
+    if file
+        .get(&key("rope.scaling.type"))
+        .and_then(MetadataValue::as_str)
+        .is_some_and(|t| t != "none")
         || file.tensor("rope_freqs.weight").is_some()
     {
         return Err(ConfigError::Invalid {

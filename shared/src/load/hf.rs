@@ -64,7 +64,9 @@ impl TryFrom<HfConfig> for ModelConfig {
             None => None,
             Some(s) => match s.rope_type.as_deref() {
                 Some("llama3") => Some(Llama3RopeScaling {
-                    factor: s.factor.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+                    factor: s
+                        .factor
+                        .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
                     low_freq_factor: s
                         .low_freq_factor
                         .ok_or(ConfigError::Missing("rope_scaling.low_freq_factor"))?,
@@ -189,5 +191,226 @@ impl WeightSource for SafetensorsWeights<'_> {
             shape: view.shape().to_vec(),
             data,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use burn::tensor::Device;
+    use safetensors::tensor::TensorView;
+
+    use super::*;
+    use crate::load::{LoadError, hf_model};
+    use crate::model::random::RandomWeights;
+    use crate::model::{Llama, NoHook, TokenBatch, read_f32, weights};
+
+    /// Random weights, rounded to bf16 when asked, remembered under their HF names.
+    struct Recorder {
+        inner: RandomWeights,
+        bf16: bool,
+        seen: Vec<(String, HostTensor)>,
+    }
+
+    impl WeightSource for Recorder {
+        fn describe(&self, name: WeightName) -> String {
+            names::hf(name)
+        }
+        fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+            let mut t = self.inner.read(name)?;
+            if let Some(t) = t.as_mut() {
+                if self.bf16 {
+                    for v in &mut t.data {
+                        *v = half::bf16::from_f32(*v).to_f32();
+                    }
+                }
+                self.seen.push((names::hf(name), t.clone()));
+            }
+            Ok(t)
+        }
+    }
+
+    fn config_json(c: &ModelConfig) -> Vec<u8> {
+        let arch = match c.architecture {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "architectures": [arch],
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.d_model,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "intermediate_size": c.d_ff,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_positions,
+            "tie_word_embeddings": c.tied_embeddings,
+        }))
+        .expect("json")
+    }
+
+    /// A reference model and its weights serialized as two safetensors shards.
+    fn checkpoint(config: &ModelConfig, bf16: bool) -> (Llama, Vec<Vec<u8>>) {
+        let device = Device::flex();
+        let mut rec = Recorder {
+            inner: RandomWeights::new(config.clone(), 21),
+            bf16,
+            seen: Vec::new(),
+        };
+        let model =
+            weights::build(config.clone(), &mut rec, &device, &mut |_, _| {}).expect("builds");
+        let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = rec
+            .seen
+            .into_iter()
+            .map(|(name, t)| {
+                let bytes = if bf16 {
+                    t.data
+                        .iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                        .collect()
+                } else {
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect()
+                };
+                (name, t.shape, bytes)
+            })
+            .collect();
+        let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
+        let half_way = encoded.len() / 2;
+        let shards = [&encoded[..half_way], &encoded[half_way..]]
+            .iter()
+            .map(|part| {
+                let views: Vec<(String, TensorView<'_>)> = part
+                    .iter()
+                    .map(|(n, s, b)| {
+                        (
+                            n.clone(),
+                            TensorView::new(dtype, s.clone(), b).expect("view"),
+                        )
+                    })
+                    .collect();
+                safetensors::serialize(views, None::<HashMap<String, String>>).expect("serialize")
+            })
+            .collect();
+        (model, shards)
+    }
+
+    fn named(shards: &[Vec<u8>]) -> Vec<(String, &[u8])> {
+        shards
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("model-0000{}-of-00002.safetensors", i + 1), &b[..]))
+            .collect()
+    }
+
+    fn logits(model: &Llama) -> Vec<f32> {
+        let batch =
+            TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5], vec![9, 2, 6]], 0, &model.device());
+        read_f32(model.last_logits(&batch, &mut NoHook))
+    }
+
+    #[test]
+    fn sharded_f32_qwen2_checkpoint_loads_to_the_same_model() {
+        let config = ModelConfig::tiny();
+        let (reference, shards) = checkpoint(&config, false);
+        let loaded = hf_model(
+            &config_json(&config),
+            &named(&shards),
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+        .expect("loads");
+        assert_eq!(loaded.config(), &config);
+        assert_eq!(logits(&loaded), logits(&reference));
+    }
+
+    #[test]
+    fn bf16_llama_checkpoint_with_untied_head_loads_to_the_same_model() {
+        let config = ModelConfig {
+            architecture: Architecture::Llama,
+            qkv_bias: false,
+            tied_embeddings: false,
+            ..ModelConfig::tiny()
+        };
+        let (reference, shards) = checkpoint(&config, true);
+        let loaded = hf_model(
+            &config_json(&config),
+            &named(&shards),
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+        .expect("loads");
+        assert!(!loaded.config().tied_embeddings && loaded.head.is_some());
+        assert_eq!(logits(&loaded), logits(&reference));
+    }
+
+    #[test]
+    fn a_missing_tensor_is_named() {
+        let config = ModelConfig::tiny();
+        let (_, shards) = checkpoint(&config, false);
+        // Only the first shard: the second half of the weights is missing.
+        let err = hf_model(
+            &config_json(&config),
+            &named(&shards)[..1],
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+        .expect_err("incomplete checkpoint");
+        match err {
+            LoadError::Weights {
+                source: WeightError::Missing { tensor },
+                ..
+            } => assert!(tensor.starts_with("model.layers.1."), "{tensor}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_shape_is_named() {
+        let config = ModelConfig::tiny();
+        let (_, shards) = checkpoint(&config, false);
+        let wrong = ModelConfig { d_ff: 96, ..config };
+        let err = hf_model(
+            &config_json(&wrong),
+            &named(&shards),
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+        .expect_err("shape mismatch");
+        assert!(
+            matches!(&err, LoadError::Weights { source: WeightError::Shape { tensor, .. }, .. }
+                if tensor == "model.layers.0.mlp.gate_proj.weight"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_shards_and_unknown_architectures_are_clear_errors() {
+        let config = ModelConfig::tiny();
+        let (_, shards) = checkpoint(&config, false);
+        let cut = &shards[0][..shards[0].len() - 7];
+        let err = hf_model(
+            &config_json(&config),
+            &[("a.safetensors".into(), cut)],
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+        .expect_err("truncated");
+        assert!(
+            matches!(&err, LoadError::Safetensors { file, .. } if file == "a.safetensors"),
+            "{err}"
+        );
+
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&config_json(&config)).expect("json");
+        json["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+        let err = parse_config("config.json", &serde_json::to_vec(&json).expect("json"))
+            .expect_err("unsupported");
+        assert!(matches!(
+            err,
+            LoadError::Config { source: ConfigError::UnsupportedArchitecture(a), .. } if a == "MambaForCausalLM"
+        ));
     }
 }

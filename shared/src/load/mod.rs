@@ -69,15 +69,15 @@ pub fn gguf_text_assets(file_name: &str, file: &GgufFile) -> Result<TextAssets, 
         file: file_name.into(),
         source,
     };
-    let tokenizer =
-        Tokenizer::from_gguf_vocab(&tokenizer::gguf_vocab(file).map_err(tok_err)?)
-            .map_err(tok_err)?;
-    let chat = ChatTemplate::for_model(chat::gguf_template(file), &tokenizer).map_err(
-        |source| LoadError::Chat {
-            file: file_name.into(),
-            source,
-        },
-    )?;
+    let tokenizer = Tokenizer::from_gguf_vocab(&tokenizer::gguf_vocab(file).map_err(tok_err)?)
+        .map_err(tok_err)?;
+    let chat =
+        ChatTemplate::for_model(chat::gguf_template(file), &tokenizer).map_err(|source| {
+            LoadError::Chat {
+                file: file_name.into(),
+                source,
+            }
+        })?;
     Ok(TextAssets { tokenizer, chat })
 }
 
@@ -88,12 +88,13 @@ pub fn hf_text_assets(
     tokenizer_config_json: Option<&[u8]>,
     chat_template_jinja: Option<&str>,
 ) -> Result<TextAssets, LoadError> {
-    let tokenizer = Tokenizer::from_json_bytes(tokenizer_json, tokenizer_config_json).map_err(
-        |source| LoadError::Tokenizer {
-            file: "tokenizer.json".into(),
-            source,
-        },
-    )?;
+    let tokenizer =
+        Tokenizer::from_json_bytes(tokenizer_json, tokenizer_config_json).map_err(|source| {
+            LoadError::Tokenizer {
+                file: "tokenizer.json".into(),
+                source,
+            }
+        })?;
     let chat_err = |source| LoadError::Chat {
         file: "tokenizer_config.json".into(),
         source,
@@ -120,10 +121,7 @@ pub fn gguf_model(
         file: file_name.into(),
         source,
     })?;
-    let mut source = gguf::GgufWeights {
-        file,
-        bytes,
-    };
+    let mut source = gguf::GgufWeights { file, bytes };
     weights::build(config, &mut source, device, progress).map_err(|source| LoadError::Weights {
         file: file_name.into(),
         source,

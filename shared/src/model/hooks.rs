@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use burn::tensor::Tensor;
 
 /// The activations a hook can see in block `l` (METHOD §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HookPoint {
     /// The block's input, `x^l`.

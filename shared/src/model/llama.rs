@@ -134,7 +134,13 @@ struct Rope {
 
 impl Rope {
     /// Positions count from each row's first real token, so left padding does not shift them.
-    fn new(config: &ModelConfig, pad: &[usize], offset: usize, seq: usize, device: &Device) -> Rope {
+    fn new(
+        config: &ModelConfig,
+        pad: &[usize],
+        offset: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Rope {
         let inv_freq = config.rope_inv_freq();
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(pad.len() * seq * half);
@@ -167,7 +173,10 @@ impl Rope {
             RopePairing::Interleaved => {
                 let pairs = x.reshape([batch, heads, seq, half, 2]);
                 (
-                    pairs.clone().narrow(4, 0, 1).reshape([batch, heads, seq, half]),
+                    pairs
+                        .clone()
+                        .narrow(4, 0, 1)
+                        .reshape([batch, heads, seq, half]),
                     pairs.narrow(4, 1, 1).reshape([batch, heads, seq, half]),
                 )
             }
@@ -176,9 +185,9 @@ impl Rope {
         let rb = a * self.sin.clone() + b * self.cos.clone();
         match self.pairing {
             RopePairing::Halves => Tensor::cat(vec![ra, rb], 3),
-            RopePairing::Interleaved => Tensor::stack::<5>(vec![ra, rb], 4).reshape([
-                batch, heads, seq, head_dim,
-            ]),
+            RopePairing::Interleaved => {
+                Tensor::stack::<5>(vec![ra, rb], 4).reshape([batch, heads, seq, head_dim])
+            }
         }
     }
 }
@@ -207,9 +216,8 @@ impl Attention {
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<3>, n: usize| {
-            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
-        };
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
         let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
         let v = heads(self.v.forward(x), self.n_kv_heads);
@@ -332,9 +340,10 @@ impl Llama {
         };
         for (l, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = call(l, HookPoint::ResidPre, x);
-            let attn = block
-                .attn
-                .forward(block.attn_norm.forward(x.clone()), &rope, bias.clone(), kv);
+            let attn =
+                block
+                    .attn
+                    .forward(block.attn_norm.forward(x.clone()), &rope, bias.clone(), kv);
             x = x + call(l, HookPoint::AttnOut, attn);
             let mlp = block.mlp.forward(block.mlp_norm.forward(x.clone()));
             x = x + call(l, HookPoint::MlpOut, mlp);
@@ -399,15 +408,23 @@ mod tests {
     use super::*;
     use crate::model::hooks::{ActivationAddition, Capture, DirectionalAblation, NoHook};
     use crate::model::random::RandomWeights;
-    use crate::model::weights::{self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+    use crate::model::weights::{
+        self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource,
+    };
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 data")
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     fn tiny() -> (Llama, Device) {
@@ -547,11 +564,19 @@ mod tests {
         model.last_logits(&batch, &mut hook);
         let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
         for l in 0..n_layers {
-            let x = host(hook.1.get(l, HookPoint::ResidPost).expect("captured").clone());
+            let x = host(
+                hook.1
+                    .get(l, HookPoint::ResidPost)
+                    .expect("captured")
+                    .clone(),
+            );
             for row in x.chunks_exact(d) {
                 let along: f32 = row.iter().zip(&raw).map(|(a, b)| a * b / norm).sum();
                 let len = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-                assert!(along.abs() <= 1e-4 * len.max(1.0), "layer {l}: {along} vs {len}");
+                assert!(
+                    along.abs() <= 1e-4 * len.max(1.0),
+                    "layer {l}: {along} vs {len}"
+                );
             }
         }
     }
@@ -583,7 +608,10 @@ mod tests {
                         }
                     }
                 }
-                HostTensor { shape: t.shape, data }
+                HostTensor {
+                    shape: t.shape,
+                    data,
+                }
             }))
         }
     }

@@ -41,8 +41,14 @@ impl WeightSource for RandomWeights {
             (0..n).map(|_| self.rng.random_range(0.8..1.2)).collect()
         } else {
             let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let bound = if shape.len() == 1 { 0.1 } else { fan_in.sqrt().recip() };
-            (0..n).map(|_| self.rng.random_range(-bound..bound)).collect()
+            let bound = if shape.len() == 1 {
+                0.1
+            } else {
+                fan_in.sqrt().recip()
+            };
+            (0..n)
+                .map(|_| self.rng.random_range(-bound..bound))
+                .collect()
         };
         Ok(Some(HostTensor { shape, data }))
     }
