@@ -10,8 +10,8 @@ use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::NoHook;
 use refusal_lens::device::Backend;
 use refusal_lens::fetch::Cache;
-use refusal_lens::open::{LoadedModel, open};
-use refusal_lens::source::{BuiltinModel, ModelSource};
+use refusal_lens::open::{LoadedModel, inspect, open};
+use refusal_lens::source::{BuiltinModel, ModelSource, ResolvedModel};
 use refusal_lens::{bench, fetch};
 
 #[derive(Parser)]
@@ -91,11 +91,14 @@ fn parse_builtin(s: &str) -> Result<BuiltinModel, String> {
     })
 }
 
-fn load(args: &ModelArgs) -> Result<LoadedModel> {
+fn resolve(args: &ModelArgs) -> Result<ResolvedModel> {
     let cache = Cache::from_env()?;
-    let resolved = ModelSource::parse(&args.model)?.resolve(&cache, true)?;
+    ModelSource::parse(&args.model)?.resolve(&cache, true)
+}
+
+fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let device = args.backend.device()?;
-    open(&resolved, &device, true).with_context(|| format!("loading model `{}`", args.model))
+    open(&resolve(args)?, &device, true).with_context(|| format!("loading model `{}`", args.model))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -170,11 +173,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Inspect { model, json } => {
-            let loaded = load(&model)?;
+            let info = inspect(&resolve(&model)?)
+                .with_context(|| format!("inspecting model `{}`", model.model))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&loaded.info)?);
+                println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                print!("{}", loaded.info.to_text());
+                print!("{}", info.to_text());
             }
         }
         Command::Bench {

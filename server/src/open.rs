@@ -55,109 +55,177 @@ fn weight_progress(show: bool) -> ProgressBar {
     bar
 }
 
-/// Loads the model and its tokenizer and chat template on `device`.
-pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result<LoadedModel> {
-    let bar = weight_progress(progress);
-    let mut on_weight = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
-    let loaded = match resolved {
-        ResolvedModel::Gguf(path) => {
-            let bytes = map(path)?;
-            let name = path.display().to_string();
-            let file = load::gguf::parse(&name, &bytes)?;
-            let text = load::gguf_text_assets(&name, &file)?;
-            let llama = load::gguf_model(&name, &file, &bytes, device, &mut on_weight)?;
-            let mut tensor_types = BTreeMap::new();
-            for t in &file.tensors {
-                *tensor_types
-                    .entry(t.ggml_type.name().to_string())
-                    .or_default() += 1;
-            }
-            let n_parameters = file.tensors.iter().map(|t| t.n_elements() as usize).sum();
-            let info = describe(path, "gguf", &llama, &text, tensor_types, n_parameters);
-            LoadedModel { llama, text, info }
-        }
-        ResolvedModel::HfDir(dir) => {
-            let read = |name: &str| {
-                let p = dir.join(name);
-                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
-            };
-            let config_json = read("config.json")?;
-            let tokenizer_json = read("tokenizer.json")?;
-            let optional = |name: &str| dir.join(name).exists().then(|| read(name)).transpose();
-            let tokenizer_config = optional("tokenizer_config.json")?;
-            let jinja = optional("chat_template.jinja")?
-                .map(|b| String::from_utf8(b).context("chat_template.jinja is not UTF-8"))
-                .transpose()?;
-            let text = load::hf_text_assets(
-                &tokenizer_json,
-                tokenizer_config.as_deref(),
-                jinja.as_deref(),
-            )?;
-            let shard_names: Vec<String> = if dir.join("model.safetensors.index.json").exists() {
-                safetensors_shards(&dir.join("model.safetensors.index.json"))?
-                    .into_iter()
-                    .collect()
-            } else {
-                vec!["model.safetensors".into()]
-            };
-            let maps = shard_names
-                .iter()
-                .map(|n| map(&dir.join(n)))
-                .collect::<Result<Vec<_>>>()?;
-            let shards: Vec<(String, &[u8])> = shard_names
-                .iter()
-                .zip(&maps)
-                .map(|(n, m)| (dir.join(n).display().to_string(), &m[..]))
-                .collect();
-            let mut tensor_types = BTreeMap::new();
-            let mut n_parameters = 0;
-            for (name, bytes) in &shards {
-                let st = safetensors::SafeTensors::deserialize(bytes)
-                    .with_context(|| format!("{name}: invalid safetensors"))?;
-                for (_, view) in st.tensors() {
-                    *tensor_types
-                        .entry(format!("{:?}", view.dtype()))
-                        .or_default() += 1;
-                    n_parameters += view.shape().iter().product::<usize>();
-                }
-            }
-            let llama = load::hf_model(&config_json, &shards, device, &mut on_weight)?;
-            let info = describe(
-                dir,
-                "safetensors",
-                &llama,
-                &text,
-                tensor_types,
-                n_parameters,
-            );
-            LoadedModel { llama, text, info }
-        }
-    };
-    bar.finish_and_clear();
-    Ok(loaded)
+/// A checkpoint's files, opened (weights memory-mapped, not yet read).
+enum Checkpoint {
+    Gguf {
+        path: PathBuf,
+        bytes: Mmap,
+    },
+    Hf {
+        dir: PathBuf,
+        config_json: Vec<u8>,
+        shards: Vec<(String, Mmap)>,
+    },
 }
 
-fn describe(
-    path: &Path,
-    format: &'static str,
-    llama: &Llama,
-    text: &TextAssets,
-    tensor_types: BTreeMap<String, usize>,
-    n_parameters: usize,
-) -> ModelInfo {
-    ModelInfo {
-        path: path.to_path_buf(),
-        format,
-        config: llama.config().clone(),
+impl Checkpoint {
+    fn open(resolved: &ResolvedModel) -> Result<Checkpoint> {
+        Ok(match resolved {
+            ResolvedModel::Gguf(path) => Checkpoint::Gguf {
+                path: path.clone(),
+                bytes: map(path)?,
+            },
+            ResolvedModel::HfDir(dir) => {
+                let index = dir.join("model.safetensors.index.json");
+                let names: Vec<String> = if index.exists() {
+                    safetensors_shards(&index)?.into_iter().collect()
+                } else {
+                    vec!["model.safetensors".into()]
+                };
+                let shards = names
+                    .into_iter()
+                    .map(|n| {
+                        let path = dir.join(&n);
+                        Ok((path.display().to_string(), map(&path)?))
+                    })
+                    .collect::<Result<_>>()?;
+                Checkpoint::Hf {
+                    dir: dir.clone(),
+                    config_json: read(dir, "config.json")?,
+                    shards,
+                }
+            }
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Checkpoint::Gguf { path, .. } => path,
+            Checkpoint::Hf { dir, .. } => dir,
+        }
+    }
+
+    fn text_assets(&self) -> Result<TextAssets> {
+        Ok(match self {
+            Checkpoint::Gguf { path, bytes } => {
+                let name = path.display().to_string();
+                load::gguf_text_assets(&name, &load::gguf::parse(&name, bytes)?)?
+            }
+            Checkpoint::Hf { dir, .. } => {
+                let optional =
+                    |name: &str| dir.join(name).exists().then(|| read(dir, name)).transpose();
+                let tokenizer_config = optional("tokenizer_config.json")?;
+                let jinja = optional("chat_template.jinja")?
+                    .map(|b| String::from_utf8(b).context("chat_template.jinja is not UTF-8"))
+                    .transpose()?;
+                load::hf_text_assets(
+                    &read(dir, "tokenizer.json")?,
+                    tokenizer_config.as_deref(),
+                    jinja.as_deref(),
+                )?
+            }
+        })
+    }
+
+    /// The validated config, tensor counts per storage type and the parameter count, read
+    /// from headers only.
+    fn headers(&self) -> Result<(ModelConfig, BTreeMap<String, usize>, usize)> {
+        let mut types = BTreeMap::new();
+        let mut n_parameters = 0;
+        let config = match self {
+            Checkpoint::Gguf { path, bytes } => {
+                let name = path.display().to_string();
+                let file = load::gguf::parse(&name, bytes)?;
+                for t in &file.tensors {
+                    *types.entry(t.ggml_type.name().to_string()).or_default() += 1;
+                    n_parameters += t.n_elements() as usize;
+                }
+                load::gguf::config(&file).with_context(|| name.clone())?
+            }
+            Checkpoint::Hf {
+                config_json,
+                shards,
+                ..
+            } => {
+                for (name, bytes) in shards {
+                    let st = safetensors::SafeTensors::deserialize(bytes)
+                        .with_context(|| format!("{name}: invalid safetensors"))?;
+                    for (_, view) in st.tensors() {
+                        *types.entry(format!("{:?}", view.dtype())).or_default() += 1;
+                        n_parameters += view.shape().iter().product::<usize>();
+                    }
+                }
+                load::hf::parse_config("config.json", config_json)?
+            }
+        };
+        Ok((config, types, n_parameters))
+    }
+
+    fn load(&self, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> Result<Llama> {
+        Ok(match self {
+            Checkpoint::Gguf { path, bytes } => {
+                let name = path.display().to_string();
+                let file = load::gguf::parse(&name, bytes)?;
+                load::gguf_model(&name, &file, bytes, device, progress)?
+            }
+            Checkpoint::Hf {
+                config_json,
+                shards,
+                ..
+            } => {
+                let slices: Vec<(String, &[u8])> =
+                    shards.iter().map(|(n, m)| (n.clone(), &m[..])).collect();
+                load::hf_model(config_json, &slices, device, progress)?
+            }
+        })
+    }
+
+    fn format(&self) -> &'static str {
+        match self {
+            Checkpoint::Gguf { .. } => "gguf",
+            Checkpoint::Hf { .. } => "safetensors",
+        }
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let p = dir.join(name);
+    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// What a model is, from its headers, without loading its weights.
+pub fn inspect(resolved: &ResolvedModel) -> Result<ModelInfo> {
+    let checkpoint = Checkpoint::open(resolved)?;
+    let text = checkpoint.text_assets()?;
+    describe(&checkpoint, &text)
+}
+
+/// Loads the model and its tokenizer and chat template on `device`.
+pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result<LoadedModel> {
+    let checkpoint = Checkpoint::open(resolved)?;
+    let text = checkpoint.text_assets()?;
+    let info = describe(&checkpoint, &text)?;
+    let bar = weight_progress(progress);
+    let llama = checkpoint.load(device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(LoadedModel { llama, text, info })
+}
+
+fn describe(checkpoint: &Checkpoint, text: &TextAssets) -> Result<ModelInfo> {
+    let (config, tensor_types, n_parameters) = checkpoint.headers()?;
+    Ok(ModelInfo {
+        path: checkpoint.path().to_path_buf(),
+        format: checkpoint.format(),
+        config,
         tensor_types,
         n_parameters,
         chat_template: text.chat.source().to_string(),
         special_tokens: text.tokenizer.special_tokens(),
         stop_tokens: text.tokenizer.stop_ids(),
-    }
+    })
 }
 
 impl ModelInfo {
