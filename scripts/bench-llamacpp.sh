@@ -16,11 +16,12 @@
 #   LLAMA_CPP_PYTHON_VERSION  the pinned llama-cpp-python (default 0.3.36, see PIN below)
 #   LLAMACPP_AMX=1     build llama.cpp with AMX kernels (off by default: GCC 12 miscompiles them)
 #   BENCH_REPEATS      llama.cpp runs per measurement, the median is reported (default 3)
+#   LLAMACPP_THREADS   give llama.cpp this many threads instead of our bench's `threads`
 #   BENCH_NICE         run both benches under `nice -n BENCH_NICE` (e.g. -10 as root on a shared
 #                      machine: llama.cpp's spinning threads collapse when the CPUs are oversubscribed)
 #
 # The venv is made on first use: `pip install llama-cpp-python==PIN` from PyPI compiles llama.cpp
-# from source (CPU only, -march=native minus AMX, under `nice -n 19`; ~20 min on 2 busy cores),
+# from source (CPU only, -march=native minus AMX, under `nice -n 19`; ~13 min on 2 busy cores),
 # with cmake/ninja from PyPI. Results: a table on stdout, and target/bench/llamacpp-<model>.json
 # (ours + llama.cpp + ratios) per model. The llama.cpp side is scripts/bench_llamacpp.py.
 set -euo pipefail
@@ -39,7 +40,7 @@ MODELS=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --setup-only) SETUP_ONLY=1 ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
         -*) echo "bench-llamacpp: unknown option '$1' (try --help)" >&2; exit 2 ;;
         *) MODELS+=("$1") ;;
     esac
@@ -78,7 +79,7 @@ setup_venv() {
     command -v python3 >/dev/null || die "python3 is needed to create $VENV"
     command -v gcc >/dev/null && command -v g++ >/dev/null ||
         die "gcc and g++ are needed to compile llama.cpp (apt-get install build-essential)"
-    log "building llama-cpp-python==$PIN into $VENV (compiles llama.cpp from source; ~20 min on 2 busy cores)"
+    log "building llama-cpp-python==$PIN into $VENV (compiles llama.cpp from source; ~13 min on 2 busy cores)"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     rm -f "$STAMP"
     "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -114,7 +115,8 @@ for model in "${MODELS[@]}"; do
     fi
     mv "$ours.tmp" "$ours"
     log "$model: llama.cpp on the same tokens"
-    "${RUN[@]}" "$VENV/bin/python" "$PY_SCRIPT" run --ours "$ours" --out "$result" ||
+    "${RUN[@]}" "$VENV/bin/python" "$PY_SCRIPT" run --ours "$ours" --out "$result" \
+        ${LLAMACPP_THREADS:+--threads "$LLAMACPP_THREADS"} ||
         die "the llama.cpp side failed for $model"
     RESULTS+=("$result")
 done

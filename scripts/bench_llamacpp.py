@@ -164,6 +164,14 @@ class Engine:
         ptr = self.lc.llama_get_logits_ith(ctx, -1)
         return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
 
+    def argmax_all(self, ctx, rows: int) -> list[int]:
+        """Greedy token of each of the `rows` outputs of the last llama_decode."""
+        import numpy as np  # noqa: PLC0415
+
+        ptr = self.lc.llama_get_logits(ctx)
+        logits = np.ctypeslib.as_array(ptr, shape=(rows * self.n_vocab,))
+        return np.argmax(logits.reshape(rows, self.n_vocab), axis=1).tolist()
+
     def batch(self, n_tokens: int, n_seq_max: int = 1):
         return self.lc.llama_batch_init(n_tokens, 0, n_seq_max)
 
@@ -279,7 +287,7 @@ def measure(engine: Engine, prompts: list[list[int]], decode_prompt: list[int],
             def all_at_once():
                 engine.clear(ctx)
                 engine.decode(ctx, batch, seqs)
-                engine.argmax_last(ctx)
+                engine.argmax_all(ctx, n_seq)  # read every prompt's logits, as ours does
 
             engine.clear(ctx)
             engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
@@ -397,6 +405,7 @@ def fmt(x, spec: str) -> str:
 
 
 def print_table(results: list[dict]) -> None:
+    # threads: "ours/llama.cpp" where they differ
     head = ("model", "threads", "prefill ours", "llama.cpp 1x1", "llama.cpp batch", "ratio",
             "decode ours", "llama.cpp", "ratio", "RSS ours MiB", "RSS llama.cpp MiB")
     rows = []
@@ -407,7 +416,8 @@ def print_table(results: list[dict]) -> None:
         name = Path(str(r.get("model") or r["gguf"])).name + (" (stand-in)" if r.get("standin")
                                                                else "")
         rows.append((
-            name, str(r["threads"]),
+            name, str(r["threads"]) if ours.get("threads") in (None, r["threads"])
+        else f'{ours["threads"]}/{r["threads"]}',
             fmt(ours["prefill"].get("tokens_per_s"), ".1f"),
             fmt(ll["prefill"]["tokens_per_s"], ".1f"),
             fmt(ll.get("prefill_batched", {}).get("tokens_per_s"), ".1f"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the browser crate (web/, package refusal-web) into dist/:
 #   cargo build --release --target wasm32-unknown-unknown -p refusal-web
-#   -> wasm-bindgen --target web -> wasm-opt -Oz -> dist/{index.html,refusal-web.js,refusal-web_bg.wasm}
+#   -> wasm-opt -Oz -> wasm-bindgen --target web -> dist/{index.html,refusal-web.js,refusal-web_bg.wasm}
 #
 #   scripts/build-web.sh [--no-opt] [--out DIR] [-- EXTRA CARGO ARGS]
-#     --no-opt   skip wasm-opt (faster; the .wasm stays several times larger)
+#     --no-opt   skip wasm-opt (saves ~1-4 min; the .wasm is about twice as large)
 #     --out DIR  output folder (default: dist/ in the repository root)
 #
 # The toolchain and its environment come from scripts/wasm-env.sh: rustup's toolchain when it
@@ -25,7 +25,7 @@ while [ "$#" -gt 0 ]; do
         --no-opt) OPT=0 ;;
         --out) OUT="$2"; shift ;;
         --) shift; CARGO_EXTRA=("$@"); break ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "build-web: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,34 +67,52 @@ log "cargo build: $(elapsed "$t0")"
 RAW="$CARGO_TARGET_DIR/$WASM_TARGET/release/$WASM_FILE"
 [ -f "$RAW" ] || { log "expected $RAW after the build"; exit 1; }
 
-# --- 2. wasm-bindgen (into a staging folder: dist/ only changes once everything succeeded)
 STAGE="$(mktemp -d "${TMPDIR:-/tmp}/refusal-web.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
-t0="$(now)"
-"$WASM_BINDGEN" --target web --no-typescript --out-name "$OUT_NAME" --out-dir "$STAGE" "$RAW"
-log "wasm-bindgen: $(elapsed "$t0")"
-WASM="$STAGE/${OUT_NAME}_bg.wasm"
 
-# --- 3. wasm-opt (Debian's binaryen; features named explicitly: rustc's wasm32 defaults + simd128)
+# --- 2. wasm-opt, on cargo's output, BEFORE wasm-bindgen. Debian's binaryen (108) breaks the
+# externref table that wasm-bindgen adds ("WebAssembly.Table.set(): Argument 1 is invalid for
+# table" at load time) when it runs after wasm-bindgen; on the raw module it never sees that table.
+# Features named explicitly: rustc's wasm32 defaults plus simd128.
+BINDGEN_INPUT="$RAW"
 if [ "$OPT" = 1 ]; then
     t0="$(now)"
-    wasm-opt -Oz --strip-debug --strip-producers \
+    nice -n 19 wasm-opt -Oz --strip-debug --strip-producers \
         --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
         --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
-        "$WASM" -o "$WASM.opt"
-    mv "$WASM.opt" "$WASM"
+        "$RAW" -o "$STAGE/opt.wasm"
+    BINDGEN_INPUT="$STAGE/opt.wasm"
     log "wasm-opt -Oz: $(elapsed "$t0")"
 fi
 
+# --- 3. wasm-bindgen (into a staging folder: dist/ only changes once everything succeeded)
+t0="$(now)"
+mkdir "$STAGE/out"
+"$WASM_BINDGEN" --target web --no-typescript --out-name "$OUT_NAME" --out-dir "$STAGE/out" "$BINDGEN_INPUT"
+log "wasm-bindgen: $(elapsed "$t0")"
+
 # --- 4. assemble dist/
-cp "$ROOT/index.html" "$STAGE/index.html"
+cp "$ROOT/index.html" "$STAGE/out/index.html"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.wasm "$OUT"/*.js "$OUT"/index.html
-cp -r "$STAGE"/. "$OUT"/
+cp -r "$STAGE/out"/. "$OUT"/
 RAW_SIZE="$(stat -c %s "$RAW")"
 SIZE="$(stat -c %s "$OUT/${OUT_NAME}_bg.wasm")"
 GZ="$(gzip -9 -c "$OUT/${OUT_NAME}_bg.wasm" | wc -c)"
 awk -v f="${OUT#"$ROOT"/}/${OUT_NAME}_bg.wasm" -v s="$SIZE" -v g="$GZ" -v r="$RAW_SIZE" 'BEGIN {
     printf "build-web: %s: %.2f MB, gzip -9: %.2f MB (cargo output %.2f MB)\n", f, s / 1e6, g / 1e6, r / 1e6 }'
 
-# Why not trunk (yet): TRUNK_NOTE_PLACEHOLDER
+# Why not trunk (yet), checked 2026-11 on Debian 12:
+#  - trunk 0.22.x declares rust-version 1.96.1: neither rustup's 1.95 nor Debian's rustc-web 1.96.0
+#    may install it; 0.21.14 (rust-version 1.81) would, as a cold compile of several hundred
+#    crates (swc, lightningcss, oxipng, tokio, reqwest) on the shared 2-core machines.
+#  - trunk runs wasm-opt AFTER wasm-bindgen. Debian's binaryen 108 reads wasm-bindgen's externref
+#    table as `anyref` and writes it back with the anyref encoding, and Chromium 156 then refuses
+#    the module ("WebAssembly.Table.set(): Argument 1 is invalid for table"). With trunk the
+#    wasm would have to ship unoptimized (28 MB instead of 14 MB; 4.3 MB instead of 3.5 MB gzip)
+#    unless a newer binaryen is installed, which apt does not offer.
+# So this script keeps the plain pipeline: cargo -> wasm-opt -> wasm-bindgen -> copy index.html.
+# index.html imports ./refusal-web.js itself; to move to trunk later, add
+#   <link data-trunk rel="rust" href="web/Cargo.toml" data-bindgen-target="web" data-wasm-opt="z">
+# plus a Trunk.toml with filehash = false (so the file names stay refusal-web*.{js,wasm}),
+# run trunk with the environment of scripts/wasm-env.sh, and give it a binaryen >= 116.

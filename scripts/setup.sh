@@ -23,7 +23,7 @@ CHECK_ONLY=0
 case "${1:-}" in
     --check) CHECK_ONLY=1 ;;
     "") ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -127,6 +127,11 @@ if ! rustup_has_wasm && [ "$CHECK_ONLY" = 0 ]; then
     if [ ! -d /usr/lib/rustlib/src/rust/library/std ]; then
         say "rust-web-src is installed but /usr/lib/rustlib/src/rust/library/std is absent"; exit 1
     fi
+fi
+
+NODE_MAJOR="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+if [ "$CHECK_ONLY" = 0 ] && [ "$NODE_MAJOR" -lt 20 ]; then
+    say "warning: node $(node --version 2>/dev/null || echo missing) is older than 20, which playwright-core needs"
 fi
 
 # ---------------------------------------------------------------- 2. wasm-bindgen-cli == Cargo.lock

@@ -4,11 +4,13 @@
 //
 // Serves dist/ on 127.0.0.1, drives Debian's Chromium headless through playwright-core
 // (no browser download, ever) and runs `smoke_forward` from the wasm module:
-//   1. webgpu          Chromium with --enable-unsafe-webgpu (SwiftShader's Vulkan on a GPU-less
-//                      machine), smoke_forward(true)
-//   2. cpu-only        a second Chromium WITHOUT that flag, where requestAdapter() gives null:
-//                      the CPU-only browser, smoke_forward(false) on Burn's flex backend
-//   3. cpu-after-gpu   smoke_forward(false) in the WebGPU page, after the WebGPU run
+//   1. webgpu            Chromium with --enable-unsafe-webgpu (SwiftShader's Vulkan on a GPU-less
+//                        machine), smoke_forward(true)
+//   2. cpu-only          a second Chromium WITHOUT that flag, where requestAdapter() gives null:
+//                        the CPU-only browser, smoke_forward(false) on Burn's flex backend
+//   3. no-adapter-error  in that CPU-only browser, smoke_forward(true) must reject with a readable
+//                        error (not a panic), and the CPU path must still work afterwards
+//   4. cpu-after-webgpu  smoke_forward(false) in the WebGPU page, after the WebGPU run
 // Each result must be non-empty and finite; the CPU results must match the WebGPU one, and all
 // must match the native engine's logits when SMOKE_EXPECTED (default target/smoke-expected.json,
 // written by `cargo run -p refusal-web --bin smoke-expected`) exists.
@@ -198,14 +200,18 @@ async function main() {
   const consoleLines = [];
   let passed = 0;
   let failed = 0;
-  const record = async (name, fn, page) => {
+  // `pageOf` gives the page to log into (read after the test ran, so test 1 logs into its own).
+  const record = async (name, fn, pageOf) => {
+    let page = null;
     try {
       const detail = await fn();
+      page = pageOf();
       passed++;
       log(`PASS ${name}${detail ? ': ' + detail : ''}`);
       await note(page, `PASS ${name}${detail ? ': ' + detail : ''}`, 'pass');
     } catch (e) {
       failed++;
+      page = pageOf();
       log(`FAIL ${name}: ${e.message}`);
       await note(page, `FAIL ${name}: ${e.message}`, 'fail');
     }
@@ -249,7 +255,7 @@ async function main() {
       checkLogits(values, 'webgpu');
       gpuLogits = values;
       return `adapter ${adapter}, ${values.length} logits in ${seconds.toFixed(1)} s${vsNative(values, 'webgpu')}`;
-    }, null);
+    }, () => gpuPage);
 
     // 2. A browser with no WebGPU adapter at all: the CPU path must start on its own.
     let cpuPage = null;
@@ -263,12 +269,32 @@ async function main() {
       let detail = `${adapter ? 'adapter ' + adapter : 'no WebGPU adapter'}, ${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
       return detail + vsNative(values, 'cpu');
-    }, gpuPage);
+    }, () => gpuPage);
+    // 3. Same CPU-only browser: asking for WebGPU must fail with a readable error (no panic,
+    //    no "unreachable"), and the CPU path must keep working afterwards.
+    await record('no-adapter-error', async () => {
+      if (!cpuPage) throw new Error('the CPU-only page did not open');
+      const outcome = await withTimeout(cpuPage.evaluate(async () => {
+        try {
+          await window.refusal.smoke_forward(true);
+          return { ok: true };
+        } catch (e) {
+          return { ok: false, message: String(e) };
+        }
+      }), CALL_TIMEOUT_MS, 'no-adapter smoke_forward(true)');
+      if (outcome.ok) return 'this browser has a WebGPU adapter after all; nothing to check';
+      if (!/WebGPU initialization failed/.test(outcome.message)) {
+        throw new Error(`unexpected rejection: ${outcome.message}`);
+      }
+      const { values } = await smokeForward(cpuPage, false, 'cpu after failed WebGPU init');
+      checkLogits(values, 'cpu after failed WebGPU init');
+      return `rejected with "${outcome.message.slice(0, 60)}…", CPU still runs`;
+    }, () => gpuPage);
     if (cpuPage) {
       await cpuPage.screenshot({ path: path.join(SHOTS, 'smoke-cpu-only.png') }).catch(() => {});
     }
 
-    // 3. CPU in the page that already runs WebGPU (switching device at run time).
+    // 4. CPU in the page that already runs WebGPU (switching device at run time).
     await record('cpu-after-webgpu', async () => {
       if (!gpuPage) throw new Error('the WebGPU page did not open');
       const { values, seconds } = await smokeForward(gpuPage, false, 'cpu-after-webgpu smoke_forward');
@@ -276,7 +302,7 @@ async function main() {
       let detail = `${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
       return detail + vsNative(values, 'cpu');
-    }, gpuPage);
+    }, () => gpuPage);
 
     const shotPage = gpuPage;
     if (shotPage) {

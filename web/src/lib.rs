@@ -81,6 +81,6 @@ pub async fn smoke_forward(webgpu: bool) -> Result<Vec<f32>, JsValue> {
         .into_data_async()
         .await
         .map_err(|e| JsValue::from_str(&format!("reading logits failed: {e:?}")))?;
-    data.into_vec::<f32>()
+    data.try_into_vec_as::<f32>()
         .map_err(|e| JsValue::from_str(&format!("logits are not f32: {e:?}")))
 }

@@ -20,7 +20,7 @@ fn main() {
     let device = burn::tensor::Device::flex();
     let logits = refusal_web::smoke_logits(&device);
     let shape = logits.dims();
-    let values: Vec<f32> = logits.into_data().into_vec().expect("f32 logits");
+    let values: Vec<f32> = logits.into_data().try_into_vec_as().expect("f32 logits");
     assert!(
         values.iter().all(|v| v.is_finite()),
         "non-finite logits: {values:?}"
