@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
+use refusal_core::gguf::GgufFile;
 use refusal_core::load::{self, TextAssets};
 use refusal_core::model::{Llama, ModelConfig};
 use serde::Serialize;
@@ -60,6 +61,8 @@ enum Checkpoint {
     Gguf {
         path: PathBuf,
         bytes: Mmap,
+        /// Parsed once: the header holds the whole vocabulary.
+        file: GgufFile,
     },
     Hf {
         dir: PathBuf,
@@ -71,10 +74,15 @@ enum Checkpoint {
 impl Checkpoint {
     fn open(resolved: &ResolvedModel) -> Result<Checkpoint> {
         Ok(match resolved {
-            ResolvedModel::Gguf(path) => Checkpoint::Gguf {
-                path: path.clone(),
-                bytes: map(path)?,
-            },
+            ResolvedModel::Gguf(path) => {
+                let bytes = map(path)?;
+                let file = load::gguf::parse(&path.display().to_string(), &bytes)?;
+                Checkpoint::Gguf {
+                    path: path.clone(),
+                    bytes,
+                    file,
+                }
+            }
             ResolvedModel::HfDir(dir) => {
                 let index = dir.join("model.safetensors.index.json");
                 let names: Vec<String> = if index.exists() {
@@ -107,9 +115,8 @@ impl Checkpoint {
 
     fn text_assets(&self) -> Result<TextAssets> {
         Ok(match self {
-            Checkpoint::Gguf { path, bytes } => {
-                let name = path.display().to_string();
-                load::gguf_text_assets(&name, &load::gguf::parse(&name, bytes)?)?
+            Checkpoint::Gguf { path, file, .. } => {
+                load::gguf_text_assets(&path.display().to_string(), file)?
             }
             Checkpoint::Hf { dir, .. } => {
                 let optional =
@@ -133,14 +140,13 @@ impl Checkpoint {
         let mut types = BTreeMap::new();
         let mut n_parameters = 0;
         let config = match self {
-            Checkpoint::Gguf { path, bytes } => {
+            Checkpoint::Gguf { path, file, .. } => {
                 let name = path.display().to_string();
-                let file = load::gguf::parse(&name, bytes)?;
                 for t in &file.tensors {
                     *types.entry(t.ggml_type.name().to_string()).or_default() += 1;
                     n_parameters += t.n_elements() as usize;
                 }
-                load::gguf::config(&file).with_context(|| name.clone())?
+                load::gguf::config(file).with_context(|| name.clone())?
             }
             Checkpoint::Hf {
                 config_json,
@@ -163,10 +169,8 @@ impl Checkpoint {
 
     fn load(&self, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> Result<Llama> {
         Ok(match self {
-            Checkpoint::Gguf { path, bytes } => {
-                let name = path.display().to_string();
-                let file = load::gguf::parse(&name, bytes)?;
-                load::gguf_model(&name, &file, bytes, device, progress)?
+            Checkpoint::Gguf { path, bytes, file } => {
+                load::gguf_model(&path.display().to_string(), file, bytes, device, progress)?
             }
             Checkpoint::Hf {
                 config_json,

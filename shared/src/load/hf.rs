@@ -305,6 +305,15 @@ mod tests {
             .collect()
     }
 
+    fn load(config: &ModelConfig, shards: &[(String, &[u8])]) -> Result<Llama, LoadError> {
+        hf_model(
+            &config_json(config),
+            shards,
+            &Device::flex(),
+            &mut |_, _| {},
+        )
+    }
+
     fn logits(model: &Llama) -> Vec<f32> {
         let batch =
             TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5], vec![9, 2, 6]], 0, &model.device());
@@ -315,13 +324,7 @@ mod tests {
     fn sharded_f32_qwen2_checkpoint_loads_to_the_same_model() {
         let config = ModelConfig::tiny();
         let (reference, shards) = checkpoint(&config, false);
-        let loaded = hf_model(
-            &config_json(&config),
-            &named(&shards),
-            &Device::flex(),
-            &mut |_, _| {},
-        )
-        .expect("loads");
+        let loaded = load(&config, &named(&shards)).expect("loads");
         assert_eq!(loaded.config(), &config);
         assert_eq!(logits(&loaded), logits(&reference));
     }
@@ -335,13 +338,7 @@ mod tests {
             ..ModelConfig::tiny()
         };
         let (reference, shards) = checkpoint(&config, true);
-        let loaded = hf_model(
-            &config_json(&config),
-            &named(&shards),
-            &Device::flex(),
-            &mut |_, _| {},
-        )
-        .expect("loads");
+        let loaded = load(&config, &named(&shards)).expect("loads");
         assert!(!loaded.config().tied_embeddings && loaded.head.is_some());
         assert_eq!(logits(&loaded), logits(&reference));
     }
@@ -351,13 +348,7 @@ mod tests {
         let config = ModelConfig::tiny();
         let (_, shards) = checkpoint(&config, false);
         // Only the first shard: the second half of the weights is missing.
-        let err = hf_model(
-            &config_json(&config),
-            &named(&shards)[..1],
-            &Device::flex(),
-            &mut |_, _| {},
-        )
-        .expect_err("incomplete checkpoint");
+        let err = load(&config, &named(&shards)[..1]).expect_err("incomplete checkpoint");
         match err {
             LoadError::Weights {
                 source: WeightError::Missing { tensor },
@@ -372,13 +363,7 @@ mod tests {
         let config = ModelConfig::tiny();
         let (_, shards) = checkpoint(&config, false);
         let wrong = ModelConfig { d_ff: 96, ..config };
-        let err = hf_model(
-            &config_json(&wrong),
-            &named(&shards),
-            &Device::flex(),
-            &mut |_, _| {},
-        )
-        .expect_err("shape mismatch");
+        let err = load(&wrong, &named(&shards)).expect_err("shape mismatch");
         assert!(
             matches!(&err, LoadError::Weights { source: WeightError::Shape { tensor, .. }, .. }
                 if tensor == "model.layers.0.mlp.gate_proj.weight"),
@@ -391,13 +376,7 @@ mod tests {
         let config = ModelConfig::tiny();
         let (_, shards) = checkpoint(&config, false);
         let cut = &shards[0][..shards[0].len() - 7];
-        let err = hf_model(
-            &config_json(&config),
-            &[("a.safetensors".into(), cut)],
-            &Device::flex(),
-            &mut |_, _| {},
-        )
-        .expect_err("truncated");
+        let err = load(&config, &[("a.safetensors".into(), cut)]).expect_err("truncated");
         assert!(
             matches!(&err, LoadError::Safetensors { file, .. } if file == "a.safetensors"),
             "{err}"
