@@ -3,15 +3,17 @@
 //! [`GgufFile::parse`] reads the header, metadata and tensor table of a memory-mapped file and
 //! validates every length against the bytes present before allocating, so hostile files give an
 //! error, never a panic or a huge allocation. [`GgufFile::tensor_f32`] dequantizes one tensor
-//! bit-identically to gguf-py.
+//! bit-identically to gguf-py. [`GgufWriter`] writes files the reader reads back.
 
 pub mod error;
 pub mod quant;
 pub mod reader;
+pub mod writer;
 
 pub use error::GgufError;
 pub use quant::{GgmlType, dequantize, dequantize_into};
 pub use reader::{GgufFile, MetadataValue, TensorInfo};
+pub use writer::GgufWriter;
 
 /// Path of a file under the independent reference fixtures (`shared/fixtures` beside the
 /// workspace). `REFUSAL_FIXTURES` overrides the fixtures directory for checkouts laid out

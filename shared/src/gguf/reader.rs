@@ -615,56 +615,18 @@ mod tests {
             self.raw(b"GGUF").u32(version).u64(tensors).u64(kvs)
         }
         fn value(&mut self, v: &MetadataValue) -> &mut Self {
-            match v {
-                MetadataValue::U8(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::I8(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::U16(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::I16(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::U32(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::I32(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::F32(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::Bool(x) => self.raw(&[u8::from(*x)]),
-                MetadataValue::String(x) => self.str(x),
-                MetadataValue::U64(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::I64(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::F64(x) => self.raw(&x.to_le_bytes()),
-                MetadataValue::Array(items) => {
-                    // An empty array's element type is not kept; any type id round-trips.
-                    self.u32(items.first().map_or(0, type_id))
-                        .u64(items.len() as u64);
-                    for item in items {
-                        self.value(item);
-                    }
-                    self
-                }
-            }
+            // Writing to a Vec cannot fail.
+            let _ = v.write(&mut self.0);
+            self
         }
         fn kv(&mut self, key: &str, v: &MetadataValue) -> &mut Self {
-            self.str(key).u32(type_id(v)).value(v)
+            self.str(key).u32(v.type_id()).value(v)
         }
         fn pad_to(&mut self, alignment: usize) -> &mut Self {
             while !self.0.len().is_multiple_of(alignment) {
                 self.0.push(0);
             }
             self
-        }
-    }
-
-    fn type_id(v: &MetadataValue) -> u32 {
-        match v {
-            MetadataValue::U8(_) => 0,
-            MetadataValue::I8(_) => 1,
-            MetadataValue::U16(_) => 2,
-            MetadataValue::I16(_) => 3,
-            MetadataValue::U32(_) => 4,
-            MetadataValue::I32(_) => 5,
-            MetadataValue::F32(_) => 6,
-            MetadataValue::Bool(_) => 7,
-            MetadataValue::String(_) => 8,
-            MetadataValue::Array(_) => 9,
-            MetadataValue::U64(_) => 10,
-            MetadataValue::I64(_) => 11,
-            MetadataValue::F64(_) => 12,
         }
     }
 

@@ -1,0 +1,253 @@
+//! Writing a (possibly edited) model back out: a GGUF that keeps the source file's metadata and
+//! every untouched tensor byte for byte, or Hugging Face safetensors.
+
+use std::collections::BTreeMap;
+
+use crate::gguf::{GgufError, GgufFile, GgufWriter, MetadataValue};
+use crate::load::names;
+use crate::model::llama::Linear;
+use crate::model::{BlockWeight, HostTensor, Llama, RopePairing, WeightName, read_f32};
+
+/// Why a model could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("writing safetensors: {0}")]
+    Safetensors(String),
+    #[error("the model has no weight {0:?} to export")]
+    MissingWeight(WeightName),
+}
+
+/// Host values of one weight in file layout: matrices `[d_out, d_in]`, row-major, as GGUF
+/// (dims reversed) and Hugging Face store them. `None` for a weight the model does not have
+/// (a tied head, absent biases).
+pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
+    let matrix = |t: burn::tensor::Tensor<2>| {
+        let [rows, cols] = t.dims();
+        HostTensor {
+            shape: vec![rows, cols],
+            data: read_f32(t),
+        }
+    };
+    let vector = |t: burn::tensor::Tensor<1>| {
+        let [n] = t.dims();
+        HostTensor {
+            shape: vec![n],
+            data: read_f32(t),
+        }
+    };
+    // Linear layers multiply `[d_in, d_out]`; files hold the transpose.
+    let weight = |l: &Linear| matrix(l.weight.val().transpose());
+    let bias = |l: &Linear| l.bias.as_ref().map(|b| vector(b.val()));
+    Some(match name {
+        WeightName::TokenEmbedding => matrix(model.embedding.val()),
+        WeightName::OutputHead => matrix(model.head.as_ref()?.val()),
+        WeightName::FinalNorm => vector(model.norm.weight.val()),
+        WeightName::Block(l, w) => {
+            let b = model.blocks.get(l)?;
+            match w {
+                BlockWeight::AttnNorm => vector(b.attn_norm.weight.val()),
+                BlockWeight::MlpNorm => vector(b.mlp_norm.weight.val()),
+                BlockWeight::Q => weight(&b.attn.q),
+                BlockWeight::K => weight(&b.attn.k),
+                BlockWeight::V => weight(&b.attn.v),
+                BlockWeight::O => weight(&b.attn.o),
+                BlockWeight::Gate => weight(&b.mlp.gate),
+                BlockWeight::Up => weight(&b.mlp.up),
+                BlockWeight::Down => weight(&b.mlp.down),
+                BlockWeight::QBias => bias(&b.attn.q)?,
+                BlockWeight::KBias => bias(&b.attn.k)?,
+                BlockWeight::VBias => bias(&b.attn.v)?,
+            }
+        }
+    })
+}
+
+/// A GGUF with the source file's metadata and tensors, except that the `replaced` weights are
+/// taken from `model` and stored as F32 (a weight the source lacks, such as the head of a
+/// formerly tied embedding, is added). Untouched tensors keep their quantized bytes.
+///
+/// # Errors
+///
+/// [`ExportError::MissingWeight`] for a replaced weight the model does not have, and writer
+/// errors.
+pub fn gguf_with_weights<'a>(
+    source: &GgufFile,
+    bytes: &'a [u8],
+    model: &Llama,
+    replaced: &[WeightName],
+) -> Result<GgufWriter<'a>, ExportError> {
+    let mut new: BTreeMap<String, WeightName> = replaced
+        .iter()
+        .map(|&w| (names::gguf(w), w))
+        .collect();
+    let mut writer = GgufWriter::new();
+    for (key, value) in &source.metadata {
+        writer.set(key, value.clone());
+    }
+    for info in &source.tensors {
+        match new.remove(&info.name) {
+            Some(w) => {
+                let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
+                writer.tensor_f32(&info.name, &t.shape, &t.data)?;
+            }
+            None => {
+                let data = source.tensor_bytes(bytes, info)?;
+                writer.tensor(&info.name, info.dims.clone(), info.ggml_type, data)?;
+            }
+        }
+    }
+    for (name, w) in new {
+        let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
+        writer.tensor_f32(&name, &t.shape, &t.data)?;
+    }
+    Ok(writer)
+}
+
+/// Records what was done to a model in its GGUF metadata (`refusal_lens.*` keys).
+pub fn note_in_gguf(writer: &mut GgufWriter<'_>, key: &str, value: &str) {
+    writer.set(
+        &format!("refusal_lens.{key}"),
+        MetadataValue::String(value.to_owned()),
+    );
+}
+
+/// Hugging Face rows of q/k from GGUF Llama rows: llama.cpp's converter stores rotary pairs
+/// `(2j, 2j+1)` of every head where Hugging Face has `(j, j + head_dim/2)`.
+fn unpermute_rows(t: HostTensor, head_dim: usize) -> HostTensor {
+    let row_len: usize = t.shape[1..].iter().product();
+    let rows = t.shape[0];
+    let half = head_dim / 2;
+    let mut data = vec![0.0f32; t.data.len()];
+    for r in 0..rows {
+        let (head, within) = (r / head_dim, r % head_dim);
+        let (j, s) = (within / 2, within % 2);
+        let hf = head * head_dim + s * half + j;
+        data[hf * row_len..(hf + 1) * row_len].copy_from_slice(&t.data[r * row_len..(r + 1) * row_len]);
+    }
+    HostTensor {
+        shape: t.shape,
+        data,
+    }
+}
+
+/// Every weight of `model` as an f32 Hugging Face safetensors file (q/k rows in Hugging Face
+/// order whatever format the model came from), with `metadata` in the header.
+///
+/// # Errors
+///
+/// [`ExportError::Safetensors`] if serialization fails.
+pub fn safetensors_bytes(
+    model: &Llama,
+    metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>, ExportError> {
+    let config = model.config();
+    let mut names = vec![WeightName::TokenEmbedding, WeightName::FinalNorm, WeightName::OutputHead];
+    for l in 0..config.n_layers {
+        names.extend(BlockWeight::ALL.iter().map(|&w| WeightName::Block(l, w)));
+    }
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(mut t) = host_weight(model, name) else {
+            continue;
+        };
+        if config.rope_pairing == RopePairing::Interleaved
+            && matches!(
+                name,
+                WeightName::Block(_, BlockWeight::Q | BlockWeight::K | BlockWeight::QBias | BlockWeight::KBias)
+            )
+        {
+            t = unpermute_rows(t, config.head_dim);
+        }
+        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((names::hf(name), t.shape, bytes));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ExportError::Safetensors(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = (!metadata.is_empty()).then_some(metadata.into_iter().collect());
+    safetensors::serialize(views, metadata).map_err(|e| ExportError::Safetensors(e.to_string()))
+}
+
+/// A transformers `config.json` describing `config` (with Hugging Face RoPE pairing, which
+/// [`safetensors_bytes`] writes).
+pub fn hf_config_json(config: &crate::model::ModelConfig) -> serde_json::Value {
+    let (architecture, model_type) = match config.architecture {
+        crate::model::Architecture::Llama => ("LlamaForCausalLM", "llama"),
+        crate::model::Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
+    let mut json = serde_json::json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.d_ff,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_positions,
+        "tie_word_embeddings": config.tied_embeddings,
+        "attention_bias": config.qkv_bias,
+        "torch_dtype": "float32",
+    });
+    if let Some(s) = config.rope_scaling {
+        json["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        });
+    }
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, NoHook, TokenBatch};
+
+    #[test]
+    fn interleaved_rows_unpermute_to_halves() {
+        // One head of dim 4: GGUF rows (j=0,s=0), (0,1), (1,0), (1,1) → HF rows 0, 2, 1, 3.
+        let t = HostTensor {
+            shape: vec![4, 1],
+            data: vec![0.0, 2.0, 1.0, 3.0],
+        };
+        assert_eq!(unpermute_rows(t, 4).data, [0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn safetensors_export_of_an_interleaved_model_reloads_to_the_same_logits() {
+        let device = burn::tensor::Device::flex();
+        let mut config = ModelConfig::tiny();
+        config.rope_pairing = RopePairing::Interleaved;
+        config.tied_embeddings = false;
+        let model = Llama::random(&config, 3, &device);
+        let bytes = safetensors_bytes(&model, BTreeMap::new()).unwrap();
+        let config_json = serde_json::to_vec(&hf_config_json(&config)).unwrap();
+        let reloaded = crate::load::hf_model(
+            &config_json,
+            &[("model.safetensors".to_owned(), bytes.as_slice())],
+            &device,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(reloaded.config().rope_pairing, RopePairing::Halves);
+        let batch = TokenBatch::left_padded(&[vec![1, 2, 3, 4, 5, 6]], 0, &device);
+        let a = read_f32(model.last_logits(&batch, &mut NoHook));
+        let b = read_f32(reloaded.last_logits(&batch, &mut NoHook));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+        }
+    }
+}

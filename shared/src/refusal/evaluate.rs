@@ -1,0 +1,306 @@
+//! Evaluation (METHOD §7): greedy completions judged by substring, refusal rate and attack
+//! success rate, the refusal score, KL to the unmodified model, and cross-entropy on a text.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::generate::{Decoder, FinishReason, GenerationSettings, Sampling};
+use crate::load::TextAssets;
+use crate::model::{Hook, KvCache, Llama, NoHook, TokenBatch};
+use crate::tokenizer::Tokenizer;
+
+use super::judge::is_refusal;
+use super::score::{kl_from_base, refusal_score};
+use super::{
+    EncodedPrompts, Intervention, OnProgress, PipelineError, Prompt, RefusalTokens, Stage, read,
+    report,
+};
+
+/// One prompt's greedy completion, with what the first step's logits said.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Completed {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub refusal_score: Option<f64>,
+    pub kl: Option<f64>,
+}
+
+/// What to measure on the logits at the last prompt position.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FirstStep<'a> {
+    pub refusal: Option<&'a RefusalTokens>,
+    /// KL from the unmodified model's distribution to the hooked one.
+    pub kl: bool,
+}
+
+/// Greedy completions of every prompt under `hook`, in prompt order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn greedy_completions<H: Hook + ?Sized>(
+    model: &Llama,
+    prompts: &EncodedPrompts,
+    stop_ids: &[u32],
+    max_new_tokens: usize,
+    batch_size: usize,
+    hook: &mut H,
+    stage: Stage,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Vec<Completed>, PipelineError> {
+    complete(
+        model,
+        prompts,
+        stop_ids,
+        max_new_tokens,
+        batch_size,
+        hook,
+        FirstStep::default(),
+        stage,
+        on_progress,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn complete<H: Hook + ?Sized>(
+    model: &Llama,
+    prompts: &EncodedPrompts,
+    stop_ids: &[u32],
+    max_new_tokens: usize,
+    batch_size: usize,
+    hook: &mut H,
+    first: FirstStep<'_>,
+    stage: Stage,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Vec<Completed>, PipelineError> {
+    let device = model.device();
+    let total = prompts.len();
+    let mut out: Vec<Option<Completed>> = vec![None; total];
+    let mut done = 0;
+    report(on_progress, stage, 0, total)?;
+    for batch in prompts.batches(batch_size) {
+        let ids = prompts.select(&batch);
+        let settings = GenerationSettings {
+            // The first forward pass must run even when nothing is generated: it gives the
+            // refusal score and the KL.
+            max_new_tokens: max_new_tokens.max(1),
+            sampling: Sampling::Greedy,
+            stop_ids: stop_ids.to_vec(),
+        };
+        let mut decoder = Decoder::new(model, &ids, 0, settings);
+        let mut scores = vec![None; batch.len()];
+        let mut kls = vec![None; batch.len()];
+        let mut step = 0;
+        while let Some(logits) = decoder.forward(hook) {
+            if step == 0 {
+                if let Some(tokens) = first.refusal {
+                    let lp = read(tokens.log_probs(logits.clone())).await?;
+                    for (row, chunk) in lp.chunks_exact(tokens.ids.len()).enumerate() {
+                        scores[row] = Some(refusal_score(chunk));
+                    }
+                }
+                if first.kl {
+                    let base = model.last_logits(&TokenBatch::left_padded(&ids, 0, &device), &mut NoHook);
+                    let kl = read(kl_from_base(log_softmax(base, 1), logits.clone())).await?;
+                    for (row, v) in kl.into_iter().enumerate() {
+                        kls[row] = Some(v as f64);
+                    }
+                }
+                if max_new_tokens == 0 {
+                    decoder.cancel();
+                    break;
+                }
+            }
+            let host = read(logits).await?;
+            decoder.accept(&host);
+            step += 1;
+            report(on_progress, stage, done, total)?;
+        }
+        let generation = decoder.finish();
+        for (((&index, tokens), finish), (refusal_score, kl)) in batch
+            .iter()
+            .zip(generation.tokens)
+            .zip(generation.finish)
+            .zip(scores.into_iter().zip(kls))
+        {
+            out[index] = Some(Completed {
+                tokens,
+                finish: if max_new_tokens == 0 { FinishReason::Length } else { finish },
+                refusal_score,
+                kl,
+            });
+        }
+        done += batch.len();
+        report(on_progress, stage, done, total)?;
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Settings of an evaluation run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EvalSettings {
+    /// Greedy tokens per completion (paper scale 256-512, demos 32-64; 0 scores prompts only).
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+/// One judged completion.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JudgedCompletion {
+    pub instruction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    pub completion: String,
+    /// The substring judge's verdict.
+    pub refused: bool,
+    pub finish: FinishReason,
+    pub refusal_score: f64,
+    /// KL from the unmodified model at the last prompt position (with an intervention only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+}
+
+/// Aggregates of an evaluation run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalSummary {
+    pub n_prompts: usize,
+    pub n_refused: usize,
+    /// Share of completions the judge calls refusals (for harmless prompts: over-refusal).
+    pub refusal_rate: f64,
+    /// Attack success rate: share of completions with no refusal phrase (for harmful prompts).
+    pub asr: f64,
+    pub mean_refusal_score: f64,
+    /// Mean KL from the unmodified model (with an intervention only).
+    pub mean_kl: Option<f64>,
+}
+
+/// Completions and their summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalReport {
+    pub summary: EvalSummary,
+    pub completions: Vec<JudgedCompletion>,
+}
+
+/// Generates greedy completions of `prompts` under `intervention`, judges them, and scores the
+/// first step.
+///
+/// # Errors
+///
+/// Invalid interventions, template, tokenizer and readback errors, [`PipelineError::Cancelled`].
+pub async fn evaluate(
+    model: &Llama,
+    text: &TextAssets,
+    prompts: &[Prompt],
+    intervention: &Intervention,
+    refusal: &RefusalTokens,
+    settings: EvalSettings,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<EvalReport, PipelineError> {
+    if prompts.is_empty() {
+        return Err(PipelineError::NoPrompts("evaluation"));
+    }
+    let mut hook = intervention.hook(model)?;
+    let encoded = EncodedPrompts::new(text, prompts, None)?;
+    let with_kl = *intervention != Intervention::None;
+    let done = complete(
+        model,
+        &encoded,
+        &text.tokenizer.stop_ids(),
+        settings.max_new_tokens,
+        settings.batch_size,
+        &mut hook,
+        FirstStep {
+            refusal: Some(refusal),
+            kl: with_kl,
+        },
+        Stage::Generate,
+        on_progress,
+    )
+    .await?;
+
+    let mut completions = Vec::with_capacity(prompts.len());
+    for (prompt, c) in prompts.iter().zip(done) {
+        let completion = text.tokenizer.decode(&c.tokens, true)?;
+        completions.push(JudgedCompletion {
+            instruction: prompt.instruction.clone(),
+            category: prompt.category.clone(),
+            refused: is_refusal(&completion),
+            completion,
+            finish: c.finish,
+            refusal_score: c.refusal_score.unwrap_or(f64::NAN),
+            kl: c.kl,
+        });
+    }
+    let n = completions.len();
+    let n_refused = completions.iter().filter(|c| c.refused).count();
+    let mean = |f: &dyn Fn(&JudgedCompletion) -> f64| completions.iter().map(f).sum::<f64>() / n as f64;
+    let summary = EvalSummary {
+        n_prompts: n,
+        n_refused,
+        refusal_rate: n_refused as f64 / n as f64,
+        asr: (n - n_refused) as f64 / n as f64,
+        mean_refusal_score: mean(&|c| c.refusal_score),
+        mean_kl: with_kl.then(|| mean(&|c| c.kl.unwrap_or(f64::NAN))),
+    };
+    Ok(EvalReport {
+        summary,
+        completions,
+    })
+}
+
+/// Mean next-token cross-entropy of a text.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CrossEntropy {
+    /// Tokens predicted (every token of each window but its first).
+    pub tokens: usize,
+    pub nats_per_token: f64,
+    pub perplexity: f64,
+}
+
+/// Cross-entropy of `text` under `intervention`, in windows of `window` tokens (each window is
+/// an independent sequence, so the first token of each is not predicted).
+///
+/// # Errors
+///
+/// Invalid interventions, tokenizer and readback errors, [`PipelineError::Cancelled`];
+/// [`PipelineError::NoPrompts`] for a text of fewer than two tokens.
+pub async fn cross_entropy(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    text: &str,
+    intervention: &Intervention,
+    window: usize,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<CrossEntropy, PipelineError> {
+    let mut hook = intervention.hook(model)?;
+    let ids = tokenizer.encode(text, tokenizer.add_bos() && tokenizer.bos_id().is_some())?;
+    let window = window.max(2);
+    let chunks: Vec<&[u32]> = ids.chunks(window).filter(|c| c.len() >= 2).collect();
+    if chunks.is_empty() {
+        return Err(PipelineError::NoPrompts("cross-entropy text"));
+    }
+    let device = model.device();
+    let total: usize = chunks.iter().map(|c| c.len() - 1).sum();
+    let mut nats = 0.0f64;
+    let mut done = 0;
+    report(on_progress, Stage::CrossEntropy, 0, total)?;
+    for chunk in chunks {
+        let seq = chunk.len();
+        let batch = TokenBatch::left_padded(&[chunk.to_vec()], 0, &device);
+        let hidden = model.hidden(&batch, &mut KvCache::new(), &mut hook);
+        let [_, _, d] = hidden.dims();
+        let inputs = hidden.reshape([seq, d]).narrow(0, 0, seq - 1);
+        let log_probs = log_softmax(model.logits(inputs), 1);
+        let targets: Vec<i64> = chunk[1..].iter().map(|&t| t as i64).collect();
+        let targets: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(targets, [seq - 1, 1]), &device);
+        let picked = read(log_probs.gather(1, targets)).await?;
+        nats -= picked.iter().map(|&v| v as f64).sum::<f64>();
+        done += seq - 1;
+        report(on_progress, Stage::CrossEntropy, done, total)?;
+    }
+    let nats_per_token = nats / total as f64;
+    Ok(CrossEntropy {
+        tokens: total,
+        nats_per_token,
+        perplexity: nats_per_token.exp(),
+    })
+}

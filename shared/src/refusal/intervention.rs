@@ -1,0 +1,123 @@
+//! The interventions of METHOD §5 as one closed set, each turned into a forward-pass hook.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::model::{ActivationAddition, DirectionalAblation, Hook, HookContext, HookPoint, Llama};
+
+use super::PipelineError;
+
+/// What is done to the residual stream while the model runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intervention {
+    /// The model as it is.
+    None,
+    /// Directional ablation of `direction` (normalised here) at every layer and position.
+    Ablate { direction: Vec<f32> },
+    /// `x^layer <- x^layer + coeff * vector` at every position of block `layer`'s input.
+    ActAdd {
+        layer: usize,
+        vector: Vec<f32>,
+        coeff: f32,
+    },
+}
+
+/// Name of an intervention kind, as the CLI and reports spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionKind {
+    None,
+    Ablate,
+    Actadd,
+}
+
+impl Intervention {
+    pub fn kind(&self) -> InterventionKind {
+        match self {
+            Intervention::None => InterventionKind::None,
+            Intervention::Ablate { .. } => InterventionKind::Ablate,
+            Intervention::ActAdd { .. } => InterventionKind::Actadd,
+        }
+    }
+
+    /// The hook that applies this intervention to `model`.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::WidthMismatch`] when the vector is not `d_model` wide,
+    /// [`PipelineError::LayerOutOfRange`], and [`PipelineError::DegenerateDirection`] for a
+    /// zero or non-finite direction to ablate.
+    pub fn hook(&self, model: &Llama) -> Result<InterventionHook, PipelineError> {
+        let config = model.config();
+        let device = model.device();
+        let check_width = |v: &[f32]| {
+            if v.len() == config.d_model {
+                Ok(())
+            } else {
+                Err(PipelineError::WidthMismatch {
+                    expected: config.d_model,
+                    got: v.len(),
+                })
+            }
+        };
+        Ok(match self {
+            Intervention::None => InterventionHook::None,
+            Intervention::Ablate { direction } => {
+                check_width(direction)?;
+                let norm = direction.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                if !norm.is_finite() || norm == 0.0 {
+                    return Err(PipelineError::DegenerateDirection);
+                }
+                InterventionHook::Ablate(DirectionalAblation::new(vector(direction, &device)))
+            }
+            Intervention::ActAdd {
+                layer,
+                vector: v,
+                coeff,
+            } => {
+                check_width(v)?;
+                if *layer >= config.n_layers {
+                    return Err(PipelineError::LayerOutOfRange {
+                        layer: *layer,
+                        n_layers: config.n_layers,
+                    });
+                }
+                InterventionHook::ActAdd(ActivationAddition::new(
+                    *layer,
+                    vector(v, &device),
+                    *coeff,
+                ))
+            }
+        })
+    }
+}
+
+/// A host vector on the model's device.
+pub(crate) fn vector(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+/// The hook of an [`Intervention`].
+#[derive(Debug, Clone)]
+pub enum InterventionHook {
+    None,
+    Ablate(DirectionalAblation),
+    ActAdd(ActivationAddition),
+}
+
+impl Hook for InterventionHook {
+    fn wants(&self, layer: usize, point: HookPoint) -> bool {
+        match self {
+            InterventionHook::None => false,
+            InterventionHook::Ablate(h) => h.wants(layer, point),
+            InterventionHook::ActAdd(h) => h.wants(layer, point),
+        }
+    }
+
+    fn at(&mut self, ctx: &HookContext, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            InterventionHook::None => x,
+            InterventionHook::Ablate(h) => h.at(ctx, x),
+            InterventionHook::ActAdd(h) => h.at(ctx, x),
+        }
+    }
+}
