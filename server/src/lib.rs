@@ -2,7 +2,12 @@
 //! commands, so integration tests can use them without a subprocess.
 
 pub mod bench;
+pub mod commands;
 pub mod device;
+pub mod direction_file;
 pub mod fetch;
+pub mod model_args;
 pub mod open;
+pub mod outputs;
+pub mod progress;
 pub mod source;

@@ -8,10 +8,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::NoHook;
-use refusal_lens::device::Backend;
+use refusal_lens::commands::control_vector::{self, ControlVectorArgs};
+use refusal_lens::commands::directions::{self, DirectionsArgs};
+use refusal_lens::commands::eval::{self, EvalArgs};
+use refusal_lens::commands::orthogonalize::{self, OrthogonalizeArgs};
 use refusal_lens::fetch::Cache;
-use refusal_lens::open::{LoadedModel, inspect, open};
-use refusal_lens::source::{BuiltinModel, ModelSource, ResolvedModel};
+use refusal_lens::model_args::ModelArgs;
+use refusal_lens::open::inspect;
+use refusal_lens::progress::Interrupt;
+use refusal_lens::source::BuiltinModel;
 use refusal_lens::{bench, fetch};
 
 #[derive(Parser)]
@@ -22,17 +27,6 @@ use refusal_lens::{bench, fetch};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args)]
-struct ModelArgs {
-    /// A built-in alias (qwen2.5-coder-0.5b, smollm2-135m), a .gguf file, a Hugging Face
-    /// directory or a Hub id (owner/name).
-    #[arg(long, default_value = BuiltinModel::default().alias())]
-    model: String,
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    backend: Backend,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +69,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Candidate refusal directions for every layer and post-instruction position, the
+    /// selection table, the selected direction and figures (METHOD §2-6).
+    Directions(DirectionsArgs),
+    /// Greedy completions under an intervention, judged: refusal rate / ASR, refusal score,
+    /// KL, cross-entropy (METHOD §7).
+    Eval(EvalArgs),
+    /// Bake ablation of a direction into the weights and export the model (METHOD §5).
+    Orthogonalize(OrthogonalizeArgs),
+    /// Write a direction as a llama.cpp control vector (GGUF).
+    ControlVector(ControlVectorArgs),
     /// Download and verify built-in models into the cache (all of them by default).
     Fetch {
         #[arg(value_parser = parse_builtin)]
@@ -91,16 +95,6 @@ fn parse_builtin(s: &str) -> Result<BuiltinModel, String> {
     })
 }
 
-fn resolve(args: &ModelArgs) -> Result<ResolvedModel> {
-    let cache = Cache::from_env()?;
-    ModelSource::parse(&args.model)?.resolve(&cache, true)
-}
-
-fn load(args: &ModelArgs) -> Result<LoadedModel> {
-    let device = args.backend.device()?;
-    open(&resolve(args)?, &device, true).with_context(|| format!("loading model `{}`", args.model))
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate {
@@ -113,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             json,
         } => {
-            let loaded = load(&model)?;
+            let loaded = model.load()?;
             let formatted = loaded.text.chat.user_prompt(&prompt, system.as_deref())?;
             let ids = loaded.text.tokenizer.encode(&formatted.text, false)?;
             let sampling = if temperature > 0.0 {
@@ -134,21 +128,19 @@ fn run(cli: Cli) -> Result<()> {
             let mut stdout = std::io::stdout();
             let out = generate(
                 &loaded.llama,
-                &[ids.clone()],
+                std::slice::from_ref(&ids),
                 0,
                 settings,
                 &mut NoHook,
                 &mut |_, token| {
-                    if !json {
-                        if let Ok(Some(piece)) = stream.push(token) {
-                            // A closed stdout (e.g. piped into `head`) ends generation early.
-                            if write!(stdout, "{piece}")
-                                .and_then(|()| stdout.flush())
-                                .is_err()
-                            {
-                                return ControlFlow::Break(());
-                            }
-                        }
+                    if !json
+                        && let Ok(Some(piece)) = stream.push(token)
+                        // A closed stdout (e.g. piped into `head`) ends generation early.
+                        && write!(stdout, "{piece}")
+                            .and_then(|()| stdout.flush())
+                            .is_err()
+                    {
+                        return ControlFlow::Break(());
                     }
                     ControlFlow::Continue(())
                 },
@@ -173,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Inspect { model, json } => {
-            let info = inspect(&resolve(&model)?)
+            let info = inspect(&model.resolve()?)
                 .with_context(|| format!("inspecting model `{}`", model.model))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -186,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             options,
             json,
         } => {
-            let loaded = load(&model)?;
+            let loaded = model.load()?;
             let report = bench::run(&loaded, &options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -194,6 +186,10 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", report.to_text());
             }
         }
+        Command::Directions(args) => directions::run(&args, &Interrupt::install()?)?,
+        Command::Eval(args) => eval::run(&args, &Interrupt::install()?)?,
+        Command::Orthogonalize(args) => orthogonalize::run(&args)?,
+        Command::ControlVector(args) => control_vector::run(&args)?,
         Command::Fetch { models } => {
             let cache = Cache::from_env()?;
             let models = if models.is_empty() {

@@ -12,6 +12,7 @@ use refusal_core::gguf::GgufFile;
 use refusal_core::load::{self, TextAssets};
 use refusal_core::model::{Llama, ModelConfig};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::source::{ResolvedModel, safetensors_shards};
 
@@ -34,6 +35,52 @@ pub struct ModelInfo {
     pub chat_template: String,
     pub special_tokens: Vec<(u32, String)>,
     pub stop_tokens: Vec<u32>,
+}
+
+/// Identifies the exact model a result was computed on: saved with every direction and report
+/// so that a direction applied to another model is noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// The `--model` argument.
+    pub model: String,
+    pub format: String,
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    /// SHA-256 of the GGUF file, or of `config.json` followed by the safetensors shards.
+    pub sha256: String,
+}
+
+/// Hashes the model's files (about a second per GB).
+pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint> {
+    let checkpoint = Checkpoint::open(resolved)?;
+    let (config, _, _) = checkpoint.headers()?;
+    let mut hasher = Sha256::new();
+    match &checkpoint {
+        Checkpoint::Gguf { bytes, .. } => hasher.update(&bytes[..]),
+        Checkpoint::Hf {
+            config_json,
+            shards,
+            ..
+        } => {
+            hasher.update(config_json);
+            for (_, bytes) in shards {
+                hasher.update(&bytes[..]);
+            }
+        }
+    }
+    Ok(Fingerprint {
+        model: label.to_owned(),
+        format: checkpoint.format().to_owned(),
+        architecture: config.architecture.name().to_owned(),
+        n_layers: config.n_layers,
+        d_model: config.d_model,
+        sha256: hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    })
 }
 
 /// Memory-maps a file read-only.

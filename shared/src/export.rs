@@ -78,10 +78,8 @@ pub fn gguf_with_weights<'a>(
     model: &Llama,
     replaced: &[WeightName],
 ) -> Result<GgufWriter<'a>, ExportError> {
-    let mut new: BTreeMap<String, WeightName> = replaced
-        .iter()
-        .map(|&w| (names::gguf(w), w))
-        .collect();
+    let mut new: BTreeMap<String, WeightName> =
+        replaced.iter().map(|&w| (names::gguf(w), w)).collect();
     let mut writer = GgufWriter::new();
     for (key, value) in &source.metadata {
         writer.set(key, value.clone());
@@ -124,7 +122,8 @@ fn unpermute_rows(t: HostTensor, head_dim: usize) -> HostTensor {
         let (head, within) = (r / head_dim, r % head_dim);
         let (j, s) = (within / 2, within % 2);
         let hf = head * head_dim + s * half + j;
-        data[hf * row_len..(hf + 1) * row_len].copy_from_slice(&t.data[r * row_len..(r + 1) * row_len]);
+        data[hf * row_len..(hf + 1) * row_len]
+            .copy_from_slice(&t.data[r * row_len..(r + 1) * row_len]);
     }
     HostTensor {
         shape: t.shape,
@@ -143,7 +142,11 @@ pub fn safetensors_bytes(
     metadata: BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ExportError> {
     let config = model.config();
-    let mut names = vec![WeightName::TokenEmbedding, WeightName::FinalNorm, WeightName::OutputHead];
+    let mut names = vec![
+        WeightName::TokenEmbedding,
+        WeightName::FinalNorm,
+        WeightName::OutputHead,
+    ];
     for l in 0..config.n_layers {
         names.extend(BlockWeight::ALL.iter().map(|&w| WeightName::Block(l, w)));
     }
@@ -155,7 +158,10 @@ pub fn safetensors_bytes(
         if config.rope_pairing == RopePairing::Interleaved
             && matches!(
                 name,
-                WeightName::Block(_, BlockWeight::Q | BlockWeight::K | BlockWeight::QBias | BlockWeight::KBias)
+                WeightName::Block(
+                    _,
+                    BlockWeight::Q | BlockWeight::K | BlockWeight::QBias | BlockWeight::KBias
+                )
             )
         {
             t = unpermute_rows(t, config.head_dim);

@@ -373,6 +373,12 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json`, e.g. to write a Hugging Face
+    /// checkpoint of a model loaded from GGUF.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner.to_string(true).map_err(TokenizerError::Backend)
+    }
+
     /// Decodes ids to text; `skip_special` drops control tokens such as `<|im_end|>`.
     ///
     /// Byte sequences that are not valid UTF-8 are replaced by U+FFFD.

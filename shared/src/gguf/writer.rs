@@ -144,7 +144,10 @@ impl<'a> GgufWriter<'a> {
             .filter(|a| a.is_power_of_two())
             .unwrap_or(DEFAULT_ALIGNMENT);
         let mut written = 0u64;
-        let mut out = Counting { inner: w, written: &mut written };
+        let mut out = Counting {
+            inner: w,
+            written: &mut written,
+        };
 
         out.write_all(b"GGUF")?;
         out.write_all(&3u32.to_le_bytes())?;
@@ -216,7 +219,10 @@ mod tests {
     fn a_written_file_parses_back_to_the_same_metadata_and_tensors() {
         let mut w = GgufWriter::new();
         let metadata = vec![
-            ("general.architecture", MetadataValue::String("llama".into())),
+            (
+                "general.architecture",
+                MetadataValue::String("llama".into()),
+            ),
             ("a.u8", MetadataValue::U8(7)),
             ("a.i8", MetadataValue::I8(-7)),
             ("a.u16", MetadataValue::U16(700)),
@@ -242,7 +248,8 @@ mod tests {
         }
         w.set("a.u8", MetadataValue::U8(8));
         let q8: Vec<u8> = (0..34u8).collect();
-        w.tensor("q", vec![32], GgmlType::Q8_0, q8.as_slice()).unwrap();
+        w.tensor("q", vec![32], GgmlType::Q8_0, q8.as_slice())
+            .unwrap();
         w.tensor_f32("m", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
             .unwrap();
         let bytes = w.to_bytes();

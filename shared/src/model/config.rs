@@ -116,14 +116,14 @@ impl ModelConfig {
         bounded("head_dim", self.head_dim, MAX_WIDTH)?;
         bounded("d_ff", self.d_ff, MAX_FF)?;
         bounded("max_positions", self.max_positions, 1 << 24)?;
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::Invalid {
                 field: "n_kv_heads",
                 value: self.n_kv_heads.to_string(),
                 why: "must divide n_heads (grouped-query attention)",
             });
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ConfigError::Invalid {
                 field: "head_dim",
                 value: self.head_dim.to_string(),

@@ -201,7 +201,10 @@ pub async fn projections(
     for batch in prompts.batches(batch_size) {
         let x = capture_batch(model, &prompts.select(&batch), n_positions);
         let projected = read((x * units.clone()).sum_dim(3)).await?; // [layer][row][position]
-        for (layer, block) in projected.chunks_exact(batch.len() * n_positions).enumerate() {
+        for (layer, block) in projected
+            .chunks_exact(batch.len() * n_positions)
+            .enumerate()
+        {
             for (row, values) in block.chunks_exact(n_positions).enumerate() {
                 let base = batch[row] * per_prompt + layer * n_positions;
                 for (o, &v) in out[base..base + n_positions].iter_mut().zip(values) {
@@ -219,16 +222,18 @@ pub async fn projections(
 mod tests {
     use super::*;
     use crate::model::{ModelConfig, read_f32};
+    use crate::refusal::RefusalTokens;
     use crate::refusal::score::TokenOrigin;
     use crate::refusal::select::{SelectionSettings, select};
-    use crate::refusal::RefusalTokens;
     use futures_lite::future::block_on;
 
     fn prompts(seed: u32, n: usize) -> EncodedPrompts {
         let ids = (0..n)
             .map(|i| {
                 let len = 3 + (i * 7 + seed as usize) % 6;
-                (0..len).map(|j| ((i * 31 + j * 17) as u32 + seed) % 60 + 1).collect()
+                (0..len)
+                    .map(|j| ((i * 31 + j * 17) as u32 + seed) % 60 + 1)
+                    .collect()
             })
             .collect();
         EncodedPrompts {
@@ -257,7 +262,9 @@ mod tests {
                 let x = read_f32(capture.get(layer, HookPoint::ResidPre).unwrap().clone());
                 sum.iter_mut().zip(x).for_each(|(s, v)| *s += v as f64);
             }
-            sum.into_iter().map(|s| s / set.len() as f64).collect::<Vec<_>>()
+            sum.into_iter()
+                .map(|s| s / set.len() as f64)
+                .collect::<Vec<_>>()
         };
         for layer in 0..config.n_layers {
             for (p, k) in [3, 2, 1].into_iter().enumerate() {
@@ -276,8 +283,14 @@ mod tests {
         let config = ModelConfig::tiny();
         let model = Llama::random(&config, 5, &device);
         let mut quiet = |_| std::ops::ControlFlow::Continue(());
-        let candidates =
-            block_on(extract(&model, &prompts(1, 6), &prompts(2, 6), 4, &mut quiet)).unwrap();
+        let candidates = block_on(extract(
+            &model,
+            &prompts(1, 6),
+            &prompts(2, 6),
+            4,
+            &mut quiet,
+        ))
+        .unwrap();
         let tokens = RefusalTokens {
             ids: vec![3, 4],
             tokens: vec!["a".into(), "b".into()],

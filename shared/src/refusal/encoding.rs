@@ -32,9 +32,10 @@ impl EncodedPrompts {
         for prompt in prompts {
             let formatted = text.chat.user_prompt(&prompt.instruction, system)?;
             let full = text.tokenizer.encode(&formatted.text, false)?;
-            let head = text
-                .tokenizer
-                .encode(&format!("{}{}", formatted.prefix, prompt.instruction), false)?;
+            let head = text.tokenizer.encode(
+                &format!("{}{}", formatted.prefix, prompt.instruction),
+                false,
+            )?;
             // Where BPE merges across the instruction's end the head is not a prefix of the
             // whole; the suffix tokenized alone is then the best count available.
             let n = if full.len() > head.len() && full.starts_with(&head) {
@@ -47,7 +48,11 @@ impl EncodedPrompts {
         }
         Ok(EncodedPrompts {
             ids,
-            post_instruction: if prompts.is_empty() { 1 } else { post_instruction },
+            post_instruction: if prompts.is_empty() {
+                1
+            } else {
+                post_instruction
+            },
         })
     }
 
@@ -61,7 +66,10 @@ impl EncodedPrompts {
 
     /// The post-instruction positions counted from the end, earliest first: `[-n, ..., -1]`.
     pub fn positions(&self) -> Vec<isize> {
-        (1..=self.post_instruction as isize).rev().map(|k| -k).collect()
+        (1..=self.post_instruction as isize)
+            .rev()
+            .map(|k| -k)
+            .collect()
     }
 
     /// Prompt indices in batches of at most `batch_size`, grouping prompts of similar length

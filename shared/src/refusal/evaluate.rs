@@ -98,7 +98,8 @@ async fn complete<H: Hook + ?Sized>(
                     }
                 }
                 if first.kl {
-                    let base = model.last_logits(&TokenBatch::left_padded(&ids, 0, &device), &mut NoHook);
+                    let base =
+                        model.last_logits(&TokenBatch::left_padded(&ids, 0, &device), &mut NoHook);
                     let kl = read(kl_from_base(log_softmax(base, 1), logits.clone())).await?;
                     for (row, v) in kl.into_iter().enumerate() {
                         kls[row] = Some(v as f64);
@@ -123,7 +124,11 @@ async fn complete<H: Hook + ?Sized>(
         {
             out[index] = Some(Completed {
                 tokens,
-                finish: if max_new_tokens == 0 { FinishReason::Length } else { finish },
+                finish: if max_new_tokens == 0 {
+                    FinishReason::Length
+                } else {
+                    finish
+                },
                 refusal_score,
                 kl,
             });
@@ -231,7 +236,8 @@ pub async fn evaluate(
     }
     let n = completions.len();
     let n_refused = completions.iter().filter(|c| c.refused).count();
-    let mean = |f: &dyn Fn(&JudgedCompletion) -> f64| completions.iter().map(f).sum::<f64>() / n as f64;
+    let mean =
+        |f: &dyn Fn(&JudgedCompletion) -> f64| completions.iter().map(f).sum::<f64>() / n as f64;
     let summary = EvalSummary {
         n_prompts: n,
         n_refused,

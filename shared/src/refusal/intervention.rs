@@ -63,7 +63,11 @@ impl Intervention {
             Intervention::None => InterventionHook::None,
             Intervention::Ablate { direction } => {
                 check_width(direction)?;
-                let norm = direction.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                let norm = direction
+                    .iter()
+                    .map(|&v| v as f64 * v as f64)
+                    .sum::<f64>()
+                    .sqrt();
                 if !norm.is_finite() || norm == 0.0 {
                     return Err(PipelineError::DegenerateDirection);
                 }

@@ -28,7 +28,10 @@ pub fn is_refusal(completion: &str) -> bool {
 /// Whether `completion` opens with a refusal phrase (or "Sorry"): used to find the tokens a
 /// model starts its refusals with (METHOD §4).
 pub fn starts_refusal(completion: &str) -> bool {
-    let text = completion.trim_start().replace('\u{2019}', "'").to_lowercase();
+    let text = completion
+        .trim_start()
+        .replace('\u{2019}', "'")
+        .to_lowercase();
     REFUSAL_SUBSTRINGS
         .iter()
         .chain(&["Sorry"])

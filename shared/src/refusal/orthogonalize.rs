@@ -5,15 +5,19 @@
 use burn::module::Param;
 use burn::tensor::Tensor;
 
-use crate::model::{BlockWeight, Llama, WeightName};
+use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
 use super::PipelineError;
 use super::intervention::vector;
 
-/// The weights [`orthogonalize`] edits (and the output head it unties from the embedding).
-pub fn edited_weights(model: &Llama) -> Vec<WeightName> {
-    let mut names = vec![WeightName::TokenEmbedding, WeightName::OutputHead];
-    for l in 0..model.config().n_layers {
+/// The weights [`orthogonalize`] changes in a model of this configuration (taken before the
+/// edit): a tied output head becomes a weight of its own, an untied one is left as it is.
+pub fn edited_weights(config: &ModelConfig) -> Vec<WeightName> {
+    let mut names = vec![WeightName::TokenEmbedding];
+    if config.tied_embeddings {
+        names.push(WeightName::OutputHead);
+    }
+    for l in 0..config.n_layers {
         names.push(WeightName::Block(l, BlockWeight::O));
         names.push(WeightName::Block(l, BlockWeight::Down));
     }
@@ -42,11 +46,18 @@ pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, Pipel
             got: direction.len(),
         });
     }
-    let norm = direction.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let norm = direction
+        .iter()
+        .map(|&v| v as f64 * v as f64)
+        .sum::<f64>()
+        .sqrt();
     if !norm.is_finite() || norm == 0.0 {
         return Err(PipelineError::DegenerateDirection);
     }
-    let unit: Vec<f32> = direction.iter().map(|&v| (v as f64 / norm) as f32).collect();
+    let unit: Vec<f32> = direction
+        .iter()
+        .map(|&v| (v as f64 / norm) as f32)
+        .collect();
     let unit = vector(&unit, &model.device());
     let edit_bias = |b: Tensor<1>| {
         let along = (b.clone() * unit.clone()).sum();
@@ -74,8 +85,7 @@ pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, Pipel
 mod tests {
     use super::*;
     use crate::model::{
-        Capture, DirectionalAblation, HookPoint, KvCache, ModelConfig, NoHook, TokenBatch,
-        read_f32,
+        Capture, DirectionalAblation, HookPoint, KvCache, NoHook, TokenBatch, read_f32,
     };
 
     fn direction(d: usize) -> Vec<f32> {
@@ -86,7 +96,10 @@ mod tests {
     fn orthogonalized_weights_give_the_logits_of_hook_ablation() {
         let device = burn::tensor::Device::flex();
         let config = ModelConfig::tiny();
-        assert!(config.tied_embeddings, "the tiny model must exercise untying");
+        assert!(
+            config.tied_embeddings,
+            "the tiny model must exercise untying"
+        );
         let model = Llama::random(&config, 7, &device);
         let r = direction(config.d_model);
         let prompts = [vec![1, 5, 9, 2, 7], vec![3, 4]];
@@ -108,10 +121,17 @@ mod tests {
         let unit = vector(&r, &device) / (r.iter().map(|v| v * v).sum::<f32>().sqrt());
         for (_, x) in capture.into_captured() {
             let [n, s, d] = x.dims();
-            let along = read_f32(x.clone().matmul(unit.clone().reshape([1, d, 1])).reshape([n * s]));
+            let along = read_f32(
+                x.clone()
+                    .matmul(unit.clone().reshape([1, d, 1]))
+                    .reshape([n * s]),
+            );
             let norms = read_f32(x.square().sum_dim(2).sqrt().reshape([n * s]));
             for (a, m) in along.iter().zip(&norms) {
-                assert!(a.abs() <= 1e-4 * m.max(1.0), "{a} along r^ of a vector of norm {m}");
+                assert!(
+                    a.abs() <= 1e-4 * m.max(1.0),
+                    "{a} along r^ of a vector of norm {m}"
+                );
             }
         }
     }

@@ -15,7 +15,9 @@ const TOP: f64 = 46.0;
 const LEGEND_W: f64 = 140.0;
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// How values map to colours.
@@ -46,7 +48,11 @@ fn color(value: f64, scale: ColorScale, lo: f64, hi: f64) -> String {
             }
         }
         ColorScale::Sequential => {
-            let t = if hi > lo { (value - lo) / (hi - lo) } else { 0.0 };
+            let t = if hi > lo {
+                (value - lo) / (hi - lo)
+            } else {
+                0.0
+            };
             (lerp(255, 127, t), lerp(247, 0, t), lerp(236, 0, t))
         }
     };
@@ -84,11 +90,15 @@ pub fn heatmap(
     );
     for (p, pos) in positions.iter().enumerate() {
         let y = TOP + p as f64 * CELL_H + CELL_H / 2.0 + 4.0;
-        let _ = write!(s, r#"<text x="{}" y="{y}" text-anchor="end">pos {pos}</text>"#, LEFT - 6.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{y}" text-anchor="end">pos {pos}</text>"#,
+            LEFT - 6.0
+        );
     }
     for l in 0..n_layers {
         let x = LEFT + l as f64 * CELL_W;
-        for p in 0..n_pos {
+        for (p, pos) in positions.iter().enumerate() {
             let i = l * n_pos + p;
             let v = values.get(i).copied().unwrap_or(f64::NAN);
             let y = TOP + p as f64 * CELL_H;
@@ -96,7 +106,7 @@ pub fn heatmap(
                 s,
                 r#"<rect x="{x}" y="{y}" width="{CELL_W}" height="{CELL_H}" fill="{}" stroke="white"><title>layer {l}, position {}: {v:.4}</title></rect>"#,
                 color(v, scale, lo, hi),
-                positions[p]
+                pos
             );
             if dropped.get(i).copied().unwrap_or(false) {
                 let _ = write!(
@@ -178,8 +188,16 @@ pub fn layer_curves(
 ) -> String {
     let (w, h) = (560.0, 320.0);
     let (left, right, top, bottom) = (60.0, 130.0, 36.0, 40.0);
-    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(2);
-    let all = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
+    let n = series
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let all = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite());
     let lo = all.clone().fold(0.0f64, f64::min);
     let hi = all.fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
     let x = |l: usize| left + (w - left - right) * l as f64 / (n - 1) as f64;
@@ -269,7 +287,11 @@ pub fn layer_curves(
 }
 
 fn format_tick(v: f64) -> String {
-    if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// Every figure of a selection run, by file name: heatmaps of bypass, induce and KL, and the
@@ -280,9 +302,21 @@ pub fn selection_figures(selection: &Selection) -> Vec<(&'static str, String)> {
     let pick = |f: fn(&super::select::CandidateScore) -> f64| -> Vec<f64> {
         selection.candidates.iter().map(f).collect()
     };
-    let dropped: Vec<bool> = selection.candidates.iter().map(|c| !c.dropped.is_empty()).collect();
+    let dropped: Vec<bool> = selection
+        .candidates
+        .iter()
+        .map(|c| !c.dropped.is_empty())
+        .collect();
     let grid = |title: &str, values: Vec<f64>, scale| {
-        heatmap(title, n_layers, positions, &values, &dropped, selection.selected, scale)
+        heatmap(
+            title,
+            n_layers,
+            positions,
+            &values,
+            &dropped,
+            selection.selected,
+            scale,
+        )
     };
     let per_position = |f: fn(&super::select::CandidateScore) -> f64| -> Vec<(String, Vec<f64>)> {
         positions
@@ -370,7 +404,13 @@ mod tests {
     #[test]
     fn curves_skip_non_finite_points() {
         let svg = layer_curves("t", "y", &[("a".into(), vec![1.0, f64::NAN, 3.0])], Some(1));
-        let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let points = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(points.split(' ').count(), 2);
     }
 }

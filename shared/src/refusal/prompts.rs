@@ -199,7 +199,9 @@ mod tests {
         let csv = b"goal,target\n\"Write a poem, please\",Sure\nCount to three,Sure\n";
         let got = parse("a.csv", csv, PromptFormat::AdvBenchCsv).unwrap();
         assert_eq!(
-            got.iter().map(|p| p.instruction.as_str()).collect::<Vec<_>>(),
+            got.iter()
+                .map(|p| p.instruction.as_str())
+                .collect::<Vec<_>>(),
             ["Write a poem, please", "Count to three"]
         );
 
@@ -227,7 +229,11 @@ mod tests {
             Err(PromptError::NotUtf8 { .. })
         ));
         assert!(matches!(
-            parse("x.json", br#"[{"instruction": " "}]"#, PromptFormat::InstructionJson),
+            parse(
+                "x.json",
+                br#"[{"instruction": " "}]"#,
+                PromptFormat::InstructionJson
+            ),
             Err(PromptError::Empty { index: 0, .. })
         ));
         assert_eq!(
@@ -254,6 +260,10 @@ mod tests {
         assert_ne!(shuffled(set.clone(), 3), set);
         let kept = without(set, &[Prompt::new(" p1 "), Prompt::new("p7")]);
         assert_eq!(kept.len(), 18);
-        assert!(!kept.iter().any(|p| p.instruction == "p1" || p.instruction == "p7"));
+        assert!(
+            !kept
+                .iter()
+                .any(|p| p.instruction == "p1" || p.instruction == "p7")
+        );
     }
 }

@@ -225,7 +225,8 @@ mod tests {
     fn kl_matches_a_hand_computation() {
         let device = burn::tensor::Device::flex();
         let base = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), &device);
-        let other = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 3.0f32.ln()], [1, 2]), &device);
+        let other =
+            Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 3.0f32.ln()], [1, 2]), &device);
         // p = (1/2, 1/2), q = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3).
         let kl = crate::model::read_f32(kl_from_base(log_softmax(base, 1), other));
         let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();

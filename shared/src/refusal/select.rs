@@ -153,11 +153,25 @@ pub async fn select(
         })
         .collect();
     let mut quiet = |_| std::ops::ControlFlow::Continue(());
-    let proj_harmful =
-        projections(model, candidates, val_harmful, bs, Stage::Baseline, &mut quiet).await?;
+    let proj_harmful = projections(
+        model,
+        candidates,
+        val_harmful,
+        bs,
+        Stage::Baseline,
+        &mut quiet,
+    )
+    .await?;
     report(on_progress, Stage::Baseline, val_harmful.len(), n_baseline)?;
-    let proj_harmless =
-        projections(model, candidates, val_harmless, bs, Stage::Baseline, &mut quiet).await?;
+    let proj_harmless = projections(
+        model,
+        candidates,
+        val_harmless,
+        bs,
+        Stage::Baseline,
+        &mut quiet,
+    )
+    .await?;
     report(on_progress, Stage::Baseline, n_baseline, n_baseline)?;
 
     let n_positions = candidates.positions.len();
@@ -265,7 +279,11 @@ fn separation(harmful: &[f64], harmless: &[f64], index: usize, stride: usize) ->
     let (mh, vh) = stats(harmful);
     let (ms, vs) = stats(harmless);
     let pooled = ((vh + vs) / 2.0).sqrt();
-    if pooled > 0.0 { (mh - ms) / pooled } else { 0.0 }
+    if pooled > 0.0 {
+        (mh - ms) / pooled
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

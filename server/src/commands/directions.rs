@@ -1,0 +1,396 @@
+//! `refusal-lens directions`: candidate directions for every layer and post-instruction
+//! position, the selection table of METHOD §6, the selected direction and figures.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures_lite::future::block_on;
+use refusal_core::refusal::directions::extract;
+use refusal_core::refusal::plots::selection_figures;
+use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, shuffled};
+use refusal_core::refusal::select::{CandidateScore, select};
+use refusal_core::refusal::{
+    CandidateDirections, EncodedPrompts, RefusalTokens, Selection, SelectionSettings,
+};
+use serde::Serialize;
+
+use super::{describe_tokens, read_prompts, refusal_tokens};
+use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta};
+use crate::model_args::ModelArgs;
+use crate::open::Fingerprint;
+use crate::outputs::StagedDir;
+use crate::progress::{Interrupt, StageBar};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirectionsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Harmful prompts (.json instruction list, AdvBench .csv, or one per line); the built-in
+    /// set when absent.
+    #[arg(long)]
+    pub harmful: Option<PathBuf>,
+    /// Harmless prompts; the built-in set when absent.
+    #[arg(long)]
+    pub harmless: Option<PathBuf>,
+    /// Harmful validation prompts; by default held out from --harmful.
+    #[arg(long)]
+    pub harmful_val: Option<PathBuf>,
+    /// Harmless validation prompts; by default held out from --harmless.
+    #[arg(long)]
+    pub harmless_val: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub n_train: usize,
+    #[arg(long, default_value_t = 32)]
+    pub n_val: usize,
+    /// Seed of the prompt sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
+    #[arg(long, value_delimiter = ',')]
+    pub refusal_tokens: Vec<String>,
+    /// Drop candidates whose ablation moves harmless predictions more than this KL.
+    #[arg(long, default_value_t = 0.1)]
+    pub kl_max: f64,
+    /// Drop candidates at layers >= floor(this * n_layers).
+    #[arg(long, default_value_t = 0.8)]
+    pub max_layer_fraction: f64,
+    /// Drop candidates whose addition leaves the harmless refusal score below this.
+    #[arg(long, default_value_t = 0.0)]
+    pub induce_min: f64,
+    /// Choose the direction yourself, as LAYER:POSITION (e.g. 12:-1), instead of METHOD §6.
+    #[arg(long, value_parser = parse_choice)]
+    pub select: Option<(usize, isize)>,
+}
+
+fn parse_choice(s: &str) -> Result<(usize, isize), String> {
+    let (l, p) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not LAYER:POSITION, e.g. 12:-1"))?;
+    let layer = l.trim().parse().map_err(|_| format!("bad layer `{l}`"))?;
+    let position: isize = p
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad position `{p}`"))?;
+    if position >= 0 {
+        return Err(format!(
+            "position {position} must be negative (counted from the end)"
+        ));
+    }
+    Ok((layer, position))
+}
+
+/// Where a prompt set came from and how much of it was used.
+#[derive(Debug, Serialize)]
+struct PromptUse {
+    train_source: String,
+    val_source: String,
+    n_train: usize,
+    n_val: usize,
+}
+
+/// `selection.json`.
+#[derive(Debug, Serialize)]
+struct SelectionReport<'a> {
+    model: &'a Fingerprint,
+    seed: u64,
+    harmful: PromptUse,
+    harmless: PromptUse,
+    post_instruction_positions: &'a [isize],
+    refusal_tokens: &'a RefusalTokens,
+    selection: &'a Selection,
+    chosen: Option<&'a CandidateScore>,
+    chosen_by: Option<ChosenBy>,
+    seconds: Timings,
+}
+
+#[derive(Debug, Serialize)]
+struct Timings {
+    refusal_tokens: f64,
+    extract: f64,
+    select: f64,
+}
+
+/// Train and validation prompts: a separate validation file, or held out from the same file.
+fn split(
+    name: &str,
+    file: Option<&PathBuf>,
+    val_file: Option<&PathBuf>,
+    builtin: fn() -> Vec<Prompt>,
+    n_train: usize,
+    n_val: usize,
+    seed: u64,
+) -> Result<(Vec<Prompt>, Vec<Prompt>, PromptUse)> {
+    let source = |f: Option<&PathBuf>| {
+        f.map_or_else(
+            || format!("built-in {name} set"),
+            |p| p.display().to_string(),
+        )
+    };
+    let all = match file {
+        Some(p) => read_prompts(p)?,
+        None => builtin(),
+    };
+    let all = shuffled(all, seed);
+    let (train, val) = match val_file {
+        Some(p) => {
+            let val = shuffled(read_prompts(p)?, seed.wrapping_add(1));
+            (
+                all.into_iter().take(n_train).collect::<Vec<_>>(),
+                val.into_iter().take(n_val).collect::<Vec<_>>(),
+            )
+        }
+        None => {
+            let mut it = all.into_iter();
+            let val: Vec<Prompt> = it.by_ref().take(n_val).collect();
+            (it.take(n_train).collect(), val)
+        }
+    };
+    if train.len() < 2 || val.is_empty() {
+        bail!(
+            "the {name} prompts give {} training and {} validation prompts; at least 2 and 1 are needed",
+            train.len(),
+            val.len()
+        );
+    }
+    if train.len() < n_train || val.len() < n_val {
+        eprintln!(
+            "note: {name}: using {} training and {} validation prompts (asked for {n_train} and {n_val})",
+            train.len(),
+            val.len()
+        );
+    }
+    let used = PromptUse {
+        train_source: source(file),
+        val_source: source(val_file.or(file)),
+        n_train: train.len(),
+        n_val: val.len(),
+    };
+    Ok((train, val, used))
+}
+
+/// `directions.safetensors`: every candidate and both means, `[layer, position, d_model]`.
+fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u8>> {
+    let shape = vec![c.n_layers, c.positions.len(), c.d_model];
+    let to_bytes = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let tensors = [
+        ("directions", to_bytes(c.all_directions())),
+        (
+            "harmful_mean",
+            to_bytes(c.harmful_mean.iter().map(|&v| v as f32).collect()),
+        ),
+        (
+            "harmless_mean",
+            to_bytes(c.harmless_mean.iter().map(|&v| v as f32).collect()),
+        ),
+    ];
+    let views = tensors
+        .iter()
+        .map(|(name, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (*name, v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = HashMap::from([
+        ("positions".to_owned(), serde_json::to_string(&c.positions)?),
+        ("n_harmful".to_owned(), c.n_harmful.to_string()),
+        ("n_harmless".to_owned(), c.n_harmless.to_string()),
+        ("model_sha256".to_owned(), model.sha256.clone()),
+    ]);
+    Ok(safetensors::serialize(views, Some(metadata))?)
+}
+
+pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
+    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
+    let (harmful_train, harmful_val, harmful_use) = split(
+        "harmful",
+        args.harmful.as_ref(),
+        args.harmful_val.as_ref(),
+        builtin_harmful,
+        args.n_train,
+        args.n_val,
+        args.seed,
+    )?;
+    let (harmless_train, harmless_val, harmless_use) = split(
+        "harmless",
+        args.harmless.as_ref(),
+        args.harmless_val.as_ref(),
+        builtin_harmless,
+        args.n_train,
+        args.n_val,
+        args.seed,
+    )?;
+    let encode = |p: &[Prompt]| EncodedPrompts::new(&loaded.text, p, None);
+    let (harmful, harmless) = (encode(&harmful_train)?, encode(&harmless_train)?);
+    let (val_harmful, val_harmless) = (encode(&harmful_val)?, encode(&harmless_val)?);
+
+    let mut bar = StageBar::new(true, interrupt.clone());
+    let started = Instant::now();
+    let tokens = refusal_tokens(
+        &loaded,
+        &args.refusal_tokens,
+        &harmful,
+        args.batch_size,
+        &mut bar,
+    )?;
+    let t_tokens = started.elapsed().as_secs_f64();
+    bar.finish();
+    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
+
+    let started = Instant::now();
+    let candidates = block_on(extract(
+        &loaded.llama,
+        &harmful,
+        &harmless,
+        args.batch_size,
+        &mut |p| bar.update(p),
+    ))
+    .context("extracting candidate directions")?;
+    let t_extract = started.elapsed().as_secs_f64();
+
+    let settings = SelectionSettings {
+        kl_max: args.kl_max,
+        max_layer_fraction: args.max_layer_fraction,
+        induce_min: args.induce_min,
+        batch_size: args.batch_size,
+    };
+    let started = Instant::now();
+    let selection = block_on(select(
+        &loaded.llama,
+        &candidates,
+        &val_harmful,
+        &val_harmless,
+        &tokens,
+        settings,
+        &mut |p| bar.update(p),
+    ))
+    .context("scoring candidate directions")?;
+    let t_select = started.elapsed().as_secs_f64();
+    bar.finish();
+
+    let (chosen, chosen_by) = match args.select {
+        Some((layer, position)) => {
+            let p = candidates.position_index(position)?;
+            if layer >= candidates.n_layers {
+                bail!(
+                    "--select layer {layer}: the model has {} layers",
+                    candidates.n_layers
+                );
+            }
+            (
+                Some(layer * candidates.positions.len() + p),
+                Some(ChosenBy::User),
+            )
+        }
+        None => (
+            selection.selected,
+            selection.selected.map(|_| ChosenBy::Selection),
+        ),
+    };
+    let chosen_score = chosen.map(|i| &selection.candidates[i]);
+
+    let mut staged = StagedDir::new(&args.out)?;
+    staged.write(
+        "directions.safetensors",
+        candidates_file(&candidates, &fingerprint)?,
+    )?;
+    let report = SelectionReport {
+        model: &fingerprint,
+        seed: args.seed,
+        harmful: harmful_use,
+        harmless: harmless_use,
+        post_instruction_positions: &candidates.positions,
+        refusal_tokens: &tokens,
+        selection: &selection,
+        chosen: chosen_score,
+        chosen_by,
+        seconds: Timings {
+            refusal_tokens: t_tokens,
+            extract: t_extract,
+            select: t_select,
+        },
+    };
+    staged.write("selection.json", serde_json::to_string_pretty(&report)?)?;
+    if let (Some(score), Some(by)) = (chosen_score, chosen_by) {
+        let p = candidates.position_index(score.position)?;
+        let file = DirectionFile {
+            vector: candidates.direction(score.layer, p),
+            meta: DirectionMeta {
+                layer: score.layer,
+                position: score.position,
+                norm: score.norm,
+                model: fingerprint.clone(),
+                refusal_tokens: tokens.clone(),
+                scores: score.clone(),
+                chosen_by: by,
+            },
+        };
+        let (st, json) = file.to_bytes()?;
+        staged.write("direction.safetensors", st)?;
+        staged.write("direction.json", json)?;
+    }
+    for (name, svg) in selection_figures(&selection) {
+        staged.write(name, svg)?;
+    }
+    let written = staged.commit()?;
+
+    println!(
+        "{}",
+        summary(&selection, chosen_score, &tokens, t_extract, t_select)
+    );
+    println!("wrote {} files to {}", written.len(), args.out.display());
+    if chosen_score.is_none() {
+        bail!(
+            "no candidate passed the filters (see selection.json); choose one with --select LAYER:POSITION"
+        );
+    }
+    Ok(())
+}
+
+fn summary(
+    selection: &Selection,
+    chosen: Option<&CandidateScore>,
+    tokens: &RefusalTokens,
+    t_extract: f64,
+    t_select: f64,
+) -> String {
+    let mut s = format!(
+        "refusal tokens {:?}; baseline refusal score: harmful {:.3}, harmless {:.3}\n\
+         extraction {t_extract:.1} s, selection {t_select:.1} s ({} candidates)\n",
+        tokens.tokens,
+        selection.baseline_harmful_score,
+        selection.baseline_harmless_score,
+        selection.candidates.len()
+    );
+    let mut eligible: Vec<&CandidateScore> = selection
+        .candidates
+        .iter()
+        .filter(|c| c.dropped.is_empty())
+        .collect();
+    eligible.sort_by(|a, b| a.bypass.total_cmp(&b.bypass));
+    s.push_str(&format!(
+        "{} eligible; best by bypass score:\n  layer  pos   bypass   induce       kl   |r|\n",
+        eligible.len()
+    ));
+    for c in eligible.iter().take(5) {
+        s.push_str(&format!(
+            "  {:>5} {:>4} {:>8.3} {:>8.3} {:>8.4} {:>5.2}\n",
+            c.layer, c.position, c.bypass, c.induce, c.kl, c.norm
+        ));
+    }
+    match chosen {
+        Some(c) => s.push_str(&format!(
+            "chosen: layer {} position {} (bypass {:.3}, induce {:.3}, KL {:.4})",
+            c.layer, c.position, c.bypass, c.induce, c.kl
+        )),
+        None => s.push_str("chosen: none"),
+    }
+    s
+}

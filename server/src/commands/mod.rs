@@ -1,0 +1,71 @@
+//! The pipeline subcommands: `directions`, `eval`, `orthogonalize`, `control-vector`.
+
+pub mod control_vector;
+pub mod directions;
+pub mod eval;
+pub mod orthogonalize;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use futures_lite::future::block_on;
+use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
+use refusal_core::refusal::score::TokenOrigin;
+use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
+
+use crate::open::LoadedModel;
+use crate::progress::StageBar;
+
+/// Reads a prompt file, its format chosen by extension (`.json`, `.csv`, else one per line).
+pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.display().to_string();
+    Ok(prompts::parse(
+        &name,
+        &bytes,
+        PromptFormat::from_file_name(&name),
+    )?)
+}
+
+/// The refusal tokens: the user's (`--refusal-tokens I,As`), else the model family's, else
+/// derived from greedy completions of `harmful` prompts.
+pub fn refusal_tokens(
+    loaded: &LoadedModel,
+    given: &[String],
+    harmful: &EncodedPrompts,
+    batch_size: usize,
+    bar: &mut StageBar,
+) -> Result<RefusalTokens> {
+    if !given.is_empty() {
+        let words: Vec<&str> = given.iter().map(String::as_str).collect();
+        return Ok(RefusalTokens::from_words(
+            &loaded.text,
+            &words,
+            TokenOrigin::User,
+        )?);
+    }
+    Ok(block_on(RefusalTokens::for_model(
+        &loaded.llama,
+        &loaded.text,
+        harmful,
+        32,
+        batch_size,
+        &mut |p| bar.update(p),
+    ))?)
+}
+
+/// A short description of where refusal tokens came from.
+pub fn describe_tokens(tokens: &RefusalTokens) -> String {
+    let origin = match &tokens.origin {
+        TokenOrigin::Family { family } => format!("known for the {family:?} family"),
+        TokenOrigin::Data {
+            completions,
+            refusals,
+        } => format!("first tokens of {refusals} refusals in {completions} greedy completions"),
+        TokenOrigin::Fallback { completions } => {
+            format!("no refusal in {completions} greedy completions: generic fallback")
+        }
+        TokenOrigin::User => "given by the user".to_owned(),
+    };
+    format!("{:?} ({origin})", tokens.tokens)
+}

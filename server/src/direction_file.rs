@@ -1,0 +1,120 @@
+//! A selected refusal direction on disk: `direction.safetensors` (the raw vector `r`, f32)
+//! and `direction.json` beside it (layer, position, norm, the model it came from, scores).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use refusal_core::refusal::RefusalTokens;
+use refusal_core::refusal::select::CandidateScore;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::open::Fingerprint;
+
+const TENSOR: &str = "direction";
+
+/// What `direction.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectionMeta {
+    pub layer: usize,
+    /// Post-instruction position, counted from the end (-1 is the last token).
+    pub position: isize,
+    /// `|r|`: activation addition uses the raw vector, ablation its unit direction.
+    pub norm: f64,
+    pub model: Fingerprint,
+    pub refusal_tokens: RefusalTokens,
+    /// The candidate's validation scores.
+    pub scores: CandidateScore,
+    /// Whether METHOD §6 chose it or the user did (`--select`).
+    pub chosen_by: ChosenBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChosenBy {
+    Selection,
+    User,
+}
+
+/// A direction and its description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectionFile {
+    pub vector: Vec<f32>,
+    pub meta: DirectionMeta,
+}
+
+impl DirectionFile {
+    /// The two files' contents: safetensors bytes and pretty JSON.
+    pub fn to_bytes(&self) -> Result<(Vec<u8>, String)> {
+        let bytes: Vec<u8> = self.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::F32, vec![self.vector.len()], &bytes)
+                .context("building the direction tensor")?;
+        let metadata = HashMap::from([
+            ("layer".to_owned(), self.meta.layer.to_string()),
+            ("position".to_owned(), self.meta.position.to_string()),
+        ]);
+        let st = safetensors::serialize([(TENSOR, view)], Some(metadata))
+            .context("serializing the direction")?;
+        Ok((st, serde_json::to_string_pretty(&self.meta)?))
+    }
+
+    /// Reads a direction given as its directory, its `.safetensors` or its `.json`.
+    pub fn read(path: &Path) -> Result<DirectionFile> {
+        let (st_path, json_path) = paths(path);
+        let bytes = std::fs::read(&st_path)
+            .with_context(|| format!("reading the direction {}", st_path.display()))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a safetensors file", st_path.display()))?;
+        let view = tensors
+            .tensor(TENSOR)
+            .with_context(|| format!("{} has no tensor `{TENSOR}`", st_path.display()))?;
+        if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+            bail!(
+                "{}: `{TENSOR}` must be a 1-D f32 tensor, found {:?} {:?}",
+                st_path.display(),
+                view.dtype(),
+                view.shape()
+            );
+        }
+        let vector: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if vector.iter().any(|v| !v.is_finite()) {
+            bail!("{}: the direction has non-finite values", st_path.display());
+        }
+        let json = std::fs::read(&json_path).with_context(|| {
+            format!(
+                "reading {} (written beside the direction)",
+                json_path.display()
+            )
+        })?;
+        let meta: DirectionMeta = serde_json::from_slice(&json)
+            .with_context(|| format!("parsing {}", json_path.display()))?;
+        if meta.model.d_model != vector.len() {
+            bail!(
+                "{}: the vector has {} values but the model it names has width {}",
+                st_path.display(),
+                vector.len(),
+                meta.model.d_model
+            );
+        }
+        Ok(DirectionFile { vector, meta })
+    }
+}
+
+fn paths(path: &Path) -> (PathBuf, PathBuf) {
+    if path.is_dir() {
+        return (
+            path.join("direction.safetensors"),
+            path.join("direction.json"),
+        );
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => (path.with_extension("safetensors"), path.to_path_buf()),
+        _ => (path.to_path_buf(), path.with_extension("json")),
+    }
+}

@@ -1,0 +1,127 @@
+//! Weight orthogonalization on the real models: the exported GGUF, loaded back, gives the
+//! logits of hook-based directional ablation on the original model (METHOD §5).
+
+use refusal_core::export::gguf_with_weights;
+use refusal_core::load;
+use refusal_core::model::{NoHook, TokenBatch, read_f32};
+use refusal_core::refusal::Intervention;
+use refusal_core::refusal::orthogonalize::{edited_weights, orthogonalize};
+use refusal_lens::source::BuiltinModel;
+use refusal_tests::{builtin_gguf, fixture};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    directions_last_token: Directions,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Directions {
+    mean_diff: Vec<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    token_ids: Vec<u32>,
+}
+
+/// Hook ablation computes `x - (x.r)r` on activations, the edited model `W - (Wr)r^T` on
+/// weights: the same maths summed in another order, in f32, through every layer (measured:
+/// 4e-5 on qwen, 7e-5 on smollm2, for logits of size ~10-30). 1e-3 absolute leaves room for
+/// other summation orders and is still far below what a wrong edit does (the ablation itself
+/// moves logits by 7-20).
+const LOGIT_TOL: f32 = 1e-3;
+
+fn check(model: BuiltinModel) {
+    let reference: Reference = fixture(&format!("{}.reference.json", model.alias()));
+    // An independent direction: the reference's mean difference at a middle layer.
+    let layers = &reference.directions_last_token.mean_diff;
+    let direction: Vec<f32> = layers[layers.len() / 2].iter().map(|&v| v as f32).collect();
+
+    let path = builtin_gguf(model);
+    let bytes = std::fs::read(&path).unwrap();
+    let name = path.display().to_string();
+    let file = load::gguf::parse(&name, &bytes).unwrap();
+    let device = burn::tensor::Device::flex();
+    let original = load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {}).unwrap();
+
+    let prompts: Vec<Vec<u32>> = reference
+        .cases
+        .iter()
+        .map(|c| c.token_ids.clone())
+        .collect();
+    let batch = TokenBatch::left_padded(&prompts, 0, &device);
+    let mut ablation = Intervention::Ablate {
+        direction: direction.clone(),
+    }
+    .hook(&original)
+    .unwrap();
+    let hooked = read_f32(original.last_logits(&batch, &mut ablation));
+    let plain = read_f32(original.last_logits(&batch, &mut NoHook));
+
+    let changed = edited_weights(original.config());
+    let edited = orthogonalize(original, &direction).unwrap();
+    let exported = gguf_with_weights(&file, &bytes, &edited, &changed)
+        .unwrap()
+        .to_bytes();
+    drop(edited);
+    let reparsed = load::gguf::parse("exported.gguf", &exported).unwrap();
+    // Untouched tensors keep their quantized bytes; the edited ones are F32.
+    for info in &file.tensors {
+        let out = reparsed.tensor(&info.name).unwrap();
+        let edited = info.name == "token_embd.weight"
+            || info.name.ends_with("attn_output.weight")
+            || info.name.ends_with("ffn_down.weight");
+        if !edited {
+            assert_eq!(out.ggml_type, info.ggml_type, "{}", info.name);
+            assert_eq!(
+                reparsed.tensor_bytes(&exported, out).unwrap(),
+                file.tensor_bytes(&bytes, info).unwrap()
+            );
+        }
+    }
+    assert!(
+        reparsed.tensor("output.weight").is_some(),
+        "tied head untied"
+    );
+    let reloaded = load::gguf_model(
+        "exported.gguf",
+        &reparsed,
+        &exported,
+        &device,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let baked = read_f32(reloaded.last_logits(&batch, &mut NoHook));
+
+    let max_diff = hooked
+        .iter()
+        .zip(&baked)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let effect = hooked
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "{}: max |hooked - baked| = {max_diff}, max effect of ablation = {effect}",
+        model.alias()
+    );
+    assert!(max_diff <= LOGIT_TOL, "{}: {max_diff}", model.alias());
+    assert!(
+        effect > 100.0 * LOGIT_TOL,
+        "the ablation must change the logits measurably"
+    );
+}
+
+#[test]
+fn smollm2_orthogonalized_gguf_equals_hook_ablation() {
+    check(BuiltinModel::SmolLm2_135m);
+}
+
+#[test]
+fn qwen_orthogonalized_gguf_equals_hook_ablation() {
+    check(BuiltinModel::Qwen25Coder0_5b);
+}
