@@ -19,6 +19,9 @@
 #   LLAMACPP_THREADS   give llama.cpp this many threads instead of our bench's `threads`
 #   BENCH_NICE         run both benches under `nice -n BENCH_NICE` (e.g. -10 as root on a shared
 #                      machine: llama.cpp's spinning threads collapse when the CPUs are oversubscribed)
+#   BENCH_EXTRACT      harmful and harmless prompts each for the direction-extraction measurement
+#                      (default 128; 0 skips it), read from BENCH_DATA (default ../shared/data
+#                      beside the repository: harmful_train.json, harmless_train.json)
 #
 # The venv is made on first use: `pip install llama-cpp-python==PIN` from PyPI compiles llama.cpp
 # from source (CPU only, -march=native minus AMX, under `nice -n 19`; ~13 min on 2 busy cores),
@@ -109,7 +112,14 @@ for model in "${MODELS[@]}"; do
     ours="$OUT_DIR/ours-$safe.json"
     result="$OUT_DIR/llamacpp-$safe.json"
     log "$model: refusal-lens bench"
-    if ! "${RUN[@]}" "$BIN" bench --model "$model" --json >"$ours.tmp"; then
+    EXTRACT=()
+    DATA="${BENCH_DATA:-$ROOT/../shared/data}"
+    if [ "${BENCH_EXTRACT:-128}" != 0 ]; then
+        [ -f "$DATA/harmful_train.json" ] || die "no $DATA/harmful_train.json (set BENCH_DATA, or BENCH_EXTRACT=0)"
+        EXTRACT=(--extract-prompts "${BENCH_EXTRACT:-128}" --harmful "$DATA/harmful_train.json"
+            --harmless "$DATA/harmless_train.json")
+    fi
+    if ! "${RUN[@]}" "$BIN" bench --model "$model" "${EXTRACT[@]}" --json >"$ours.tmp"; then
         rm -f "$ours.tmp"
         die "refusal-lens bench --model $model failed (is the model available? see its message above)"
     fi

@@ -21,6 +21,11 @@ What is measured (each timed part is run --repeats times; the median is reported
   decode: the prompt `decode.prompt_ids` is evaluated and its first token taken untimed; then
       `decode.tokens` more tokens are generated greedily (argmax, end-of-text ignored, as ours
       does), one llama_decode each, timed.
+  extraction (when ours reports one): every prompt of `extraction.token_ids` (the harmful and
+      harmless prompts `directions` reads activations from) evaluated by llama.cpp, logits of
+      the last token only, both one prompt per llama_decode and in batches of 32 sequences;
+      the faster mode is compared with our whole extraction step (forward passes, capture of
+      every layer, f64 means).
 The llama.cpp prefill tok/s in the ratio is the faster of the two prefill modes.
 """
 
@@ -305,6 +310,58 @@ def measure(engine: Engine, prompts: list[list[int]], decode_prompt: list[int],
     return out
 
 
+def measure_extraction(engine: Engine, prompts: list[list[int]], repeats: int) -> dict:
+    """llama.cpp evaluating exactly the tokens of our extraction step (see the module doc)."""
+    total = sum(len(p) for p in prompts)
+    longest = max(len(p) for p in prompts)
+    out: dict = {"prompts": len(prompts), "tokens": total}
+
+    n_batch = round_up(longest, 64)
+    ctx = engine.context(round_up(longest), n_batch)
+    batch = engine.batch(n_batch)
+    try:
+        def one_by_one():
+            for p in prompts:
+                engine.clear(ctx)
+                engine.decode(ctx, batch, [(p, 0)])
+                engine.argmax_last(ctx)
+
+        engine.clear(ctx)
+        engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
+        out["one_by_one"] = summary(total, [timed(one_by_one) for _ in range(repeats)])
+        log(f"  extraction tokens one by one: {out['one_by_one']['tokens_per_s']:.1f} tok/s")
+    finally:
+        engine.free_batch(batch)
+        engine.free_context(ctx)
+
+    chunk = 32
+    groups = [prompts[i:i + chunk] for i in range(0, len(prompts), chunk)]
+    n_seq = min(chunk, len(prompts))
+    if n_seq <= engine.lc.llama_max_parallel_sequences():
+        biggest = max(sum(len(p) for p in g) for g in groups)
+        n_batch = round_up(biggest, 64)
+        ctx = engine.context(round_up(biggest), n_batch, n_seq_max=n_seq)
+        batch = engine.batch(n_batch, 1)
+        try:
+            def batched():
+                for g in groups:
+                    engine.clear(ctx)
+                    engine.decode(ctx, batch, [(p, 0) for p in g])
+                    engine.argmax_all(ctx, len(g))
+
+            engine.clear(ctx)
+            engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
+            out["batched"] = {"sequences_per_call": n_seq,
+                              **summary(total, [timed(batched) for _ in range(repeats)])}
+            log(f"  extraction tokens batched: {out['batched']['tokens_per_s']:.1f} tok/s")
+        finally:
+            engine.free_batch(batch)
+            engine.free_context(ctx)
+    out["best_seconds"] = min(m["seconds"] for k, m in out.items()
+                              if k in ("one_by_one", "batched"))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
 
@@ -360,6 +417,10 @@ def cmd_run(args) -> None:
     if bad:
         fail(f"token ids outside llama.cpp's vocabulary of {engine.n_vocab}: {bad[:5]}...")
     ll = measure(engine, prompts, decode_prompt, decode_tokens, args.repeats)
+    extraction = ours.get("extraction")
+    if extraction:
+        ll["extraction"] = measure_extraction(
+            engine, [list(map(int, p)) for p in extraction["token_ids"]], args.repeats)
     load_after = os.getloadavg()
 
     batched = ll.get("prefill_batched", {}).get("tokens_per_s")
@@ -385,6 +446,10 @@ def cmd_run(args) -> None:
             "prefill_vs_one_by_one": ratio(ours_prefill, ll["prefill"]["tokens_per_s"]),
             "prefill_vs_batched": ratio(ours_prefill, batched),
             "decode": ratio(ours_decode, ll["decode"]["tokens_per_s"]),
+            # llama.cpp evaluation time / our whole extraction time: >= 1 meets the goal that
+            # extraction costs no more than evaluating the same tokens in llama.cpp.
+            "extraction": ratio(ll.get("extraction", {}).get("best_seconds"),
+                                (extraction or {}).get("seconds")),
         },
     }
     ours_ids = ours["decode"].get("generated_ids") or ours["decode"].get("output_ids")
@@ -407,7 +472,8 @@ def fmt(x, spec: str) -> str:
 def print_table(results: list[dict]) -> None:
     # threads: "ours/llama.cpp" where they differ
     head = ("model", "threads", "prefill ours", "llama.cpp 1x1", "llama.cpp batch", "ratio",
-            "decode ours", "llama.cpp", "ratio", "RSS ours MiB", "RSS llama.cpp MiB")
+            "decode ours", "llama.cpp", "ratio", "extract ours s", "llama.cpp s", "ratio",
+            "RSS ours MiB", "RSS llama.cpp MiB")
     rows = []
     for r in results:
         ours, ll, q = r["ours"], r["llamacpp"], r["ratios"]
@@ -425,6 +491,9 @@ def print_table(results: list[dict]) -> None:
             fmt(ours["decode"].get("tokens_per_s"), ".1f"),
             fmt(ll["decode"]["tokens_per_s"], ".1f"),
             fmt(q["decode"], ".2f"),
+            fmt((ours.get("extraction") or {}).get("seconds"), ".1f"),
+            fmt(ll.get("extraction", {}).get("best_seconds"), ".1f"),
+            fmt(q.get("extraction"), ".2f"),
             fmt(rss / mib if rss else None, ".0f"),
             fmt(ll["peak_rss_bytes"] / mib, ".0f"),
         ))
@@ -439,6 +508,8 @@ def print_table(results: list[dict]) -> None:
             print("  ".join("-" * w for w in widths))
     print("tok/s; ratio = ours / llama.cpp (> 1: we are faster); the prefill ratio is against "
           "the faster llama.cpp mode (one prompt per call, or all prompts in one batch).")
+    print("extract: seconds for our whole extraction step vs llama.cpp only evaluating the same "
+          "prompts; ratio = llama.cpp / ours (>= 1: extraction costs no more).")
     for r in busy:
         print(f"warning: {r.get('model')}: measured on a busy machine (load "
               f"{r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after, on "

@@ -1,4 +1,5 @@
-//! `refusal-lens bench`: prefill and decode throughput and peak memory on a real model.
+//! `refusal-lens bench`: prefill and decode throughput, direction extraction time and peak
+//! memory on a real model.
 //!
 //! The report carries the exact prompt token ids so that `scripts/bench-llamacpp.sh` can feed
 //! llama.cpp the same tokens in the same run and print the ratios.
@@ -7,11 +8,18 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::ops::ControlFlow;
+
 use anyhow::{Result, bail};
+use futures_lite::future::block_on;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::model::{NoHook, TokenBatch, read_f32};
+use refusal_core::refusal::EncodedPrompts;
+use refusal_core::refusal::directions::extract;
+use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless};
 use serde::Serialize;
 
+use crate::commands::read_prompts;
 use crate::open::LoadedModel;
 
 /// Workload sizes.
@@ -23,6 +31,16 @@ pub struct BenchOptions {
     /// Tokens generated in the decode measurement.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Also time candidate-direction extraction on this many harmful and as many harmless
+    /// prompts (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub extract_prompts: usize,
+    /// Harmful prompts for the extraction measurement (default: the built-in set).
+    #[arg(long)]
+    pub harmful: Option<PathBuf>,
+    /// Harmless prompts for the extraction measurement (default: the built-in set).
+    #[arg(long)]
+    pub harmless: Option<PathBuf>,
 }
 
 /// Instructions for the prefill batch: everyday requests of varied length, in our own words.
@@ -68,7 +86,60 @@ pub struct BenchReport {
     pub threads: usize,
     pub prefill: Prefill,
     pub decode: Decode,
+    /// Candidate-direction extraction, when asked for.
+    pub extraction: Option<Extraction>,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// `directions`' extraction step: every layer's `resid_pre` at the post-instruction positions
+/// of harmful and harmless prompts, batched, with the f64 means.
+#[derive(Debug, Serialize)]
+pub struct Extraction {
+    pub prompts_per_set: usize,
+    pub batch_size: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Harmful prompts then harmless, as fed to the model.
+    pub token_ids: Vec<Vec<u32>>,
+}
+
+/// Extraction batch size, the `directions` default.
+const EXTRACT_BATCH: usize = 32;
+
+fn extraction(loaded: &LoadedModel, options: &BenchOptions) -> Result<Extraction> {
+    let n = options.extract_prompts;
+    let set = |file: &Option<PathBuf>, builtin: fn() -> Vec<Prompt>, name: &str| -> Result<EncodedPrompts> {
+        let all = match file {
+            Some(p) => read_prompts(p)?,
+            None => builtin(),
+        };
+        if all.len() < n {
+            bail!("--extract-prompts {n}: the {name} set has only {} prompts", all.len());
+        }
+        Ok(EncodedPrompts::new(&loaded.text, &all[..n], None)?)
+    };
+    let harmful = set(&options.harmful, builtin_harmful, "harmful")?;
+    let harmless = set(&options.harmless, builtin_harmless, "harmless")?;
+    let start = Instant::now();
+    block_on(extract(
+        &loaded.llama,
+        &harmful,
+        &harmless,
+        EXTRACT_BATCH,
+        &mut |_| ControlFlow::Continue(()),
+    ))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let token_ids: Vec<Vec<u32>> = harmful.ids.into_iter().chain(harmless.ids).collect();
+    let tokens = token_ids.iter().map(Vec::len).sum();
+    Ok(Extraction {
+        prompts_per_set: n,
+        batch_size: EXTRACT_BATCH,
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds,
+        token_ids,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +223,10 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
     // The first token came from the prompt's forward; only the rest were timed.
     let timed = decoded.saturating_sub(1);
 
+    let extraction = (options.extract_prompts > 0)
+        .then(|| extraction(loaded, options))
+        .transpose()?;
+
     Ok(BenchReport {
         model: loaded.info.path.display().to_string(),
         gguf: (loaded.info.format == "gguf").then(|| loaded.info.path.clone()),
@@ -169,6 +244,7 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
             seconds: decode_s,
             tokens_per_s: timed as f64 / decode_s,
         },
+        extraction,
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
@@ -191,6 +267,13 @@ impl BenchReport {
             "decode    {} tokens in {:.2} s: {:.1} tokens/s",
             self.decode.tokens, self.decode.seconds, self.decode.tokens_per_s
         );
+        if let Some(e) = &self.extraction {
+            let _ = writeln!(
+                s,
+                "extract   {}+{} prompts, {} tokens in {:.2} s: {:.1} tokens/s",
+                e.prompts_per_set, e.prompts_per_set, e.tokens, e.seconds, e.tokens_per_s
+            );
+        }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = writeln!(s, "peak RSS  {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
         }

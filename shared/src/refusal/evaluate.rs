@@ -33,34 +33,10 @@ pub(crate) struct FirstStep<'a> {
     pub kl: bool,
 }
 
-/// Greedy completions of every prompt under `hook`, in prompt order.
+/// Greedy completions of every prompt under `hook`, in prompt order, with what `first` asks
+/// of the logits at the last prompt position.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn greedy_completions<H: Hook + ?Sized>(
-    model: &Llama,
-    prompts: &EncodedPrompts,
-    stop_ids: &[u32],
-    max_new_tokens: usize,
-    batch_size: usize,
-    hook: &mut H,
-    stage: Stage,
-    on_progress: &mut OnProgress<'_>,
-) -> Result<Vec<Completed>, PipelineError> {
-    complete(
-        model,
-        prompts,
-        stop_ids,
-        max_new_tokens,
-        batch_size,
-        hook,
-        FirstStep::default(),
-        stage,
-        on_progress,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn complete<H: Hook + ?Sized>(
+pub(crate) async fn complete<H: Hook + ?Sized>(
     model: &Llama,
     prompts: &EncodedPrompts,
     stop_ids: &[u32],

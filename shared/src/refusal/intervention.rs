@@ -63,14 +63,7 @@ impl Intervention {
             Intervention::None => InterventionHook::None,
             Intervention::Ablate { direction } => {
                 check_width(direction)?;
-                let norm = direction
-                    .iter()
-                    .map(|&v| v as f64 * v as f64)
-                    .sum::<f64>()
-                    .sqrt();
-                if !norm.is_finite() || norm == 0.0 {
-                    return Err(PipelineError::DegenerateDirection);
-                }
+                unit(direction)?;
                 InterventionHook::Ablate(DirectionalAblation::new(vector(direction, &device)))
             }
             Intervention::ActAdd {
@@ -93,6 +86,23 @@ impl Intervention {
             }
         })
     }
+}
+
+/// `direction / |direction|`, normalised in f64.
+///
+/// # Errors
+///
+/// [`PipelineError::DegenerateDirection`] for a zero or non-finite vector.
+pub(crate) fn unit(direction: &[f32]) -> Result<Vec<f32>, PipelineError> {
+    let norm = direction
+        .iter()
+        .map(|&v| v as f64 * v as f64)
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() || norm == 0.0 {
+        return Err(PipelineError::DegenerateDirection);
+    }
+    Ok(direction.iter().map(|&v| (v as f64 / norm) as f32).collect())
 }
 
 /// A host vector on the model's device.

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
 use super::PipelineError;
-use super::intervention::vector;
+use super::intervention::{unit, vector};
 
 /// The weights [`orthogonalize`] changes in a model of this configuration (taken before the
 /// edit): a tied output head becomes a weight of its own, an untied one is left as it is.
@@ -46,19 +46,7 @@ pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, Pipel
             got: direction.len(),
         });
     }
-    let norm = direction
-        .iter()
-        .map(|&v| v as f64 * v as f64)
-        .sum::<f64>()
-        .sqrt();
-    if !norm.is_finite() || norm == 0.0 {
-        return Err(PipelineError::DegenerateDirection);
-    }
-    let unit: Vec<f32> = direction
-        .iter()
-        .map(|&v| (v as f64 / norm) as f32)
-        .collect();
-    let unit = vector(&unit, &model.device());
+    let unit = vector(&unit(direction)?, &model.device());
     let edit_bias = |b: Tensor<1>| {
         let along = (b.clone() * unit.clone()).sum();
         b - unit.clone() * along

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::load::TextAssets;
 use crate::model::{Architecture, Llama, ModelConfig, NoHook};
 
-use super::evaluate::greedy_completions;
+use super::evaluate::{FirstStep, complete};
 use super::judge::starts_refusal;
 use super::{EncodedPrompts, OnProgress, PipelineError, Stage};
 
@@ -124,13 +124,14 @@ impl RefusalTokens {
             ids: harmful.ids.iter().take(max_prompts).cloned().collect(),
             post_instruction: harmful.post_instruction,
         };
-        let completions = greedy_completions(
+        let completions = complete(
             model,
             &sample,
             &text.tokenizer.stop_ids(),
             DERIVE_TOKENS,
             batch_size,
             &mut NoHook,
+            FirstStep::default(),
             Stage::RefusalTokens,
             on_progress,
         )
