@@ -109,13 +109,19 @@ const EXTRACT_BATCH: usize = 32;
 
 fn extraction(loaded: &LoadedModel, options: &BenchOptions) -> Result<Extraction> {
     let n = options.extract_prompts;
-    let set = |file: &Option<PathBuf>, builtin: fn() -> Vec<Prompt>, name: &str| -> Result<EncodedPrompts> {
+    let set = |file: &Option<PathBuf>,
+               builtin: fn() -> Vec<Prompt>,
+               name: &str|
+     -> Result<EncodedPrompts> {
         let all = match file {
             Some(p) => read_prompts(p)?,
             None => builtin(),
         };
         if all.len() < n {
-            bail!("--extract-prompts {n}: the {name} set has only {} prompts", all.len());
+            bail!(
+                "--extract-prompts {n}: the {name} set has only {} prompts",
+                all.len()
+            );
         }
         Ok(EncodedPrompts::new(&loaded.text, &all[..n], None)?)
     };

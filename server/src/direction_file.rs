@@ -118,3 +118,78 @@ fn paths(path: &Path) -> (PathBuf, PathBuf) {
         _ => (path.to_path_buf(), path.with_extension("json")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use refusal_core::refusal::score::TokenOrigin;
+
+    use super::*;
+
+    fn sample() -> DirectionFile {
+        DirectionFile {
+            vector: vec![0.5, -1.25, 3.0],
+            meta: DirectionMeta {
+                layer: 7,
+                position: -1,
+                norm: 3.29,
+                model: Fingerprint {
+                    model: "m".into(),
+                    format: "gguf".into(),
+                    architecture: "qwen2".into(),
+                    n_layers: 24,
+                    d_model: 3,
+                    sha256: "ab".into(),
+                },
+                refusal_tokens: RefusalTokens {
+                    ids: vec![40],
+                    tokens: vec!["I".into()],
+                    origin: TokenOrigin::User,
+                },
+                scores: CandidateScore {
+                    layer: 7,
+                    position: -1,
+                    norm: 3.29,
+                    bypass: -2.0,
+                    induce: 1.0,
+                    kl: 0.01,
+                    separation: 3.0,
+                    dropped: vec![],
+                },
+                chosen_by: ChosenBy::Selection,
+            },
+        }
+    }
+
+    #[test]
+    fn a_direction_reads_back_from_its_directory_tensor_or_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, json) = sample().to_bytes().unwrap();
+        std::fs::write(dir.path().join("direction.safetensors"), st).unwrap();
+        std::fs::write(dir.path().join("direction.json"), json).unwrap();
+        for path in [
+            dir.path().to_path_buf(),
+            dir.path().join("direction.safetensors"),
+            dir.path().join("direction.json"),
+        ] {
+            assert_eq!(DirectionFile::read(&path).unwrap(), sample());
+        }
+    }
+
+    #[test]
+    fn inconsistent_or_missing_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DirectionFile::read(dir.path()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("direction.safetensors"),
+            "{err:#}"
+        );
+
+        let mut wrong = sample();
+        wrong.meta.model.d_model = 4;
+        let (st, json) = wrong.to_bytes().unwrap();
+        std::fs::write(dir.path().join("direction.safetensors"), st).unwrap();
+        std::fs::write(dir.path().join("direction.json"), json).unwrap();
+        let err = DirectionFile::read(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("width 4"), "{err:#}");
+    }
+}

@@ -3,9 +3,11 @@
 //! The first Ctrl-C asks the running step to stop at its next progress report (so outputs
 //! are discarded cleanly, never half-written); a second one exits at once.
 
+use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -46,12 +48,16 @@ fn stage_label(stage: Stage) -> &'static str {
     }
 }
 
-/// One progress bar that follows the stages of a run.
+/// One progress bar that follows the stages of a run. When stderr is not a terminal (a log
+/// file, `nohup`), it prints a line every [`LOG_EVERY`] instead.
 pub struct StageBar {
     bar: ProgressBar,
     stage: Option<Stage>,
     interrupt: Interrupt,
+    log: Option<Instant>,
 }
+
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl StageBar {
     pub fn new(show: bool, interrupt: Interrupt) -> StageBar {
@@ -64,10 +70,12 @@ impl StageBar {
             ProgressStyle::with_template("{msg:34} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        let log = (show && !std::io::stderr().is_terminal()).then(Instant::now);
         StageBar {
             bar,
             stage: None,
             interrupt,
+            log,
         }
     }
 
@@ -80,6 +88,19 @@ impl StageBar {
         }
         self.bar.set_length(p.total as u64);
         self.bar.set_position(p.done as u64);
+        if let Some(last) = &mut self.log
+            && (last.elapsed() >= LOG_EVERY || p.done == p.total)
+        {
+            *last = Instant::now();
+            let elapsed = self.bar.elapsed().as_secs();
+            eprintln!(
+                "{}: {}/{} after {elapsed} s (about {} s left)",
+                stage_label(p.stage),
+                p.done,
+                p.total,
+                self.bar.eta().as_secs()
+            );
+        }
         if self.interrupt.requested() {
             ControlFlow::Break(())
         } else {

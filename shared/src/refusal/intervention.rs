@@ -102,7 +102,10 @@ pub(crate) fn unit(direction: &[f32]) -> Result<Vec<f32>, PipelineError> {
     if !norm.is_finite() || norm == 0.0 {
         return Err(PipelineError::DegenerateDirection);
     }
-    Ok(direction.iter().map(|&v| (v as f64 / norm) as f32).collect())
+    Ok(direction
+        .iter()
+        .map(|&v| (v as f64 / norm) as f32)
+        .collect())
 }
 
 /// A host vector on the model's device.
