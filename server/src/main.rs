@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::NoHook;
 use refusal_lens::commands::control_vector::{self, ControlVectorArgs};
-use refusal_lens::commands::directions::{self, DirectionsArgs};
+use refusal_lens::commands::directions::{self, ChooseArgs, DirectionsArgs};
 use refusal_lens::commands::eval::{self, EvalArgs};
 use refusal_lens::commands::orthogonalize::{self, OrthogonalizeArgs};
 use refusal_lens::fetch::Cache;
@@ -72,6 +72,8 @@ enum Command {
     /// Candidate refusal directions for every layer and post-instruction position, the
     /// selection table, the selected direction and figures (METHOD §2-6).
     Directions(DirectionsArgs),
+    /// Pick a direction from a finished `directions` run without recomputing it.
+    Choose(ChooseArgs),
     /// Greedy completions under an intervention, judged: refusal rate / ASR, refusal score,
     /// KL, cross-entropy (METHOD §7).
     Eval(EvalArgs),
@@ -187,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Directions(args) => directions::run(&args, &Interrupt::install()?)?,
+        Command::Choose(args) => directions::choose(&args)?,
         Command::Eval(args) => eval::run(&args, &Interrupt::install()?)?,
         Command::Orthogonalize(args) => orthogonalize::run(&args)?,
         Command::ControlVector(args) => control_vector::run(&args)?,

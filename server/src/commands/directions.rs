@@ -394,3 +394,104 @@ fn summary(
     }
     s
 }
+
+/// `refusal-lens choose`: picks a direction from a finished `directions` run (its
+/// `directions.safetensors` and `selection.json`) without recomputing anything, e.g. when no
+/// candidate passed the filters or another layer is wanted.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChooseArgs {
+    /// The output directory of `directions`; direction.safetensors/json are written there.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The candidate, as LAYER:POSITION (e.g. 16:-1).
+    #[arg(long, value_parser = parse_choice)]
+    pub select: (usize, isize),
+}
+
+#[derive(serde::Deserialize)]
+struct SavedRun {
+    model: Fingerprint,
+    refusal_tokens: RefusalTokens,
+    selection: Selection,
+}
+
+pub fn choose(args: &ChooseArgs) -> Result<()> {
+    let json_path = args.run.join("selection.json");
+    let saved: SavedRun = serde_json::from_slice(
+        &std::fs::read(&json_path).with_context(|| format!("reading {}", json_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", json_path.display()))?;
+    let (layer, position) = args.select;
+    let positions = &saved.selection.positions;
+    let p = positions
+        .iter()
+        .position(|&x| x == position)
+        .with_context(|| format!("position {position} is not one of {positions:?}"))?;
+    let n_layers = saved.selection.n_layers;
+    if layer >= n_layers {
+        bail!("layer {layer}: the model has {n_layers} layers");
+    }
+    let st_path = args.run.join("directions.safetensors");
+    let bytes =
+        std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", st_path.display()))?;
+    let view = tensors
+        .tensor("directions")
+        .with_context(|| format!("{} has no `directions` tensor", st_path.display()))?;
+    let d = saved.model.d_model;
+    if view.dtype() != safetensors::Dtype::F32 || view.shape() != [n_layers, positions.len(), d] {
+        bail!(
+            "{}: `directions` is not f32 [{n_layers}, {}, {d}]",
+            st_path.display(),
+            positions.len()
+        );
+    }
+    let start = ((layer * positions.len() + p) * d) * 4;
+    let vector: Vec<f32> = view.data()[start..start + d * 4]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let score = saved
+        .selection
+        .candidates
+        .iter()
+        .find(|c| c.layer == layer && c.position == position)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} has no candidate {layer}:{position}",
+                json_path.display()
+            )
+        })?;
+    let file = DirectionFile {
+        vector,
+        meta: DirectionMeta {
+            layer,
+            position,
+            norm: score.norm,
+            model: saved.model,
+            refusal_tokens: saved.refusal_tokens,
+            scores: score.clone(),
+            chosen_by: ChosenBy::User,
+        },
+    };
+    let (st, json) = file.to_bytes()?;
+    let mut staged = StagedDir::new(&args.run)?;
+    staged.write("direction.safetensors", st)?;
+    staged.write("direction.json", json)?;
+    staged.commit()?;
+    println!(
+        "chose layer {layer} position {position}: bypass {:.3}, induce {:.3}, KL {:.4}, |r| {:.2}{}",
+        score.bypass,
+        score.induce,
+        score.kl,
+        score.norm,
+        if score.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" (the filters dropped it: {:?})", score.dropped)
+        }
+    );
+    Ok(())
+}

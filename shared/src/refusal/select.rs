@@ -57,16 +57,25 @@ pub struct CandidateScore {
     /// `|r^l_i|`.
     pub norm: f64,
     /// Mean refusal score on harmful prompts with the direction ablated (lower is better).
+    #[serde(deserialize_with = "nan_from_null")]
     pub bypass: f64,
     /// Mean refusal score on harmless prompts with the direction added at its layer.
+    #[serde(deserialize_with = "nan_from_null")]
     pub induce: f64,
     /// Mean KL(base || ablated) on harmless prompts at the last position.
+    #[serde(deserialize_with = "nan_from_null")]
     pub kl: f64,
     /// How far apart the projections of harmful and harmless validation prompts on the
     /// direction are: difference of means over the pooled standard deviation.
+    #[serde(deserialize_with = "nan_from_null")]
     pub separation: f64,
     /// Why it was not eligible; empty when it was.
     pub dropped: Vec<DropReason>,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The full selection table and the choice.
