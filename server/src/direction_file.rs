@@ -1,10 +1,12 @@
 //! A selected refusal direction on disk: `direction.safetensors` (the raw vector `r`, f32)
 //! and `direction.json` beside it (layer, position, norm, the model it came from, scores).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use refusal_core::export::f32_safetensors;
+use refusal_core::model::HostTensor;
 use refusal_core::refusal::RefusalTokens;
 use refusal_core::refusal::select::CandidateScore;
 use safetensors::{Dtype, SafeTensors};
@@ -47,15 +49,15 @@ pub struct DirectionFile {
 impl DirectionFile {
     /// The two files' contents: safetensors bytes and pretty JSON.
     pub fn to_bytes(&self) -> Result<(Vec<u8>, String)> {
-        let bytes: Vec<u8> = self.vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view =
-            safetensors::tensor::TensorView::new(Dtype::F32, vec![self.vector.len()], &bytes)
-                .context("building the direction tensor")?;
-        let metadata = HashMap::from([
+        let tensor = HostTensor {
+            shape: vec![self.vector.len()],
+            data: self.vector.clone(),
+        };
+        let metadata = BTreeMap::from([
             ("layer".to_owned(), self.meta.layer.to_string()),
             ("position".to_owned(), self.meta.position.to_string()),
         ]);
-        let st = safetensors::serialize([(TENSOR, view)], Some(metadata))
+        let st = f32_safetensors(vec![(TENSOR.to_owned(), tensor)], metadata)
             .context("serializing the direction")?;
         Ok((st, serde_json::to_string_pretty(&self.meta)?))
     }
@@ -63,26 +65,15 @@ impl DirectionFile {
     /// Reads a direction given as its directory, its `.safetensors` or its `.json`.
     pub fn read(path: &Path) -> Result<DirectionFile> {
         let (st_path, json_path) = paths(path);
-        let bytes = std::fs::read(&st_path)
-            .with_context(|| format!("reading the direction {}", st_path.display()))?;
-        let tensors = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", st_path.display()))?;
-        let view = tensors
-            .tensor(TENSOR)
-            .with_context(|| format!("{} has no tensor `{TENSOR}`", st_path.display()))?;
-        if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+        let tensor = read_f32_tensor(&st_path, TENSOR)?;
+        if tensor.shape.len() != 1 {
             bail!(
-                "{}: `{TENSOR}` must be a 1-D f32 tensor, found {:?} {:?}",
+                "{}: `{TENSOR}` must be 1-D, found shape {:?}",
                 st_path.display(),
-                view.dtype(),
-                view.shape()
+                tensor.shape
             );
         }
-        let vector: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let vector = tensor.data;
         if vector.iter().any(|v| !v.is_finite()) {
             bail!("{}: the direction has non-finite values", st_path.display());
         }
@@ -104,6 +95,31 @@ impl DirectionFile {
         }
         Ok(DirectionFile { vector, meta })
     }
+}
+
+/// The f32 tensor `name` of the safetensors file at `path`, with its shape.
+pub fn read_f32_tensor(path: &Path, name: &str) -> Result<HostTensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let view = tensors
+        .tensor(name)
+        .with_context(|| format!("{} has no tensor `{name}`", path.display()))?;
+    if view.dtype() != Dtype::F32 {
+        bail!(
+            "{}: `{name}` is {:?}, not f32",
+            path.display(),
+            view.dtype()
+        );
+    }
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data: view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    })
 }
 
 fn paths(path: &Path) -> (PathBuf, PathBuf) {

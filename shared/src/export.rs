@@ -166,13 +166,29 @@ pub fn safetensors_bytes(
         {
             t = unpermute_rows(t, config.head_dim);
         }
-        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((names::hf(name), t.shape, bytes));
+        tensors.push((names::hf(name), t));
     }
+    f32_safetensors(tensors, metadata)
+}
+
+/// f32 tensors (name, row-major values) as a safetensors file, with `metadata` in its header.
+///
+/// # Errors
+///
+/// [`ExportError::Safetensors`] when a shape does not match its values.
+pub fn f32_safetensors(
+    tensors: Vec<(String, HostTensor)>,
+    metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>, ExportError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+        .zip(&bytes)
+        .map(|((name, t), bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ExportError::Safetensors(e.to_string()))
         })

@@ -1,12 +1,14 @@
 //! `refusal-lens directions`: candidate directions for every layer and post-instruction
 //! position, the selection table of METHOD §6, the selected direction and figures.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
+use refusal_core::export::f32_safetensors;
+use refusal_core::model::HostTensor;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::plots::selection_figures;
 use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, shuffled};
@@ -17,7 +19,7 @@ use refusal_core::refusal::{
 use serde::Serialize;
 
 use super::{describe_tokens, read_prompts, refusal_tokens};
-use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta};
+use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
@@ -179,32 +181,28 @@ fn split(
 /// `directions.safetensors`: every candidate and both means, `[layer, position, d_model]`.
 fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u8>> {
     let shape = vec![c.n_layers, c.positions.len(), c.d_model];
-    let to_bytes = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let tensors = [
-        ("directions", to_bytes(c.all_directions())),
+    let tensor = |name: &str, data: Vec<f32>| {
         (
-            "harmful_mean",
-            to_bytes(c.harmful_mean.iter().map(|&v| v as f32).collect()),
-        ),
-        (
-            "harmless_mean",
-            to_bytes(c.harmless_mean.iter().map(|&v| v as f32).collect()),
-        ),
+            name.to_owned(),
+            HostTensor {
+                shape: shape.clone(),
+                data,
+            },
+        )
+    };
+    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect();
+    let tensors = vec![
+        tensor("directions", c.all_directions()),
+        tensor("harmful_mean", narrow(&c.harmful_mean)),
+        tensor("harmless_mean", narrow(&c.harmless_mean)),
     ];
-    let views = tensors
-        .iter()
-        .map(|(name, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|v| (*name, v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let metadata = HashMap::from([
+    let metadata = BTreeMap::from([
         ("positions".to_owned(), serde_json::to_string(&c.positions)?),
         ("n_harmful".to_owned(), c.n_harmful.to_string()),
         ("n_harmless".to_owned(), c.n_harmless.to_string()),
         ("model_sha256".to_owned(), model.sha256.clone()),
     ]);
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    Ok(f32_safetensors(tensors, metadata)?)
 }
 
 pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
@@ -432,26 +430,18 @@ pub fn choose(args: &ChooseArgs) -> Result<()> {
         bail!("layer {layer}: the model has {n_layers} layers");
     }
     let st_path = args.run.join("directions.safetensors");
-    let bytes =
-        std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", st_path.display()))?;
-    let view = tensors
-        .tensor("directions")
-        .with_context(|| format!("{} has no `directions` tensor", st_path.display()))?;
+    let all = read_f32_tensor(&st_path, "directions")?;
     let d = saved.model.d_model;
-    if view.dtype() != safetensors::Dtype::F32 || view.shape() != [n_layers, positions.len(), d] {
+    if all.shape != [n_layers, positions.len(), d] {
         bail!(
-            "{}: `directions` is not f32 [{n_layers}, {}, {d}]",
+            "{}: `directions` is {:?}, not [{n_layers}, {}, {d}]",
             st_path.display(),
+            all.shape,
             positions.len()
         );
     }
-    let start = ((layer * positions.len() + p) * d) * 4;
-    let vector: Vec<f32> = view.data()[start..start + d * 4]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let start = (layer * positions.len() + p) * d;
+    let vector = all.data[start..start + d].to_vec();
     let score = saved
         .selection
         .candidates
