@@ -19,7 +19,7 @@ use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless};
 use serde::Serialize;
 
-use crate::commands::read_prompts;
+use crate::commands::read_prompts_or;
 use crate::open::LoadedModel;
 
 /// Workload sizes.
@@ -113,10 +113,7 @@ fn extraction(loaded: &LoadedModel, options: &BenchOptions) -> Result<Extraction
                builtin: fn() -> Vec<Prompt>,
                name: &str|
      -> Result<EncodedPrompts> {
-        let all = match file {
-            Some(p) => read_prompts(p)?,
-            None => builtin(),
-        };
+        let all = read_prompts_or(file.as_deref(), builtin)?;
         if all.len() < n {
             bail!(
                 "--extract-prompts {n}: the {name} set has only {} prompts",

@@ -75,11 +75,7 @@ pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint>
         architecture: config.architecture.name().to_owned(),
         n_layers: config.n_layers,
         d_model: config.d_model,
-        sha256: hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: crate::fetch::hex(&hasher.finalize()),
     })
 }
 

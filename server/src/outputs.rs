@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// The directory a path lies in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Files staged for an output directory.
 pub struct StagedDir {
     dest: PathBuf,
@@ -16,10 +24,7 @@ pub struct StagedDir {
 impl StagedDir {
     /// Stages files for `dest` (created at commit if needed).
     pub fn new(dest: &Path) -> Result<StagedDir> {
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = parent_dir(dest);
         fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
         let staging = tempfile::Builder::new()
             .prefix(".refusal-lens-partial-")
@@ -57,10 +62,7 @@ impl StagedDir {
 
 /// Writes one file atomically: a temporary file in the same directory, renamed into place.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(path);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut file = tempfile::Builder::new()
         .prefix(".refusal-lens-partial-")

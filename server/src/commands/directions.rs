@@ -18,7 +18,7 @@ use refusal_core::refusal::{
 };
 use serde::Serialize;
 
-use super::{describe_tokens, read_prompts, refusal_tokens};
+use super::{describe_tokens, read_prompts, read_prompts_or, refusal_tokens};
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
@@ -136,10 +136,7 @@ fn split(
             |p| p.display().to_string(),
         )
     };
-    let all = match file {
-        Some(p) => read_prompts(p)?,
-        None => builtin(),
-    };
+    let all = read_prompts_or(file.map(PathBuf::as_path), builtin)?;
     let all = shuffled(all, seed);
     let (train, val) = match val_file {
         Some(p) => {

@@ -27,6 +27,14 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     )?)
 }
 
+/// The prompts of `file`, or the built-in set when there is none.
+pub fn read_prompts_or(file: Option<&Path>, builtin: fn() -> Vec<Prompt>) -> Result<Vec<Prompt>> {
+    match file {
+        Some(p) => read_prompts(p),
+        None => Ok(builtin()),
+    }
+}
+
 /// The refusal tokens: the user's (`--refusal-tokens I,As`), else the model family's, else
 /// derived from greedy completions of `harmful` prompts.
 pub fn refusal_tokens(

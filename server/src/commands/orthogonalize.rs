@@ -16,7 +16,7 @@ use refusal_core::refusal::orthogonalize::{edited_weights, orthogonalize};
 
 use crate::direction_file::DirectionFile;
 use crate::model_args::ModelArgs;
-use crate::outputs::{StagedDir, write_atomic};
+use crate::outputs::{StagedDir, parent_dir, write_atomic};
 use crate::source::ResolvedModel;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -90,10 +90,7 @@ pub fn run(args: &OrthogonalizeArgs) -> Result<()> {
             })?;
         }
         (OutFormat::Safetensors, _) => {
-            let dir = match args.out.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
+            let dir = parent_dir(&args.out);
             let name = args
                 .out
                 .file_name()

@@ -49,20 +49,10 @@ impl Intervention {
     pub fn hook(&self, model: &Llama) -> Result<InterventionHook, PipelineError> {
         let config = model.config();
         let device = model.device();
-        let check_width = |v: &[f32]| {
-            if v.len() == config.d_model {
-                Ok(())
-            } else {
-                Err(PipelineError::WidthMismatch {
-                    expected: config.d_model,
-                    got: v.len(),
-                })
-            }
-        };
         Ok(match self {
             Intervention::None => InterventionHook::None,
             Intervention::Ablate { direction } => {
-                check_width(direction)?;
+                check_width(direction, config.d_model)?;
                 unit(direction)?;
                 InterventionHook::Ablate(DirectionalAblation::new(vector(direction, &device)))
             }
@@ -71,7 +61,7 @@ impl Intervention {
                 vector: v,
                 coeff,
             } => {
-                check_width(v)?;
+                check_width(v, config.d_model)?;
                 if *layer >= config.n_layers {
                     return Err(PipelineError::LayerOutOfRange {
                         layer: *layer,
@@ -84,6 +74,22 @@ impl Intervention {
                     *coeff,
                 ))
             }
+        })
+    }
+}
+
+/// Checks that a vector lives in a residual stream of width `d_model`.
+///
+/// # Errors
+///
+/// [`PipelineError::WidthMismatch`].
+pub(crate) fn check_width(v: &[f32], d_model: usize) -> Result<(), PipelineError> {
+    if v.len() == d_model {
+        Ok(())
+    } else {
+        Err(PipelineError::WidthMismatch {
+            expected: d_model,
+            got: v.len(),
         })
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
 use super::PipelineError;
-use super::intervention::{unit, vector};
+use super::intervention::{check_width, unit, vector};
 
 /// The weights [`orthogonalize`] changes in a model of this configuration (taken before the
 /// edit): a tied output head becomes a weight of its own, an untied one is left as it is.
@@ -39,13 +39,7 @@ fn remove_rows(w: Tensor<2>, unit: &Tensor<1>) -> Tensor<2> {
 ///
 /// [`PipelineError::WidthMismatch`], [`PipelineError::DegenerateDirection`].
 pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, PipelineError> {
-    let d = model.config().d_model;
-    if direction.len() != d {
-        return Err(PipelineError::WidthMismatch {
-            expected: d,
-            got: direction.len(),
-        });
-    }
+    check_width(direction, model.config().d_model)?;
     let unit = vector(&unit(direction)?, &model.device());
     let edit_bias = |b: Tensor<1>| {
         let along = (b.clone() * unit.clone()).sum();
