@@ -115,13 +115,15 @@ async fn mean_score<H: Hook + ?Sized>(
     let mut total = 0.0;
     for batch in prompts.batches(batch_size) {
         let tokens = TokenBatch::left_padded(&prompts.select(&batch), 0, &device);
-        let lp = read(refusal.log_probs(model.last_logits(&tokens, hook))).await?;
-        total += lp
-            .chunks_exact(refusal.ids.len())
-            .map(refusal_score)
-            .sum::<f64>();
+        total += score_sum(refusal, model.last_logits(&tokens, hook)).await?;
     }
     Ok(total / prompts.len() as f64)
+}
+
+/// The sum over rows of the refusal score of last-position `logits` (`[batch, vocab]`).
+async fn score_sum(refusal: &RefusalTokens, logits: Tensor<2>) -> Result<f64, PipelineError> {
+    let lp = read(refusal.log_probs(logits)).await?;
+    Ok(lp.chunks_exact(refusal.ids.len()).map(refusal_score).sum())
 }
 
 /// Scores every candidate on validation prompts and selects one (METHOD §6).
@@ -151,16 +153,17 @@ pub async fn select(
     let n_baseline = val_harmful.len() + val_harmless.len();
     report(on_progress, Stage::Baseline, 0, n_baseline)?;
     let baseline_harmful_score = mean_score(model, val_harmful, refusal, bs, &mut NoHook).await?;
-    let baseline_harmless_score = mean_score(model, val_harmless, refusal, bs, &mut NoHook).await?;
-    let harmless_batches: Vec<(TokenBatch, Tensor<2>)> = val_harmless
-        .batches(bs)
-        .into_iter()
-        .map(|b| {
-            let tokens = TokenBatch::left_padded(&val_harmless.select(&b), 0, &device);
-            let base = log_softmax(model.last_logits(&tokens, &mut NoHook), 1);
-            (tokens, base)
-        })
-        .collect();
+    // One forward pass per harmless batch gives both its baseline score and the distribution
+    // every candidate's KL is measured against.
+    let mut harmless_batches: Vec<(TokenBatch, Tensor<2>)> = Vec::new();
+    let mut harmless_total = 0.0;
+    for batch in val_harmless.batches(bs) {
+        let tokens = TokenBatch::left_padded(&val_harmless.select(&batch), 0, &device);
+        let logits = model.last_logits(&tokens, &mut NoHook);
+        harmless_total += score_sum(refusal, logits.clone()).await?;
+        harmless_batches.push((tokens, log_softmax(logits, 1)));
+    }
+    let baseline_harmless_score = harmless_total / val_harmless.len() as f64;
     let mut quiet = |_| std::ops::ControlFlow::Continue(());
     let proj_harmful = projections(
         model,
