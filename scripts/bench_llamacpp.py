@@ -220,6 +220,48 @@ def summary(tokens: int, runs: list[float]) -> dict:
             "runs_seconds": runs}
 
 
+def time_one_by_one(engine: Engine, ctx, batch, prompts: list[list[int]],
+                    repeats: int) -> list[float]:
+    """Seconds per run of every prompt in its own llama_decode (KV cache cleared between),
+    logits of the last token read back, as ours does; after one warm-up decode."""
+    def run():
+        for p in prompts:
+            engine.clear(ctx)
+            engine.decode(ctx, batch, [(p, 0)])
+            engine.argmax_last(ctx)
+
+    engine.clear(ctx)
+    engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
+    return [timed(run) for _ in range(repeats)]
+
+
+def time_in_groups(engine: Engine, groups: list[list[list[int]]], repeats: int) -> dict:
+    """Each group of prompts in one llama_decode (one sequence each, unified KV cache), every
+    prompt's last logits read back; seconds per run over all groups, or why it was skipped."""
+    n_seq = max(len(g) for g in groups)
+    max_seq = engine.lc.llama_max_parallel_sequences()
+    if n_seq > max_seq:
+        return {"skipped": f"{n_seq} prompts > llama_max_parallel_sequences = {max_seq}"}
+    biggest = max(sum(len(p) for p in g) for g in groups)
+    n_batch = round_up(biggest, 64)
+    ctx = engine.context(round_up(biggest), n_batch, n_seq_max=n_seq)
+    batch = engine.batch(n_batch, 1)
+    try:
+        def run():
+            for g in groups:
+                engine.clear(ctx)
+                engine.decode(ctx, batch, [(p, 0) for p in g])
+                engine.argmax_all(ctx, len(g))
+
+        engine.clear(ctx)
+        engine.decode(ctx, batch, [(groups[0][0], 0)])  # warm-up
+        return {"sequences_per_call": n_seq, "n_batch": n_batch, "n_ubatch": n_batch,
+                "runs_seconds": [timed(run) for _ in range(repeats)]}
+    finally:
+        engine.free_batch(batch)
+        engine.free_context(ctx)
+
+
 def measure(engine: Engine, prompts: list[list[int]], decode_prompt: list[int],
             decode_tokens: int, repeats: int) -> dict:
     total = sum(len(p) for p in prompts)
@@ -232,15 +274,7 @@ def measure(engine: Engine, prompts: list[list[int]], decode_prompt: list[int],
     ctx = engine.context(n_ctx, n_batch)
     batch = engine.batch(n_batch)
     try:
-        def one_by_one():
-            for p in prompts:
-                engine.clear(ctx)
-                engine.decode(ctx, batch, [(p, 0)])
-                engine.argmax_last(ctx)  # read the logits, as ours does
-
-        engine.clear(ctx)
-        engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
-        runs = [timed(one_by_one) for _ in range(repeats)]
+        runs = time_one_by_one(engine, ctx, batch, prompts, repeats)
         out["prefill"] = {"mode": "one prompt per llama_decode, KV cache cleared between",
                           "prompts": len(prompts), "n_batch": n_batch, "n_ubatch": n_batch,
                           **summary(total, runs)}
@@ -277,34 +311,16 @@ def measure(engine: Engine, prompts: list[list[int]], decode_prompt: list[int],
         engine.free_context(ctx)
 
     # --- prefill, all prompts in one llama_decode --------------------------------------------
-    n_seq = len(prompts)
-    max_seq = engine.lc.llama_max_parallel_sequences()
-    if n_seq > max_seq:
-        out["prefill_batched"] = {"skipped": f"{n_seq} prompts > llama_max_parallel_sequences "
-                                             f"= {max_seq}"}
+    grouped = time_in_groups(engine, [prompts], repeats)
+    if "skipped" in grouped:
+        out["prefill_batched"] = grouped
     else:
-        n_batch = round_up(total, 64)
-        ctx = engine.context(round_up(total), n_batch, n_seq_max=n_seq)
-        batch = engine.batch(n_batch, 1)
-        try:
-            seqs = [(p, 0) for p in prompts]
-
-            def all_at_once():
-                engine.clear(ctx)
-                engine.decode(ctx, batch, seqs)
-                engine.argmax_all(ctx, n_seq)  # read every prompt's logits, as ours does
-
-            engine.clear(ctx)
-            engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
-            runs = [timed(all_at_once) for _ in range(repeats)]
-            out["prefill_batched"] = {"mode": "all prompts in one llama_decode, one sequence "
-                                              "each, unified KV cache",
-                                      "prompts": n_seq, "n_batch": n_batch, "n_ubatch": n_batch,
-                                      **summary(total, runs)}
-            log(f"  prefill batched: {out['prefill_batched']['tokens_per_s']:.1f} tok/s")
-        finally:
-            engine.free_batch(batch)
-            engine.free_context(ctx)
+        out["prefill_batched"] = {"mode": "all prompts in one llama_decode, one sequence "
+                                          "each, unified KV cache",
+                                  "prompts": len(prompts), "n_batch": grouped["n_batch"],
+                                  "n_ubatch": grouped["n_ubatch"],
+                                  **summary(total, grouped["runs_seconds"])}
+        log(f"  prefill batched: {out['prefill_batched']['tokens_per_s']:.1f} tok/s")
 
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
@@ -320,43 +336,19 @@ def measure_extraction(engine: Engine, prompts: list[list[int]], repeats: int) -
     ctx = engine.context(round_up(longest), n_batch)
     batch = engine.batch(n_batch)
     try:
-        def one_by_one():
-            for p in prompts:
-                engine.clear(ctx)
-                engine.decode(ctx, batch, [(p, 0)])
-                engine.argmax_last(ctx)
-
-        engine.clear(ctx)
-        engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
-        out["one_by_one"] = summary(total, [timed(one_by_one) for _ in range(repeats)])
+        out["one_by_one"] = summary(total, time_one_by_one(engine, ctx, batch, prompts, repeats))
         log(f"  extraction tokens one by one: {out['one_by_one']['tokens_per_s']:.1f} tok/s")
     finally:
         engine.free_batch(batch)
         engine.free_context(ctx)
 
     chunk = 32
-    groups = [prompts[i:i + chunk] for i in range(0, len(prompts), chunk)]
-    n_seq = min(chunk, len(prompts))
-    if n_seq <= engine.lc.llama_max_parallel_sequences():
-        biggest = max(sum(len(p) for p in g) for g in groups)
-        n_batch = round_up(biggest, 64)
-        ctx = engine.context(round_up(biggest), n_batch, n_seq_max=n_seq)
-        batch = engine.batch(n_batch, 1)
-        try:
-            def batched():
-                for g in groups:
-                    engine.clear(ctx)
-                    engine.decode(ctx, batch, [(p, 0) for p in g])
-                    engine.argmax_all(ctx, len(g))
-
-            engine.clear(ctx)
-            engine.decode(ctx, batch, [(prompts[0], 0)])  # warm-up
-            out["batched"] = {"sequences_per_call": n_seq,
-                              **summary(total, [timed(batched) for _ in range(repeats)])}
-            log(f"  extraction tokens batched: {out['batched']['tokens_per_s']:.1f} tok/s")
-        finally:
-            engine.free_batch(batch)
-            engine.free_context(ctx)
+    grouped = time_in_groups(engine, [prompts[i:i + chunk] for i in range(0, len(prompts), chunk)],
+                             repeats)
+    if "skipped" not in grouped:
+        out["batched"] = {"sequences_per_call": grouped["sequences_per_call"],
+                          **summary(total, grouped["runs_seconds"])}
+        log(f"  extraction tokens batched: {out['batched']['tokens_per_s']:.1f} tok/s")
     out["best_seconds"] = min(m["seconds"] for k, m in out.items()
                               if k in ("one_by_one", "batched"))
     return out
