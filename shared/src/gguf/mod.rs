@@ -1,17 +1,20 @@
-//! GGUF (llama.cpp's checkpoint format) reading and dequantization.
+//! GGUF (llama.cpp's checkpoint format) reading, dequantization and quantization.
 //!
 //! [`GgufFile::parse`] reads the header, metadata and tensor table of a memory-mapped file and
 //! validates every length against the bytes present before allocating, so hostile files give an
 //! error, never a panic or a huge allocation. [`GgufFile::tensor_f32`] dequantizes one tensor
-//! bit-identically to gguf-py. [`GgufWriter`] writes files the reader reads back.
+//! bit-identically to gguf-py, and [`quantize`] is its inverse. [`GgufWriter`] writes files the
+//! reader reads back.
 
 pub mod error;
 pub mod quant;
+pub mod quantize;
 pub mod reader;
 pub mod writer;
 
 pub use error::GgufError;
 pub use quant::{GgmlType, dequantize, dequantize_into};
+pub use quantize::{fits_rows, quantize};
 pub use reader::{GgufFile, MetadataValue, TensorInfo};
 pub use writer::GgufWriter;
 
