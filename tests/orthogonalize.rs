@@ -62,7 +62,7 @@ fn check(model: BuiltinModel) {
 
     let changed = edited_weights(original.config());
     let edited = orthogonalize(original, &direction).unwrap();
-    let exported = gguf_with_weights(&file, &bytes, &edited, &changed)
+    let exported = gguf_with_weights(&file, &bytes, &edited, &changed, &[])
         .unwrap()
         .to_bytes();
     drop(edited);

@@ -10,4 +10,5 @@ pub mod model_args;
 pub mod open;
 pub mod outputs;
 pub mod progress;
+pub mod saved_model;
 pub mod source;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::NoHook;
+use refusal_lens::commands::compress::{self, CompressArgs};
 use refusal_lens::commands::control_vector::{self, ControlVectorArgs};
 use refusal_lens::commands::directions::{self, ChooseArgs, DirectionsArgs};
 use refusal_lens::commands::eval::{self, EvalArgs};
@@ -81,6 +82,8 @@ enum Command {
     Orthogonalize(OrthogonalizeArgs),
     /// Write a direction as a llama.cpp control vector (GGUF).
     ControlVector(ControlVectorArgs),
+    /// Quantize or prune the linear layers and write the model with a manifest (METHOD §8).
+    Compress(CompressArgs),
     /// Download and verify built-in models into the cache (all of them by default).
     Fetch {
         #[arg(value_parser = parse_builtin)]
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(&args, &Interrupt::install()?)?,
         Command::Orthogonalize(args) => orthogonalize::run(&args)?,
         Command::ControlVector(args) => control_vector::run(&args)?,
+        Command::Compress(args) => compress::run(&args, &Interrupt::install()?)?,
         Command::Fetch { models } => {
             let cache = Cache::from_env()?;
             let models = if models.is_empty() {

@@ -45,6 +45,7 @@ fn stage_label(stage: Stage) -> &'static str {
         Stage::Select => "scoring candidates",
         Stage::Generate => "generating (prompts)",
         Stage::CrossEntropy => "cross-entropy (tokens)",
+        Stage::Compress => "compressing (blocks)",
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::compress::PackedWeight;
 use crate::gguf::{GgufError, GgufFile, GgufWriter, MetadataValue};
 use crate::load::names;
 use crate::model::llama::Linear;
@@ -17,6 +18,8 @@ pub enum ExportError {
     Safetensors(String),
     #[error("the model has no weight {0:?} to export")]
     MissingWeight(WeightName),
+    #[error("the source GGUF has no tensor `{0}` to replace")]
+    NotInSource(String),
 }
 
 /// Host values of one weight in file layout: matrices `[d_out, d_in]`, row-major, as GGUF
@@ -65,8 +68,9 @@ pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
 }
 
 /// A GGUF with the source file's metadata and tensors, except that the `replaced` weights are
-/// taken from `model` and stored as F32 (a weight the source lacks, such as the head of a
-/// formerly tied embedding, is added). Untouched tensors keep their quantized bytes.
+/// taken from `model` and stored as F32, and the `packed` ones are stored as given (a weight
+/// the source lacks, such as the head of a formerly tied embedding, is added). Untouched
+/// tensors keep their quantized bytes.
 ///
 /// # Errors
 ///
@@ -77,28 +81,36 @@ pub fn gguf_with_weights<'a>(
     bytes: &'a [u8],
     model: &Llama,
     replaced: &[WeightName],
+    packed: &'a [PackedWeight],
 ) -> Result<GgufWriter<'a>, ExportError> {
     let mut new: BTreeMap<String, WeightName> =
         replaced.iter().map(|&w| (names::gguf(w), w)).collect();
+    let mut packed: BTreeMap<String, &PackedWeight> =
+        packed.iter().map(|p| (names::gguf(p.name), p)).collect();
     let mut writer = GgufWriter::new();
     for (key, value) in &source.metadata {
         writer.set(key, value.clone());
     }
+    let add = |writer: &mut GgufWriter<'a>, name: &str, w: WeightName| {
+        let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
+        writer.tensor_f32(name, &t.shape, &t.data)?;
+        Ok::<_, ExportError>(())
+    };
     for info in &source.tensors {
-        match new.remove(&info.name) {
-            Some(w) => {
-                let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
-                writer.tensor_f32(&info.name, &t.shape, &t.data)?;
-            }
-            None => {
-                let data = source.tensor_bytes(bytes, info)?;
-                writer.tensor(&info.name, info.dims.clone(), info.ggml_type, data)?;
-            }
+        if let Some(p) = packed.remove(&info.name) {
+            writer.tensor(&info.name, info.dims.clone(), p.ty, p.bytes.as_slice())?;
+        } else if let Some(w) = new.remove(&info.name) {
+            add(&mut writer, &info.name, w)?;
+        } else {
+            let data = source.tensor_bytes(bytes, info)?;
+            writer.tensor(&info.name, info.dims.clone(), info.ggml_type, data)?;
         }
     }
     for (name, w) in new {
-        let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
-        writer.tensor_f32(&name, &t.shape, &t.data)?;
+        add(&mut writer, &name, w)?;
+    }
+    if let Some(name) = packed.into_keys().next() {
+        return Err(ExportError::NotInSource(name));
     }
     Ok(writer)
 }

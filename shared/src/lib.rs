@@ -4,6 +4,7 @@
 //! the browser.
 
 pub mod chat;
+pub mod compress;
 pub mod export;
 pub mod generate;
 pub mod gguf;

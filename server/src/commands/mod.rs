@@ -1,5 +1,7 @@
-//! The pipeline subcommands: `directions`, `eval`, `orthogonalize`, `control-vector`.
+//! The pipeline subcommands: `directions`, `eval`, `orthogonalize`, `control-vector`,
+//! `compress`.
 
+pub mod compress;
 pub mod control_vector;
 pub mod directions;
 pub mod eval;

@@ -215,6 +215,20 @@ impl Attention {
         bias: Tensor<4>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
+        self.o.forward(self.heads(x, rope, bias, cache))
+    }
+
+    /// The attended values of every head, concatenated: the input of the output projection.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → `[batch, seq, n_heads * head_dim]`
+    fn heads(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        bias: Tensor<4>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
@@ -241,10 +255,8 @@ impl Attention {
         let scale = (self.head_dim as f64).sqrt().recip();
         let scores = q.matmul(k.swap_dims(2, 3)) * scale + bias;
         let out = softmax(scores, 3).matmul(v); // [batch, heads, seq, head_dim]
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.n_heads * self.head_dim]);
-        self.o.forward(out)
+        out.swap_dims(1, 2)
+            .reshape([batch, seq, self.n_heads * self.head_dim])
     }
 }
 
@@ -260,8 +272,15 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down
-            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        self.down.forward(self.activation(x))
+    }
+
+    /// `silu(gate(h)) * up(h)`: the input of the down projection.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → `[batch, seq, d_ff]`
+    pub fn activation(&self, x: Tensor<3>) -> Tensor<3> {
+        silu(self.gate.forward(x.clone())) * self.up.forward(x)
     }
 }
 
@@ -272,6 +291,68 @@ pub struct Block {
     pub attn: Attention,
     pub mlp_norm: RmsNorm,
     pub mlp: Mlp,
+}
+
+/// The inputs of every linear layer of one block on one batch: what calibrated compression
+/// (GPTQ, Wanda, SparseGPT) and AIRD measure.
+#[derive(Debug, Clone)]
+pub struct LinearInputs {
+    /// Normalised stream entering q, k and v. `[batch, seq, d_model]`
+    pub attn: Tensor<3>,
+    /// Concatenated heads entering o. `[batch, seq, n_heads * head_dim]`
+    pub o: Tensor<3>,
+    /// Normalised stream entering gate and up. `[batch, seq, d_model]`
+    pub mlp: Tensor<3>,
+    /// `silu(gate) * up` entering down. `[batch, seq, d_ff]`
+    pub down: Tensor<3>,
+}
+
+/// What a block needs besides its input to run on one whole prompt batch (no cache): the
+/// rotary tables and the attention mask.
+pub struct BlockContext {
+    rope: Rope,
+    bias: Tensor<4>,
+}
+
+impl Block {
+    /// Runs the block on a whole prompt batch and returns its output with the inputs of its
+    /// linear layers.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → same
+    pub fn forward_observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
+        let attn_in = self.attn_norm.forward(x.clone());
+        let o_in = self
+            .attn
+            .heads(attn_in.clone(), &ctx.rope, ctx.bias.clone(), &mut None);
+        let x = x + self.attn.o.forward(o_in.clone());
+        let mlp_in = self.mlp_norm.forward(x.clone());
+        let down_in = self.mlp.activation(mlp_in.clone());
+        let out = x + self.mlp.down.forward(down_in.clone());
+        let inputs = LinearInputs {
+            attn: attn_in,
+            o: o_in,
+            mlp: mlp_in,
+            down: down_in,
+        };
+        (out, inputs)
+    }
+
+    /// Runs the block on a whole prompt batch.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` → same
+    pub fn forward_prompt(&self, x: Tensor<3>, ctx: &BlockContext) -> Tensor<3> {
+        let attn = self.attn.forward(
+            self.attn_norm.forward(x.clone()),
+            &ctx.rope,
+            ctx.bias.clone(),
+            &mut None,
+        );
+        let x = x + attn;
+        let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+        x + mlp
+    }
 }
 
 /// A Llama-family decoder.
@@ -351,6 +432,27 @@ impl Llama {
         }
         cache.len += seq;
         self.norm.forward(x)
+    }
+
+    /// The token embeddings of a whole prompt batch (block 0's input) and the context every
+    /// block needs to run on it: for passes that go block by block, such as calibration.
+    ///
+    /// # Shapes
+    /// - `batch`: `[batch, seq]` → `[batch, seq, d_model]`
+    pub fn embed(&self, batch: &TokenBatch) -> (Tensor<3>, BlockContext) {
+        let [n, seq] = batch.dims();
+        let device = self.device();
+        let ids = batch.ids.clone().reshape([n * seq]);
+        let x = self
+            .embedding
+            .val()
+            .select(0, ids)
+            .reshape([n, seq, self.config.d_model]);
+        let ctx = BlockContext {
+            rope: Rope::new(&self.config, &batch.pad, 0, seq, &device),
+            bias: attention_bias(&batch.pad, 0, seq, &device),
+        };
+        (x, ctx)
     }
 
     /// Vocabulary logits of final hidden states.
@@ -481,6 +583,25 @@ mod tests {
 
     // f32 sums in a different order (one position vs a whole sequence) differ by rounding only.
     const TOL: f32 = 1e-4;
+
+    #[test]
+    fn block_by_block_passes_equal_the_whole_forward() {
+        let (model, device) = tiny();
+        let n_layers = model.config().n_layers;
+        let batch = TokenBatch::left_padded(&[vec![1, 5, 9, 2, 7], vec![3, 4]], 0, &device);
+        let mut capture = Capture::every_layer(n_layers, HookPoint::AttnOut, vec![]);
+        let whole = host(model.hidden(&batch, &mut KvCache::new(), &mut capture));
+        let (mut x, ctx) = model.embed(&batch);
+        for (l, block) in model.blocks.iter().enumerate() {
+            let (out, inputs) = block.forward_observed(x.clone(), &ctx);
+            let attn_out = host(block.attn.o.forward(inputs.o));
+            let captured = host(capture.get(l, HookPoint::AttnOut).unwrap().clone());
+            assert!(max_abs_diff(&attn_out, &captured) <= 1e-5);
+            assert!(max_abs_diff(&host(block.forward_prompt(x, &ctx)), &host(out.clone())) <= 1e-6);
+            x = out;
+        }
+        assert!(max_abs_diff(&host(model.norm.forward(x)), &whole) <= 1e-5);
+    }
 
     #[test]
     fn kv_cache_decoding_equals_full_recomputation() {

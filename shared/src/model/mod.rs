@@ -10,7 +10,7 @@ pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, Rope
 pub use hooks::{
     ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
 };
-pub use llama::{KvCache, Llama, TokenBatch};
+pub use llama::{BlockContext, KvCache, LinearInputs, Llama, TokenBatch};
 pub use weights::{BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
 
 use burn::tensor::Tensor;

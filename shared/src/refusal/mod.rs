@@ -44,6 +44,8 @@ pub enum Stage {
     Generate,
     /// Cross-entropy on a text.
     CrossEntropy,
+    /// Compressing the linear layers, block by block.
+    Compress,
 }
 
 /// Progress of one stage: `done` of `total` units (prompts, candidates or tokens).

@@ -1,0 +1,370 @@
+//! `refusal-lens compress`: quantize or prune a model's linear layers (METHOD §8) and write a
+//! loadable model plus a JSON manifest (method, parameters, per-layer sparsity, bits per
+//! weight and reconstruction error, calibration set hash).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures_lite::future::block_on;
+use refusal_core::compress::recipe::ggml_type_name;
+use refusal_core::compress::{Compressed, LinearReport, Method, QuantGrid, Sparsity, compress};
+use refusal_core::load::TextAssets;
+use refusal_core::model::Llama;
+use refusal_core::refusal::EncodedPrompts;
+use refusal_core::refusal::prompts::builtin_harmless;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::read_prompts_or;
+use crate::model_args::ModelArgs;
+use crate::open::Fingerprint;
+use crate::outputs::write_atomic;
+use crate::progress::{Interrupt, StageBar};
+use crate::saved_model::{DerivedModel, OutFormat, save};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    Rtn,
+    Gguf,
+    Gptq,
+    Magnitude,
+    Wanda,
+    Sparsegpt,
+}
+
+/// The method's parameters as flags (`--bits 4 --group 128`, `--type q4_0`, `--sparsity 0.5`
+/// or `--pattern 2:4`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MethodArgs {
+    #[arg(long, value_enum)]
+    pub method: MethodArg,
+    /// Bits per weight (rtn, gptq): 2 to 8.
+    #[arg(long, default_value_t = 4)]
+    pub bits: usize,
+    /// Inputs sharing a scale (rtn, gptq); 0 for one scale per output row.
+    #[arg(long, default_value_t = 128)]
+    pub group: usize,
+    /// Asymmetric grid (min/max with a zero point) instead of the symmetric default.
+    #[arg(long, conflicts_with = "sym")]
+    pub asym: bool,
+    /// Symmetric grid (the default).
+    #[arg(long)]
+    pub sym: bool,
+    /// GGUF block type (gguf): q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k.
+    #[arg(long = "type")]
+    pub ggml_type: Option<String>,
+    /// Fraction of every output row to prune (magnitude, wanda, sparsegpt).
+    #[arg(long, conflicts_with = "pattern")]
+    pub sparsity: Option<f64>,
+    /// N:M pattern instead of a fraction: prune N of every M consecutive inputs (2:4, 4:8).
+    #[arg(long)]
+    pub pattern: Option<String>,
+}
+
+impl MethodArgs {
+    /// The method these flags describe.
+    ///
+    /// # Errors
+    ///
+    /// A missing or bad parameter for the chosen method.
+    pub fn method(&self) -> Result<Method> {
+        let grid = || {
+            QuantGrid::new(self.bits, self.group, !self.asym)
+                .map_err(|e| anyhow::anyhow!("--bits: {e}"))
+        };
+        let sparsity = || -> Result<Sparsity> {
+            match (&self.sparsity, &self.pattern) {
+                (_, Some(p)) => {
+                    let parts: Vec<&str> = p.split(':').collect();
+                    if parts.len() != 2 {
+                        bail!("--pattern {p}: expected N:M, e.g. 2:4");
+                    }
+                    Sparsity::parse(&parts).map_err(|e| anyhow::anyhow!("--pattern: {e}"))
+                }
+                (Some(s), None) => Sparsity::parse(&[&s.to_string()])
+                    .map_err(|e| anyhow::anyhow!("--sparsity: {e}")),
+                (None, None) => bail!(
+                    "{:?} needs --sparsity FRACTION or --pattern N:M",
+                    self.method
+                ),
+            }
+        };
+        Ok(match self.method {
+            MethodArg::Rtn => Method::Rtn(grid()?),
+            MethodArg::Gptq => Method::Gptq(grid()?),
+            MethodArg::Gguf => {
+                let Some(name) = &self.ggml_type else {
+                    bail!("--method gguf needs --type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+                };
+                format!("gguf:{name}").parse()?
+            }
+            MethodArg::Magnitude => Method::Magnitude(sparsity()?),
+            MethodArg::Wanda => Method::Wanda(sparsity()?),
+            MethodArg::Sparsegpt => Method::SparseGpt(sparsity()?),
+        })
+    }
+}
+
+/// Where calibration activations come from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibrationArgs {
+    /// Calibration prompts (any prompt file), chat-formatted; default: the built-in harmless
+    /// set.
+    #[arg(long, conflicts_with = "calib_text")]
+    pub calib: Option<PathBuf>,
+    /// A plain text file to calibrate on instead, cut into windows of --calib-seq tokens.
+    #[arg(long)]
+    pub calib_text: Option<PathBuf>,
+    /// At most this many calibration prompts or windows.
+    #[arg(long, default_value_t = 128)]
+    pub n_calib: usize,
+    /// Tokens per window of --calib-text.
+    #[arg(long, default_value_t = 256)]
+    pub calib_seq: usize,
+}
+
+/// The calibration set, tokenized, and what identifies it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    pub source: String,
+    /// `prompts` (chat-formatted) or `text` windows.
+    pub kind: &'static str,
+    pub samples: usize,
+    pub tokens: usize,
+    /// SHA-256 of the token ids (u32 little-endian, each sample prefixed by its length).
+    pub sha256: String,
+    #[serde(skip)]
+    pub ids: Vec<Vec<u32>>,
+}
+
+impl CalibrationArgs {
+    /// Tokenizes the calibration set for this model.
+    ///
+    /// # Errors
+    ///
+    /// Unreadable files, an empty set, template and tokenizer errors.
+    pub fn load(&self, text: &TextAssets) -> Result<Calibration> {
+        let (source, kind, ids) = if let Some(path) = &self.calib_text {
+            let content = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let tokens = text.tokenizer.encode(&content, false)?;
+            let seq = self.calib_seq.max(1);
+            let ids: Vec<Vec<u32>> = tokens
+                .chunks(seq)
+                .filter(|w| w.len() == seq || tokens.len() < seq)
+                .take(self.n_calib)
+                .map(<[u32]>::to_vec)
+                .collect();
+            (path.display().to_string(), "text", ids)
+        } else {
+            let mut prompts = read_prompts_or(self.calib.as_deref(), builtin_harmless)?;
+            prompts.truncate(self.n_calib);
+            let source = self.calib.as_ref().map_or_else(
+                || "built-in harmless set".to_owned(),
+                |p| p.display().to_string(),
+            );
+            (
+                source,
+                "prompts",
+                EncodedPrompts::new(text, &prompts, None)?.ids,
+            )
+        };
+        if ids.iter().all(Vec::is_empty) {
+            bail!("the calibration set {source} is empty");
+        }
+        let mut hasher = Sha256::new();
+        for sample in &ids {
+            hasher.update((sample.len() as u32).to_le_bytes());
+            for id in sample {
+                hasher.update(id.to_le_bytes());
+            }
+        }
+        Ok(Calibration {
+            source,
+            kind,
+            samples: ids.len(),
+            tokens: ids.iter().map(Vec::len).sum(),
+            sha256: format!("{:x}", hasher.finalize()),
+            ids,
+        })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompressArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Calibration prompts per forward batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// The compressed model: FILE.gguf (GGUF sources; GGUF block types are stored packed,
+    /// other methods as f32) or DIR/model.safetensors. The manifest is written beside it as
+    /// FILE.manifest.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Totals over every compressed layer.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub parameters: usize,
+    pub sparsity: f64,
+    pub bits_per_weight: f64,
+    /// Parameter-weighted mean of the per-layer output errors.
+    pub output_error: Option<f64>,
+    pub weight_error: f64,
+}
+
+impl Summary {
+    pub fn of(layers: &[LinearReport]) -> Summary {
+        let parameters: usize = layers.iter().map(|l| l.rows * l.cols).sum();
+        let mean = |f: &dyn Fn(&LinearReport) -> f64| {
+            layers
+                .iter()
+                .map(|l| f(l) * (l.rows * l.cols) as f64)
+                .sum::<f64>()
+                / parameters.max(1) as f64
+        };
+        let all_measured = !layers.is_empty() && layers.iter().all(|l| l.output_error.is_some());
+        Summary {
+            parameters,
+            sparsity: mean(&|l| l.sparsity),
+            bits_per_weight: mean(&|l| l.bits_per_weight),
+            output_error: all_measured.then(|| mean(&|l| l.output_error.unwrap_or(0.0))),
+            weight_error: mean(&|l| l.weight_error),
+        }
+    }
+}
+
+/// The manifest written beside a compressed model.
+#[derive(Debug, Serialize)]
+struct Manifest<'a> {
+    recipe: String,
+    method: &'static str,
+    parameters: serde_json::Value,
+    model: &'a Fingerprint,
+    calibration: &'a Calibration,
+    summary: Summary,
+    layers: &'a [LinearReport],
+    output: String,
+    seconds: f64,
+}
+
+/// The method's parameters as JSON fields.
+pub fn parameters(method: Method) -> serde_json::Value {
+    match method {
+        Method::Rtn(g) | Method::Gptq(g) => serde_json::to_value(g).unwrap_or_default(),
+        Method::Ggml(ty) => serde_json::json!({ "type": ggml_type_name(ty) }),
+        Method::Magnitude(s) | Method::Wanda(s) | Method::SparseGpt(s) => match s {
+            Sparsity::Unstructured(f) => serde_json::json!({ "sparsity": f }),
+            Sparsity::NOfM { n, m } => serde_json::json!({ "pattern": format!("{n}:{m}") }),
+        },
+    }
+}
+
+/// Compresses a loaded model with a progress bar.
+///
+/// # Errors
+///
+/// The method's errors and cancellation.
+pub fn compress_model(
+    llama: Llama,
+    method: Method,
+    calibration: &Calibration,
+    batch_size: usize,
+    interrupt: &Interrupt,
+) -> Result<Compressed> {
+    let mut bar = StageBar::new(true, interrupt.clone());
+    let compressed = block_on(compress(
+        llama,
+        method,
+        &calibration.ids,
+        0,
+        batch_size,
+        &mut |p| bar.update(p),
+    ))
+    .with_context(|| format!("compressing with {method}"))?;
+    bar.finish();
+    Ok(compressed)
+}
+
+/// `<out>.manifest.json` beside the model (inside the directory for safetensors output).
+fn manifest_path(out: &Path) -> PathBuf {
+    let mut name = out.file_stem().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    out.with_file_name(name)
+}
+
+pub fn run(args: &CompressArgs, interrupt: &Interrupt) -> Result<()> {
+    let method = args.method.method()?;
+    let resolved = args.model.resolve()?;
+    OutFormat::of(&args.out, &resolved)?;
+    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
+    let calibration = args.calibration.load(&loaded.text)?;
+    eprintln!(
+        "compressing with {method}: calibration {} ({} {}, {} tokens)",
+        calibration.source, calibration.samples, calibration.kind, calibration.tokens
+    );
+    let start = Instant::now();
+    let compressed = compress_model(
+        loaded.llama,
+        method,
+        &calibration,
+        args.batch_size,
+        interrupt,
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    let changed = compressed.unpacked_weights();
+    let note = format!(
+        "compressed with {method} (calibration sha256 {})",
+        calibration.sha256
+    );
+    save(
+        &DerivedModel {
+            source: &resolved,
+            model: &compressed.model,
+            text: &loaded.text,
+            changed: &changed,
+            packed: &compressed.packed,
+            note: ("compression", note),
+        },
+        &args.out,
+    )?;
+    let summary = Summary::of(&compressed.layers);
+    let manifest = Manifest {
+        recipe: method.to_string(),
+        method: method.name(),
+        parameters: parameters(method),
+        model: &fingerprint,
+        calibration: &calibration,
+        summary,
+        layers: &compressed.layers,
+        output: args.out.display().to_string(),
+        seconds,
+    };
+    let path = manifest_path(&args.out);
+    write_atomic(&path, |f| {
+        serde_json::to_writer_pretty(f, &manifest)?;
+        Ok(())
+    })?;
+    let s = &manifest.summary;
+    println!(
+        "{method}: {} parameters, sparsity {:.3}, {:.2} bits/weight, weight error {:.4}, output error {}",
+        s.parameters,
+        s.sparsity,
+        s.bits_per_weight,
+        s.weight_error,
+        s.output_error.map_or("-".to_owned(), |e| format!("{e:.4}")),
+    );
+    println!(
+        "wrote {} and {} in {seconds:.1} s",
+        args.out.display(),
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! Compressing a whole model (METHOD §8): every linear layer of every decoder block, block by
+//! block. The calibration prompts run through the blocks already compressed, so block `l` is
+//! calibrated on the inputs it will really see; within a block all seven linear layers are
+//! measured on one pass of the block as loaded. Embedding, norms and head are left as they are.
+
+use burn::module::Param;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::gguf::{GgmlType, dequantize, fits_rows, quantize};
+use crate::load::names;
+use crate::model::llama::{Block, Linear};
+use crate::model::{BlockContext, BlockWeight, Llama, TokenBatch, WeightName};
+use crate::refusal::{OnProgress, PipelineError, Stage, read, report};
+
+use super::hessian::{HostStats, InputStats};
+use super::obs::{Target, sweep};
+use super::prune;
+use super::{CompressError, HostMatrix, Method};
+
+/// The linear layers of a block, in the order data reaches them.
+pub const LINEARS: [BlockWeight; 7] = [
+    BlockWeight::Q,
+    BlockWeight::K,
+    BlockWeight::V,
+    BlockWeight::O,
+    BlockWeight::Gate,
+    BlockWeight::Up,
+    BlockWeight::Down,
+];
+
+/// A weight in a GGUF block format: the bytes to write and how they are stored.
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    pub name: WeightName,
+    pub ty: GgmlType,
+    pub bytes: Vec<u8>,
+}
+
+/// What compression did to one linear layer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LinearReport {
+    pub layer: usize,
+    /// The weight's GGUF name (`blk.3.ffn_down.weight`).
+    pub tensor: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Fraction of zero weights after compression.
+    pub sparsity: f64,
+    /// Storage cost of the compressed weight (16 for weights only pruned, which a file stores
+    /// as f16 or wider; the zeros are not packed).
+    pub bits_per_weight: f64,
+    /// `||W' - W||_F / ||W||_F`.
+    pub weight_error: f64,
+    /// `||X W'^T - X W^T||_F / ||X W^T||_F` on the calibration inputs of this layer.
+    pub output_error: Option<f64>,
+    /// The GGUF type the weight is stored in, when that differs from the one asked for
+    /// because rows of this length do not fit it.
+    pub fallback_type: Option<String>,
+    /// Damping added to `H`'s diagonal by GPTQ / SparseGPT.
+    pub damping: Option<f64>,
+}
+
+/// A compressed model and what was done to each layer.
+pub struct Compressed {
+    pub model: Llama,
+    pub layers: Vec<LinearReport>,
+    /// The GGUF bytes of every linear layer, for [`Method::Ggml`] (empty otherwise).
+    pub packed: Vec<PackedWeight>,
+    /// Calibration tokens (padding excluded) every layer was measured on.
+    pub calibration_tokens: usize,
+}
+
+impl Compressed {
+    /// The linear weights whose new values are not packed in a GGUF type (to store as f32).
+    pub fn unpacked_weights(&self) -> Vec<WeightName> {
+        (0..self.model.blocks.len())
+            .flat_map(|l| LINEARS.map(|w| WeightName::Block(l, w)))
+            .filter(|n| !self.packed.iter().any(|p| p.name == *n))
+            .collect()
+    }
+}
+
+/// One calibration batch on its way through the blocks.
+struct CalibrationBatch {
+    /// The input of the next block. `[batch, seq, d_model]`
+    x: Tensor<3>,
+    ctx: BlockContext,
+    /// Flattened indices of the real (unpadded) tokens. `[tokens]`
+    real: Tensor<1, Int>,
+}
+
+/// Which input statistics a linear layer reads.
+fn input_of(w: BlockWeight) -> usize {
+    match w {
+        BlockWeight::O => 1,
+        BlockWeight::Gate | BlockWeight::Up => 2,
+        BlockWeight::Down => 3,
+        _ => 0,
+    }
+}
+
+fn linear_mut(block: &mut Block, w: BlockWeight) -> &mut Linear {
+    match w {
+        BlockWeight::Q => &mut block.attn.q,
+        BlockWeight::K => &mut block.attn.k,
+        BlockWeight::V => &mut block.attn.v,
+        BlockWeight::O => &mut block.attn.o,
+        BlockWeight::Gate => &mut block.mlp.gate,
+        BlockWeight::Up => &mut block.mlp.up,
+        _ => &mut block.mlp.down,
+    }
+}
+
+/// Compresses every linear layer of `model` with `method`, calibrating on `calibration`
+/// (token ids of whole prompts, run `batch_size` at a time, padded with `pad_id`). Methods
+/// that do not need calibration accept an empty set and then report no output error.
+///
+/// # Errors
+///
+/// [`CompressError::NoCalibration`] for a calibrated method without prompts, the per-matrix
+/// errors of the method, and cancellation.
+pub async fn compress(
+    mut model: Llama,
+    method: Method,
+    calibration: &[Vec<u32>],
+    pad_id: u32,
+    batch_size: usize,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Compressed, CompressError> {
+    if calibration.iter().all(Vec::is_empty) && method.needs_calibration() {
+        return Err(CompressError::NoCalibration(method.to_string()));
+    }
+    let n_layers = model.blocks.len();
+    report(on_progress, Stage::Compress, 0, n_layers)?;
+    let mut batches = calibration_batches(&model, calibration, pad_id, batch_size.max(1));
+    let calibration_tokens = batches.iter().map(|b| b.real.dims()[0]).sum();
+    let device = model.device();
+    let mut layers = Vec::with_capacity(n_layers * LINEARS.len());
+    let mut packed = Vec::new();
+
+    for l in 0..n_layers {
+        let host = observe(&model.blocks[l], &batches).await?;
+        let block = &mut model.blocks[l];
+
+        for w in LINEARS {
+            let name = WeightName::Block(l, w);
+            let tensor = names::gguf(name);
+            let linear = linear_mut(block, w);
+            let original = linear_rows(linear).await?;
+            let stats = host[input_of(w)].as_ref();
+            let mut compressed = original.clone();
+            let outcome = compress_matrix(&mut compressed, method, stats, &tensor)?;
+            if let Some((ty, bytes)) = outcome.packed {
+                packed.push(PackedWeight { name, ty, bytes });
+            }
+            layers.push(LinearReport {
+                layer: l,
+                rows: original.rows,
+                cols: original.cols,
+                sparsity: compressed.sparsity(),
+                bits_per_weight: outcome.bits_per_weight,
+                weight_error: compressed.relative_error(&original),
+                output_error: stats.map(|s| s.output_error(&original, &compressed)),
+                fallback_type: outcome.fallback_type,
+                damping: outcome.damping,
+                tensor,
+            });
+            set_rows(linear, &compressed, &device);
+        }
+
+        let block = &model.blocks[l];
+        for b in &mut batches {
+            b.x = block.forward_prompt(b.x.clone(), &b.ctx);
+        }
+        report(on_progress, Stage::Compress, l + 1, n_layers)?;
+    }
+    Ok(Compressed {
+        model,
+        layers,
+        packed,
+        calibration_tokens,
+    })
+}
+
+/// The statistics of the four inputs of `block`'s linear layers (q/k/v, o, gate/up, down)
+/// over the calibration batches.
+async fn observe(
+    block: &Block,
+    batches: &[CalibrationBatch],
+) -> Result<Vec<Option<HostStats>>, CompressError> {
+    let mut inputs: [InputStats; 4] = Default::default();
+    for b in batches {
+        let (_, seen) = block.forward_observed(b.x.clone(), &b.ctx);
+        for (stats, x) in inputs
+            .iter_mut()
+            .zip([seen.attn, seen.o, seen.mlp, seen.down])
+        {
+            stats.add(x, &b.real);
+        }
+    }
+    let mut host = Vec::with_capacity(4);
+    for stats in inputs {
+        host.push(stats.into_host().await?);
+    }
+    Ok(host)
+}
+
+/// The input statistics of every linear layer of block `layer` of the uncompressed `model`
+/// (for studying one layer's methods side by side), keyed like [`LINEARS`].
+///
+/// # Errors
+///
+/// [`PipelineError::LayerOutOfRange`], readback errors.
+pub async fn block_input_stats(
+    model: &Llama,
+    calibration: &[Vec<u32>],
+    pad_id: u32,
+    batch_size: usize,
+    layer: usize,
+) -> Result<Vec<(BlockWeight, HostStats)>, CompressError> {
+    let n_layers = model.blocks.len();
+    if layer >= n_layers {
+        return Err(PipelineError::LayerOutOfRange { layer, n_layers }.into());
+    }
+    let mut batches = calibration_batches(model, calibration, pad_id, batch_size.max(1));
+    for block in &model.blocks[..layer] {
+        for b in &mut batches {
+            b.x = block.forward_prompt(b.x.clone(), &b.ctx);
+        }
+    }
+    let host = observe(&model.blocks[layer], &batches).await?;
+    Ok(LINEARS
+        .into_iter()
+        .filter_map(|w| host[input_of(w)].clone().map(|h| (w, h)))
+        .collect())
+}
+
+/// Batches of similar lengths (less padding), embedded and ready for block 0.
+fn calibration_batches(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    pad_id: u32,
+    batch_size: usize,
+) -> Vec<CalibrationBatch> {
+    let device = model.device();
+    let mut order: Vec<&Vec<u32>> = prompts.iter().filter(|p| !p.is_empty()).collect();
+    order.sort_by_key(|p| p.len());
+    order
+        .chunks(batch_size)
+        .map(|chunk| {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| (*p).clone()).collect();
+            let batch = TokenBatch::left_padded(&ids, pad_id, &device);
+            let [_, seq] = batch.dims();
+            let real: Vec<i64> = batch
+                .padding()
+                .iter()
+                .enumerate()
+                .flat_map(|(row, &pad)| (pad..seq).map(move |j| (row * seq + j) as i64))
+                .collect();
+            let n = real.len();
+            let real = Tensor::from_data(TensorData::new(real, [n]), &device);
+            let (x, ctx) = model.embed(&batch);
+            CalibrationBatch { x, ctx, real }
+        })
+        .collect()
+}
+
+/// What one matrix's compression produced besides the new values.
+#[derive(Debug)]
+pub struct MatrixOutcome {
+    pub bits_per_weight: f64,
+    /// The GGUF type and bytes, for [`Method::Ggml`].
+    pub packed: Option<(GgmlType, Vec<u8>)>,
+    /// The type actually stored when the one asked for does not fit the rows.
+    pub fallback_type: Option<String>,
+    /// Damping added to `H` by the Hessian-based methods.
+    pub damping: Option<f64>,
+}
+
+/// Compresses one weight matrix in place.
+///
+/// # Errors
+///
+/// [`CompressError::NoCalibration`] when a calibrated method gets no statistics, and the
+/// method's own errors.
+pub fn compress_matrix(
+    w: &mut HostMatrix,
+    method: Method,
+    stats: Option<&HostStats>,
+    tensor: &str,
+) -> Result<MatrixOutcome, CompressError> {
+    let mut outcome = MatrixOutcome {
+        bits_per_weight: 16.0,
+        packed: None,
+        fallback_type: None,
+        damping: None,
+    };
+    let needs = || stats.ok_or_else(|| CompressError::NoCalibration(method.to_string()));
+    match method {
+        Method::Rtn(grid) => {
+            grid.round_to_nearest(w);
+            outcome.bits_per_weight = grid.bits_per_weight(w.cols);
+        }
+        Method::Gptq(grid) => {
+            let h = needs()?;
+            outcome.damping = Some(sweep(w, &h.hessian, Target::Grid(grid), tensor)?);
+            outcome.bits_per_weight = grid.bits_per_weight(w.cols);
+        }
+        Method::Ggml(ty) => {
+            let stored = storage_type(ty, w.cols);
+            let ggml = |source| CompressError::Ggml {
+                tensor: tensor.to_owned(),
+                source,
+            };
+            let bytes = quantize(stored, &w.data).map_err(ggml)?;
+            w.data = dequantize(stored, &bytes, w.data.len()).map_err(ggml)?;
+            outcome.bits_per_weight = stored.type_size() as f64 * 8.0 / stored.block_size() as f64;
+            if stored != ty {
+                outcome.fallback_type = Some(stored.name().to_ascii_lowercase());
+            }
+            outcome.packed = Some((stored, bytes));
+        }
+        Method::Magnitude(s) => {
+            s.check(tensor, w.cols)?;
+            prune::magnitude(w, s);
+        }
+        Method::Wanda(s) => {
+            s.check(tensor, w.cols)?;
+            prune::wanda(w, s, &needs()?.input_norms());
+        }
+        Method::SparseGpt(s) => {
+            let h = needs()?;
+            outcome.damping = Some(sweep(w, &h.hessian, Target::Prune(s), tensor)?);
+        }
+    }
+    Ok(outcome)
+}
+
+/// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a
+/// whole number of its blocks, else llama.cpp's fallback for that type (Q4_K → Q5_0,
+/// Q6_K → Q8_0), else F16.
+pub fn storage_type(ty: GgmlType, cols: usize) -> GgmlType {
+    let fallback = match ty {
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    [ty, fallback, GgmlType::F16]
+        .into_iter()
+        .find(|t| fits_rows(*t, cols))
+        .unwrap_or(GgmlType::F32)
+}
+
+/// A linear layer's weight as files store it, `[d_out, d_in]`.
+async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
+    let w = linear.weight.val();
+    let [d_in, d_out] = w.dims();
+    let stored = read(w).await?;
+    let mut data = vec![0.0f32; stored.len()];
+    for (i, row) in stored.chunks_exact(d_out).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            data[o * d_in + i] = v;
+        }
+    }
+    Ok(HostMatrix {
+        rows: d_out,
+        cols: d_in,
+        data,
+    })
+}
+
+/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`).
+fn set_rows(linear: &mut Linear, w: &HostMatrix, device: &burn::tensor::Device) {
+    let mut data = vec![0.0f32; w.data.len()];
+    for (o, row) in w.data.chunks_exact(w.cols).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            data[i * w.rows + o] = v;
+        }
+    }
+    let t = Tensor::from_data(TensorData::new(data, [w.cols, w.rows]), device);
+    linear.weight = Param::from_tensor(t);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::ControlFlow;
+
+    use futures_lite::future::block_on;
+
+    use super::*;
+    use crate::compress::Sparsity;
+    use crate::compress::grid::QuantGrid;
+    use crate::export::host_weight;
+    use crate::model::{ModelConfig, NoHook, read_f32};
+
+    fn calibration() -> Vec<Vec<u32>> {
+        (0..12u32)
+            .map(|i| (0..(5 + i % 7)).map(|j| (i * 13 + j * 7) % 96).collect())
+            .collect()
+    }
+
+    fn run(method: Method) -> Result<Compressed, CompressError> {
+        let device = burn::tensor::Device::flex();
+        let model = Llama::random(&ModelConfig::tiny(), 5, &device);
+        block_on(compress(model, method, &calibration(), 0, 4, &mut |_| {
+            ControlFlow::Continue(())
+        }))
+    }
+
+    #[test]
+    fn every_linear_layer_is_compressed_and_measured() {
+        let c = run(Method::Wanda(Sparsity::NOfM { n: 2, m: 4 })).unwrap();
+        assert_eq!(c.layers.len(), 2 * LINEARS.len());
+        let tokens: usize = calibration().iter().map(Vec::len).sum();
+        assert_eq!(c.calibration_tokens, tokens);
+        for (report, name) in c.layers.iter().zip(c.unpacked_weights()) {
+            assert_eq!(report.tensor, names::gguf(name));
+            assert_eq!(report.sparsity, 0.5);
+            let e = report.output_error.unwrap();
+            assert!(e > 0.0 && e < 1.0, "{}: {e}", report.tensor);
+            let w = host_weight(&c.model, name).unwrap();
+            for g in w.data.chunks(4) {
+                assert_eq!(g.iter().filter(|v| **v == 0.0).count(), 2);
+            }
+        }
+        // Embedding, norms and head are untouched; the model still runs.
+        let batch = TokenBatch::left_padded(&[vec![1, 2, 3]], 0, &c.model.device());
+        assert!(
+            read_f32(c.model.last_logits(&batch, &mut NoHook))
+                .iter()
+                .all(|v| v.is_finite())
+        );
+    }
+
+    #[test]
+    fn gguf_types_are_packed_and_the_model_holds_their_dequantized_values() {
+        let c = run(Method::Ggml(GgmlType::Q8_0)).unwrap();
+        assert_eq!(c.packed.len(), 2 * LINEARS.len());
+        assert!(c.unpacked_weights().is_empty());
+        for p in &c.packed {
+            let w = host_weight(&c.model, p.name).unwrap();
+            assert_eq!(p.ty, GgmlType::Q8_0);
+            assert_eq!(dequantize(p.ty, &p.bytes, w.data.len()).unwrap(), w.data);
+        }
+        assert_eq!(c.layers[0].bits_per_weight, 8.5);
+    }
+
+    #[test]
+    fn rows_that_do_not_fit_a_k_quant_fall_back_like_llama_cpp() {
+        // Qwen2.5-0.5B: 896-wide rows do not fit 256-element blocks, 4864-wide ones do.
+        assert_eq!(storage_type(GgmlType::Q4K, 896), GgmlType::Q5_0);
+        assert_eq!(storage_type(GgmlType::Q4K, 4864), GgmlType::Q4K);
+        assert_eq!(storage_type(GgmlType::Q6K, 896), GgmlType::Q8_0);
+        assert_eq!(storage_type(GgmlType::Q4_0, 50), GgmlType::F16);
+        // The tiny model's 64-wide rows do not fit Q4_K's 256-element blocks.
+        let c = run(Method::Ggml(GgmlType::Q4K)).unwrap();
+        assert!(
+            c.layers
+                .iter()
+                .all(|l| l.fallback_type.as_deref() == Some("q5_0"))
+        );
+    }
+
+    #[test]
+    fn calibrated_methods_need_prompts_and_long_runs_cancel() {
+        let device = burn::tensor::Device::flex();
+        let model = Llama::random(&ModelConfig::tiny(), 5, &device);
+        let gptq = Method::Gptq(QuantGrid::new(4, 32, true).unwrap());
+        let none = block_on(compress(model.clone(), gptq, &[], 0, 4, &mut |_| {
+            ControlFlow::Continue(())
+        }));
+        assert!(matches!(none, Err(CompressError::NoCalibration(_))));
+        // RTN needs no calibration.
+        let rtn = Method::Rtn(QuantGrid::new(4, 32, true).unwrap());
+        let c = block_on(compress(model.clone(), rtn, &[], 0, 4, &mut |_| {
+            ControlFlow::Continue(())
+        }))
+        .unwrap();
+        assert!(c.layers.iter().all(|l| l.output_error.is_none()));
+        let cancelled = block_on(compress(model, gptq, &calibration(), 0, 4, &mut |p| {
+            if p.done >= 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }));
+        assert!(matches!(
+            cancelled,
+            Err(CompressError::Pipeline(PipelineError::Cancelled))
+        ));
+    }
+}
