@@ -37,6 +37,9 @@ pub struct DirectionMeta {
 pub enum ChosenBy {
     Selection,
     User,
+    /// No candidate passed METHOD §6: the lowest bypass score among candidates above the
+    /// layer limit whose KL stays under a relaxed bound.
+    Fallback,
 }
 
 /// A direction and its description.

@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::NoHook;
+use refusal_lens::commands::aird::{self, AirdArgs};
+use refusal_lens::commands::compare::{self, CompareArgs};
 use refusal_lens::commands::compress::{self, CompressArgs};
 use refusal_lens::commands::control_vector::{self, ControlVectorArgs};
 use refusal_lens::commands::directions::{self, ChooseArgs, DirectionsArgs};
@@ -84,6 +86,11 @@ enum Command {
     ControlVector(ControlVectorArgs),
     /// Quantize or prune the linear layers and write the model with a manifest (METHOD §8).
     Compress(CompressArgs),
+    /// Base vs compressed: directions, cosines, necessity, sufficiency, transfer (METHOD §9),
+    /// optionally with the AIRD repair of each compressed model.
+    Compare(CompareArgs),
+    /// Repair a compressed model with AIRD, against two baselines, and export it (METHOD §10).
+    Aird(AirdArgs),
     /// Download and verify built-in models into the cache (all of them by default).
     Fetch {
         #[arg(value_parser = parse_builtin)]
@@ -197,6 +204,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Orthogonalize(args) => orthogonalize::run(&args)?,
         Command::ControlVector(args) => control_vector::run(&args)?,
         Command::Compress(args) => compress::run(&args, &Interrupt::install()?)?,
+        Command::Compare(args) => compare::run(&args, &Interrupt::install()?)?,
+        Command::Aird(args) => aird::run(&args, &Interrupt::install()?)?,
         Command::Fetch { models } => {
             let cache = Cache::from_env()?;
             let models = if models.is_empty() {

@@ -43,3 +43,23 @@ impl ModelArgs {
         Ok((loaded, fp))
     }
 }
+
+/// `--base` and `--backend`, for the commands that compare a base model with a derived one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaseArgs {
+    /// The base model: a built-in alias, a .gguf file, a Hugging Face directory or a Hub id.
+    #[arg(long, default_value = BuiltinModel::default().alias())]
+    pub base: String,
+    /// Where the models run.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+}
+
+impl BaseArgs {
+    pub fn model_args(&self) -> ModelArgs {
+        ModelArgs {
+            model: self.base.clone(),
+            backend: self.backend,
+        }
+    }
+}

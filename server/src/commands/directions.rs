@@ -91,7 +91,7 @@ fn parse_choice(s: &str) -> Result<(usize, isize), String> {
 
 /// Where a prompt set came from and how much of it was used.
 #[derive(Debug, Serialize)]
-struct PromptUse {
+pub struct PromptUse {
     train_source: String,
     val_source: String,
     n_train: usize,
@@ -121,7 +121,7 @@ struct Timings {
 }
 
 /// Train and validation prompts: a separate validation file, or held out from the same file.
-fn split(
+pub fn split(
     name: &str,
     file: Option<&PathBuf>,
     val_file: Option<&PathBuf>,
@@ -255,6 +255,7 @@ pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
         max_layer_fraction: args.max_layer_fraction,
         induce_min: args.induce_min,
         batch_size: args.batch_size,
+        score_deep_layers: true,
     };
     let started = Instant::now();
     let selection = block_on(select(

@@ -1,11 +1,14 @@
 //! The pipeline subcommands: `directions`, `eval`, `orthogonalize`, `control-vector`,
-//! `compress`.
+//! `compress`, `compare`, `aird`.
 
+pub mod aird;
+pub mod compare;
 pub mod compress;
 pub mod control_vector;
 pub mod directions;
 pub mod eval;
 pub mod orthogonalize;
+pub mod pipeline;
 
 use std::path::Path;
 

@@ -64,6 +64,37 @@ impl CandidateDirections {
             .sqrt()
     }
 
+    /// The same candidates at a subset of the positions (in the order given).
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::PositionOutOfRange`] for a position that was not extracted.
+    pub fn with_positions(
+        &self,
+        positions: &[isize],
+    ) -> Result<CandidateDirections, PipelineError> {
+        let indices = positions
+            .iter()
+            .map(|&p| self.position_index(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pick = |means: &[f64]| {
+            let mut out = Vec::with_capacity(self.n_layers * indices.len() * self.d_model);
+            for l in 0..self.n_layers {
+                for &p in &indices {
+                    let o = self.offset(l, p);
+                    out.extend_from_slice(&means[o..o + self.d_model]);
+                }
+            }
+            out
+        };
+        Ok(CandidateDirections {
+            positions: positions.to_vec(),
+            harmful_mean: pick(&self.harmful_mean),
+            harmless_mean: pick(&self.harmless_mean),
+            ..self.clone()
+        })
+    }
+
     /// Every direction, laid out `[layer][position][d_model]`.
     pub fn all_directions(&self) -> Vec<f32> {
         self.harmful_mean

@@ -228,6 +228,44 @@ pub async fn evaluate(
     })
 }
 
+/// Mean `KL(reference || other)` of the next-token distributions at the last position of
+/// every prompt: how far an edit (a weight change, or `intervention` on `other`) moves a
+/// model's predictions.
+///
+/// # Errors
+///
+/// [`PipelineError::NoPrompts`], invalid interventions, readback errors, cancellation.
+pub async fn kl_between(
+    reference: &Llama,
+    other: &Llama,
+    intervention: &Intervention,
+    prompts: &EncodedPrompts,
+    batch_size: usize,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<f64, PipelineError> {
+    if prompts.is_empty() {
+        return Err(PipelineError::NoPrompts("KL"));
+    }
+    let mut hook = intervention.hook(other)?;
+    let device = other.device();
+    let mut total = 0.0;
+    let mut done = 0;
+    report(on_progress, Stage::Baseline, 0, prompts.len())?;
+    for batch in prompts.batches(batch_size.max(1)) {
+        let tokens = TokenBatch::left_padded(&prompts.select(&batch), 0, &device);
+        let base = log_softmax(reference.last_logits(&tokens, &mut NoHook), 1);
+        let logits = other.last_logits(&tokens, &mut hook);
+        total += read(kl_from_base(base, logits))
+            .await?
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>();
+        done += batch.len();
+        report(on_progress, Stage::Baseline, done, prompts.len())?;
+    }
+    Ok(total / prompts.len() as f64)
+}
+
 /// Mean next-token cross-entropy of a text.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CrossEntropy {

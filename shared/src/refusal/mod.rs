@@ -6,6 +6,8 @@
 //! natively (under a trivial executor) and in the browser (where WebGPU readback must be
 //! awaited). Long computations report [`Progress`] and stop when the callback says so.
 
+pub mod aird;
+pub mod compare;
 pub mod directions;
 pub mod encoding;
 pub mod evaluate;

@@ -21,6 +21,14 @@ pub struct SelectionSettings {
     /// Candidates with an induce score below this are dropped.
     pub induce_min: f64,
     pub batch_size: usize,
+    /// Also score the candidates the layer limit drops (for the heatmaps); skipping them
+    /// saves about a fifth of the selection time.
+    #[serde(default = "score_every_layer")]
+    pub score_deep_layers: bool,
+}
+
+fn score_every_layer() -> bool {
+    true
 }
 
 impl Default for SelectionSettings {
@@ -30,6 +38,7 @@ impl Default for SelectionSettings {
             max_layer_fraction: 0.8,
             induce_min: 0.0,
             batch_size: 32,
+            score_deep_layers: true,
         }
     }
 }
@@ -195,7 +204,8 @@ pub async fn select(
         for (p, &position) in candidates.positions.iter().enumerate() {
             let direction = candidates.direction(layer, p);
             let norm = candidates.norm(layer, p);
-            let (bypass, induce, kl) = if norm > 0.0 && norm.is_finite() {
+            let scored = layer < layer_limit || settings.score_deep_layers;
+            let (bypass, induce, kl) = if scored && norm > 0.0 && norm.is_finite() {
                 let mut ablate = Intervention::Ablate {
                     direction: direction.clone(),
                 }
@@ -219,7 +229,8 @@ pub async fn select(
                 let induce = mean_score(model, val_harmless, refusal, bs, &mut add).await?;
                 (bypass, induce, kl_sum / val_harmless.len() as f64)
             } else {
-                // Layer 0 at a position every prompt shares: the direction is exactly zero.
+                // Not scored, or layer 0 at a position every prompt shares (the direction is
+                // exactly zero).
                 (f64::NAN, f64::NAN, f64::NAN)
             };
             let separation = separation(
@@ -242,7 +253,7 @@ pub async fn select(
                     min: settings.induce_min,
                 });
             }
-            if !(bypass.is_finite() && induce.is_finite() && kl.is_finite()) {
+            if scored && !(bypass.is_finite() && induce.is_finite() && kl.is_finite()) {
                 dropped.push(DropReason::NotFinite);
             }
             scores.push(CandidateScore {

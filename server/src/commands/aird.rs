@@ -1,0 +1,351 @@
+//! `refusal-lens aird`: repair a compressed model by re-inducing the base model's refusal
+//! direction (METHOD §10, our reconstruction), compare it with the two simple baselines, and
+//! export the repaired model.
+//!
+//! Variants reported: the base, the compressed model, compressed + AIRD, compressed + the base
+//! direction added at `l*` (unconditional activation addition), and the compressed model
+//! orthogonalized against the part of its own direction that drifted away from the base's.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures_lite::future::block_on;
+use refusal_core::compress::model::LINEARS;
+use refusal_core::model::{Llama, WeightName};
+use refusal_core::refusal::Intervention;
+use refusal_core::refusal::aird::{AirdFit, AirdSettings, Densification, compressed_direction};
+use refusal_core::refusal::compare::{Decomposition, decompose};
+use refusal_core::refusal::directions::extract;
+use refusal_core::refusal::evaluate::{CrossEntropy, EvalSettings, cross_entropy, kl_between};
+use refusal_core::refusal::orthogonalize::orthogonalize;
+use serde::Serialize;
+
+use super::compare::{Judged, Repaired, repair};
+use super::compress::{CalibrationArgs, Summary};
+use super::pipeline::{
+    EncodedSets, PromptArgs, PromptUses, compressed_model, judged, lazy_calibration,
+};
+use super::{describe_tokens, refusal_tokens};
+use crate::direction_file::DirectionFile;
+use crate::model_args::BaseArgs;
+use crate::open::Fingerprint;
+use crate::outputs::write_atomic;
+use crate::progress::{Interrupt, StageBar};
+use crate::saved_model::{DerivedModel, OutFormat, save};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AirdArgs {
+    #[command(flatten)]
+    pub base: BaseArgs,
+    /// The compressed model (file, directory, alias) or a recipe compressed on the fly
+    /// (e.g. wanda:0.5).
+    #[arg(long)]
+    pub compressed: String,
+    /// The base model's direction, written by `directions`; without it the base direction is
+    /// the difference in means at --layer and --position.
+    #[arg(long)]
+    pub direction: Option<PathBuf>,
+    /// `l*`, the layer whose input is corrected (default: the direction's layer).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Position of the base direction (and of C's own direction for the orthogonalization
+    /// baseline), counted from the end.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub position: isize,
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// Ridge penalty (default: chosen on the validation prompts).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Perplexity of every variant on this text file.
+    #[arg(long)]
+    pub cross_entropy: Option<PathBuf>,
+    /// Tokens per cross-entropy window.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
+    #[arg(long, value_delimiter = ',')]
+    pub refusal_tokens: Vec<String>,
+    /// The repaired model: FILE.gguf (GGUF base) or DIR/model.safetensors; the report is
+    /// written beside it as FILE.aird.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One model variant's numbers.
+#[derive(Debug, Serialize)]
+struct Variant {
+    name: &'static str,
+    asr: Judged,
+    harmless_refusal: Judged,
+    /// KL from the compressed model on the harmless evaluation prompts.
+    kl_to_compressed: f64,
+    cross_entropy: Option<CrossEntropy>,
+}
+
+#[derive(Debug, Serialize)]
+struct AirdReport<'a> {
+    base: &'a Fingerprint,
+    compressed: &'a str,
+    compression: Option<&'a Summary>,
+    prompts: &'a PromptUses,
+    base_direction: BaseDirection,
+    fit: &'a AirdFit,
+    densification: Densification,
+    /// C's own direction at (l*, position) along the base direction.
+    drift: Decomposition,
+    variants: Vec<Variant>,
+    output: String,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BaseDirection {
+    source: String,
+    layer: usize,
+    position: isize,
+    norm: f64,
+}
+
+fn report_path(out: &Path) -> PathBuf {
+    let mut name = out.file_stem().unwrap_or_default().to_os_string();
+    name.push(".aird.json");
+    out.with_file_name(name)
+}
+
+pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
+    let started = Instant::now();
+    let base_args = args.base.model_args();
+    let resolved = base_args.resolve()?;
+    OutFormat::of(&args.out, &resolved)?;
+    let (loaded, fingerprint) = base_args.load_with_fingerprint()?;
+    let base = &loaded.llama;
+    let sets = args.prompts.load()?;
+    let encoded = EncodedSets::new(&loaded.text, &sets)?;
+    let mut bar = StageBar::new(true, interrupt.clone());
+
+    let (vector, base_direction) = match &args.direction {
+        Some(path) => {
+            let d = DirectionFile::read(path)?;
+            let source = path.display().to_string();
+            let layer = args.layer.unwrap_or(d.meta.layer);
+            let described = BaseDirection {
+                source,
+                layer,
+                position: d.meta.position,
+                norm: d.meta.norm,
+            };
+            (d.vector, described)
+        }
+        None => {
+            let Some(layer) = args.layer else {
+                bail!("give the base direction (--direction, from `directions`) or --layer");
+            };
+            let candidates = block_on(extract(
+                base,
+                &encoded.harmful,
+                &encoded.harmless,
+                args.batch_size,
+                &mut |p| bar.update(p),
+            ))?;
+            if layer >= candidates.n_layers {
+                bail!(
+                    "--layer {layer}: the model has {} layers",
+                    candidates.n_layers
+                );
+            }
+            let p = candidates.position_index(args.position)?;
+            let described = BaseDirection {
+                source: "difference in means of the training prompts".into(),
+                layer,
+                position: args.position,
+                norm: candidates.norm(layer, p),
+            };
+            (candidates.direction(layer, p), described)
+        }
+    };
+    if vector.len() != base.config().d_model {
+        bail!("the direction does not fit the base model's width");
+    }
+    let layer = base_direction.layer;
+    let tokens = refusal_tokens(
+        &loaded,
+        &args.refusal_tokens,
+        &encoded.harmful,
+        args.batch_size,
+        &mut bar,
+    )?;
+    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
+
+    let calibration = lazy_calibration(&args.calibration, &loaded.text);
+    let c = compressed_model(
+        &args.compressed,
+        &base_args,
+        base,
+        &calibration,
+        args.batch_size,
+        interrupt,
+    )?;
+    let settings = AirdSettings {
+        layer,
+        alpha: args.alpha,
+        lambda: args.lambda,
+        batch_size: args.batch_size,
+    };
+    let Repaired {
+        model: repaired,
+        fit,
+        densification,
+        harmful,
+        harmless,
+    } = repair(base, c.llama.clone(), &vector, settings, &encoded, &mut bar)?;
+    let own = compressed_direction(&harmful, &harmless, args.position, base.config().d_model)?;
+    let (drift, drifted) = decompose(&own, &vector)?;
+    eprintln!(
+        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
+        fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
+    );
+
+    let text = args
+        .cross_entropy
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let settings = EvalSettings {
+        max_new_tokens: args.max_new_tokens,
+        batch_size: args.batch_size,
+    };
+    let orthogonalized = orthogonalize(c.llama.clone(), &drifted)?;
+    let add_base = Intervention::ActAdd {
+        layer,
+        vector: vector.clone(),
+        coeff: 1.0,
+    };
+    let none = Intervention::None;
+    let models: [(&'static str, &Llama, &Intervention); 5] = [
+        ("base", base, &none),
+        ("compressed", &c.llama, &none),
+        ("compressed+aird", &repaired, &none),
+        ("compressed+add_base_direction", &c.llama, &add_base),
+        ("compressed+orthogonalize_drift", &orthogonalized, &none),
+    ];
+    let mut variants = Vec::with_capacity(models.len());
+    for (name, model, intervention) in models {
+        eprintln!("evaluating {name}");
+        let asr = judged(
+            model,
+            &loaded.text,
+            &sets.eval_harmful,
+            intervention,
+            &tokens,
+            settings,
+            &mut bar,
+        )?;
+        let refusal = judged(
+            model,
+            &loaded.text,
+            &sets.eval_harmless,
+            intervention,
+            &tokens,
+            settings,
+            &mut bar,
+        )?;
+        let kl_to_compressed = block_on(kl_between(
+            &c.llama,
+            model,
+            intervention,
+            &encoded.eval_harmless,
+            args.batch_size,
+            &mut |p| bar.update(p),
+        ))?;
+        let ce = match &text {
+            Some(t) => Some(block_on(cross_entropy(
+                model,
+                &loaded.text.tokenizer,
+                t,
+                intervention,
+                args.window,
+                &mut |p| bar.update(p),
+            ))?),
+            None => None,
+        };
+        variants.push(Variant {
+            name,
+            asr: Judged::of(asr, true),
+            harmless_refusal: Judged::of(refusal, false),
+            kl_to_compressed,
+            cross_entropy: ce,
+        });
+    }
+    bar.finish();
+
+    // Every linear layer differs from the base (compressed, and one repaired).
+    let changed: Vec<WeightName> = (0..repaired.config().n_layers)
+        .flat_map(|l| LINEARS.map(|w| WeightName::Block(l, w)))
+        .collect();
+    let note = format!(
+        "{} repaired by AIRD at layer {layer} (alpha {}, lambda {:.3e})",
+        args.compressed, args.alpha, fit.lambda
+    );
+    save(
+        &DerivedModel {
+            source: &resolved,
+            model: &repaired,
+            text: &loaded.text,
+            changed: &changed,
+            packed: &[],
+            note: ("repair", note),
+        },
+        &args.out,
+    )?;
+    let report = AirdReport {
+        base: &fingerprint,
+        compressed: &args.compressed,
+        compression: c.compression.as_ref(),
+        prompts: &sets.uses,
+        base_direction,
+        fit: &fit,
+        densification,
+        drift,
+        variants,
+        output: args.out.display().to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let path = report_path(&args.out);
+    write_atomic(&path, |f| {
+        serde_json::to_writer_pretty(f, &report)?;
+        Ok(())
+    })?;
+    println!(
+        "{:<32} {:>7} {:>9} {:>8} {:>8}",
+        "variant", "ASR %", "refusal %", "KL(C||.)", "ppl"
+    );
+    for v in &report.variants {
+        println!(
+            "{:<32} {:>7.1} {:>9.1} {:>8.4} {:>8}",
+            v.name,
+            100.0 * v.asr.rate,
+            100.0 * v.harmless_refusal.rate,
+            v.kl_to_compressed,
+            v.cross_entropy
+                .map_or("-".into(), |c| format!("{:.2}", c.perplexity)),
+        );
+    }
+    println!(
+        "density of block {}'s down projection: {:.3} -> {:.3}",
+        layer - 1,
+        densification.density_before,
+        densification.density_after
+    );
+    println!("wrote {} and {}", args.out.display(), path.display());
+    Ok(())
+}

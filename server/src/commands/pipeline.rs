@@ -1,0 +1,400 @@
+//! Steps `compare` and `aird` share: the prompt sets, the compressed model (a file or a recipe
+//! compressed on the fly), finding a model's refusal direction, and judged evaluations.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use futures_lite::future::block_on;
+use refusal_core::compress::Method;
+use refusal_core::load::TextAssets;
+use refusal_core::model::Llama;
+use refusal_core::refusal::directions::extract;
+use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, evaluate};
+use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, without};
+use refusal_core::refusal::select::{CandidateScore, select};
+use refusal_core::refusal::{
+    CandidateDirections, EncodedPrompts, Intervention, RefusalTokens, Selection, SelectionSettings,
+};
+use serde::Serialize;
+
+use super::compress::{Calibration, CalibrationArgs, Summary, compress_model};
+use super::directions::{PromptUse, split};
+use super::read_prompts;
+use crate::direction_file::ChosenBy;
+use crate::model_args::ModelArgs;
+use crate::progress::{Interrupt, StageBar};
+
+/// Training, validation and evaluation prompts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromptArgs {
+    /// Harmful prompts for the directions; the built-in set when absent.
+    #[arg(long)]
+    pub harmful: Option<PathBuf>,
+    /// Harmless prompts for the directions; the built-in set when absent.
+    #[arg(long)]
+    pub harmless: Option<PathBuf>,
+    /// Harmful validation prompts (selection, AIRD's penalty); by default held out.
+    #[arg(long)]
+    pub harmful_val: Option<PathBuf>,
+    /// Harmless validation prompts; by default held out.
+    #[arg(long)]
+    pub harmless_val: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub n_train: usize,
+    #[arg(long, default_value_t = 32)]
+    pub n_val: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Harmful prompts for ASR (a file, or builtin:harmful); default: the harmful validation set.
+    #[arg(long)]
+    pub eval_harmful: Option<String>,
+    /// Leave these instructions out of --eval-harmful (e.g. AdvBench minus the training split).
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// Harmless prompts for refusal under addition; default: the harmless validation set.
+    #[arg(long)]
+    pub eval_harmless: Option<String>,
+    /// Evaluate at most this many prompts of each evaluation set.
+    #[arg(long, default_value_t = 64)]
+    pub n_eval: usize,
+}
+
+/// Every prompt set, as instructions.
+pub struct PromptSets {
+    pub harmful: Vec<Prompt>,
+    pub harmless: Vec<Prompt>,
+    pub val_harmful: Vec<Prompt>,
+    pub val_harmless: Vec<Prompt>,
+    pub eval_harmful: Vec<Prompt>,
+    pub eval_harmless: Vec<Prompt>,
+    pub uses: PromptUses,
+}
+
+/// Where each set came from, for the report.
+#[derive(Debug, Serialize)]
+pub struct PromptUses {
+    pub harmful: PromptUse,
+    pub harmless: PromptUse,
+    pub eval_harmful: String,
+    pub eval_harmless: String,
+    pub n_eval_harmful: usize,
+    pub n_eval_harmless: usize,
+}
+
+fn spec_prompts(spec: &str) -> Result<Vec<Prompt>> {
+    Ok(match spec {
+        "builtin:harmful" => builtin_harmful(),
+        "builtin:harmless" => builtin_harmless(),
+        path => read_prompts(path.as_ref())?,
+    })
+}
+
+impl PromptArgs {
+    /// Reads and splits every set.
+    ///
+    /// # Errors
+    ///
+    /// Unreadable files and sets too small to split.
+    pub fn load(&self) -> Result<PromptSets> {
+        let (harmful, val_harmful, harmful_use) = split(
+            "harmful",
+            self.harmful.as_ref(),
+            self.harmful_val.as_ref(),
+            builtin_harmful,
+            self.n_train,
+            self.n_val,
+            self.seed,
+        )?;
+        let (harmless, val_harmless, harmless_use) = split(
+            "harmless",
+            self.harmless.as_ref(),
+            self.harmless_val.as_ref(),
+            builtin_harmless,
+            self.n_train,
+            self.n_val,
+            self.seed,
+        )?;
+        let mut eval_harmful = match &self.eval_harmful {
+            Some(spec) => spec_prompts(spec)?,
+            None => val_harmful.clone(),
+        };
+        if let Some(ex) = &self.exclude {
+            eval_harmful = without(eval_harmful, &read_prompts(ex)?);
+        }
+        eval_harmful.truncate(self.n_eval);
+        let mut eval_harmless = match &self.eval_harmless {
+            Some(spec) => spec_prompts(spec)?,
+            None => val_harmless.clone(),
+        };
+        eval_harmless.truncate(self.n_eval);
+        if eval_harmful.is_empty() || eval_harmless.is_empty() {
+            bail!("an evaluation set is empty (check --eval-harmful, --exclude, --n-eval)");
+        }
+        let uses = PromptUses {
+            eval_harmful: self
+                .eval_harmful
+                .clone()
+                .unwrap_or_else(|| "harmful validation set".into()),
+            eval_harmless: self
+                .eval_harmless
+                .clone()
+                .unwrap_or_else(|| "harmless validation set".into()),
+            n_eval_harmful: eval_harmful.len(),
+            n_eval_harmless: eval_harmless.len(),
+            harmful: harmful_use,
+            harmless: harmless_use,
+        };
+        Ok(PromptSets {
+            harmful,
+            harmless,
+            val_harmful,
+            val_harmless,
+            eval_harmful,
+            eval_harmless,
+            uses,
+        })
+    }
+}
+
+/// The sets that run through the model as token ids (base and compressed share a tokenizer).
+pub struct EncodedSets {
+    pub harmful: EncodedPrompts,
+    pub harmless: EncodedPrompts,
+    pub val_harmful: EncodedPrompts,
+    pub val_harmless: EncodedPrompts,
+    pub eval_harmless: EncodedPrompts,
+}
+
+impl EncodedSets {
+    /// # Errors
+    ///
+    /// Template and tokenizer errors.
+    pub fn new(text: &TextAssets, sets: &PromptSets) -> Result<EncodedSets> {
+        let encode = |p: &[Prompt]| EncodedPrompts::new(text, p, None);
+        Ok(EncodedSets {
+            harmful: encode(&sets.harmful)?,
+            harmless: encode(&sets.harmless)?,
+            val_harmful: encode(&sets.val_harmful)?,
+            val_harmless: encode(&sets.val_harmless)?,
+            eval_harmless: encode(&sets.eval_harmless)?,
+        })
+    }
+}
+
+/// How a model's direction is found.
+#[derive(Debug, Clone)]
+pub struct FindSettings {
+    pub selection: SelectionSettings,
+    /// Only these positions are scored (all post-instruction positions when `None`).
+    pub positions: Option<Vec<isize>>,
+    /// The relaxed KL bound of the fallback when no candidate passes METHOD §6.
+    pub fallback_kl_max: f64,
+}
+
+/// A model's candidate directions, their selection table and the chosen one.
+pub struct FoundDirection {
+    /// Every layer and position (the cosine map uses them all).
+    pub candidates: CandidateDirections,
+    pub selection: Selection,
+    pub chosen: CandidateScore,
+    pub chosen_by: ChosenBy,
+    pub vector: Vec<f32>,
+    pub seconds: f64,
+}
+
+impl FoundDirection {
+    /// Index of the chosen cell in the full layer x position grid.
+    pub fn cell(&self) -> usize {
+        let p = self
+            .candidates
+            .positions
+            .iter()
+            .position(|&q| q == self.chosen.position)
+            .unwrap_or(0);
+        self.chosen.layer * self.candidates.positions.len() + p
+    }
+}
+
+/// Extracts, scores and chooses a direction (METHOD §3-6), with the fallback when METHOD §6
+/// leaves nothing.
+///
+/// # Errors
+///
+/// Pipeline errors; no candidate even under the fallback.
+pub fn find_direction(
+    model: &Llama,
+    sets: &EncodedSets,
+    tokens: &RefusalTokens,
+    settings: &FindSettings,
+    bar: &mut StageBar,
+) -> Result<FoundDirection> {
+    let started = std::time::Instant::now();
+    let bs = settings.selection.batch_size;
+    let candidates = block_on(extract(
+        model,
+        &sets.harmful,
+        &sets.harmless,
+        bs,
+        &mut |p| bar.update(p),
+    ))
+    .context("extracting candidate directions")?;
+    let scored = match &settings.positions {
+        Some(p) => candidates.with_positions(p)?,
+        None => candidates.clone(),
+    };
+    let selection = block_on(select(
+        model,
+        &scored,
+        &sets.val_harmful,
+        &sets.val_harmless,
+        tokens,
+        settings.selection,
+        &mut |p| bar.update(p),
+    ))
+    .context("scoring candidate directions")?;
+    let limit = (settings.selection.max_layer_fraction * scored.n_layers as f64).floor() as usize;
+    let (index, chosen_by) = match selection.selected {
+        Some(i) => (i, ChosenBy::Selection),
+        None => {
+            let fallback = selection
+                .candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.layer < limit
+                        && c.bypass.is_finite()
+                        && c.kl.is_finite()
+                        && c.kl <= settings.fallback_kl_max
+                })
+                .min_by(|a, b| a.1.bypass.total_cmp(&b.1.bypass))
+                .map(|(i, _)| i);
+            match fallback {
+                Some(i) => (i, ChosenBy::Fallback),
+                None => bail!(
+                    "no candidate passed METHOD §6 and none has KL <= {} below layer {limit}",
+                    settings.fallback_kl_max
+                ),
+            }
+        }
+    };
+    let chosen = selection.candidates[index].clone();
+    let vector = scored.direction(chosen.layer, scored.position_index(chosen.position)?);
+    Ok(FoundDirection {
+        candidates,
+        selection,
+        chosen,
+        chosen_by,
+        vector,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A judged evaluation with a progress bar.
+///
+/// # Errors
+///
+/// Pipeline errors and cancellation.
+pub fn judged(
+    model: &Llama,
+    text: &TextAssets,
+    prompts: &[Prompt],
+    intervention: &Intervention,
+    tokens: &RefusalTokens,
+    settings: EvalSettings,
+    bar: &mut StageBar,
+) -> Result<EvalReport> {
+    Ok(block_on(evaluate(
+        model,
+        text,
+        prompts,
+        intervention,
+        tokens,
+        settings,
+        &mut |p| bar.update(p),
+    ))?)
+}
+
+/// A compressed model: loaded from a file, or the base compressed by a recipe.
+pub struct CompressedModel {
+    /// What the user gave (`wanda:0.5`, a path, an alias).
+    pub spec: String,
+    pub llama: Llama,
+    /// The recipe, when the model was compressed here.
+    pub method: Option<Method>,
+    pub compression: Option<Summary>,
+}
+
+/// Loads `spec` as a model if it names one (an alias, an existing path, a Hub id), else
+/// compresses `base` by the recipe it spells.
+///
+/// # Errors
+///
+/// A spec that is neither; incompatible shapes; compression errors.
+pub fn compressed_model(
+    spec: &str,
+    base: &ModelArgs,
+    base_model: &Llama,
+    calibration: &dyn Fn() -> Result<Calibration>,
+    batch_size: usize,
+    interrupt: &Interrupt,
+) -> Result<CompressedModel> {
+    let as_recipe = spec.parse::<Method>();
+    let is_path = std::path::Path::new(spec).exists();
+    match as_recipe {
+        Ok(method) if !is_path => {
+            let calibration = calibration()?;
+            eprintln!(
+                "compressing {} with {method} (calibration: {} {} from {})",
+                base.model, calibration.samples, calibration.kind, calibration.source
+            );
+            let compressed = compress_model(
+                base_model.clone(),
+                method,
+                &calibration,
+                batch_size,
+                interrupt,
+            )?;
+            Ok(CompressedModel {
+                spec: spec.to_owned(),
+                compression: Some(Summary::of(&compressed.layers)),
+                llama: compressed.model,
+                method: Some(method),
+            })
+        }
+        _ => {
+            let args = ModelArgs {
+                model: spec.to_owned(),
+                backend: base.backend,
+            };
+            let loaded = args.load().with_context(|| {
+                format!("`{spec}` is neither a model nor a recipe such as wanda:0.5 or rtn:4:128")
+            })?;
+            let (b, c) = (base_model.config(), loaded.llama.config());
+            if (b.n_layers, b.d_model, b.d_ff, b.vocab_size)
+                != (c.n_layers, c.d_model, c.d_ff, c.vocab_size)
+            {
+                bail!(
+                    "{spec} does not have the shapes of the base model ({} layers x {} vs {} x {})",
+                    c.n_layers,
+                    c.d_model,
+                    b.n_layers,
+                    b.d_model
+                );
+            }
+            Ok(CompressedModel {
+                spec: spec.to_owned(),
+                llama: loaded.llama,
+                method: None,
+                compression: None,
+            })
+        }
+    }
+}
+
+/// Calibration for recipes, loaded on first use.
+pub fn lazy_calibration<'a>(
+    args: &'a CalibrationArgs,
+    text: &'a TextAssets,
+) -> impl Fn() -> Result<Calibration> + 'a {
+    move || args.load(text)
+}
