@@ -17,7 +17,7 @@ use refusal_core::refusal::Intervention;
 use refusal_core::refusal::aird::{AirdFit, AirdSettings, Densification, compressed_direction};
 use refusal_core::refusal::compare::{Decomposition, decompose};
 use refusal_core::refusal::directions::extract;
-use refusal_core::refusal::evaluate::{CrossEntropy, EvalSettings, cross_entropy, kl_between};
+use refusal_core::refusal::evaluate::{CrossEntropy, cross_entropy, kl_between};
 use refusal_core::refusal::orthogonalize::orthogonalize;
 use serde::Serialize;
 
@@ -26,7 +26,7 @@ use super::compress::{CalibrationArgs, Summary};
 use super::pipeline::{
     EncodedSets, PromptArgs, PromptUses, compressed_model, judged, lazy_calibration,
 };
-use super::{describe_tokens, refusal_tokens};
+use super::{JudgeArgs, describe_tokens, refusal_tokens};
 use crate::direction_file::DirectionFile;
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
@@ -68,13 +68,8 @@ pub struct AirdArgs {
     /// Tokens per cross-entropy window.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    #[arg(long, default_value_t = 48)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
-    #[arg(long, value_delimiter = ',')]
-    pub refusal_tokens: Vec<String>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     /// The repaired model: FILE.gguf (GGUF base) or DIR/model.safetensors; the report is
     /// written beside it as FILE.aird.json.
     #[arg(long)]
@@ -154,7 +149,7 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
                 base,
                 &encoded.harmful,
                 &encoded.harmless,
-                args.batch_size,
+                args.judge.batch_size,
                 &mut |p| bar.update(p),
             ))?;
             if layer >= candidates.n_layers {
@@ -179,9 +174,9 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
     let layer = base_direction.layer;
     let tokens = refusal_tokens(
         &loaded,
-        &args.refusal_tokens,
+        &args.judge.refusal_tokens,
         &encoded.harmful,
-        args.batch_size,
+        args.judge.batch_size,
         &mut bar,
     )?;
     eprintln!("refusal tokens: {}", describe_tokens(&tokens));
@@ -192,14 +187,14 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
         &base_args,
         base,
         &calibration,
-        args.batch_size,
+        args.judge.batch_size,
         interrupt,
     )?;
     let settings = AirdSettings {
         layer,
         alpha: args.alpha,
         lambda: args.lambda,
-        batch_size: args.batch_size,
+        batch_size: args.judge.batch_size,
     };
     let Repaired {
         model: repaired,
@@ -220,10 +215,7 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
         .as_ref()
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
-    let settings = EvalSettings {
-        max_new_tokens: args.max_new_tokens,
-        batch_size: args.batch_size,
-    };
+    let settings = args.judge.settings();
     let orthogonalized = orthogonalize(c.llama.clone(), &drifted)?;
     let add_base = Intervention::ActAdd {
         layer,
@@ -264,7 +256,7 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
             model,
             intervention,
             &encoded.eval_harmless,
-            args.batch_size,
+            args.judge.batch_size,
             &mut |p| bar.update(p),
         ))?;
         let ce = match &text {

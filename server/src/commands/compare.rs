@@ -22,7 +22,7 @@ use super::pipeline::{
     EncodedSets, FindSettings, FoundDirection, PromptArgs, PromptUses, compressed_model,
     find_direction, judged, lazy_calibration,
 };
-use super::{describe_tokens, refusal_tokens};
+use super::{JudgeArgs, describe_tokens, refusal_tokens};
 use crate::direction_file::ChosenBy;
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
@@ -62,13 +62,8 @@ pub struct CompareArgs {
     /// Activation-addition coefficient for sufficiency and transfer.
     #[arg(long, default_value_t = 1.0)]
     pub coeff: f32,
-    #[arg(long, default_value_t = 48)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
-    #[arg(long, value_delimiter = ',')]
-    pub refusal_tokens: Vec<String>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     /// Also repair every compressed model with AIRD (METHOD §10) and evaluate the repair.
     #[arg(long)]
     pub aird: bool,
@@ -311,9 +306,9 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
     let mut bar = StageBar::new(true, interrupt.clone());
     let tokens = refusal_tokens(
         &loaded,
-        &args.refusal_tokens,
+        &args.judge.refusal_tokens,
         &encoded.harmful,
-        args.batch_size,
+        args.judge.batch_size,
         &mut bar,
     )?;
     bar.finish();
@@ -323,7 +318,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
             kl_max: args.kl_max,
             max_layer_fraction: args.max_layer_fraction,
             induce_min: args.induce_min,
-            batch_size: args.batch_size,
+            batch_size: args.judge.batch_size,
             score_deep_layers: args.score_deep_layers,
         },
         positions: (!args.positions.is_empty()).then(|| args.positions.clone()),
@@ -333,10 +328,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
         text: &loaded.text,
         prompts: &sets,
         tokens: &tokens,
-        settings: EvalSettings {
-            max_new_tokens: args.max_new_tokens,
-            batch_size: args.batch_size,
-        },
+        settings: args.judge.settings(),
     };
 
     eprintln!(
@@ -366,7 +358,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
             &args.base.model_args(),
             base,
             &calibration,
-            args.batch_size,
+            args.judge.batch_size,
             interrupt,
         )?;
         eprintln!("{spec}: finding its refusal direction");
@@ -397,7 +389,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
                 layer: base_found.chosen.layer,
                 alpha: args.alpha,
                 lambda: args.lambda,
-                batch_size: args.batch_size,
+                batch_size: args.judge.batch_size,
             };
             let Repaired {
                 model: repaired,
@@ -420,7 +412,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
                     &repaired,
                     &Intervention::None,
                     &encoded.eval_harmless,
-                    args.batch_size,
+                    args.judge.batch_size,
                     &mut |p| bar.update(p),
                 ))
             };
@@ -471,7 +463,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
         n_layers,
         refusal_tokens: &tokens,
         coeff: args.coeff,
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens: args.judge.max_new_tokens,
         compressed: &reports,
     };
     let mut staged = StagedDir::new(&args.out)?;

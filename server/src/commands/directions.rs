@@ -25,10 +25,9 @@ use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
 use crate::progress::{Interrupt, StageBar};
 
+/// Training and validation prompts for the directions and their selection.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DirectionsArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+pub struct SplitArgs {
     /// Harmful prompts (.json instruction list, AdvBench .csv, or one per line); the built-in
     /// set when absent.
     #[arg(long)]
@@ -49,6 +48,61 @@ pub struct DirectionsArgs {
     /// Seed of the prompt sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// The four prompt sets of a directions run and where they came from.
+pub struct Splits {
+    pub harmful: Vec<Prompt>,
+    pub harmless: Vec<Prompt>,
+    pub val_harmful: Vec<Prompt>,
+    pub val_harmless: Vec<Prompt>,
+    pub harmful_use: PromptUse,
+    pub harmless_use: PromptUse,
+}
+
+impl SplitArgs {
+    /// Reads and splits both sets.
+    ///
+    /// # Errors
+    ///
+    /// Unreadable files and sets too small to split.
+    pub fn load(&self) -> Result<Splits> {
+        let set = |name, file: &Option<PathBuf>, val: &Option<PathBuf>, builtin| {
+            split(
+                name,
+                file.as_ref(),
+                val.as_ref(),
+                builtin,
+                self.n_train,
+                self.n_val,
+                self.seed,
+            )
+        };
+        let (harmful, val_harmful, harmful_use) =
+            set("harmful", &self.harmful, &self.harmful_val, builtin_harmful)?;
+        let (harmless, val_harmless, harmless_use) = set(
+            "harmless",
+            &self.harmless,
+            &self.harmless_val,
+            builtin_harmless,
+        )?;
+        Ok(Splits {
+            harmful,
+            harmless,
+            val_harmful,
+            val_harmless,
+            harmful_use,
+            harmless_use,
+        })
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirectionsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -121,7 +175,7 @@ struct Timings {
 }
 
 /// Train and validation prompts: a separate validation file, or held out from the same file.
-pub fn split(
+fn split(
     name: &str,
     file: Option<&PathBuf>,
     val_file: Option<&PathBuf>,
@@ -204,24 +258,14 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
 
 pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    let (harmful_train, harmful_val, harmful_use) = split(
-        "harmful",
-        args.harmful.as_ref(),
-        args.harmful_val.as_ref(),
-        builtin_harmful,
-        args.n_train,
-        args.n_val,
-        args.seed,
-    )?;
-    let (harmless_train, harmless_val, harmless_use) = split(
-        "harmless",
-        args.harmless.as_ref(),
-        args.harmless_val.as_ref(),
-        builtin_harmless,
-        args.n_train,
-        args.n_val,
-        args.seed,
-    )?;
+    let Splits {
+        harmful: harmful_train,
+        harmless: harmless_train,
+        val_harmful: harmful_val,
+        val_harmless: harmless_val,
+        harmful_use,
+        harmless_use,
+    } = args.splits.load()?;
     let encode = |p: &[Prompt]| EncodedPrompts::new(&loaded.text, p, None);
     let (harmful, harmless) = (encode(&harmful_train)?, encode(&harmless_train)?);
     let (val_harmful, val_harmless) = (encode(&harmful_val)?, encode(&harmless_val)?);
@@ -299,7 +343,7 @@ pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
     )?;
     let report = SelectionReport {
         model: &fingerprint,
-        seed: args.seed,
+        seed: args.splits.seed,
         harmful: harmful_use,
         harmless: harmless_use,
         post_instruction_positions: &candidates.positions,

@@ -6,15 +6,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
-use refusal_core::refusal::evaluate::{
-    CrossEntropy, EvalReport, EvalSettings, cross_entropy, evaluate,
-};
+use refusal_core::refusal::evaluate::{CrossEntropy, EvalReport, cross_entropy, evaluate};
 use refusal_core::refusal::intervention::InterventionKind;
-use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, without};
+use refusal_core::refusal::prompts::without;
 use refusal_core::refusal::{EncodedPrompts, Intervention, RefusalTokens};
 use serde::Serialize;
 
-use super::{describe_tokens, read_prompts, refusal_tokens};
+use super::{JudgeArgs, describe_tokens, load_prompts, read_prompts, refusal_tokens};
 use crate::direction_file::{DirectionFile, DirectionMeta};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
@@ -53,13 +51,8 @@ pub struct EvalArgs {
     /// Activation-addition coefficients; several (comma-separated) give a dose-response table.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub coeff: Vec<f32>,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Refusal tokens, comma-separated (default: the direction's, else the model's).
-    #[arg(long, value_delimiter = ',')]
-    pub refusal_tokens: Vec<String>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     /// Also measure cross-entropy on this text file.
     #[arg(long)]
     pub cross_entropy: Option<PathBuf>,
@@ -92,14 +85,6 @@ struct EvalFile<'a> {
     refusal_tokens: &'a RefusalTokens,
     direction: Option<&'a DirectionMeta>,
     runs: Vec<Run>,
-}
-
-fn load_prompts(spec: &str) -> Result<Vec<Prompt>> {
-    Ok(match spec {
-        "builtin:harmful" => builtin_harmful(),
-        "builtin:harmless" => builtin_harmless(),
-        path => read_prompts(path.as_ref())?,
-    })
 }
 
 pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
@@ -146,7 +131,7 @@ pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
     let mut bar = StageBar::new(true, interrupt.clone());
     let tokens = match &direction {
         Some(d)
-            if args.refusal_tokens.is_empty()
+            if args.judge.refusal_tokens.is_empty()
                 && d.meta.model.architecture == fingerprint.architecture =>
         {
             d.meta.refusal_tokens.clone()
@@ -155,9 +140,9 @@ pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
             let encoded = EncodedPrompts::new(&loaded.text, &prompts, None)?;
             refusal_tokens(
                 &loaded,
-                &args.refusal_tokens,
+                &args.judge.refusal_tokens,
                 &encoded,
-                args.batch_size,
+                args.judge.batch_size,
                 &mut bar,
             )?
         }
@@ -201,10 +186,7 @@ pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
 
-    let settings = EvalSettings {
-        max_new_tokens: args.max_new_tokens,
-        batch_size: args.batch_size,
-    };
+    let settings = args.judge.settings();
     let mut runs = Vec::with_capacity(interventions.len());
     for (intervention, layer, coeff) in interventions {
         let started = Instant::now();
@@ -245,7 +227,7 @@ pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
         prompts: args.prompts.clone(),
         excluded: args.exclude.as_ref().map(|p| p.display().to_string()),
         n_prompts: prompts.len(),
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens: args.judge.max_new_tokens,
         refusal_tokens: &tokens,
         direction: direction.as_ref().map(|d| &d.meta),
         runs,

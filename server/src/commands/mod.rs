@@ -14,12 +14,48 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use futures_lite::future::block_on;
-use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
+use refusal_core::refusal::evaluate::EvalSettings;
+use refusal_core::refusal::prompts::{
+    self, Prompt, PromptFormat, builtin_harmful, builtin_harmless,
+};
 use refusal_core::refusal::score::TokenOrigin;
 use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
 
 use crate::open::LoadedModel;
 use crate::progress::StageBar;
+
+/// How completions are generated and judged (`eval`, `compare`, `aird`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JudgeArgs {
+    /// Greedy tokens per completion.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Refusal tokens, comma-separated (default: a direction's, else the model family's, else
+    /// derived from data).
+    #[arg(long, value_delimiter = ',')]
+    pub refusal_tokens: Vec<String>,
+}
+
+impl JudgeArgs {
+    pub fn settings(&self) -> EvalSettings {
+        EvalSettings {
+            max_new_tokens: self.max_new_tokens,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+/// Prompts named on the command line: a file, or `builtin:harmful` / `builtin:harmless`.
+pub fn load_prompts(spec: &str) -> Result<Vec<Prompt>> {
+    Ok(match spec {
+        "builtin:harmful" => builtin_harmful(),
+        "builtin:harmless" => builtin_harmless(),
+        path => read_prompts(path.as_ref())?,
+    })
+}
 
 /// Reads a prompt file, its format chosen by extension (`.json`, `.csv`, else one per line).
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {

@@ -10,7 +10,7 @@ use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, evaluate};
-use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, without};
+use refusal_core::refusal::prompts::{Prompt, without};
 use refusal_core::refusal::select::{CandidateScore, select};
 use refusal_core::refusal::{
     CandidateDirections, EncodedPrompts, Intervention, RefusalTokens, Selection, SelectionSettings,
@@ -18,8 +18,8 @@ use refusal_core::refusal::{
 use serde::Serialize;
 
 use super::compress::{Calibration, CalibrationArgs, Summary, compress_model};
-use super::directions::{PromptUse, split};
-use super::read_prompts;
+use super::directions::{PromptUse, SplitArgs, Splits};
+use super::{load_prompts, read_prompts};
 use crate::direction_file::ChosenBy;
 use crate::model_args::ModelArgs;
 use crate::progress::{Interrupt, StageBar};
@@ -27,24 +27,8 @@ use crate::progress::{Interrupt, StageBar};
 /// Training, validation and evaluation prompts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PromptArgs {
-    /// Harmful prompts for the directions; the built-in set when absent.
-    #[arg(long)]
-    pub harmful: Option<PathBuf>,
-    /// Harmless prompts for the directions; the built-in set when absent.
-    #[arg(long)]
-    pub harmless: Option<PathBuf>,
-    /// Harmful validation prompts (selection, AIRD's penalty); by default held out.
-    #[arg(long)]
-    pub harmful_val: Option<PathBuf>,
-    /// Harmless validation prompts; by default held out.
-    #[arg(long)]
-    pub harmless_val: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
-    pub n_train: usize,
-    #[arg(long, default_value_t = 32)]
-    pub n_val: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Harmful prompts for ASR (a file, or builtin:harmful); default: the harmful validation set.
     #[arg(long)]
     pub eval_harmful: Option<String>,
@@ -81,14 +65,6 @@ pub struct PromptUses {
     pub n_eval_harmless: usize,
 }
 
-fn spec_prompts(spec: &str) -> Result<Vec<Prompt>> {
-    Ok(match spec {
-        "builtin:harmful" => builtin_harmful(),
-        "builtin:harmless" => builtin_harmless(),
-        path => read_prompts(path.as_ref())?,
-    })
-}
-
 impl PromptArgs {
     /// Reads and splits every set.
     ///
@@ -96,26 +72,16 @@ impl PromptArgs {
     ///
     /// Unreadable files and sets too small to split.
     pub fn load(&self) -> Result<PromptSets> {
-        let (harmful, val_harmful, harmful_use) = split(
-            "harmful",
-            self.harmful.as_ref(),
-            self.harmful_val.as_ref(),
-            builtin_harmful,
-            self.n_train,
-            self.n_val,
-            self.seed,
-        )?;
-        let (harmless, val_harmless, harmless_use) = split(
-            "harmless",
-            self.harmless.as_ref(),
-            self.harmless_val.as_ref(),
-            builtin_harmless,
-            self.n_train,
-            self.n_val,
-            self.seed,
-        )?;
+        let Splits {
+            harmful,
+            harmless,
+            val_harmful,
+            val_harmless,
+            harmful_use,
+            harmless_use,
+        } = self.splits.load()?;
         let mut eval_harmful = match &self.eval_harmful {
-            Some(spec) => spec_prompts(spec)?,
+            Some(spec) => load_prompts(spec)?,
             None => val_harmful.clone(),
         };
         if let Some(ex) = &self.exclude {
@@ -123,7 +89,7 @@ impl PromptArgs {
         }
         eval_harmful.truncate(self.n_eval);
         let mut eval_harmless = match &self.eval_harmless {
-            Some(spec) => spec_prompts(spec)?,
+            Some(spec) => load_prompts(spec)?,
             None => val_harmless.clone(),
         };
         eval_harmless.truncate(self.n_eval);

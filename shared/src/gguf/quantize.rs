@@ -478,15 +478,10 @@ fn fit_affine<const N: usize>(
 /// llama.cpp's `GROUP_MAX_EPS`: groups whose largest magnitude is below it count as zero.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Fits `x[i] ≈ scale * (levels[i] - nmax)` with levels in `0..2 * nmax` by llama.cpp's
-/// `make_qx_quants` with `rmse_type` 1 (weights `x^2`). It tries the inverse scales
-/// `-(nmax + 0.1 * k) / max` for `k` in -9..=9 (`max` being the element of largest
-/// magnitude) and keeps the one whose least-squares scale explains the most weighted energy.
-/// Returns the scale. For a zero group it returns 0 with every level 0: that is the C's choice,
-/// not the midpoint `nmax`.
-fn fit_symmetric<const N: usize>(x: &[f32; N], nmax: i32, levels: &mut [u8; N]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
+/// The first element of largest magnitude (with its sign) and that magnitude, as llama.cpp's
+/// symmetric fits scan for it.
+fn largest_magnitude(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         let a = v.abs();
         if a > amax {
@@ -494,6 +489,17 @@ fn fit_symmetric<const N: usize>(x: &[f32; N], nmax: i32, levels: &mut [u8; N]) 
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// Fits `x[i] ≈ scale * (levels[i] - nmax)` with levels in `0..2 * nmax` by llama.cpp's
+/// `make_qx_quants` with `rmse_type` 1 (weights `x^2`). It tries the inverse scales
+/// `-(nmax + 0.1 * k) / max` for `k` in -9..=9 (`max` being the element of largest
+/// magnitude) and keeps the one whose least-squares scale explains the most weighted energy.
+/// Returns the scale. For a zero group it returns 0 with every level 0: that is the C's choice,
+/// not the midpoint `nmax`.
+fn fit_symmetric<const N: usize>(x: &[f32; N], nmax: i32, levels: &mut [u8; N]) -> f32 {
+    let (max, amax) = largest_magnitude(x);
     if amax < GROUP_MAX_EPS {
         *levels = [0; N];
         return 0.0;
@@ -537,15 +543,7 @@ fn fit_symmetric<const N: usize>(x: &[f32; N], nmax: i32, levels: &mut [u8; N]) 
 /// moving single levels to their least-squares optimum while that raises the fit.
 fn fit_q3(x: &[f32; 16], levels: &mut [u8; 16]) -> f32 {
     const NMAX: i32 = 4;
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let a = v.abs();
-        if a > amax {
-            amax = a;
-            max = v;
-        }
-    }
+    let (max, amax) = largest_magnitude(x);
     if amax < GROUP_MAX_EPS {
         *levels = [0; 16];
         return 0.0;
