@@ -64,8 +64,12 @@ impl StagedDir {
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".refusal-lens-partial-")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".refusal-lens-partial-");
+    // Temporary files are private (0600); what we write is an ordinary output file.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut file = builder
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     write(file.as_file_mut())?;
