@@ -513,12 +513,13 @@ fn row(r: &CompressedReport) -> String {
         None => ("-".into(), "-".into(), "-".into()),
     };
     format!(
-        "{:<16} {:>6.3} {:>4}:{:<3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "{:<16} {:>6.3} {:>4}:{:<3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
         r.spec,
         r.cosine_at_base_selected,
         r.direction.layer,
         r.direction.position,
         pct(r.baseline.asr),
+        pct(r.baseline.harmless_refusal),
         pct(r.asr_ablate_own.rate),
         pct(r.harmless_refusal_add_own.rate),
         pct(r.asr_ablate_base.rate),
@@ -546,7 +547,7 @@ fn table(report: &CompareReport<'_>) -> String {
         report.coeff,
     );
     s.push_str(
-        "model             cos@B  l:pos    ASR  ASR-ab  ref+add ASR-abB ref+addB AIRD-ASR AIRD-ref AIRD-KL\n",
+        "model             cos@B  l:pos    ASR    ref  ASR-ab  ref+add ASR-abB ref+addB AIRD-ASR AIRD-ref AIRD-KL\n",
     );
     for r in report.compressed {
         s.push_str(&row(r));
@@ -554,7 +555,8 @@ fn table(report: &CompareReport<'_>) -> String {
     }
     s.push_str(
         "\ncos@B: cosine of the candidate directions at the base's selected cell; l:pos: the \
-         compressed model's own selection; ASR-ab: ASR with its own direction ablated; ref+add: \
+         compressed model's own selection; ref: harmless refusal; ASR-ab: ASR with its own \
+         direction ablated; ref+add: \
          harmless refusal with its own direction added; -abB/-addB: the base direction instead \
          (transfer); AIRD-*: after the repair (KL to the compressed model). Percentages.\n",
     );
