@@ -14,10 +14,11 @@ use refusal_core::refusal::compare::{Decomposition, cosine_figure, cosine_map, d
 use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, JudgedCompletion, kl_between};
 use refusal_core::refusal::plots::layer_curves;
 use refusal_core::refusal::select::CandidateScore;
-use refusal_core::refusal::{Intervention, RefusalTokens, SelectionSettings};
+use refusal_core::refusal::{Intervention, RefusalTokens};
 use serde::Serialize;
 
 use super::compress::{CalibrationArgs, Summary};
+use super::directions::SelectionArgs;
 use super::pipeline::{
     EncodedSets, FindSettings, FoundDirection, PromptArgs, PromptUses, compressed_model,
     find_direction, judged, lazy_calibration,
@@ -49,12 +50,8 @@ pub struct CompareArgs {
     /// Also score candidates past the layer limit (slower; they fill the heatmaps).
     #[arg(long)]
     pub score_deep_layers: bool,
-    #[arg(long, default_value_t = 0.1)]
-    pub kl_max: f64,
-    #[arg(long, default_value_t = 0.8)]
-    pub max_layer_fraction: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub induce_min: f64,
+    #[command(flatten)]
+    pub filters: SelectionArgs,
     /// When no candidate passes METHOD §6: the lowest bypass score among candidates with KL
     /// at most this (and below the layer limit).
     #[arg(long, default_value_t = 0.3)]
@@ -314,13 +311,9 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
     bar.finish();
     eprintln!("refusal tokens: {}", describe_tokens(&tokens));
     let find = FindSettings {
-        selection: SelectionSettings {
-            kl_max: args.kl_max,
-            max_layer_fraction: args.max_layer_fraction,
-            induce_min: args.induce_min,
-            batch_size: args.judge.batch_size,
-            score_deep_layers: args.score_deep_layers,
-        },
+        selection: args
+            .filters
+            .settings(args.judge.batch_size, args.score_deep_layers),
         positions: (!args.positions.is_empty()).then(|| args.positions.clone()),
         fallback_kl_max: args.fallback_kl_max,
     };

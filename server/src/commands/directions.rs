@@ -97,6 +97,32 @@ impl SplitArgs {
     }
 }
 
+/// METHOD §6's filters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectionArgs {
+    /// Drop candidates whose ablation moves harmless predictions more than this KL.
+    #[arg(long, default_value_t = 0.1)]
+    pub kl_max: f64,
+    /// Drop candidates at layers >= floor(this * n_layers).
+    #[arg(long, default_value_t = 0.8)]
+    pub max_layer_fraction: f64,
+    /// Drop candidates whose addition leaves the harmless refusal score below this.
+    #[arg(long, default_value_t = 0.0)]
+    pub induce_min: f64,
+}
+
+impl SelectionArgs {
+    pub fn settings(&self, batch_size: usize, score_deep_layers: bool) -> SelectionSettings {
+        SelectionSettings {
+            kl_max: self.kl_max,
+            max_layer_fraction: self.max_layer_fraction,
+            induce_min: self.induce_min,
+            batch_size,
+            score_deep_layers,
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirectionsArgs {
     #[command(flatten)]
@@ -112,15 +138,8 @@ pub struct DirectionsArgs {
     /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
     #[arg(long, value_delimiter = ',')]
     pub refusal_tokens: Vec<String>,
-    /// Drop candidates whose ablation moves harmless predictions more than this KL.
-    #[arg(long, default_value_t = 0.1)]
-    pub kl_max: f64,
-    /// Drop candidates at layers >= floor(this * n_layers).
-    #[arg(long, default_value_t = 0.8)]
-    pub max_layer_fraction: f64,
-    /// Drop candidates whose addition leaves the harmless refusal score below this.
-    #[arg(long, default_value_t = 0.0)]
-    pub induce_min: f64,
+    #[command(flatten)]
+    pub filters: SelectionArgs,
     /// Choose the direction yourself, as LAYER:POSITION (e.g. 12:-1), instead of METHOD §6.
     #[arg(long, value_parser = parse_choice)]
     pub select: Option<(usize, isize)>,
@@ -294,13 +313,7 @@ pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
     .context("extracting candidate directions")?;
     let t_extract = started.elapsed().as_secs_f64();
 
-    let settings = SelectionSettings {
-        kl_max: args.kl_max,
-        max_layer_fraction: args.max_layer_fraction,
-        induce_min: args.induce_min,
-        batch_size: args.batch_size,
-        score_deep_layers: true,
-    };
+    let settings = args.filters.settings(args.batch_size, true);
     let started = Instant::now();
     let selection = block_on(select(
         &loaded.llama,

@@ -9,7 +9,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::gguf::{GgmlType, dequantize, fits_rows, quantize};
 use crate::load::names;
 use crate::model::llama::{Block, Linear};
-use crate::model::{BlockContext, BlockWeight, Llama, TokenBatch, WeightName};
+use crate::model::weights::transposed;
+use crate::model::{BlockContext, BlockWeight, HostTensor, Llama, TokenBatch, WeightName};
 use crate::refusal::{OnProgress, PipelineError, Stage, read, report};
 
 use super::hessian::{HostStats, InputStats};
@@ -165,7 +166,7 @@ pub async fn compress(
                 damping: outcome.damping,
                 tensor,
             });
-            set_rows(linear, &compressed, &device);
+            set_rows(linear, compressed, &device);
         }
 
         let block = &model.blocks[l];
@@ -370,15 +371,12 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
 }
 
 /// Replaces a linear layer's weight by `w` (`[d_out, d_in]`).
-fn set_rows(linear: &mut Linear, w: &HostMatrix, device: &burn::tensor::Device) {
-    let mut data = vec![0.0f32; w.data.len()];
-    for (o, row) in w.data.chunks_exact(w.cols).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            data[i * w.rows + o] = v;
-        }
-    }
-    let t = Tensor::from_data(TensorData::new(data, [w.cols, w.rows]), device);
-    linear.weight = Param::from_tensor(t);
+fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
+    let rows = HostTensor {
+        shape: vec![w.rows, w.cols],
+        data: w.data,
+    };
+    linear.weight = Param::from_tensor(transposed(rows, device));
 }
 
 #[cfg(test)]

@@ -248,7 +248,7 @@ fn matrix(t: HostTensor, device: &Device) -> Tensor<2> {
 
 /// `[d_out, d_in]` as files store it → `[d_in, d_out]` as [`Linear`] multiplies it. Done once
 /// on the host, so no forward pass pays for a transposed layout.
-fn transposed(t: HostTensor, device: &Device) -> Tensor<2> {
+pub(crate) fn transposed(t: HostTensor, device: &Device) -> Tensor<2> {
     let [rows, cols] = [t.shape[0], t.shape[1]];
     let mut out = vec![0.0f32; t.data.len()];
     for (r, row) in t.data.chunks_exact(cols).enumerate() {
