@@ -74,6 +74,16 @@ impl Cache {
             .with_context(|| format!("cannot find the user's cache directory; set {CACHE_ENV}"))?;
         Ok(Cache::new(base.join("refusal-lens").join("models")))
     }
+
+    /// The cached, verified file of `artifact`, if it has been downloaded.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable cache entry.
+    pub fn cached(&self, artifact: &GgufArtifact<'_>) -> Result<Option<PathBuf>> {
+        let dest = self.root.join(artifact.file_name);
+        Ok(is_cached(artifact, &dest)?.then_some(dest))
+    }
 }
 
 /// One member of one wheel on PyPI.

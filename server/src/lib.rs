@@ -1,7 +1,8 @@
-//! The `refusal-lens` binary's library: model sources and downloads, backends, and the CLI
-//! commands, so integration tests can use them without a subprocess.
+//! The `refusal-lens` binary's library: model sources and downloads, backends, the CLI
+//! commands and the server, so integration tests can use them without a subprocess.
 
 pub mod bench;
+pub mod cli;
 pub mod commands;
 pub mod device;
 pub mod direction_file;
@@ -11,4 +12,5 @@ pub mod open;
 pub mod outputs;
 pub mod progress;
 pub mod saved_model;
+pub mod serve;
 pub mod source;

@@ -1,4 +1,5 @@
-//! Terminal progress for long pipeline steps, and Ctrl-C as a cancel request.
+//! Progress of long pipeline steps (a terminal bar, or events for a server job) and cancel
+//! requests (Ctrl-C, or a job's cancel).
 //!
 //! The first Ctrl-C asks the running step to stop at its next progress report (so outputs
 //! are discarded cleanly, never half-written); a second one exits at once.
@@ -13,15 +14,42 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use refusal_core::refusal::{Progress, Stage};
 
-/// Set when the user pressed Ctrl-C.
-#[derive(Debug, Clone, Default)]
-pub struct Interrupt(Arc<AtomicBool>);
+/// What a running command reports besides its progress bar: the server turns these into
+/// job events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    Progress(Progress),
+    /// A piece of generated text, for the completion named `variant`.
+    Token {
+        variant: String,
+        text: String,
+    },
+}
 
-impl Interrupt {
-    /// Installs the Ctrl-C handler (once per process).
-    pub fn install() -> Result<Interrupt> {
-        let flag = Interrupt::default();
-        let inner = flag.0.clone();
+type Observer = Arc<dyn Fn(RunEvent) + Send + Sync>;
+
+/// How a command is stopped and watched: Ctrl-C in the terminal, or a job's cancel request and
+/// event stream in the server.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    cancel: Arc<AtomicBool>,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for RunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunControl")
+            .field("cancelled", &self.cancelled())
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl RunControl {
+    /// Cancelled by Ctrl-C (the handler is installed once per process).
+    pub fn ctrl_c() -> Result<RunControl> {
+        let control = RunControl::default();
+        let inner = control.cancel.clone();
         ctrlc::set_handler(move || {
             if inner.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
@@ -29,11 +57,36 @@ impl Interrupt {
             eprintln!("\ninterrupted: stopping (press Ctrl-C again to quit at once)");
         })
         .context("installing the Ctrl-C handler")?;
-        Ok(flag)
+        Ok(control)
     }
 
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    /// Cancelled by [`RunControl::cancel`]; every event goes to `observer` and no progress
+    /// bar is drawn.
+    pub fn observed(observer: impl Fn(RunEvent) + Send + Sync + 'static) -> RunControl {
+        RunControl {
+            cancel: Arc::default(),
+            observer: Some(Arc::new(observer)),
+        }
+    }
+
+    /// Asks the command to stop at its next progress report.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Whether someone other than the terminal watches the run.
+    pub fn is_observed(&self) -> bool {
+        self.observer.is_some()
+    }
+
+    pub fn emit(&self, event: RunEvent) {
+        if let Some(observer) = &self.observer {
+            observer(event);
+        }
     }
 }
 
@@ -54,14 +107,16 @@ fn stage_label(stage: Stage) -> &'static str {
 pub struct StageBar {
     bar: ProgressBar,
     stage: Option<Stage>,
-    interrupt: Interrupt,
+    control: RunControl,
     log: Option<Instant>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
 impl StageBar {
-    pub fn new(show: bool, interrupt: Interrupt) -> StageBar {
+    /// A bar on stderr, unless the run is observed (a server job) or `show` is false.
+    pub fn new(show: bool, control: RunControl) -> StageBar {
+        let show = show && !control.is_observed();
         let bar = if show {
             ProgressBar::new(0)
         } else {
@@ -75,13 +130,15 @@ impl StageBar {
         StageBar {
             bar,
             stage: None,
-            interrupt,
+            control,
             log,
         }
     }
 
-    /// The pipeline's progress callback: updates the bar, and cancels after Ctrl-C.
+    /// The pipeline's progress callback: updates the bar, tells the observer, and cancels
+    /// when asked to.
     pub fn update(&mut self, p: Progress) -> ControlFlow<()> {
+        self.control.emit(RunEvent::Progress(p));
         if self.stage != Some(p.stage) {
             self.stage = Some(p.stage);
             self.bar.reset();
@@ -102,7 +159,7 @@ impl StageBar {
                 self.bar.eta().as_secs()
             );
         }
-        if self.interrupt.requested() {
+        if self.control.cancelled() {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())

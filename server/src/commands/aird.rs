@@ -31,7 +31,7 @@ use crate::direction_file::DirectionFile;
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
 use crate::outputs::write_atomic;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -117,7 +117,7 @@ fn report_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
+pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let started = Instant::now();
     let base_args = args.base.model_args();
     let resolved = base_args.resolve()?;
@@ -126,7 +126,7 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
     let base = &loaded.llama;
     let sets = args.prompts.load()?;
     let encoded = EncodedSets::new(&loaded.text, &sets)?;
-    let mut bar = StageBar::new(true, interrupt.clone());
+    let mut bar = StageBar::new(true, control.clone());
 
     let (vector, base_direction) = match &args.direction {
         Some(path) => {
@@ -188,7 +188,7 @@ pub fn run(args: &AirdArgs, interrupt: &Interrupt) -> Result<()> {
         base,
         &calibration,
         args.judge.batch_size,
-        interrupt,
+        control,
     )?;
     let settings = AirdSettings {
         layer,

@@ -28,7 +28,7 @@ use crate::direction_file::ChosenBy;
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
@@ -296,11 +296,11 @@ pub fn repair(
     })
 }
 
-pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
+pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let (loaded, fingerprint) = args.base.model_args().load_with_fingerprint()?;
     let sets = args.prompts.load()?;
     let encoded = EncodedSets::new(&loaded.text, &sets)?;
-    let mut bar = StageBar::new(true, interrupt.clone());
+    let mut bar = StageBar::new(true, control.clone());
     let tokens = refusal_tokens(
         &loaded,
         &args.judge.refusal_tokens,
@@ -352,7 +352,7 @@ pub fn run(args: &CompareArgs, interrupt: &Interrupt) -> Result<()> {
             base,
             &calibration,
             args.judge.batch_size,
-            interrupt,
+            control,
         )?;
         eprintln!("{spec}: finding its refusal direction");
         let found = find_direction(&c.llama, &encoded, &tokens, &find, &mut bar)?;

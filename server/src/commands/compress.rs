@@ -20,7 +20,7 @@ use super::read_prompts_or;
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::write_atomic;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -277,9 +277,9 @@ pub fn compress_model(
     method: Method,
     calibration: &Calibration,
     batch_size: usize,
-    interrupt: &Interrupt,
+    control: &RunControl,
 ) -> Result<Compressed> {
-    let mut bar = StageBar::new(true, interrupt.clone());
+    let mut bar = StageBar::new(true, control.clone());
     let compressed = block_on(compress(
         llama,
         method,
@@ -300,7 +300,7 @@ fn manifest_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-pub fn run(args: &CompressArgs, interrupt: &Interrupt) -> Result<()> {
+pub fn run(args: &CompressArgs, control: &RunControl) -> Result<()> {
     let method = args.method.method()?;
     let resolved = args.model.resolve()?;
     OutFormat::of(&args.out, &resolved)?;
@@ -311,13 +311,7 @@ pub fn run(args: &CompressArgs, interrupt: &Interrupt) -> Result<()> {
         calibration.source, calibration.samples, calibration.kind, calibration.tokens
     );
     let start = Instant::now();
-    let compressed = compress_model(
-        loaded.llama,
-        method,
-        &calibration,
-        args.batch_size,
-        interrupt,
-    )?;
+    let compressed = compress_model(loaded.llama, method, &calibration, args.batch_size, control)?;
     let seconds = start.elapsed().as_secs_f64();
     let changed = compressed.unpacked_weights();
     let note = format!(

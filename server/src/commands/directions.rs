@@ -23,7 +23,7 @@ use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_ten
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 
 /// Training and validation prompts for the directions and their selection.
 #[derive(Debug, Clone, clap::Args)]
@@ -275,7 +275,7 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
     Ok(f32_safetensors(tensors, metadata)?)
 }
 
-pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
+pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
     let Splits {
         harmful: harmful_train,
@@ -289,7 +289,7 @@ pub fn run(args: &DirectionsArgs, interrupt: &Interrupt) -> Result<()> {
     let (harmful, harmless) = (encode(&harmful_train)?, encode(&harmless_train)?);
     let (val_harmful, val_harmless) = (encode(&harmful_val)?, encode(&harmless_val)?);
 
-    let mut bar = StageBar::new(true, interrupt.clone());
+    let mut bar = StageBar::new(true, control.clone());
     let started = Instant::now();
     let tokens = refusal_tokens(
         &loaded,

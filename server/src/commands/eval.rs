@@ -17,7 +17,7 @@ use crate::direction_file::{DirectionFile, DirectionMeta};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InterventionArg {
@@ -87,7 +87,7 @@ struct EvalFile<'a> {
     runs: Vec<Run>,
 }
 
-pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
+pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
     let mut prompts = load_prompts(&args.prompts)?;
     if let Some(ex) = &args.exclude {
         let before = prompts.len();
@@ -128,7 +128,7 @@ pub fn run(args: &EvalArgs, interrupt: &Interrupt) -> Result<()> {
         }
     }
 
-    let mut bar = StageBar::new(true, interrupt.clone());
+    let mut bar = StageBar::new(true, control.clone());
     let tokens = match &direction {
         Some(d)
             if args.judge.refusal_tokens.is_empty()

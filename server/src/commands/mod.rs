@@ -1,5 +1,5 @@
-//! The pipeline subcommands: `directions`, `eval`, `orthogonalize`, `control-vector`,
-//! `compress`, `compare`, `aird`.
+//! The pipeline subcommands: `generate`, `directions`, `eval`, `orthogonalize`,
+//! `control-vector`, `compress`, `compare`, `aird`.
 
 pub mod aird;
 pub mod compare;
@@ -7,6 +7,7 @@ pub mod compress;
 pub mod control_vector;
 pub mod directions;
 pub mod eval;
+pub mod generate;
 pub mod orthogonalize;
 pub mod pipeline;
 

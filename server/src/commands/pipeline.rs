@@ -22,7 +22,7 @@ use super::directions::{PromptUse, SplitArgs, Splits};
 use super::{load_prompts, read_prompts};
 use crate::direction_file::ChosenBy;
 use crate::model_args::ModelArgs;
-use crate::progress::{Interrupt, StageBar};
+use crate::progress::{RunControl, StageBar};
 
 /// Training, validation and evaluation prompts.
 #[derive(Debug, Clone, clap::Args)]
@@ -302,7 +302,7 @@ pub fn compressed_model(
     base_model: &Llama,
     calibration: &dyn Fn() -> Result<Calibration>,
     batch_size: usize,
-    interrupt: &Interrupt,
+    control: &RunControl,
 ) -> Result<CompressedModel> {
     let as_recipe = spec.parse::<Method>();
     let is_path = std::path::Path::new(spec).exists();
@@ -318,7 +318,7 @@ pub fn compressed_model(
                 method,
                 &calibration,
                 batch_size,
-                interrupt,
+                control,
             )?;
             Ok(CompressedModel {
                 spec: spec.to_owned(),

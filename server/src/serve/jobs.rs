@@ -1,0 +1,532 @@
+//! Jobs: a bounded queue, worker threads that run the CLI's commands, an event log per job
+//! (progress, streamed tokens, the outcome) that any number of SSE clients replay and follow,
+//! and the result stored in SQLite before anyone is told its id.
+
+use std::collections::HashMap;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use refusal_core::refusal::Stage;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::models::{Format, ModelEntry, Registry};
+use super::new_id;
+use super::request::{JobKind, JobRequest, Prepared};
+use super::store::{NewResult, Store};
+use crate::cli::Command;
+use crate::commands::{aird, compare, compress, directions, eval, generate};
+use crate::open::fingerprint;
+use crate::progress::{RunControl, RunEvent};
+use crate::source::{ModelSource, ResolvedModel};
+
+/// What a job's event stream carries, in order: `queued`, `started`, any number of `progress`
+/// and `token`, then exactly one of `succeeded`, `failed`, `cancelled`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// Waiting; `ahead` jobs were queued or running when it arrived.
+    Queued {
+        ahead: usize,
+    },
+    Started,
+    Progress {
+        /// extract, refusal_tokens, baseline, select, generate, cross_entropy, compress.
+        #[schema(value_type = String)]
+        stage: Stage,
+        done: usize,
+        total: usize,
+        /// Seconds since this stage began.
+        elapsed_s: f64,
+        /// Estimated seconds left in this stage.
+        eta_s: Option<f64>,
+    },
+    /// Generated text of one completion (`generate` jobs).
+    Token {
+        variant: String,
+        text: String,
+    },
+    Succeeded {
+        result_id: String,
+        /// The share link of the result.
+        share_url: String,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled,
+}
+
+impl JobEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobEvent::Queued { .. } => "queued",
+            JobEvent::Started => "started",
+            JobEvent::Progress { .. } => "progress",
+            JobEvent::Token { .. } => "token",
+            JobEvent::Succeeded { .. } => "succeeded",
+            JobEvent::Failed { .. } => "failed",
+            JobEvent::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobEvent::Succeeded { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled
+        )
+    }
+}
+
+/// A job's events so far; `changed` carries their count so followers wake up.
+pub struct EventLog {
+    events: Mutex<Vec<JobEvent>>,
+    changed: watch::Sender<usize>,
+    stage: Mutex<Option<(Stage, Instant)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EventLog {
+    fn new() -> EventLog {
+        EventLog {
+            events: Mutex::new(Vec::new()),
+            changed: watch::channel(0).0,
+            stage: Mutex::new(None),
+        }
+    }
+
+    fn push(&self, event: JobEvent) {
+        let mut events = lock(&self.events);
+        if events.last().is_some_and(JobEvent::is_final) {
+            return;
+        }
+        events.push(event);
+        self.changed.send_replace(events.len());
+    }
+
+    fn push_run_event(&self, event: RunEvent) {
+        match event {
+            RunEvent::Progress(p) => {
+                let elapsed = {
+                    let mut stage = lock(&self.stage);
+                    match *stage {
+                        Some((s, t)) if s == p.stage => t.elapsed().as_secs_f64(),
+                        _ => {
+                            *stage = Some((p.stage, Instant::now()));
+                            0.0
+                        }
+                    }
+                };
+                let eta_s = (p.done > 0 && p.done <= p.total)
+                    .then(|| elapsed * (p.total - p.done) as f64 / p.done as f64);
+                self.push(JobEvent::Progress {
+                    stage: p.stage,
+                    done: p.done,
+                    total: p.total,
+                    elapsed_s: elapsed,
+                    eta_s,
+                });
+            }
+            RunEvent::Token { variant, text } => self.push(JobEvent::Token { variant, text }),
+        }
+    }
+
+    /// The event at `index`, if it has happened.
+    pub fn get(&self, index: usize) -> Option<JobEvent> {
+        lock(&self.events).get(index).cloned()
+    }
+
+    pub fn last(&self) -> Option<JobEvent> {
+        lock(&self.events).last().cloned()
+    }
+
+    /// Wakes up when events are added.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.changed.subscribe()
+    }
+}
+
+/// A job the server knows in memory (since it started).
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub request: JobRequest,
+    pub events: Arc<EventLog>,
+    control: RunControl,
+    prepared: Mutex<Option<Prepared>>,
+    dir: PathBuf,
+}
+
+impl Job {
+    /// queued, running, succeeded, failed or cancelled.
+    pub fn state(&self) -> &'static str {
+        match self.events.last() {
+            None | Some(JobEvent::Queued { .. }) => "queued",
+            Some(JobEvent::Succeeded { .. }) => "succeeded",
+            Some(JobEvent::Failed { .. }) => "failed",
+            Some(JobEvent::Cancelled) => "cancelled",
+            Some(_) => "running",
+        }
+    }
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the job queue is full ({0} jobs waiting); try again later")]
+    QueueFull(usize),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub struct Jobs {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    jobs_dir: PathBuf,
+    queue: SyncSender<Arc<Job>>,
+    capacity: usize,
+    live: Mutex<HashMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// Starts `workers` threads taking jobs from a queue of `capacity`.
+    ///
+    /// # Errors
+    ///
+    /// An unwritable jobs directory.
+    pub fn start(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        jobs_dir: PathBuf,
+        workers: usize,
+        capacity: usize,
+    ) -> Result<Arc<Jobs>> {
+        // Work directories of jobs a previous process did not finish.
+        if jobs_dir.exists() {
+            fs::remove_dir_all(&jobs_dir)
+                .with_context(|| format!("clearing {}", jobs_dir.display()))?;
+        }
+        fs::create_dir_all(&jobs_dir)
+            .with_context(|| format!("creating {}", jobs_dir.display()))?;
+        let (queue, rx) = sync_channel(capacity);
+        let jobs = Arc::new(Jobs {
+            store,
+            registry,
+            jobs_dir,
+            queue,
+            capacity,
+            live: Mutex::new(HashMap::new()),
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..workers.max(1) {
+            let jobs = Arc::downgrade(&jobs);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("job-worker-{n}"))
+                .spawn(move || work(&jobs, &rx))
+                .context("starting a job worker")?;
+        }
+        Ok(jobs)
+    }
+
+    /// A fresh work directory for a job about to be prepared.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn new_dir(&self) -> Result<(String, PathBuf)> {
+        let id = new_id();
+        let dir = self.jobs_dir.join(&id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok((id, dir))
+    }
+
+    /// Queues a prepared job.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::QueueFull`] when `capacity` jobs are already waiting.
+    pub fn submit(
+        &self,
+        id: String,
+        dir: PathBuf,
+        request: JobRequest,
+        prepared: Prepared,
+    ) -> Result<Arc<Job>, SubmitError> {
+        let events = Arc::new(EventLog::new());
+        let log = events.clone();
+        let job = Arc::new(Job {
+            id: id.clone(),
+            kind: request.kind,
+            control: RunControl::observed(move |e| log.push_run_event(e)),
+            events,
+            request,
+            prepared: Mutex::new(Some(prepared)),
+            dir,
+        });
+        let request_json = serde_json::to_value(&job.request).context("encoding a request")?;
+        self.store
+            .insert_job(&id, job.kind.command(), &request_json)?;
+        let ahead = lock(&self.live)
+            .values()
+            .filter(|j| matches!(j.state(), "queued" | "running"))
+            .count();
+        job.events.push(JobEvent::Queued { ahead });
+        lock(&self.live).insert(id.clone(), job.clone());
+        match self.queue.try_send(job.clone()) {
+            Ok(()) => Ok(job),
+            Err(e) => {
+                lock(&self.live).remove(&id);
+                let _ = fs::remove_dir_all(&job.dir);
+                let reason = "the queue was full";
+                self.store.finish_job(&id, "failed", Some(reason), None)?;
+                match e {
+                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.capacity)),
+                    TrySendError::Disconnected(_) => {
+                        Err(anyhow::anyhow!("the job workers have stopped").into())
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        lock(&self.live).get(id).cloned()
+    }
+
+    /// Asks a job to stop; a queued job never starts. Returns false when it had finished.
+    pub fn cancel(&self, job: &Job) -> bool {
+        if matches!(job.state(), "succeeded" | "failed" | "cancelled") {
+            return false;
+        }
+        job.control.cancel();
+        if job.state() == "queued" {
+            self.finish(job, JobEvent::Cancelled);
+        }
+        true
+    }
+
+    fn finish(&self, job: &Job, event: JobEvent) {
+        let (state, error, result) = match &event {
+            JobEvent::Succeeded { result_id, .. } => ("succeeded", None, Some(result_id.as_str())),
+            JobEvent::Failed { error } => ("failed", Some(error.as_str()), None),
+            _ => ("cancelled", None, None),
+        };
+        if let Err(e) = self.store.finish_job(&job.id, state, error, result) {
+            tracing::error!("recording the end of job {}: {e:#}", job.id);
+        }
+        job.events.push(event);
+        let _ = fs::remove_dir_all(&job.dir);
+    }
+
+    fn run(&self, job: &Job) {
+        if job.control.cancelled() {
+            self.finish(job, JobEvent::Cancelled);
+            return;
+        }
+        let Some(prepared) = lock(&job.prepared).take() else {
+            return;
+        };
+        if let Err(e) = self.store.set_job_running(&job.id) {
+            tracing::error!("recording the start of job {}: {e:#}", job.id);
+        }
+        job.events.push(JobEvent::Started);
+        tracing::info!(job = %job.id, kind = job.kind.command(), "started");
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            execute(&prepared.command, &job.control)
+        }));
+        let outcome = match ran {
+            Ok(Ok(())) => self
+                .store_result(job, &prepared)
+                .map(|result_id| JobEvent::Succeeded {
+                    share_url: format!("/r/{result_id}"),
+                    result_id,
+                }),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => Err(anyhow::anyhow!(
+                "internal error: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the job panicked")
+            )),
+        };
+        let event = match outcome {
+            Ok(done) => done,
+            Err(_) if job.control.cancelled() => JobEvent::Cancelled,
+            Err(e) => JobEvent::Failed {
+                error: format!("{e:#}"),
+            },
+        };
+        tracing::info!(job = %job.id, outcome = event.name(), "finished");
+        self.finish(job, event);
+    }
+
+    /// Moves a written model among the server's models and stores everything else.
+    fn store_result(&self, job: &Job, prepared: &Prepared) -> Result<String> {
+        let id = new_id();
+        let out_dir = job.dir.join("out");
+        let mut report = serde_json::Map::new();
+        let mut files = Vec::new();
+        collect_outputs(
+            &out_dir,
+            &out_dir,
+            job.kind.writes_model(),
+            &mut report,
+            &mut files,
+        )?;
+        let mut derived = None;
+        if job.kind.writes_model() {
+            let (from, name) = match prepared.model.format {
+                Format::Gguf => (prepared.out.clone(), format!("{id}.gguf")),
+                Format::Safetensors => (out_dir.join("model"), id.clone()),
+            };
+            let to = self.registry.derived_dir().join(&name);
+            fs::create_dir_all(self.registry.derived_dir())?;
+            fs::rename(&from, &to)
+                .with_context(|| format!("moving the job's model to {}", to.display()))?;
+            derived = Some(name);
+        }
+        if let Some(name) = &derived {
+            report.insert("model_id".into(), Value::String(name.clone()));
+        }
+        let model = model_fingerprint(&self.store, &self.registry, &prepared.model)?;
+        let stored = NewResult {
+            id: id.clone(),
+            kind: job.kind.command().to_owned(),
+            model,
+            request: serde_json::to_value(&job.request)?,
+            argv: prepared.argv.clone(),
+            report: Value::Object(report),
+            files,
+        };
+        if let Err(e) = self.store.insert_result(&stored) {
+            if let Some(name) = derived {
+                let _ = fs::remove_file(self.registry.derived_dir().join(&name))
+                    .or_else(|_| fs::remove_dir_all(self.registry.derived_dir().join(&name)));
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+}
+
+/// The model's fingerprint, from the index when its files have not changed since it was
+/// hashed.
+///
+/// # Errors
+///
+/// Unreadable model files and database errors.
+pub fn model_fingerprint(store: &Store, registry: &Registry, entry: &ModelEntry) -> Result<Value> {
+    let value = Registry::cli_value(entry);
+    let resolved = ModelSource::parse(&value)?.resolve(registry.cache(), false)?;
+    let (ResolvedModel::Gguf(path) | ResolvedModel::HfDir(path)) = &resolved;
+    let (size, mtime_ns) = size_and_mtime(path)?;
+    let key = path.display().to_string();
+    if let Some(fp) = store.fingerprint(&key, size, mtime_ns)? {
+        return Ok(fp);
+    }
+    let fp = serde_json::to_value(fingerprint(&resolved, &entry.id)?)?;
+    store.remember_fingerprint(&key, size, mtime_ns, &fp)?;
+    Ok(fp)
+}
+
+/// Total size and newest modification time of a file, or of a directory's files.
+pub fn size_and_mtime(path: &Path) -> Result<(u64, i64)> {
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let stamp = |m: &fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    };
+    if meta.is_file() {
+        return Ok((meta.len(), stamp(&meta)));
+    }
+    let mut size = 0;
+    let mut newest = stamp(&meta);
+    for entry in fs::read_dir(path)? {
+        let m = entry?.metadata()?;
+        if m.is_file() {
+            size += m.len();
+            newest = newest.max(stamp(&m));
+        }
+    }
+    Ok((size, newest))
+}
+
+/// The JSON reports (by file name) and other files a command wrote under `dir`, leaving a
+/// model's own files (weights, config, tokenizer) where they are.
+fn collect_outputs(
+    root: &Path,
+    dir: &Path,
+    model_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+    files: &mut Vec<(String, Vec<u8>)>,
+) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_outputs(root, &path, model_out, report, files)?;
+            continue;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_report = name.ends_with(".json")
+            && !matches!(
+                name.as_str(),
+                "config.json" | "tokenizer.json" | "tokenizer_config.json"
+            );
+        if is_report {
+            let bytes = fs::read(&path)?;
+            let json: Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            report.insert(name, json);
+            if model_out {
+                fs::remove_file(&path)?;
+            }
+        } else if !model_out {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            files.push((rel.display().to_string(), fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a job's command with the job's control (cancel, events).
+fn execute(command: &Command, control: &RunControl) -> Result<()> {
+    match command {
+        Command::Generate(a) => generate::run(a, control),
+        Command::Directions(a) => directions::run(a, control),
+        Command::Eval(a) => eval::run(a, control),
+        Command::Compress(a) => compress::run(a, control),
+        Command::Compare(a) => compare::run(a, control),
+        Command::Aird(a) => aird::run(a, control),
+        _ => anyhow::bail!("not a job command"),
+    }
+}
+
+fn work(jobs: &std::sync::Weak<Jobs>, rx: &Mutex<Receiver<Arc<Job>>>) {
+    loop {
+        let next = lock(rx).recv();
+        let (Ok(job), Some(jobs)) = (next, jobs.upgrade()) else {
+            return;
+        };
+        jobs.run(&job);
+    }
+}

@@ -1,0 +1,189 @@
+//! `refusal-lens serve`: the web app and the JSON API behind it. Jobs run the CLI's own
+//! commands; their results are stored in SQLite and shared as links.
+
+pub mod api;
+pub mod jobs;
+pub mod models;
+pub mod request;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use self::jobs::Jobs;
+use self::models::Registry;
+use self::request::Limits;
+use self::store::Store;
+use crate::device::Backend;
+use crate::fetch::{Cache, ensure_builtin};
+use crate::source::BuiltinModel;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Where results, job records and derived models are kept (default: the user's data
+    /// directory, e.g. ~/.local/share/refusal-lens).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A directory of models to offer besides the built-in ones: .gguf files and Hugging Face
+    /// directories.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// The built web app (scripts/build-web.sh writes dist/).
+    #[arg(long)]
+    pub web_dir: Option<PathBuf>,
+    /// Jobs run at once (each uses every core).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Jobs that may wait; more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Where jobs run their models.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    /// Do not download the default model at start.
+    #[arg(long)]
+    pub no_fetch: bool,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub jobs: Arc<Jobs>,
+    pub limits: Limits,
+    pub backend: Backend,
+    pub web_dir: Option<PathBuf>,
+}
+
+/// 128 random bits, hex: ids of jobs and results, unguessable.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `s` has the form of [`new_id`]'s ids.
+pub fn valid_result_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ServeArgs {
+    /// Opens the database and starts the job workers.
+    ///
+    /// # Errors
+    ///
+    /// Unwritable data directory, unreadable database.
+    pub fn state(&self) -> Result<Arc<AppState>> {
+        let data_dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => dirs::data_dir()
+                .context("cannot find the user's data directory; pass --data-dir")?
+                .join("refusal-lens"),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let store = Arc::new(Store::open(&data_dir.join("refusal-lens.sqlite3"))?);
+        let interrupted = store.fail_unfinished_jobs()?;
+        if interrupted > 0 {
+            tracing::warn!("{interrupted} jobs of a previous run were left unfinished");
+        }
+        let registry = Arc::new(Registry::new(
+            Cache::from_env()?,
+            self.models_dir.clone(),
+            data_dir.join("models"),
+        ));
+        let jobs = Jobs::start(
+            store.clone(),
+            registry.clone(),
+            data_dir.join("jobs"),
+            self.workers,
+            self.queue,
+        )?;
+        Ok(Arc::new(AppState {
+            store,
+            registry,
+            jobs,
+            limits: self.limits.clone(),
+            backend: self.backend,
+            web_dir: self.web_dir.clone(),
+        }))
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+///
+/// # Errors
+///
+/// The address is taken, the data directory is unusable, the default model cannot be fetched.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    args.backend.device()?;
+    if !args.no_fetch {
+        let model = BuiltinModel::default();
+        ensure_builtin(&model.artifact(), model.alias(), &Cache::from_env()?, true)
+            .with_context(|| format!("fetching the default model {model}"))?;
+    }
+    if let Some(web) = &args.web_dir
+        && !web.join("index.html").is_file()
+    {
+        anyhow::bail!(
+            "--web-dir {}: no index.html (build the app with scripts/build-web.sh)",
+            web.display()
+        );
+    }
+    let state = args.state()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("listening on {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        // The first line on stdout, for scripts and tests that start the server on port 0.
+        println!("listening on http://{addr}");
+        tracing::info!("Refusal Lens at http://{addr} (API docs at /api/docs)");
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
