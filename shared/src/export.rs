@@ -273,6 +273,7 @@ mod tests {
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],
             &device,
+            crate::load::HfLoadOptions::default(),
             &mut |_, _| {},
         )
         .unwrap();

@@ -370,13 +370,16 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
     })
 }
 
-/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`).
+/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in the type the weight had: a
+/// 16-bit model stays 16-bit, its compressed values rounded to that type (the packed GGUF
+/// blocks and the manifest's errors are computed from the unrounded values).
 fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
+    let dtype = linear.weight.val().dtype();
     let rows = HostTensor {
         shape: vec![w.rows, w.cols],
         data: w.data,
     };
-    linear.weight = Param::from_tensor(transposed(rows, device));
+    linear.weight = Param::from_tensor(transposed(rows, device).cast(dtype));
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use rand::{Rng, SeedableRng};
 
 use super::config::ModelConfig;
 use super::llama::Llama;
-use super::weights::{self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+use super::weights::{
+    self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource, WeightStorage,
+};
 
 /// Deterministic weights drawn from a seeded generator: matrices uniform in ±1/sqrt(d_in)
 /// (activations keep their scale through the layers), norm gains near 1.
@@ -58,7 +60,13 @@ impl Llama {
     /// A model with this architecture and seeded random weights.
     pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> Llama {
         let mut source = RandomWeights::new(config.clone(), seed);
-        match weights::build(config.clone(), &mut source, device, &mut |_, _| {}) {
+        match weights::build(
+            config.clone(),
+            &mut source,
+            device,
+            WeightStorage::AsStored,
+            &mut |_, _| {},
+        ) {
             Ok(model) => model,
             // The source produces every weight at its expected shape, so building cannot fail.
             Err(e) => unreachable!("random weights always match their config: {e}"),

@@ -3,7 +3,7 @@
 //! can write the direction and no hook is needed at run time.
 
 use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
@@ -24,16 +24,20 @@ pub fn edited_weights(config: &ModelConfig) -> Vec<WeightName> {
     names
 }
 
-/// `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream (`[rows, d_model]`).
+/// `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream (`[rows, d_model]`),
+/// computed in f32 and stored back in the matrix's type (a 16-bit matrix is rounded to it).
 fn remove_rows(w: Tensor<2>, unit: &Tensor<1>) -> Tensor<2> {
     let [d] = unit.dims();
+    let dtype = w.dtype();
+    let w = w.cast(FloatDType::F32);
     let along = w.clone().matmul(unit.clone().reshape([d, 1])); // [rows, 1]
-    w - along.matmul(unit.clone().reshape([1, d]))
+    (w - along.matmul(unit.clone().reshape([1, d]))).cast(dtype)
 }
 
 /// Orthogonalizes `model` against `direction` (any non-zero vector, normalised here): the
 /// token embedding, every attention output and MLP down projection (and their biases, if any).
-/// A tied output head is untied first, so the unembedding is left as it was.
+/// A tied output head is untied first, so the unembedding is left as it was. Weights kept in
+/// f16 or bf16 are edited in f32 and rounded back to their type.
 ///
 /// # Errors
 ///
