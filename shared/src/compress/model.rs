@@ -434,6 +434,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bf16_model_stays_bf16_and_keeps_its_pruned_zeros() {
+        let device = burn::tensor::Device::flex();
+        let model = Llama::random_bf16(&ModelConfig::tiny(), 5, &device);
+        let mut c = block_on(compress(
+            model,
+            Method::Magnitude(Sparsity::NOfM { n: 2, m: 4 }),
+            &[],
+            0,
+            4,
+            &mut |_| ControlFlow::Continue(()),
+        ))
+        .unwrap();
+        for name in c.unpacked_weights() {
+            let WeightName::Block(l, w) = name else {
+                unreachable!("only block linears are compressed")
+            };
+            let dtype = linear_mut(&mut c.model.blocks[l], w).weight.val().dtype();
+            assert_eq!(dtype, burn::tensor::DType::BF16);
+            // Zero is exact in bf16: the 2:4 pattern survives the rounding.
+            let host = host_weight(&c.model, name).unwrap();
+            for g in host.data.chunks(4) {
+                assert_eq!(g.iter().filter(|v| **v == 0.0).count(), 2);
+            }
+        }
+    }
+
+    #[test]
     fn gguf_types_are_packed_and_the_model_holds_their_dequantized_values() {
         let c = run(Method::Ggml(GgmlType::Q8_0)).unwrap();
         assert_eq!(c.packed.len(), 2 * LINEARS.len());

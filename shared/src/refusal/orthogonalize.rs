@@ -123,6 +123,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bf16_model_is_edited_in_f32_and_stays_bf16() {
+        let device = burn::tensor::Device::flex();
+        let config = ModelConfig::tiny();
+        let model = Llama::random_bf16(&config, 7, &device);
+        let r = direction(config.d_model);
+        let batch = TokenBatch::left_padded(&[vec![1, 5, 9, 2, 7], vec![3, 4]], 0, &device);
+        let mut ablation = DirectionalAblation::new(vector(&r, &device));
+        let hooked = read_f32(model.last_logits(&batch, &mut ablation));
+        let edited = orthogonalize(model, &r).unwrap();
+        for w in [
+            edited.embedding.val(),
+            edited.head.as_ref().expect("untied").val(),
+            edited.blocks[1].attn.o.weight.val(),
+            edited.blocks[1].mlp.down.weight.val(),
+        ] {
+            assert_eq!(w.dtype(), burn::tensor::DType::BF16);
+        }
+        let baked = read_f32(edited.last_logits(&batch, &mut NoHook));
+        // The edited matrices are rounded to bf16 (relative error up to 2^-9 per weight), so
+        // logits of size ~1 move by a few 1e-3: allow 2e-2.
+        for (a, b) in hooked.iter().zip(&baked) {
+            assert!((a - b).abs() <= 2e-2, "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn bad_directions_are_refused() {
         let device = burn::tensor::Device::flex();
         let config = ModelConfig::tiny();
