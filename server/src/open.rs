@@ -2,15 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
 use refusal_core::gguf::GgufFile;
-use refusal_core::load::{self, TextAssets};
-use refusal_core::model::{Llama, ModelConfig};
+use refusal_core::load::{self, HfLoadOptions, TextAssets};
+use refusal_core::model::{Llama, ModelConfig, WeightStorage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -51,21 +54,27 @@ pub struct Fingerprint {
     pub sha256: String,
 }
 
-/// Hashes the model's files (about a second per GB).
+/// Hashes the model's files (about a second per GB). They are read, not mapped, so hashing a
+/// 7B model does not make its 14 GB resident in this process.
 pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint> {
     let checkpoint = Checkpoint::open(resolved)?;
     let (config, _, _) = checkpoint.headers()?;
     let mut hasher = Sha256::new();
+    let hash_file = |hasher: &mut Sha256, path: &Path| -> Result<()> {
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        std::io::copy(&mut file, hasher).with_context(|| format!("reading {}", path.display()))?;
+        Ok(())
+    };
     match &checkpoint {
-        Checkpoint::Gguf { bytes, .. } => hasher.update(&bytes[..]),
+        Checkpoint::Gguf { path, .. } => hash_file(&mut hasher, path)?,
         Checkpoint::Hf {
             config_json,
             shards,
             ..
         } => {
             hasher.update(config_json);
-            for (_, bytes) in shards {
-                hasher.update(&bytes[..]);
+            for (path, _) in shards {
+                hash_file(&mut hasher, Path::new(path))?;
             }
         }
     }
@@ -86,6 +95,20 @@ fn map(path: &Path) -> Result<Mmap> {
     // fault, which is the accepted risk of every mmap-based model loader.
     unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))
 }
+
+/// Lets the system drop the pages of `bytes` from this process once loading has copied them,
+/// so that a mapped checkpoint does not stay resident beside the model. Best effort: a failure
+/// only leaves the pages resident.
+#[cfg(unix)]
+fn drop_pages(map: &Mmap, bytes: Range<usize>) {
+    // SAFETY: the mapping is shared and read-only, so MADV_DONTNEED loses nothing: a later read
+    // of these bytes faults them in again from the file, with the same contents.
+    let _ =
+        unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, bytes.start, bytes.len()) };
+}
+
+#[cfg(not(unix))]
+fn drop_pages(_: &Mmap, _: Range<usize>) {}
 
 fn weight_progress(show: bool) -> ProgressBar {
     if !show {
@@ -210,7 +233,12 @@ impl Checkpoint {
         Ok((config, types, n_parameters))
     }
 
-    fn load(&self, device: &Device, progress: &mut dyn FnMut(usize, usize)) -> Result<Llama> {
+    fn load(
+        &self,
+        device: &Device,
+        storage: WeightStorage,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Llama> {
         Ok(match self {
             Checkpoint::Gguf { path, bytes, file } => {
                 load::gguf_model(&path.display().to_string(), file, bytes, device, progress)?
@@ -222,7 +250,13 @@ impl Checkpoint {
             } => {
                 let slices: Vec<(String, &[u8])> =
                     shards.iter().map(|(n, m)| (n.clone(), &m[..])).collect();
-                load::hf_model(config_json, &slices, device, progress)?
+                let mut release =
+                    |shard: usize, bytes: Range<usize>| drop_pages(&shards[shard].1, bytes);
+                let options = HfLoadOptions {
+                    storage,
+                    release: Some(&mut release),
+                };
+                load::hf_model(config_json, &slices, device, options, progress)?
             }
         })
     }
@@ -247,13 +281,26 @@ pub fn inspect(resolved: &ResolvedModel) -> Result<ModelInfo> {
     describe(&checkpoint, &text)
 }
 
-/// Loads the model and its tokenizer and chat template on `device`.
+/// Loads the model and its tokenizer and chat template on `device`; a 16-bit Hugging Face
+/// checkpoint stays 16-bit ([`WeightStorage::AsStored`]).
 pub fn open(resolved: &ResolvedModel, device: &Device, progress: bool) -> Result<LoadedModel> {
+    open_as(resolved, device, WeightStorage::default(), progress)
+}
+
+/// [`open`], keeping the large matrices as `storage` says. Loading needs about the model's
+/// bytes on the device plus one tensor: the memory-mapped shards are read one tensor at a time
+/// and their pages dropped as they are copied.
+pub fn open_as(
+    resolved: &ResolvedModel,
+    device: &Device,
+    storage: WeightStorage,
+    progress: bool,
+) -> Result<LoadedModel> {
     let checkpoint = Checkpoint::open(resolved)?;
     let text = checkpoint.text_assets()?;
     let info = describe(&checkpoint, &text)?;
     let bar = weight_progress(progress);
-    let llama = checkpoint.load(device, &mut |done, total| {
+    let llama = checkpoint.load(device, storage, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

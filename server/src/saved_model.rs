@@ -1,6 +1,6 @@
 //! Writing an edited or compressed model where the user asked: a GGUF that keeps the source
-//! GGUF's metadata, tokenizer and untouched tensors, or a Hugging Face directory (f32
-//! safetensors, config.json and the tokenizer files).
+//! GGUF's metadata, tokenizer and untouched tensors, or a Hugging Face directory (safetensors
+//! with each weight in the type the model holds it in, config.json and the tokenizer files).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use burn::tensor::{DType, Tensor};
+
 use crate::compress::PackedWeight;
 use crate::gguf::{GgufError, GgufFile, GgufWriter, MetadataValue};
 use crate::load::names;
@@ -22,36 +24,53 @@ pub enum ExportError {
     NotInSource(String),
 }
 
-/// Host values of one weight in file layout: matrices `[d_out, d_in]`, row-major, as GGUF
-/// (dims reversed) and Hugging Face store them. `None` for a weight the model does not have
-/// (a tied head, absent biases).
-pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
-    let matrix = |t: burn::tensor::Tensor<2>| {
-        let [rows, cols] = t.dims();
-        HostTensor {
-            shape: vec![rows, cols],
-            data: read_f32(t),
+/// One weight as the model holds it, in file layout: matrices `[d_out, d_in]`.
+enum Held {
+    Matrix(Tensor<2>),
+    Vector(Tensor<1>),
+}
+
+impl Held {
+    fn dtype(&self) -> DType {
+        match self {
+            Held::Matrix(t) => t.dtype(),
+            Held::Vector(t) => t.dtype(),
         }
-    };
-    let vector = |t: burn::tensor::Tensor<1>| {
-        let [n] = t.dims();
-        HostTensor {
-            shape: vec![n],
-            data: read_f32(t),
+    }
+
+    fn into_host(self) -> HostTensor {
+        match self {
+            Held::Matrix(t) => {
+                let [rows, cols] = t.dims();
+                HostTensor {
+                    shape: vec![rows, cols],
+                    data: read_f32(t),
+                }
+            }
+            Held::Vector(t) => {
+                let [n] = t.dims();
+                HostTensor {
+                    shape: vec![n],
+                    data: read_f32(t),
+                }
+            }
         }
-    };
+    }
+}
+
+fn held(model: &Llama, name: WeightName) -> Option<Held> {
     // Linear layers multiply `[d_in, d_out]`; files hold the transpose.
-    let weight = |l: &Linear| matrix(l.weight.val().transpose());
-    let bias = |l: &Linear| l.bias.as_ref().map(|b| vector(b.val()));
+    let weight = |l: &Linear| Held::Matrix(l.weight.val().transpose());
+    let bias = |l: &Linear| l.bias.as_ref().map(|b| Held::Vector(b.val()));
     Some(match name {
-        WeightName::TokenEmbedding => matrix(model.embedding.val()),
-        WeightName::OutputHead => matrix(model.head.as_ref()?.val()),
-        WeightName::FinalNorm => vector(model.norm.weight.val()),
+        WeightName::TokenEmbedding => Held::Matrix(model.embedding.val()),
+        WeightName::OutputHead => Held::Matrix(model.head.as_ref()?.val()),
+        WeightName::FinalNorm => Held::Vector(model.norm.weight.val()),
         WeightName::Block(l, w) => {
             let b = model.blocks.get(l)?;
             match w {
-                BlockWeight::AttnNorm => vector(b.attn_norm.weight.val()),
-                BlockWeight::MlpNorm => vector(b.mlp_norm.weight.val()),
+                BlockWeight::AttnNorm => Held::Vector(b.attn_norm.weight.val()),
+                BlockWeight::MlpNorm => Held::Vector(b.mlp_norm.weight.val()),
                 BlockWeight::Q => weight(&b.attn.q),
                 BlockWeight::K => weight(&b.attn.k),
                 BlockWeight::V => weight(&b.attn.v),
@@ -65,6 +84,13 @@ pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
             }
         }
     })
+}
+
+/// Host values of one weight in file layout: matrices `[d_out, d_in]`, row-major, as GGUF
+/// (dims reversed) and Hugging Face store them; 16-bit weights are widened to f32 (exactly).
+/// `None` for a weight the model does not have (a tied head, absent biases).
+pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
+    held(model, name).map(Held::into_host)
 }
 
 /// A GGUF with the source file's metadata and tensors, except that the `replaced` weights are
@@ -143,8 +169,10 @@ fn unpermute_rows(t: HostTensor, head_dim: usize) -> HostTensor {
     }
 }
 
-/// Every weight of `model` as an f32 Hugging Face safetensors file (q/k rows in Hugging Face
-/// order whatever format the model came from), with `metadata` in the header.
+/// Every weight of `model` as a Hugging Face safetensors file (q/k rows in Hugging Face order
+/// whatever format the model came from), with `metadata` in the header. Each weight is written
+/// in the type the model holds it in (f32, or f16/bf16 for a 16-bit checkpoint's matrices), so
+/// a 16-bit model's file is about the size of its source.
 ///
 /// # Errors
 ///
@@ -164,9 +192,11 @@ pub fn safetensors_bytes(
     }
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
-        let Some(mut t) = host_weight(model, name) else {
+        let Some(held) = held(model, name) else {
             continue;
         };
+        let dtype = held.dtype();
+        let mut t = held.into_host();
         if config.rope_pairing == RopePairing::Interleaved
             && matches!(
                 name,
@@ -178,9 +208,67 @@ pub fn safetensors_bytes(
         {
             t = unpermute_rows(t, config.head_dim);
         }
-        tensors.push((names::hf(name), t));
+        // Encoded at once, so at most one weight is held in f32 on the host.
+        tensors.push(Encoded::new(names::hf(name), t, dtype));
     }
-    f32_safetensors(tensors, metadata)
+    serialize(&tensors, metadata)
+}
+
+/// One tensor's little-endian bytes, ready for a safetensors file.
+struct Encoded {
+    name: String,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    /// `t` in `dtype` when that is f16 or bf16 (exact for values that came from that type),
+    /// else in f32.
+    fn new(name: String, t: HostTensor, dtype: DType) -> Encoded {
+        let (dtype, bytes) = match dtype {
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                t.data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                t.data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            _ => (
+                safetensors::Dtype::F32,
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        };
+        Encoded {
+            name,
+            dtype,
+            shape: t.shape,
+            bytes,
+        }
+    }
+}
+
+fn serialize(
+    tensors: &[Encoded],
+    metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>, ExportError> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| ExportError::Safetensors(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = (!metadata.is_empty()).then_some(metadata.into_iter().collect());
+    safetensors::serialize(views, metadata).map_err(|e| ExportError::Safetensors(e.to_string()))
 }
 
 /// f32 tensors (name, row-major values) as a safetensors file, with `metadata` in its header.
@@ -192,21 +280,11 @@ pub fn f32_safetensors(
     tensors: Vec<(String, HostTensor)>,
     metadata: BTreeMap<String, String>,
 ) -> Result<Vec<u8>, ExportError> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, t)| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    let encoded: Vec<Encoded> = tensors
+        .into_iter()
+        .map(|(name, t)| Encoded::new(name, t, DType::F32))
         .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, t), bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ExportError::Safetensors(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let metadata = (!metadata.is_empty()).then_some(metadata.into_iter().collect());
-    safetensors::serialize(views, metadata).map_err(|e| ExportError::Safetensors(e.to_string()))
+    serialize(&encoded, metadata)
 }
 
 /// A transformers `config.json` describing `config` (with Hugging Face RoPE pairing, which
@@ -261,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn a_bf16_model_exports_bf16_matrices_that_reload_to_the_same_logits() {
+        let device = burn::tensor::Device::flex();
+        let config = ModelConfig::tiny();
+        let model = Llama::random_bf16(&config, 4, &device);
+        let bytes = safetensors_bytes(&model, BTreeMap::new()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let dtype = |name| st.tensor(&names::hf(name)).unwrap().dtype();
+        assert_eq!(dtype(WeightName::TokenEmbedding), safetensors::Dtype::BF16);
+        assert_eq!(
+            dtype(WeightName::Block(1, BlockWeight::Down)),
+            safetensors::Dtype::BF16
+        );
+        assert_eq!(dtype(WeightName::FinalNorm), safetensors::Dtype::F32);
+        let config_json = serde_json::to_vec(&hf_config_json(&config)).unwrap();
+        let reloaded = crate::load::hf_model(
+            &config_json,
+            &[("model.safetensors".to_owned(), bytes.as_slice())],
+            &device,
+            crate::load::HfLoadOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let batch = TokenBatch::left_padded(&[vec![1, 2, 3, 4, 5, 6]], 0, &device);
+        // Same bf16 values, same f32 arithmetic.
+        assert_eq!(
+            read_f32(model.last_logits(&batch, &mut NoHook)),
+            read_f32(reloaded.last_logits(&batch, &mut NoHook))
+        );
+    }
+
+    #[test]
     fn safetensors_export_of_an_interleaved_model_reloads_to_the_same_logits() {
         let device = burn::tensor::Device::flex();
         let mut config = ModelConfig::tiny();
@@ -273,6 +382,7 @@ mod tests {
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],
             &device,
+            crate::load::HfLoadOptions::default(),
             &mut |_, _| {},
         )
         .unwrap();

@@ -370,13 +370,16 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
     })
 }
 
-/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`).
+/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in the type the weight had: a
+/// 16-bit model stays 16-bit, its compressed values rounded to that type (the packed GGUF
+/// blocks and the manifest's errors are computed from the unrounded values).
 fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
+    let dtype = linear.weight.val().dtype();
     let rows = HostTensor {
         shape: vec![w.rows, w.cols],
         data: w.data,
     };
-    linear.weight = Param::from_tensor(transposed(rows, device));
+    linear.weight = Param::from_tensor(transposed(rows, device).cast(dtype));
 }
 
 #[cfg(test)]
@@ -428,6 +431,33 @@ mod tests {
                 .iter()
                 .all(|v| v.is_finite())
         );
+    }
+
+    #[test]
+    fn a_bf16_model_stays_bf16_and_keeps_its_pruned_zeros() {
+        let device = burn::tensor::Device::flex();
+        let model = Llama::random_bf16(&ModelConfig::tiny(), 5, &device);
+        let mut c = block_on(compress(
+            model,
+            Method::Magnitude(Sparsity::NOfM { n: 2, m: 4 }),
+            &[],
+            0,
+            4,
+            &mut |_| ControlFlow::Continue(()),
+        ))
+        .unwrap();
+        for name in c.unpacked_weights() {
+            let WeightName::Block(l, w) = name else {
+                unreachable!("only block linears are compressed")
+            };
+            let dtype = linear_mut(&mut c.model.blocks[l], w).weight.val().dtype();
+            assert_eq!(dtype, burn::tensor::DType::BF16);
+            // Zero is exact in bf16: the 2:4 pattern survives the rounding.
+            let host = host_weight(&c.model, name).unwrap();
+            for g in host.data.chunks(4) {
+                assert_eq!(g.iter().filter(|v| **v == 0.0).count(), 2);
+            }
+        }
     }
 
     #[test]

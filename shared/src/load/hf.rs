@@ -3,13 +3,15 @@
 //! Both Llama and Qwen2 checkpoints pair RoPE dimensions `(j, j + head_dim/2)`, so their q/k
 //! rows are used as stored.
 
+use std::ops::Range;
+
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use super::{LoadError, names};
 use crate::model::{
     Architecture, ConfigError, HostTensor, Llama3RopeScaling, ModelConfig, RopePairing,
-    WeightError, WeightName, WeightSource,
+    StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
 };
 
 /// `config.json` as written by transformers, for the fields we use.
@@ -123,9 +125,15 @@ pub fn parse_config(file: &str, bytes: &[u8]) -> Result<ModelConfig, LoadError> 
     })
 }
 
+/// Called with `(shard index, byte range in that shard)` once a tensor's bytes have been
+/// copied out of the shard.
+pub type ReleaseBytes<'a> = &'a mut dyn FnMut(usize, Range<usize>);
+
 /// The weights of one checkpoint, possibly split over several safetensors files.
 pub struct SafetensorsWeights<'a> {
-    shards: Vec<(String, SafeTensors<'a>)>,
+    /// Per shard: its file name, its bytes and its parsed header.
+    shards: Vec<(String, &'a [u8], SafeTensors<'a>)>,
+    release: Option<ReleaseBytes<'a>>,
 }
 
 impl<'a> SafetensorsWeights<'a> {
@@ -134,21 +142,32 @@ impl<'a> SafetensorsWeights<'a> {
     pub fn new(shards: &[(String, &'a [u8])]) -> Result<Self, LoadError> {
         let shards = shards
             .iter()
-            .map(|(file, bytes)| {
+            .map(|&(ref file, bytes)| {
                 SafeTensors::deserialize(bytes)
-                    .map(|st| (file.clone(), st))
+                    .map(|st| (file.clone(), bytes, st))
                     .map_err(|e| LoadError::Safetensors {
                         file: file.clone(),
                         message: e.to_string(),
                     })
             })
             .collect::<Result<_, _>>()?;
-        Ok(SafetensorsWeights { shards })
+        Ok(SafetensorsWeights {
+            shards,
+            release: None,
+        })
+    }
+
+    /// Tells `release` which bytes each read weight came from, once they have been copied:
+    /// a caller that memory-mapped the shards can then drop those pages, so that loading
+    /// needs the model plus one tensor rather than the model plus the files.
+    pub fn releasing(mut self, release: ReleaseBytes<'a>) -> Self {
+        self.release = Some(release);
+        self
     }
 
     pub fn contains(&self, name: WeightName) -> bool {
         let key = names::hf(name);
-        self.shards.iter().any(|(_, st)| st.tensor(&key).is_ok())
+        self.shards.iter().any(|(_, _, st)| st.tensor(&key).is_ok())
     }
 }
 
@@ -158,28 +177,43 @@ impl WeightSource for SafetensorsWeights<'_> {
     }
 
     fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+        Ok(self.read_stored(name)?.map(|t| HostTensor {
+            shape: t.shape,
+            data: t.values.into_f32(),
+        }))
+    }
+
+    /// f16 and bf16 tensors stay 16-bit.
+    fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
         let key = names::hf(name);
-        let Some((file, view)) = self
+        let Some((index, file, shard, view)) = self
             .shards
             .iter()
-            .find_map(|(file, st)| st.tensor(&key).ok().map(|v| (file, v)))
+            .enumerate()
+            .find_map(|(i, (file, shard, st))| st.tensor(&key).ok().map(|v| (i, file, *shard, v)))
         else {
             return Ok(None);
         };
         let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let values = match view.dtype() {
+            Dtype::F32 => StoredValues::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => StoredValues::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            Dtype::BF16 => StoredValues::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
             other => {
                 return Err(WeightError::Source {
                     tensor: format!("{file}: {key}"),
@@ -187,9 +221,14 @@ impl WeightSource for SafetensorsWeights<'_> {
                 });
             }
         };
-        Ok(Some(HostTensor {
+        if let Some(release) = self.release.as_mut() {
+            // `bytes` is a sub-slice of `shard`, so the subtraction cannot underflow.
+            let start = bytes.as_ptr() as usize - shard.as_ptr() as usize;
+            release(index, start..start + bytes.len());
+        }
+        Ok(Some(StoredTensor {
             shape: view.shape().to_vec(),
-            data,
+            values,
         }))
     }
 }
@@ -198,13 +237,13 @@ impl WeightSource for SafetensorsWeights<'_> {
 mod tests {
     use std::collections::HashMap;
 
-    use burn::tensor::Device;
+    use burn::tensor::{DType, Device};
     use safetensors::tensor::TensorView;
 
     use super::*;
-    use crate::load::{LoadError, hf_model};
+    use crate::load::{HfLoadOptions, LoadError, hf_model};
     use crate::model::random::RandomWeights;
-    use crate::model::{Llama, NoHook, TokenBatch, read_f32, weights};
+    use crate::model::{BlockWeight, Llama, NoHook, TokenBatch, WeightStorage, read_f32, weights};
 
     /// Random weights, rounded to bf16 when asked, remembered under their HF names.
     struct Recorder {
@@ -260,8 +299,14 @@ mod tests {
             bf16,
             seen: Vec::new(),
         };
-        let model =
-            weights::build(config.clone(), &mut rec, &device, &mut |_, _| {}).expect("builds");
+        let model = weights::build(
+            config.clone(),
+            &mut rec,
+            &device,
+            WeightStorage::AsStored,
+            &mut |_, _| {},
+        )
+        .expect("builds");
         let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = rec
             .seen
             .into_iter()
@@ -310,6 +355,7 @@ mod tests {
             &config_json(config),
             shards,
             &Device::flex(),
+            HfLoadOptions::default(),
             &mut |_, _| {},
         )
     }
@@ -341,6 +387,73 @@ mod tests {
         let loaded = load(&config, &named(&shards)).expect("loads");
         assert!(!loaded.config().tied_embeddings && loaded.head.is_some());
         assert_eq!(logits(&loaded), logits(&reference));
+    }
+
+    #[test]
+    fn a_bf16_checkpoint_keeps_its_matrices_in_bf16_unless_f32_is_asked_for() {
+        let config = ModelConfig {
+            tied_embeddings: false,
+            ..ModelConfig::tiny()
+        };
+        let (_, shards) = checkpoint(&config, true);
+        let shards = named(&shards);
+        let mut released = Vec::new();
+        let mut release = |shard: usize, bytes: Range<usize>| released.push((shard, bytes));
+        let kept = hf_model(
+            &config_json(&config),
+            &shards,
+            &Device::flex(),
+            HfLoadOptions {
+                storage: WeightStorage::AsStored,
+                release: Some(&mut release),
+            },
+            &mut |_, _| {},
+        )
+        .expect("loads");
+        let block = &kept.blocks[0];
+        for m in [
+            kept.embedding.val(),
+            kept.head.as_ref().expect("untied").val(),
+            block.attn.q.weight.val(),
+            block.mlp.down.weight.val(),
+        ] {
+            assert_eq!(m.dtype(), DType::BF16);
+        }
+        assert_eq!(block.attn_norm.weight.val().dtype(), DType::F32);
+        assert_eq!(
+            block
+                .attn
+                .q
+                .bias
+                .as_ref()
+                .expect("qwen2 bias")
+                .val()
+                .dtype(),
+            DType::F32
+        );
+        // Every tensor's bytes were handed back, each range inside its shard.
+        let n_tensors = 3 + config.n_layers * BlockWeight::ALL.len();
+        assert_eq!(released.len(), n_tensors);
+        assert!(
+            released
+                .iter()
+                .all(|(s, r)| r.start < r.end && r.end <= shards[*s].1.len())
+        );
+
+        let widened = hf_model(
+            &config_json(&config),
+            &shards,
+            &Device::flex(),
+            HfLoadOptions {
+                storage: WeightStorage::F32,
+                release: None,
+            },
+            &mut |_, _| {},
+        )
+        .expect("loads");
+        assert_eq!(widened.blocks[0].mlp.down.weight.val().dtype(), DType::F32);
+        // bf16 values widen exactly, and every product is computed in f32 either way.
+        assert_eq!(logits(&kept), logits(&widened));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::chat::{self, ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};
-use crate::model::{ConfigError, Llama, WeightError, weights};
+use crate::model::{ConfigError, Llama, WeightError, WeightStorage, weights};
 use crate::tokenizer::{self, Tokenizer, TokenizerError};
 
 /// Why a checkpoint could not be loaded; every variant names the file.
@@ -122,22 +122,38 @@ pub fn gguf_model(
         source,
     })?;
     let mut source = gguf::GgufWeights { file, bytes };
-    weights::build(config, &mut source, device, progress).map_err(|source| LoadError::Weights {
-        file: file_name.into(),
-        source,
+    weights::build(config, &mut source, device, WeightStorage::F32, progress).map_err(|source| {
+        LoadError::Weights {
+            file: file_name.into(),
+            source,
+        }
     })
 }
 
+/// How a Hugging Face checkpoint is loaded.
+#[derive(Default)]
+pub struct HfLoadOptions<'a> {
+    /// The type of the large matrices on the device (default: the checkpoint's, if 16-bit).
+    pub storage: WeightStorage,
+    /// Told which shard bytes each weight came from once they are copied (see
+    /// [`hf::SafetensorsWeights::releasing`]).
+    pub release: Option<hf::ReleaseBytes<'a>>,
+}
+
 /// Loads the decoder of a Hugging Face checkpoint from `config.json` and its safetensors
-/// shards (`(file name, bytes)`).
-pub fn hf_model(
+/// shards (`(file name, bytes)`), one tensor at a time.
+pub fn hf_model<'a>(
     config_json: &[u8],
-    shards: &[(String, &[u8])],
+    shards: &[(String, &'a [u8])],
     device: &Device,
+    options: HfLoadOptions<'a>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, LoadError> {
     let mut config = hf::parse_config("config.json", config_json)?;
     let mut source = hf::SafetensorsWeights::new(shards)?;
+    if let Some(release) = options.release {
+        source = source.releasing(release);
+    }
     // Some checkpoints leave `tie_word_embeddings` unset and simply omit `lm_head`.
     if !source.contains(crate::model::WeightName::OutputHead) {
         config.tied_embeddings = true;
@@ -146,6 +162,6 @@ pub fn hf_model(
         .first()
         .map(|(f, _)| f.clone())
         .unwrap_or_else(|| "model.safetensors".into());
-    weights::build(config, &mut source, device, progress)
+    weights::build(config, &mut source, device, options.storage, progress)
         .map_err(|source| LoadError::Weights { file, source })
 }

@@ -2,12 +2,14 @@
 //! batch → cache → linear/norm → attention → MLP → block → model.
 //!
 //! Weights live in Burn modules with no backend type parameter: the backend is whatever
-//! [`Device`] the tensors were created on (flex CPU, wgpu/WebGPU, CUDA).
+//! [`Device`] the tensors were created on (flex CPU, wgpu/WebGPU, CUDA). The large matrices may
+//! be stored in f16 or bf16 (see [`super::weights::WeightStorage`]); every computation is f32,
+//! so a 16-bit matrix is widened where it is used.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::linear;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
@@ -16,6 +18,10 @@ use super::hooks::{Hook, HookContext, HookPoint};
 /// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
 /// real query gives that position is still NaN.
 const MASKED: f32 = -1.0e30;
+
+/// Rows of a 16-bit output head widened to f32 at a time: 64 MiB of f32 at d_model 4096,
+/// rather than a whole f32 copy of the largest matrix next to the model.
+const HEAD_ROWS: usize = 4096;
 
 /// Token ids of a left-padded batch: every prompt ends at the last column, so position `-k`
 /// is aligned across prompts (METHOD §2).
@@ -92,7 +98,7 @@ impl KvCache {
 /// `y = x W + b` with `W` stored `[d_in, d_out]`.
 #[derive(Module, Debug)]
 pub struct Linear {
-    /// `[d_in, d_out]`
+    /// `[d_in, d_out]`; f32, f16 or bf16 (widened to f32 for each use, a transient copy).
     pub weight: Param<Tensor<2>>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<1>>>,
@@ -102,7 +108,9 @@ impl Linear {
     /// # Shapes
     /// - `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(Param::val))
+        // A no-op for f32 weights.
+        let weight = self.weight.val().cast(FloatDType::F32);
+        linear(x, weight, self.bias.as_ref().map(Param::val))
     }
 }
 
@@ -358,11 +366,12 @@ impl Block {
 /// A Llama-family decoder.
 #[derive(Module, Debug)]
 pub struct Llama {
-    /// `[vocab, d_model]`
+    /// `[vocab, d_model]`; f32, f16 or bf16 (the rows looked up are widened to f32).
     pub embedding: Param<Tensor<2>>,
     pub blocks: Vec<Block>,
     pub norm: RmsNorm,
-    /// Output head, `[vocab, d_model]`; `None` when tied to the embedding.
+    /// Output head, `[vocab, d_model]` in the embedding's type; `None` when tied to the
+    /// embedding.
     pub head: Option<Param<Tensor<2>>>,
     #[module(skip)]
     pub config: ModelConfig,
@@ -399,11 +408,7 @@ impl Llama {
         let bias = attention_bias(&cache.pad, offset, seq, &device);
 
         let ids = batch.ids.clone().reshape([n * seq]);
-        let mut x = self
-            .embedding
-            .val()
-            .select(0, ids)
-            .reshape([n, seq, self.config.d_model]);
+        let mut x = self.embed_tokens(ids, [n, seq]);
 
         let mut call = |layer: usize, point: HookPoint, x: Tensor<3>| {
             if hook.wants(layer, point) {
@@ -443,16 +448,24 @@ impl Llama {
         let [n, seq] = batch.dims();
         let device = self.device();
         let ids = batch.ids.clone().reshape([n * seq]);
-        let x = self
-            .embedding
-            .val()
-            .select(0, ids)
-            .reshape([n, seq, self.config.d_model]);
+        let x = self.embed_tokens(ids, [n, seq]);
         let ctx = BlockContext {
             rope: Rope::new(&self.config, &batch.pad, 0, seq, &device),
             bias: attention_bias(&batch.pad, 0, seq, &device),
         };
         (x, ctx)
+    }
+
+    /// The f32 embeddings of flattened token ids.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch * seq]` → `[batch, seq, d_model]`
+    fn embed_tokens(&self, ids: Tensor<1, Int>, [n, seq]: [usize; 2]) -> Tensor<3> {
+        self.embedding
+            .val()
+            .select(0, ids)
+            .cast(FloatDType::F32)
+            .reshape([n, seq, self.config.d_model])
     }
 
     /// Vocabulary logits of final hidden states.
@@ -463,7 +476,21 @@ impl Llama {
         // `head @ hidden^T` reads the `[vocab, d_model]` matrix as stored, so a tied embedding
         // needs no transposed copy of the largest matrix in the model.
         let head = self.head.as_ref().unwrap_or(&self.embedding).val();
-        head.matmul(hidden.transpose()).transpose()
+        if head.dtype() == DType::F32 {
+            return head.matmul(hidden.transpose()).transpose();
+        }
+        let [vocab, _] = head.dims();
+        let hidden = hidden.transpose();
+        let parts = (0..vocab)
+            .step_by(HEAD_ROWS)
+            .map(|start| {
+                head.clone()
+                    .narrow(0, start, HEAD_ROWS.min(vocab - start))
+                    .cast(FloatDType::F32)
+                    .matmul(hidden.clone())
+            })
+            .collect();
+        Tensor::cat(parts, 0).transpose()
     }
 
     /// Logits at the last position of every row, appending the batch to `cache`. Only the last
@@ -747,8 +774,14 @@ mod tests {
             ..halves.clone()
         };
         let mut source = Permuted(RandomWeights::new(halves.clone(), 3), halves);
-        let permuted =
-            weights::build(interleaved, &mut source, &device, &mut |_, _| {}).expect("builds");
+        let permuted = weights::build(
+            interleaved,
+            &mut source,
+            &device,
+            weights::WeightStorage::AsStored,
+            &mut |_, _| {},
+        )
+        .expect("builds");
         let batch = TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5, 9, 2, 6]], 0, &device);
         let a = host(model.last_logits(&batch, &mut NoHook));
         let b = host(permuted.last_logits(&batch, &mut NoHook));

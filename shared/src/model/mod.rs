@@ -11,7 +11,10 @@ pub use hooks::{
     ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
 };
 pub use llama::{BlockContext, KvCache, LinearInputs, Llama, TokenBatch};
-pub use weights::{BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+pub use weights::{
+    BlockWeight, HostTensor, StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
+    WeightStorage,
+};
 
 use burn::tensor::Tensor;
 

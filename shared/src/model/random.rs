@@ -6,7 +6,10 @@ use rand::{Rng, SeedableRng};
 
 use super::config::ModelConfig;
 use super::llama::Llama;
-use super::weights::{self, BlockWeight, HostTensor, WeightError, WeightName, WeightSource};
+use super::weights::{
+    self, BlockWeight, HostTensor, StoredTensor, StoredValues, WeightError, WeightName,
+    WeightSource, WeightStorage,
+};
 
 /// Deterministic weights drawn from a seeded generator: matrices uniform in ±1/sqrt(d_in)
 /// (activations keep their scale through the layers), norm gains near 1.
@@ -54,11 +57,53 @@ impl WeightSource for RandomWeights {
     }
 }
 
+/// [`RandomWeights`] rounded to bf16 and handed over as bf16, as a bf16 checkpoint is.
+struct RandomBf16(RandomWeights);
+
+impl WeightSource for RandomBf16 {
+    fn describe(&self, name: WeightName) -> String {
+        self.0.describe(name)
+    }
+
+    fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+        self.0.read(name)
+    }
+
+    fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
+        Ok(self.0.read(name)?.map(|t| StoredTensor {
+            shape: t.shape,
+            values: StoredValues::BF16(t.data.into_iter().map(half::bf16::from_f32).collect()),
+        }))
+    }
+}
+
 impl Llama {
+    /// [`Llama::random`]'s weights rounded to bf16, its large matrices kept in bf16 where the
+    /// device supports it: a stand-in for a bf16 checkpoint.
+    pub fn random_bf16(config: &ModelConfig, seed: u64, device: &Device) -> Llama {
+        let mut source = RandomBf16(RandomWeights::new(config.clone(), seed));
+        match weights::build(
+            config.clone(),
+            &mut source,
+            device,
+            WeightStorage::AsStored,
+            &mut |_, _| {},
+        ) {
+            Ok(model) => model,
+            Err(e) => unreachable!("random weights always match their config: {e}"),
+        }
+    }
+
     /// A model with this architecture and seeded random weights.
     pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> Llama {
         let mut source = RandomWeights::new(config.clone(), seed);
-        match weights::build(config.clone(), &mut source, device, &mut |_, _| {}) {
+        match weights::build(
+            config.clone(),
+            &mut source,
+            device,
+            WeightStorage::AsStored,
+            &mut |_, _| {},
+        ) {
             Ok(model) => model,
             // The source produces every weight at its expected shape, so building cannot fail.
             Err(e) => unreachable!("random weights always match their config: {e}"),

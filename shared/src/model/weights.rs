@@ -3,9 +3,15 @@
 //! Loaders (GGUF, safetensors, random init) implement [`WeightSource`] for the format-neutral
 //! [`WeightName`]s; [`build`] checks every shape against the config before anything reaches the
 //! device, so a wrong file fails with the tensor's name rather than a panic mid-forward.
+//!
+//! A 16-bit checkpoint (f16, bf16) keeps its large matrices in 16 bits on the device (see
+//! [`WeightStorage`]): a 7-8B model then needs about the bytes of its files, not twice that.
+//! Weights are read, converted and placed one at a time, so loading needs the model plus one
+//! tensor.
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use half::{bf16, f16};
 use thiserror::Error;
 
 use super::config::ModelConfig;
@@ -84,6 +90,96 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A weight's values in the type its file stores them, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredValues {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl StoredValues {
+    pub fn len(&self) -> usize {
+        match self {
+            StoredValues::F32(v) => v.len(),
+            StoredValues::F16(v) => v.len(),
+            StoredValues::BF16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to f32 (exactly: every f16 and bf16 is an f32).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            StoredValues::F32(v) => v,
+            StoredValues::F16(v) => v.into_iter().map(f16::to_f32).collect(),
+            StoredValues::BF16(v) => v.into_iter().map(bf16::to_f32).collect(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            StoredValues::F32(_) => DType::F32,
+            StoredValues::F16(_) => DType::F16,
+            StoredValues::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// `[rows, cols]` → `[cols, rows]`, in the stored type.
+    fn transposed(self, rows: usize, cols: usize) -> StoredValues {
+        match self {
+            StoredValues::F32(v) => StoredValues::F32(transpose(&v, rows, cols)),
+            StoredValues::F16(v) => StoredValues::F16(transpose(&v, rows, cols)),
+            StoredValues::BF16(v) => StoredValues::BF16(transpose(&v, rows, cols)),
+        }
+    }
+
+    fn into_data(self, shape: [usize; 2]) -> TensorData {
+        match self {
+            StoredValues::F32(v) => TensorData::new(v, shape),
+            StoredValues::F16(v) => TensorData::new(v, shape),
+            StoredValues::BF16(v) => TensorData::new(v, shape),
+        }
+    }
+}
+
+/// One weight as its file stores it: what [`build`] reads, so 16-bit values need not pass
+/// through f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub shape: Vec<usize>,
+    pub values: StoredValues,
+}
+
+impl From<HostTensor> for StoredTensor {
+    fn from(t: HostTensor) -> Self {
+        StoredTensor {
+            shape: t.shape,
+            values: StoredValues::F32(t.data),
+        }
+    }
+}
+
+/// In which type the large matrices (token embedding, output head and the seven linear layers
+/// of every block) are kept on the device. Norm gains and biases are always f32, and every
+/// forward pass computes in f32: a 16-bit matrix is widened to f32 where it is used (one
+/// matrix at a time).
+///
+/// Edits of a 16-bit model (orthogonalization, compression, AIRD) are computed in f32 and
+/// rounded to the matrix's type when written back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// The checkpoint's type when it is f16 or bf16 and the device supports that type; f32
+    /// otherwise (GGUF files, which are dequantized to f32, and f32 checkpoints).
+    #[default]
+    AsStored,
+    /// f32 whatever the checkpoint stores: twice the memory of a 16-bit checkpoint.
+    F32,
+}
+
 /// Why weights could not be assembled into a model.
 #[derive(Debug, Error)]
 pub enum WeightError {
@@ -108,9 +204,15 @@ pub trait WeightSource {
     /// The format's own name for a weight, used in error messages.
     fn describe(&self, name: WeightName) -> String;
 
-    /// The weight as stored, or `None` if the file does not have it (optional weights such as
-    /// biases and an untied head are asked for too).
+    /// The weight's values as f32, or `None` if the file does not have it (optional weights
+    /// such as biases and an untied head are asked for too).
     fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError>;
+
+    /// The weight in the type the file stores it in; what [`build`] calls. Formats that hold
+    /// 16-bit floats override it; the default is [`WeightSource::read`]'s f32 values.
+    fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
+        Ok(self.read(name)?.map(StoredTensor::from))
+    }
 }
 
 /// Reads weights in order, checks their shapes and reports progress.
@@ -123,13 +225,13 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
-    fn optional(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
-        let found = self.source.read(name)?;
+    fn optional(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
+        let found = self.source.read_stored(name)?;
         self.done += 1;
         (self.progress)(self.done, self.total);
         let Some(t) = found else { return Ok(None) };
         let expected = name.expected_shape(self.config);
-        if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
+        if t.shape != expected || t.values.len() != expected.iter().product::<usize>() {
             return Err(WeightError::Shape {
                 tensor: self.source.describe(name),
                 found: t.shape,
@@ -139,18 +241,21 @@ impl Fetcher<'_> {
         Ok(Some(t))
     }
 
-    fn required(&mut self, name: WeightName) -> Result<HostTensor, WeightError> {
+    fn required(&mut self, name: WeightName) -> Result<StoredTensor, WeightError> {
         self.optional(name)?.ok_or_else(|| WeightError::Missing {
             tensor: self.source.describe(name),
         })
     }
 }
 
-/// Assembles a model, calling `progress(done, total)` after each weight.
+/// Assembles a model, keeping its large matrices as `storage` says and calling
+/// `progress(done, total)` after each weight. Each weight is on the device before the next is
+/// read.
 pub fn build(
     config: ModelConfig,
     source: &mut dyn WeightSource,
     device: &Device,
+    storage: WeightStorage,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, WeightError> {
     let head_count = usize::from(!config.tied_embeddings);
@@ -161,16 +266,20 @@ pub fn build(
         done: 0,
         total: 2 + head_count + config.n_layers * BlockWeight::ALL.len(),
     };
-    let norm = |t: HostTensor| RmsNorm {
+    let norm = |t: StoredTensor| RmsNorm {
         weight: Param::from_tensor(vector(t, device)),
         eps: config.rms_norm_eps,
     };
-    let linear = |w: HostTensor, b: Option<HostTensor>| Linear {
-        weight: Param::from_tensor(transposed(w, device)),
+    let linear = |w: StoredTensor, b: Option<StoredTensor>| Linear {
+        weight: Param::from_tensor(transposed_stored(w, device, storage)),
         bias: b.map(|b| Param::from_tensor(vector(b, device))),
     };
 
-    let embedding = Param::from_tensor(matrix(f.required(WeightName::TokenEmbedding)?, device));
+    let embedding = Param::from_tensor(matrix(
+        f.required(WeightName::TokenEmbedding)?,
+        device,
+        storage,
+    ));
     let mut blocks = Vec::with_capacity(config.n_layers);
     for l in 0..config.n_layers {
         let w = |b: BlockWeight| WeightName::Block(l, b);
@@ -225,6 +334,7 @@ pub fn build(
         Some(Param::from_tensor(matrix(
             f.required(WeightName::OutputHead)?,
             device,
+            storage,
         )))
     };
     Ok(Llama {
@@ -236,25 +346,59 @@ pub fn build(
     })
 }
 
-fn vector(t: HostTensor, device: &Device) -> Tensor<1> {
-    let n = t.data.len();
-    Tensor::from_data(TensorData::new(t.data, [n]), device)
+/// Norm gains and biases: always f32.
+fn vector(t: StoredTensor, device: &Device) -> Tensor<1> {
+    let data = t.values.into_f32();
+    let n = data.len();
+    Tensor::from_data(TensorData::new(data, [n]), device)
 }
 
-fn matrix(t: HostTensor, device: &Device) -> Tensor<2> {
-    let [rows, cols] = [t.shape[0], t.shape[1]];
-    Tensor::from_data(TensorData::new(t.data, [rows, cols]), device)
+/// The values a matrix keeps on the device: 16-bit ones stay 16-bit if `storage` and the device
+/// allow it.
+fn kept(values: StoredValues, device: &Device, storage: WeightStorage) -> StoredValues {
+    let keep = match &values {
+        StoredValues::F32(_) => true,
+        StoredValues::F16(_) | StoredValues::BF16(_) => {
+            storage == WeightStorage::AsStored && device.supports_dtype(values.dtype())
+        }
+    };
+    if keep {
+        values
+    } else {
+        StoredValues::F32(values.into_f32())
+    }
+}
+
+/// A device matrix in the type of `values`.
+fn placed(values: StoredValues, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    let dtype = values.dtype();
+    Tensor::from_data(values.into_data(shape), (device, dtype))
+}
+
+fn matrix(t: StoredTensor, device: &Device, storage: WeightStorage) -> Tensor<2> {
+    let shape = [t.shape[0], t.shape[1]];
+    placed(kept(t.values, device, storage), shape, device)
 }
 
 /// `[d_out, d_in]` as files store it → `[d_in, d_out]` as [`Linear`] multiplies it. Done once
-/// on the host, so no forward pass pays for a transposed layout.
-pub(crate) fn transposed(t: HostTensor, device: &Device) -> Tensor<2> {
+/// on the host, in the stored type, so no forward pass pays for a transposed layout.
+fn transposed_stored(t: StoredTensor, device: &Device, storage: WeightStorage) -> Tensor<2> {
     let [rows, cols] = [t.shape[0], t.shape[1]];
-    let mut out = vec![0.0f32; t.data.len()];
-    for (r, row) in t.data.chunks_exact(cols).enumerate() {
+    let values = kept(t.values, device, storage).transposed(rows, cols);
+    placed(values, [cols, rows], device)
+}
+
+/// [`transposed_stored`] for f32 values, as compression writes them back.
+pub(crate) fn transposed(t: HostTensor, device: &Device) -> Tensor<2> {
+    transposed_stored(StoredTensor::from(t), device, WeightStorage::F32)
+}
+
+fn transpose<T: Copy + Default>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); data.len()];
+    for (r, row) in data.chunks_exact(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             out[c * rows + r] = v;
         }
     }
-    Tensor::from_data(TensorData::new(out, [cols, rows]), device)
+    out
 }

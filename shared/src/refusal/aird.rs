@@ -14,7 +14,7 @@
 //! are fewer samples (prompts x positions) than down-projection inputs.
 
 use burn::module::Param;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Side};
@@ -314,7 +314,8 @@ pub struct Densification {
     pub density_after: f64,
 }
 
-/// Applies `W_down <- W_down + alpha r^_B u^T` to block `layer - 1` of `model`.
+/// Applies `W_down <- W_down + alpha r^_B u^T` to block `layer - 1` of `model` (in f32; a
+/// 16-bit weight is rounded back to its type).
 ///
 /// # Errors
 ///
@@ -346,7 +347,9 @@ pub async fn apply(
     let density_before = density(&read(w.clone()).await?);
     let u = Tensor::<2>::from_data(TensorData::new(fit.u.clone(), [config.d_ff, 1]), &device);
     let r = Tensor::<2>::from_data(TensorData::new(r, [1, config.d_model]), &device);
-    let updated = w + u.matmul(r) * fit.settings.alpha;
+    // Computed in f32; a 16-bit weight is rounded back to its type (and measured so).
+    let dtype = w.dtype();
+    let updated = (w.cast(FloatDType::F32) + u.matmul(r) * fit.settings.alpha).cast(dtype);
     let density_after = density(&read(updated.clone()).await?);
     down.weight = Param::from_tensor(updated);
     Ok((

@@ -3,7 +3,7 @@
 //! can write the direction and no hook is needed at run time.
 
 use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
@@ -24,16 +24,20 @@ pub fn edited_weights(config: &ModelConfig) -> Vec<WeightName> {
     names
 }
 
-/// `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream (`[rows, d_model]`).
+/// `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream (`[rows, d_model]`),
+/// computed in f32 and stored back in the matrix's type (a 16-bit matrix is rounded to it).
 fn remove_rows(w: Tensor<2>, unit: &Tensor<1>) -> Tensor<2> {
     let [d] = unit.dims();
+    let dtype = w.dtype();
+    let w = w.cast(FloatDType::F32);
     let along = w.clone().matmul(unit.clone().reshape([d, 1])); // [rows, 1]
-    w - along.matmul(unit.clone().reshape([1, d]))
+    (w - along.matmul(unit.clone().reshape([1, d]))).cast(dtype)
 }
 
 /// Orthogonalizes `model` against `direction` (any non-zero vector, normalised here): the
 /// token embedding, every attention output and MLP down projection (and their biases, if any).
-/// A tied output head is untied first, so the unembedding is left as it was.
+/// A tied output head is untied first, so the unembedding is left as it was. Weights kept in
+/// f16 or bf16 are edited in f32 and rounded back to their type.
 ///
 /// # Errors
 ///
@@ -115,6 +119,32 @@ mod tests {
                     "{a} along r^ of a vector of norm {m}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_bf16_model_is_edited_in_f32_and_stays_bf16() {
+        let device = burn::tensor::Device::flex();
+        let config = ModelConfig::tiny();
+        let model = Llama::random_bf16(&config, 7, &device);
+        let r = direction(config.d_model);
+        let batch = TokenBatch::left_padded(&[vec![1, 5, 9, 2, 7], vec![3, 4]], 0, &device);
+        let mut ablation = DirectionalAblation::new(vector(&r, &device));
+        let hooked = read_f32(model.last_logits(&batch, &mut ablation));
+        let edited = orthogonalize(model, &r).unwrap();
+        for w in [
+            edited.embedding.val(),
+            edited.head.as_ref().expect("untied").val(),
+            edited.blocks[1].attn.o.weight.val(),
+            edited.blocks[1].mlp.down.weight.val(),
+        ] {
+            assert_eq!(w.dtype(), burn::tensor::DType::BF16);
+        }
+        let baked = read_f32(edited.last_logits(&batch, &mut NoHook));
+        // The edited matrices are rounded to bf16 (relative error up to 2^-9 per weight), so
+        // logits of size ~1 move by a few 1e-3: allow 2e-2.
+        for (a, b) in hooked.iter().zip(&baked) {
+            assert!((a - b).abs() <= 2e-2, "{a} vs {b}");
         }
     }
 
