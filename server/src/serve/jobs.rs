@@ -164,6 +164,7 @@ pub struct Job {
     control: RunControl,
     prepared: Mutex<Option<Prepared>>,
     dir: PathBuf,
+    created: Instant,
 }
 
 impl Job {
@@ -187,6 +188,9 @@ pub enum SubmitError {
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// Finished jobs whose full event logs stay in memory.
+const KEEP_FINISHED: usize = 256;
 
 pub struct Jobs {
     store: Arc<Store>,
@@ -272,6 +276,7 @@ impl Jobs {
             request,
             prepared: Mutex::new(Some(prepared)),
             dir,
+            created: Instant::now(),
         });
         let request_json = serde_json::to_value(&job.request).context("encoding a request")?;
         self.store
@@ -315,6 +320,14 @@ impl Jobs {
         true
     }
 
+    /// Cancels every queued and running job (the server is stopping).
+    pub fn cancel_all(&self) {
+        let live: Vec<Arc<Job>> = lock(&self.live).values().cloned().collect();
+        for job in live {
+            self.cancel(&job);
+        }
+    }
+
     fn finish(&self, job: &Job, event: JobEvent) {
         let (state, error, result) = match &event {
             JobEvent::Succeeded { result_id, .. } => ("succeeded", None, Some(result_id.as_str())),
@@ -326,6 +339,24 @@ impl Jobs {
         }
         job.events.push(event);
         let _ = fs::remove_dir_all(&job.dir);
+        self.forget_old_jobs();
+    }
+
+    /// Keeps the event logs of the newest finished jobs only; older ones are answered from
+    /// their records in the database (state, outcome), without their progress events.
+    fn forget_old_jobs(&self) {
+        let mut live = lock(&self.live);
+        let mut finished: Vec<(Instant, String)> = live
+            .values()
+            .filter(|j| matches!(j.state(), "succeeded" | "failed" | "cancelled"))
+            .map(|j| (j.created, j.id.clone()))
+            .collect();
+        if finished.len() > KEEP_FINISHED {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - KEEP_FINISHED] {
+                live.remove(id);
+            }
+        }
     }
 
     fn run(&self, job: &Job) {

@@ -159,17 +159,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.addr))?;
         let addr = listener.local_addr()?;
+        let jobs = state.jobs.clone();
         // The first line on stdout, for scripts and tests that start the server on port 0.
         println!("listening on http://{addr}");
         tracing::info!("Refusal Lens at http://{addr} (API docs at /api/docs)");
         axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown_signal(jobs))
             .await
             .context("serving")
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves at Ctrl-C or SIGTERM, after asking every job to stop (so their event streams end
+/// and the server can close its connections); a second Ctrl-C exits at once.
+async fn shutdown_signal(jobs: std::sync::Arc<Jobs>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -185,5 +188,10 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: cancelling jobs (Ctrl-C again to quit at once)");
+    jobs.cancel_all();
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
 }
