@@ -19,11 +19,13 @@ use sha2::{Digest, Sha256};
 
 use crate::source::{ResolvedModel, safetensors_shards};
 
-/// A model ready to run, with what describes it.
+/// A model ready to run, with what describes it. Cloning is cheap: the weights are shared
+/// tensors, the tokenizer and description are shared.
+#[derive(Clone)]
 pub struct LoadedModel {
     pub llama: Llama,
-    pub text: TextAssets,
-    pub info: ModelInfo,
+    pub text: std::sync::Arc<TextAssets>,
+    pub info: std::sync::Arc<ModelInfo>,
 }
 
 /// What `inspect` shows.
@@ -305,7 +307,11 @@ pub fn open_as(
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    Ok(LoadedModel { llama, text, info })
+    Ok(LoadedModel {
+        llama,
+        text: text.into(),
+        info: info.into(),
+    })
 }
 
 fn describe(checkpoint: &Checkpoint, text: &TextAssets) -> Result<ModelInfo> {

@@ -334,6 +334,30 @@ pub fn safetensors_shards(index: &Path) -> Result<BTreeSet<String>> {
     Ok(shards)
 }
 
+/// Total size and newest modification time of a file, or of a directory's files.
+pub fn size_and_mtime(path: &Path) -> Result<(u64, i64)> {
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let stamp = |m: &fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    };
+    if meta.is_file() {
+        return Ok((meta.len(), stamp(&meta)));
+    }
+    let mut size = 0;
+    let mut newest = stamp(&meta);
+    for entry in fs::read_dir(path)? {
+        let m = entry?.metadata()?;
+        if m.is_file() {
+            size += m.len();
+            newest = newest.max(stamp(&m));
+        }
+    }
+    Ok((size, newest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

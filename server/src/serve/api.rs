@@ -257,7 +257,7 @@ async fn model_dir_file(
     })
     .await?;
     // Weak: size and modification time stand for the bytes.
-    let etag = super::jobs::size_and_mtime(&path)
+    let etag = crate::source::size_and_mtime(&path)
         .ok()
         .map(|(size, mtime)| format!("W/\"{size:x}-{mtime:x}\""));
     Ok(serve_file(path, etag, req).await)

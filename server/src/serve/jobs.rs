@@ -24,7 +24,7 @@ use crate::cli::Command;
 use crate::commands::{aird, compare, compress, directions, eval, generate};
 use crate::open::fingerprint;
 use crate::progress::{RunControl, RunEvent};
-use crate::source::{ModelSource, ResolvedModel};
+use crate::source::{ModelSource, ResolvedModel, size_and_mtime};
 
 /// What a job's event stream carries, in order: `queued`, `started`, any number of `progress`
 /// and `token`, then exactly one of `succeeded`, `failed`, `cancelled`.
@@ -470,30 +470,6 @@ pub fn model_fingerprint(store: &Store, registry: &Registry, entry: &ModelEntry)
     let fp = serde_json::to_value(fingerprint(&resolved, &entry.id)?)?;
     store.remember_fingerprint(&key, size, mtime_ns, &fp)?;
     Ok(fp)
-}
-
-/// Total size and newest modification time of a file, or of a directory's files.
-pub fn size_and_mtime(path: &Path) -> Result<(u64, i64)> {
-    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let stamp = |m: &fs::Metadata| {
-        m.modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-    };
-    if meta.is_file() {
-        return Ok((meta.len(), stamp(&meta)));
-    }
-    let mut size = 0;
-    let mut newest = stamp(&meta);
-    for entry in fs::read_dir(path)? {
-        let m = entry?.metadata()?;
-        if m.is_file() {
-            size += m.len();
-            newest = newest.max(stamp(&m));
-        }
-    }
-    Ok((size, newest))
 }
 
 /// The JSON reports (by file name) and other files a command wrote under `dir`, leaving a

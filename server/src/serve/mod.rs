@@ -149,6 +149,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     let state = args.state()?;
+    crate::model_args::keep_last_model();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
