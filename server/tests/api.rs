@@ -773,3 +773,40 @@ fn the_api_is_documented() {
         .collect();
     assert!(flags.contains(&"n-train") && !flags.contains(&"out"));
 }
+
+#[test]
+fn a_compressed_model_joins_the_models_and_runs() {
+    let data = temp_data("compress");
+    let server = Server::start(data.path(), models_dir(), &[]);
+    let job = submit(
+        &server,
+        &json!({"kind": "compress", "args": {"model": TINY, "method": "rtn", "bits": 8, "n-calib": 4}}),
+    );
+    let events = job_events(&server, &job);
+    let done = final_event(&events);
+    assert_eq!(done["type"], "succeeded", "{done}");
+    assert!(
+        events.iter().any(|e| e["stage"] == "compress"),
+        "per-block progress"
+    );
+    let (_, result) = get(&server.url(&format!(
+        "/api/results/{}",
+        done["result_id"].as_str().unwrap()
+    )));
+    let model_id = result["report"]["model_id"].as_str().unwrap().to_owned();
+    let manifest = &result["report"]["model.manifest.json"];
+    assert_eq!(manifest["recipe"], "rtn:8:128:sym", "{}", result["report"]);
+    let (_, models) = get(&server.url("/api/models"));
+    let derived = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model_id.as_str())
+        .expect("the compressed model is listed");
+    assert_eq!(derived["origin"], "derived");
+    let run = submit(
+        &server,
+        &json!({"kind": "generate", "args": {"model": model_id, "prompt": "Hi", "max-new-tokens": 2}}),
+    );
+    assert_eq!(final_event(&job_events(&server, &run))["type"], "succeeded");
+}
