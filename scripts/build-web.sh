@@ -2,6 +2,7 @@
 # Build the browser crate (web/, package refusal-web) into dist/:
 #   cargo build --release --target wasm32-unknown-unknown -p refusal-web
 #   -> wasm-opt -Oz -> wasm-bindgen --target web -> dist/{index.html,refusal-web.js,refusal-web_bg.wasm}
+# plus the app's ES modules and CSS (web/app/, no build step) -> dist/app/.
 #
 #   scripts/build-web.sh [--no-opt] [--out DIR] [-- EXTRA CARGO ARGS]
 #     --no-opt   skip wasm-opt (saves ~1-4 min; the .wasm is about twice as large)
@@ -93,8 +94,10 @@ log "wasm-bindgen: $(elapsed "$t0")"
 
 # --- 4. assemble dist/
 cp "$ROOT/index.html" "$STAGE/out/index.html"
+cp -r "$ROOT/web/app" "$STAGE/out/app"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.wasm "$OUT"/*.js "$OUT"/index.html
+rm -rf "$OUT"/app
 cp -r "$STAGE/out"/. "$OUT"/
 RAW_SIZE="$(stat -c %s "$RAW")"
 SIZE="$(stat -c %s "$OUT/${OUT_NAME}_bg.wasm")"
@@ -111,7 +114,8 @@ awk -v f="${OUT#"$ROOT"/}/${OUT_NAME}_bg.wasm" -v s="$SIZE" -v g="$GZ" -v r="$RA
 #    the module ("WebAssembly.Table.set(): Argument 1 is invalid for table"). With trunk the
 #    wasm would have to ship unoptimized (28 MB instead of 14 MB; 4.3 MB instead of 3.5 MB gzip)
 #    unless a newer binaryen is installed, which apt does not offer.
-# So this script keeps the plain pipeline: cargo -> wasm-opt -> wasm-bindgen -> copy index.html.
+# So this script keeps the plain pipeline: cargo -> wasm-opt -> wasm-bindgen -> copy index.html
+# and web/app/.
 # index.html imports ./refusal-web.js itself; to move to trunk later, add
 #   <link data-trunk rel="rust" href="web/Cargo.toml" data-bindgen-target="web" data-wasm-opt="z">
 # plus a Trunk.toml with filehash = false (so the file names stay refusal-web*.{js,wasm}),
