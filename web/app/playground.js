@@ -80,7 +80,7 @@ export async function render(root) {
     h('div', { class: 'form-grid' },
       field('Model', model),
       h('div', { class: 'wide' }, field('Prompt', prompt)),
-      field('Direction', direction, 'extract one on the Directions page'),
+      h('div', { class: 'span2' }, field('Direction', direction, 'extract one on the Directions page')),
       field('Direction result id', customDir),
       h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
         variantBoxes.map((b) => h('label', {}, b, { none: 'base', ablate: 'ablated', actadd: 'activation added', orthogonalized: 'orthogonalized' }[b.value]))))),
@@ -111,12 +111,20 @@ export async function render(root) {
   /** Runs a generate job streaming into `columns` (only the columns of `only` when given). */
   const run = async (a, only) => {
     errors.replaceChildren();
+    const variants = only || a.variants || ['none'];
+    const seen = new Map();
     go.disabled = true;
     rerunActadd.disabled = true;
     try {
       job = await Job.submit('generate', a, (e) => {
         panel.event(e);
-        if (e.type === 'token') columns.append(e.variant, e.text);
+        if (e.type === 'token') {
+          columns.append(e.variant, e.text);
+          seen.set(e.variant, (seen.get(e.variant) || 0) + 1);
+          const k = variants.indexOf(e.variant);
+          panel.progress(k * a['max-new-tokens'] + seen.get(e.variant), variants.length * a['max-new-tokens'],
+            `${e.variant} (${k + 1} of ${variants.length}) · ${seen.get(e.variant)} tokens`);
+        }
         if (e.type === 'cancelled') columns.stop('cancelled');
         if (e.type === 'failed') {
           columns.stop('failed');
@@ -162,8 +170,8 @@ export async function render(root) {
     const a = args();
     const variants = a.variants?.length ? a.variants : ['none'];
     if (a.variants && !a.variants.length) delete a.variants;
-    const slider = h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
-      coeffMirror(coeff), rerunActadd);
+    const slider = h('div', {}, h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
+      coeffMirror(coeff)), rerunActadd);
     columns = completionColumns(variants, a.direction ? { coeff: a.coeff, actadd_layer: a.layer } : null,
       { actaddControls: slider });
     out.replaceChildren(columns.el);

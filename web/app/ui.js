@@ -74,6 +74,13 @@ export class JobPanel {
     this.started = performance.now();
   }
 
+  /** Progress the events do not carry (e.g. tokens of a generate job). */
+  progress(done, total, text) {
+    this.bar.max = Math.max(1, total);
+    this.bar.value = Math.min(done, total);
+    this.detail.textContent = text;
+  }
+
   async cancel() {
     if (!this.job) return;
     this.cancelButton.disabled = true;
@@ -105,10 +112,7 @@ export class JobPanel {
         break;
       }
       case 'token':
-        if (this.state.textContent !== 'generating') {
-          this.state.textContent = 'generating';
-          this.detail.textContent = '';
-        }
+        this.state.textContent = 'generating';
         break;
       case 'succeeded':
         this.state.textContent = 'done';
