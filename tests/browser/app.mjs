@@ -12,7 +12,10 @@
 //                        GET /api/results/{id} (every heatmap cell, the selected direction)
 //   5. share-generate    /r/{id} of the completions shows the stored texts; Re-run reproduces
 //                        them (greedy decoding) under a new id
-//   6. phone-dark        the playground on a phone-sized dark page has no horizontal overflow
+//   6. compare           Compressed vs base runs a compare job (with AIRD) on a recipe; the bars
+//                        show the API's rates
+//   7. repair            Repair runs an aird job; before/after bars show the API's rates
+//   8. phone-dark        the playground on a phone-sized dark page has no horizontal overflow
 // Screenshots: target/browser/app-*.png. Ends with `app: N passed, M failed`.
 //
 // Environment:
@@ -291,7 +294,69 @@ async function main() {
       return `${comps.length} completions equal the API's; re-run ${newId} reproduces them`;
     });
 
-    // 6. Phone-sized, dark
+    /** Every bar's value of the `i`-th bar chart on the page, sorted. */
+    const barValues = (i) => page.evaluate((k) => [...document.querySelectorAll('svg.barchart')[k].querySelectorAll('rect.bar[data-value]')]
+      .map((r) => Number(r.dataset.value)).sort((a, b) => a - b), i);
+    const sorted = (xs) => xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+
+    // 6. Compressed vs base, with AIRD
+    await record('compare', async () => {
+      await open(page, `${server.base}/#/compare`);
+      await page.selectOption('#compare-form select[name=base]', MODEL);
+      for (const box of await page.$$('#compare-form input[name=recipe]:checked')) await box.uncheck();
+      await page.fill('#compare-form input[name=compressed-other]', 'rtn:4:32');
+      for (const [name, v] of [['n-train', 4], ['n-val', 2], ['n-eval', 2], ['n-calib', 4], ['max-new-tokens', 8]]) {
+        await page.fill(`#compare-form input[name=${name}]`, String(v));
+      }
+      await page.check('#compare-form input[name=aird]');
+      // The random model has no refusal: let compare's fallback choose a direction.
+      await page.click('#compare-form details.more summary');
+      await page.fill('#compare-form input[name=max-layer-fraction]', '1');
+      await page.fill('#compare-form input[name=fallback-kl-max]', '100');
+      await page.click('#compare-form button[type=submit]');
+      const end = await jobEnd(page);
+      check(end.state === 'succeeded', `the job ended ${end.state}: ${end.text}`);
+      await page.waitForSelector('.compare-result');
+      const id = await page.evaluate(() => document.querySelector('.share-bar')?.dataset.resultId);
+      const c = (await apiGet(server.base, `/api/results/${id}`)).report['compare.json'];
+      const m = c.compressed[0];
+      const asr = sorted([c.base.baseline.asr, m.baseline.asr, m.asr_ablate_own.rate, m.asr_ablate_base.rate, m.aird.asr.rate]);
+      const harmless = sorted([c.base.baseline.harmless_refusal, m.baseline.harmless_refusal, m.harmless_refusal_add_own.rate,
+        m.harmless_refusal_add_base.rate, m.aird.harmless_refusal.rate]);
+      check(JSON.stringify(await barValues(0)) === JSON.stringify(asr), `ASR bars ${await barValues(0)}, API ${asr}`);
+      check(JSON.stringify(await barValues(1)) === JSON.stringify(harmless), `harmless bars ${await barValues(1)}, API ${harmless}`);
+      const lines = await page.evaluate(() => document.querySelectorAll('.compare-result svg.lineplot path.series').length);
+      check(lines === 1, `${lines} cosine lines, expected 1`);
+      await shot(page, 'compare');
+      return `result ${id}: ${asr.length} ASR and ${harmless.length} refusal bars equal the API's`;
+    });
+
+    // 7. Repair (AIRD)
+    await record('repair', async () => {
+      await open(page, `${server.base}/#/repair`);
+      await page.selectOption('#aird-form select[name=base]', MODEL);
+      await page.fill('#aird-form input[name=compressed-other]', 'rtn:4:32');
+      await page.selectOption('#aird-form select[name=direction]', directionsId);
+      for (const [name, v] of [['n-train', 4], ['n-val', 2], ['n-eval', 2], ['n-calib', 4], ['max-new-tokens', 8]]) {
+        await page.fill(`#aird-form input[name=${name}]`, String(v));
+      }
+      await page.click('#aird-form button[type=submit]');
+      const end = await jobEnd(page);
+      check(end.state === 'succeeded', `the job ended ${end.state}: ${end.text}`);
+      await page.waitForSelector('.aird-result');
+      const id = await page.evaluate(() => document.querySelector('.share-bar')?.dataset.resultId);
+      const rep = (await apiGet(server.base, `/api/results/${id}`)).report;
+      const a = rep[Object.keys(rep).find((k) => k.endsWith('aird.json'))];
+      const asr = sorted(a.variants.map((v) => v.asr.rate));
+      const harmless = sorted(a.variants.map((v) => v.harmless_refusal.rate));
+      check(asr.length >= 3, `${asr.length} variants`);
+      check(JSON.stringify(await barValues(0)) === JSON.stringify(asr), `ASR bars ${await barValues(0)}, API ${asr}`);
+      check(JSON.stringify(await barValues(1)) === JSON.stringify(harmless), `harmless bars ${await barValues(1)}, API ${harmless}`);
+      await shot(page, 'repair');
+      return `result ${id}: ${a.variants.map((v) => v.name).join(', ')}`;
+    });
+
+    // 8. Phone-sized, dark
     await record('phone-dark', async () => {
       const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: 'dark', deviceScaleFactor: 2 });
       const p = await phone.newPage();

@@ -83,8 +83,8 @@ export function directionsResult(result) {
   }));
   out.append(h('h2', {}, 'Per layer'),
     h('div', { class: 'plots' },
-      linePlot({ title: 'Separation of harmful and harmless', series: seriesOf('separation'), xLabel: 'layer', yLabel: 'separation (pooled SD)', markX: chosen?.layer, caption: 'Difference of the mean projections on r over their pooled standard deviation (validation prompts). Dashed line: selected layer.' }),
-      linePlot({ title: 'Norm of the candidate direction', series: seriesOf('norm'), xLabel: 'layer', yLabel: '|r| (residual-stream units)', markX: chosen?.layer, caption: '|r| = |mean harmful − mean harmless activation| at the layer’s input.' })));
+      linePlot({ title: 'Separation of harmful and harmless', series: seriesOf('separation'), xLabel: 'layer', yLabel: 'separation (pooled SD)', markX: chosen?.layer, xDomain: [0, s.n_layers - 1], caption: 'Difference of the mean projections on r over their pooled standard deviation (validation prompts). Dashed line: selected layer.' }),
+      linePlot({ title: 'Norm of the candidate direction', series: seriesOf('norm'), xLabel: 'layer', yLabel: '|r| (residual-stream units)', markX: chosen?.layer, xDomain: [0, s.n_layers - 1], caption: '|r| = |mean harmful − mean harmless activation| at the layer’s input.' })));
 
   // --- the table of candidates, collapsed
   out.append(h('details', { class: 'more' }, h('summary', {}, `All ${cands.length} candidates as a table`),

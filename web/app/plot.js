@@ -157,16 +157,17 @@ export function heatmap({ title, cols, rows, cells, selected, xLabel, yLabel, un
 }
 
 /** A line plot; series: [{name, points: [[x, y], ...], dashed}]. */
-export function linePlot({ title, series, xLabel, yLabel, caption, integerX = true, markX }) {
+export function linePlot({ title, series, xLabel, yLabel, caption, integerX = true, markX, xDomain, yDomain }) {
   const W = 640;
   const H = 280;
   const m = { l: 58, r: 16, t: 30, b: 62 };
   const all = series.flatMap((se) => se.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
-  const [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
+  const [x0, x1] = xDomain || (xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1]);
   let [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
-  if (y0 > 0 && y0 < (y1 - y0) * 0.5) y0 = 0; // start at 0 when that costs little
+  if (yDomain) [y0, y1] = [Math.min(yDomain[0], y0), Math.max(yDomain[1], y1)];
+  else if (y0 > 0 && y0 < (y1 - y0) * 0.5) y0 = 0; // start at 0 when that costs little
   const yt = ticks(y0, y1, 5);
   y0 = Math.min(y0, yt[0] ?? y0);
   y1 = Math.max(y1, yt[yt.length - 1] ?? y1);
@@ -228,8 +229,11 @@ export function linePlot({ title, series, xLabel, yLabel, caption, integerX = tr
 export function barChart({ title, groups, yLabel, caption, max, percent }) {
   const names = [...new Set(groups.flatMap((g) => g.bars.map((b) => b.name)))];
   const W = 640;
-  const H = 280;
-  const m = { l: 58, r: 16, t: 30, b: 62 };
+  const gwGuess = (W - 74) / Math.max(1, groups.length);
+  const labelLines = groups.map((g) => wrap(g.label, Math.max(6, Math.floor(gwGuess / 6))));
+  const nLines = Math.max(1, ...labelLines.map((l) => l.length));
+  const m = { l: 58, r: 16, t: 42, b: 30 + nLines * 12 + (names.length > 1 ? 22 : 0) };
+  const H = 220 + m.t + m.b;
   const vals = groups.flatMap((g) => g.bars.map((b) => b.value)).filter(Number.isFinite);
   const y0 = Math.min(0, ...vals);
   let y1 = max ?? Math.max(0, ...vals);
@@ -257,11 +261,12 @@ export function barChart({ title, groups, yLabel, caption, max, percent }) {
       }
       const y = py(Math.max(0, b.value));
       const h = Math.abs(py(b.value) - py(0));
-      svg.append(s('rect', { x: x + 1, y, width: bw - 2, height: Math.max(0.5, h), class: `bar s${k % 6}` },
+      svg.append(s('rect', { x: x + 1, y, width: bw - 2, height: Math.max(0.5, h), class: `bar s${k % 6}`, 'data-value': b.value },
         s('title', {}, `${g.label}, ${b.name}: ${label(b.value)}`)));
       svg.append(s('text', { x: x + bw / 2, y: y - 4, class: 'tick bar-value', 'text-anchor': 'middle' }, label(b.value)));
     });
-    svg.append(s('text', { x: m.l + i * gw + gw / 2, y: H - m.b + 16, class: 'tick', 'text-anchor': 'middle' }, g.label));
+    svg.append(s('text', { x: m.l + i * gw + gw / 2, y: H - m.b + 16, class: 'tick', 'text-anchor': 'middle' },
+      labelLines[i].map((line, k) => s('tspan', { x: m.l + i * gw + gw / 2, dy: k ? 12 : 0 }, line))));
   });
   svg.append(s('line', { x1: m.l, x2: W - m.r, y1: py(0), y2: py(0), class: 'axis' }));
   svg.append(s('line', { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b, class: 'axis' }));
@@ -270,10 +275,21 @@ export function barChart({ title, groups, yLabel, caption, max, percent }) {
     transform: `rotate(-90 14 ${(m.t + H - m.b) / 2})`,
   }, yLabel));
   let lx = m.l;
-  for (const [k, n] of names.entries()) {
+  for (const [k, n] of (names.length > 1 ? names : []).entries()) {
     svg.append(s('rect', { x: lx, y: H - 18, width: 12, height: 12, class: `bar s${k % 6}` }));
     svg.append(s('text', { x: lx + 16, y: H - 8, class: 'tick' }, n));
     lx += 30 + n.length * 6.5;
   }
   return figure(svg, caption);
+}
+
+/** Words of `text` in lines of at most about `width` characters. */
+function wrap(text, width) {
+  const lines = [];
+  for (const word of String(text).split(/\s+/)) {
+    const last = lines[lines.length - 1];
+    if (last !== undefined && (last + ' ' + word).length <= width) lines[lines.length - 1] = `${last} ${word}`;
+    else lines.push(word);
+  }
+  return lines;
 }
