@@ -23,6 +23,13 @@ export async function render(root, { kind }) {
   const multi = kind === 'compare';
   const boxes = RECIPES.map((r, i) => h('input', { type: multi ? 'checkbox' : 'radio', name: 'recipe', value: r, checked: i === (multi ? 1 : 4) }));
   const other = h('input', { name: 'compressed-other', placeholder: 'other recipe or model id' });
+  if (!multi) {
+    // one compressed model: the text field and the recipe buttons exclude each other
+    other.addEventListener('input', () => {
+      if (other.value.trim()) for (const b of boxes) b.checked = false;
+    });
+    for (const b of boxes) b.addEventListener('change', () => { other.value = ''; });
+  }
   const num = (name, value) => h('input', { name, type: 'number', min: 1, value: value ?? def(name) });
   const nTrain = num('n-train');
   const nVal = num('n-val');

@@ -57,7 +57,12 @@ export async function render(root) {
     try {
       job = await Job.submit('directions', args, (e) => {
         panel.event(e);
-        if (e.type === 'failed') errors.replaceChildren(message(e.error));
+        if (e.type === 'failed') {
+          errors.replaceChildren(message(e.error));
+          if (/--select/.test(e.error)) {
+            errors.append(message('No candidate passed the filters, so nothing was stored. Enter a layer and position under “Choose the direction” (for example the last position of a middle layer) and run it again.', 'info'));
+          }
+        }
       });
       panel.attach(job);
       const end = await job.done;

@@ -57,14 +57,19 @@ export async function render(root) {
   const layer = h('input', { name: 'layer', type: 'number', min: 0, placeholder: 'direction’s' });
 
   const dirId = () => (customDir.value.trim() || direction.value || '');
+  const dirNote = h('span', { class: 'hint dir-note' });
   const syncDirection = () => {
     const has = !!dirId();
+    const known = knownDirections().find((d) => d.id === dirId());
+    dirNote.textContent = known && known.model !== model.value
+      ? `This direction was extracted from ${known.model}; it only fits that model.` : '';
     for (const b of variantBoxes) b.disabled = !has || b.value === 'none';
     coeff.disabled = !has;
     layer.disabled = !has;
     if (direction.value) setCurrentDirection(direction.value);
   };
   direction.addEventListener('change', syncDirection);
+  model.addEventListener('change', syncDirection);
   customDir.addEventListener('input', syncDirection);
   syncDirection();
 
@@ -82,6 +87,7 @@ export async function render(root) {
       h('div', { class: 'wide' }, field('Prompt', prompt)),
       h('div', { class: 'span2' }, field('Direction', direction, 'extract one on the Directions page')),
       field('Direction result id', customDir),
+      h('div', { class: 'wide' }, dirNote),
       h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
         variantBoxes.map((b) => h('label', {}, b, { none: 'base', ablate: 'ablated', actadd: 'activation added', orthogonalized: 'orthogonalized' }[b.value]))))),
       field('Activation-addition coefficient', h('div', { class: 'slider-row' }, coeff, coeffOut)),
