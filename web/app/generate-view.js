@@ -17,9 +17,11 @@ function about(variant, dir) {
   switch (variant) {
     case 'none': return 'the model as it is';
     case 'ablate': return 'direction projected out of the residual stream at every layer';
-    case 'actadd': return dir
-      ? `x ← x + ${fmt(dir.coeff)}·r at layer ${dir.actadd_layer ?? dir.layer}`
-      : 'x ← x + c·r at the direction’s layer';
+    case 'actadd': {
+      const layer = dir?.actadd_layer ?? dir?.layer;
+      const at = layer === undefined || layer === null ? 'at the direction’s layer' : `at layer ${layer}`;
+      return dir ? `x ← x + ${fmt(dir.coeff)}·r ${at}` : `x ← x + c·r ${at}`;
+    }
     case 'orthogonalized': return 'weights edited so no layer writes along r';
     default: return '';
   }
@@ -58,7 +60,10 @@ export function completionColumns(variants, dir, { actaddControls } = {}) {
         c.col.dataset.state = 'streaming';
         c.foot.replaceChildren(h('span', { class: 'hint' }, 'generating…'));
       }
+      // follow the text while the reader is at the bottom of the column
+      const atEnd = c.text.scrollHeight - c.text.scrollTop - c.text.clientHeight < 24;
       c.text.textContent += piece;
+      if (atEnd) c.text.scrollTop = c.text.scrollHeight;
     },
     /** Reset one column before it is generated again. */
     reset(variant, newDir) {

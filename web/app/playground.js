@@ -162,7 +162,7 @@ export async function render(root) {
     onclick: () => {
       if (!columns?.column('actadd')) return;
       const a = args(['actadd']);
-      columns.reset('actadd', { coeff: a.coeff, layer: a.layer ?? '?', actadd_layer: a.layer });
+      columns.reset('actadd', { coeff: a.coeff, actadd_layer: a.layer ?? knownDirections().find((d) => d.id === a.direction)?.layer });
       run(a, ['actadd']);
     },
   }, 'Re-run with this coefficient');
@@ -178,7 +178,8 @@ export async function render(root) {
     if (a.variants && !a.variants.length) delete a.variants;
     const slider = h('div', {}, h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
       coeffMirror(coeff)), rerunActadd);
-    columns = completionColumns(variants, a.direction ? { coeff: a.coeff, actadd_layer: a.layer } : null,
+    const dirLayer = knownDirections().find((d) => d.id === a.direction)?.layer;
+    columns = completionColumns(variants, a.direction ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
       { actaddControls: slider });
     out.replaceChildren(columns.el);
     share.replaceChildren();
