@@ -4,11 +4,11 @@
 # then the web app against a real `refusal-lens serve` with a tiny random model (app.mjs).
 #
 #   scripts/test-browser.sh [--no-build] [--no-native] [--no-opt] [--no-app] [--app-only]
-#     --no-build   use the dist/ already there (skip scripts/build-web.sh)
+#     --no-build   use the wasm already in dist/ (only copy index.html and web/app/ there)
 #     --no-native  skip the native reference (compare WebGPU against CPU only)
 #     --no-opt     build without wasm-opt (passed to build-web.sh)
 #     --no-app     skip the app test (tests/browser/app.mjs)
-#     --app-only   run only the app test (with --no-build: just copy index.html and web/app)
+#     --app-only   run only the app test
 #   APP_BIN, APP_MODELS_DIR: the server binary and models folder for the app test (see below)
 #
 # Exit status 0 only if every browser check passed; the last lines of output are
@@ -41,12 +41,9 @@ fi
 
 if [ "$BUILD" = 1 ]; then
     "$ROOT/scripts/build-web.sh" "${BUILD_ARGS[@]}"
-elif [ "$SMOKE" = 0 ]; then
+else
     # The app's files need no build: refresh them in dist/ (the wasm stays as it was).
-    mkdir -p "$ROOT/dist"
-    cp "$ROOT/index.html" "$ROOT/dist/index.html"
-    rm -rf "$ROOT/dist/app"
-    cp -r "$ROOT/web/app" "$ROOT/dist/app"
+    "$ROOT/scripts/build-web.sh" --app-only
 fi
 
 STATUS=0
