@@ -15,7 +15,9 @@
 //   6. compare           Compressed vs base runs a compare job (with AIRD) on a recipe; the bars
 //                        show the API's rates
 //   7. repair            Repair runs an aird job; before/after bars show the API's rates
-//   8. phone-dark        the playground on a phone-sized dark page has no horizontal overflow
+//   8. learn             the walk-through shows a content warning before the harmful example,
+//                        then base and ablated completions of it
+//   9. phone-dark        the playground on a phone-sized dark page has no horizontal overflow
 // Screenshots: target/browser/app-*.png. Ends with `app: N passed, M failed`.
 //
 // Environment:
@@ -356,7 +358,23 @@ async function main() {
       return `result ${id}: ${a.variants.map((v) => v.name).join(', ')}`;
     });
 
-    // 8. Phone-sized, dark
+    // 8. Learn: the content warning comes first
+    await record('learn', async () => {
+      await open(page, `${server.base}/#/learn`);
+      check(await page.$('.content-warning'), 'no content warning before the harmful example');
+      check(!(await page.$('.learn-step textarea')), 'the harmful example is shown before the warning was accepted');
+      await page.click('.content-warning button');
+      await page.waitForSelector('.learn-step textarea');
+      await page.click('.learn-step .actions button');
+      const end = await jobEnd(page);
+      check(end.state === 'succeeded', `the job ended ${end.state}: ${end.text}`);
+      const cols = await page.evaluate(() => [...document.querySelectorAll('.column[data-state=done]')].map((c) => c.dataset.variant));
+      check(cols.join() === 'none,ablate', `columns ${cols}`);
+      await shot(page, 'learn');
+      return 'warning, then base and ablated';
+    });
+
+    // 9. Phone-sized, dark
     await record('phone-dark', async () => {
       const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: 'dark', deviceScaleFactor: 2 });
       const p = await phone.newPage();

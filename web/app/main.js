@@ -3,6 +3,7 @@
 //   #/playground       one prompt, completions side by side (playground.js)
 //   #/directions       extract a refusal direction (directions.js)
 //   #/compare, #/repair  compressed vs base, AIRD repair (compare.js)
+//   #/learn            a guided walk-through (learn.js)
 
 import { h, message } from './ui.js';
 
@@ -11,6 +12,7 @@ const PAGES = [
   { hash: '#/directions', label: 'Directions', load: () => import('./directions.js') },
   { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare' },
   { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird' },
+  { hash: '#/learn', label: 'Learn', load: () => import('./learn.js') },
 ];
 
 // ------------------------------------------------------------------ theme
