@@ -94,8 +94,8 @@ export function heatmap({ title, cols, rows, cells, selected, xLabel, yLabel, un
   const id = `hatch${++uid}`;
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title, class: 'heatmap' },
     s('defs', {},
-      s('pattern', { id, width: 5, height: 5, patternUnits: 'userSpaceOnUse', patternTransform: 'rotate(45)' },
-        s('line', { x1: 0, y1: 0, x2: 0, y2: 5, class: 'hatch' }))),
+      s('pattern', { id, width: 6, height: 6, patternUnits: 'userSpaceOnUse', patternTransform: 'rotate(45)' },
+        s('line', { x1: 0, y1: 0, x2: 0, y2: 6, class: 'hatch' }))),
     s('text', { x: m.l, y: 18, class: 'plot-title' }, title));
   const colX = (i) => m.l + i * cw;
   const rowY = (j) => m.t + j * ch;
@@ -104,13 +104,16 @@ export function heatmap({ title, cols, rows, cells, selected, xLabel, yLabel, un
     const j = rows.indexOf(c.row);
     if (i < 0 || j < 0) continue;
     const ok = Number.isFinite(c.value);
+    // the selected cell shows its colour plainly (its outline says what it is)
+    const isSelected = selected && selected.col === c.col && selected.row === c.row;
+    const hatched = c.dropped?.length && !isSelected;
     const g = s('g', { class: 'cell' + (c.dropped?.length ? ' dropped' : '') },
       s('rect', {
         x: colX(i), y: rowY(j), width: cw, height: ch,
         fill: ok ? colour((c.value - lo) / span) : 'var(--nan)',
         'data-layer': c.col, 'data-position': c.row, 'data-value': ok ? c.value : 'nan',
       }),
-      c.dropped?.length ? s('rect', { x: colX(i), y: rowY(j), width: cw, height: ch, fill: `url(#${id})`, class: 'hatched' }) : null,
+      hatched ? s('rect', { x: colX(i), y: rowY(j), width: cw, height: ch, fill: `url(#${id})`, class: 'hatched' }) : null,
       s('title', {}, c.title || `${xLabel} ${c.col}, ${yLabel} ${c.row}: ${fmt(c.value)}`));
     svg.append(g);
   }
@@ -126,7 +129,7 @@ export function heatmap({ title, cols, rows, cells, selected, xLabel, yLabel, un
   // x axis: every layer when they fit, else every 2nd / 5th
   const every = cw >= 16 ? 1 : cw >= 8 ? 2 : 5;
   cols.forEach((c, i) => {
-    if (i % every && i !== cols.length - 1) return;
+    if (i % every) return;
     svg.append(s('text', { x: colX(i) + cw / 2, y: m.t + ch * rows.length + 14, class: 'tick', 'text-anchor': 'middle' }, c));
   });
   rows.forEach((r, j) => {
@@ -145,14 +148,20 @@ export function heatmap({ title, cols, rows, cells, selected, xLabel, yLabel, un
   for (let k = 0; k <= 10; k++) grad.append(s('stop', { offset: k / 10, 'stop-color': colour(k / 10) }));
   svg.querySelector('defs').append(grad);
   svg.append(s('rect', { x: lx, y: m.t, width: 12, height: lh, fill: `url(#${gid})`, class: 'legend-bar' }));
+  // the scale's ends (the data's min and max), then round ticks that do not crowd them
+  const marks = values.length ? [[lo, fmt(lo)], [hi, fmt(hi)]] : [];
   for (const t of ticks(lo, hi, 4)) {
     if (t < lo - 1e-12 || t > hi + 1e-12) continue;
+    if (marks.some(([v]) => Math.abs(v - t) / span * lh < 12)) continue;
+    marks.push([t, fmt(t)]);
+  }
+  for (const [t, label] of marks) {
     const y = m.t + lh - ((t - lo) / span) * lh;
     svg.append(s('line', { x1: lx + 12, x2: lx + 16, y1: y, y2: y, class: 'axis' }));
-    svg.append(s('text', { x: lx + 19, y: y + 4, class: 'tick' }, fmt(t)));
+    svg.append(s('text', { x: lx + 19, y: y + 4, class: 'tick' }, label));
   }
-  svg.append(s('text', { x: lx, y: m.t + lh + 16, class: 'tick muted' }, unit || ''));
-  if (better) svg.append(s('text', { x: lx, y: m.t + lh + 30, class: 'tick muted' }, `${better} is better`));
+  svg.append(s('text', { x: lx, y: m.t + lh + 22, class: 'tick muted' }, unit || ''));
+  if (better) svg.append(s('text', { x: lx, y: m.t + lh + 35, class: 'tick muted' }, `${better} is better`));
   return figure(svg, caption, 'heatmap-fig');
 }
 
