@@ -6,7 +6,8 @@
 //   1. directions        the Directions page runs a job end to end: progress, three heatmaps
 //                        with the selected cell marked, per-layer plots, download links
 //   2. playground        the chosen direction is the playground's; a generate job streams
-//                        tokens into 4 columns (base, ablated, activation added, orthogonalized)
+//                        tokens into 4 columns (base, ablated, activation added, orthogonalized);
+//                        the coefficient slider re-runs the activation-added column alone
 //   3. cancel            Cancel on a long generate job ends it as cancelled
 //   4. share-directions  /r/{id} of the directions result shows exactly the numbers of
 //                        GET /api/results/{id} (every heatmap cell, the selected direction)
@@ -224,7 +225,28 @@ async function main() {
         check(shown && shown.text === c.completion, `column ${c.variant} differs from the stored completion`);
       }
       await shot(page, 'playground');
-      return `4 columns, ${streamed} streamed updates, result ${generateId}`;
+      // The activation-added column again, with another coefficient: only that column changes.
+      const others = cols.filter((c) => c.variant !== 'actadd').map((c) => c.text).join('\u0000');
+      await page.evaluate(() => {
+        const slider = document.querySelector('.column[data-variant=actadd] .controls input[type=range]');
+        slider.value = '3';
+        slider.dispatchEvent(new Event('input'));
+      });
+      await page.click('.column[data-variant=actadd] .controls button');
+      await page.waitForFunction((old) => {
+        const id = document.querySelector('.share-bar')?.dataset.resultId;
+        return id && id !== old && document.querySelector('.column[data-variant=actadd]').dataset.state === 'done';
+      }, generateId, { timeout: JOB_TIMEOUT_MS });
+      const againId = await page.evaluate(() => document.querySelector('.share-bar').dataset.resultId);
+      const again = await apiGet(server.base, `/api/results/${againId}`);
+      check(again.request.args.coeff === 3 && again.request.args.variants.join() === 'actadd',
+        `the re-run asked for ${JSON.stringify(again.request.args)}`);
+      const actadd = await page.textContent('.column[data-variant=actadd] pre');
+      check(actadd === again.report['generate.json'].completions[0].completion, 'the actadd column is not the re-run\'s completion');
+      const after = await page.evaluate(() => [...document.querySelectorAll('.column')].filter((c) => c.dataset.variant !== 'actadd')
+        .map((c) => c.querySelector('pre').textContent).join('\u0000'));
+      check(after === others, 'the other columns changed');
+      return `4 columns, ${streamed} streamed updates, result ${generateId}; actadd at coeff 3: ${againId}`;
     });
 
     // 3. Cancel a long job
@@ -388,6 +410,12 @@ async function main() {
         log(`  screenshot ${path.relative(ROOT, path.join(SHOTS, 'app-phone-dark.png'))}`);
         check(m.overflow <= 1, `the page is ${m.overflow}px wider than the phone`);
         check(m.bg !== 'rgb(247, 248, 250)', 'prefers-color-scheme: dark did not darken the page');
+        // the toggle overrides the system's choice: auto -> light
+        await p.click('#theme');
+        const light = await p.evaluate(() => [document.documentElement.dataset.theme, getComputedStyle(document.body).backgroundColor]);
+        check(light[0] === 'light' && light[1] === 'rgb(247, 248, 250)', `after the toggle: ${light}`);
+        await p.click('#theme'); // -> dark
+        await p.click('#theme'); // -> auto (as the system says: dark)
         await open(p, `${server.base}/r/${directionsId}`);
         const o2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
         await p.screenshot({ path: path.join(SHOTS, 'app-phone-dark-directions.png'), fullPage: true });
