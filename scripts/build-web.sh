@@ -2,10 +2,12 @@
 # Build the browser crate (web/, package refusal-web) into dist/:
 #   cargo build --release --target wasm32-unknown-unknown -p refusal-web
 #   -> wasm-opt -Oz -> wasm-bindgen --target web -> dist/{index.html,refusal-web.js,refusal-web_bg.wasm}
+# plus the app's ES modules and CSS (web/app/, no build step) -> dist/app/.
 #
-#   scripts/build-web.sh [--no-opt] [--out DIR] [-- EXTRA CARGO ARGS]
-#     --no-opt   skip wasm-opt (saves ~1-4 min; the .wasm is about twice as large)
-#     --out DIR  output folder (default: dist/ in the repository root)
+#   scripts/build-web.sh [--no-opt] [--app-only] [--out DIR] [-- EXTRA CARGO ARGS]
+#     --no-opt    skip wasm-opt (saves ~1-4 min; the .wasm is about twice as large)
+#     --app-only  only copy index.html and web/app/ (the wasm already in DIR stays)
+#     --out DIR   output folder (default: dist/ in the repository root)
 #
 # The toolchain and its environment come from scripts/wasm-env.sh: rustup's toolchain when it
 # has the wasm32 target, otherwise Debian's rustc-web with -Zbuild-std (TOOLCHAIN.md).
@@ -19,18 +21,33 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/dist"
 OPT=1
+APP_ONLY=0
 CARGO_EXTRA=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --no-opt) OPT=0 ;;
+        --app-only) APP_ONLY=1 ;;
         --out) OUT="$2"; shift ;;
         --) shift; CARGO_EXTRA=("$@"); break ;;
-        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "build-web: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+
+# The app's pages are plain files: copying them is the whole build.
+copy_app() { # DIR
+    cp "$ROOT/index.html" "$1/index.html"
+    rm -rf "$1/app"
+    cp -r "$ROOT/web/app" "$1/app"
+}
+if [ "$APP_ONLY" = 1 ]; then
+    mkdir -p "$OUT"
+    copy_app "$OUT"
+    echo "build-web: copied index.html and web/app/ into $OUT" >&2
+    exit 0
+fi
 
 CRATE=refusal-web
 WASM_FILE=refusal_web.wasm   # cargo's cdylib output name
@@ -92,9 +109,10 @@ mkdir "$STAGE/out"
 log "wasm-bindgen: $(elapsed "$t0")"
 
 # --- 4. assemble dist/
-cp "$ROOT/index.html" "$STAGE/out/index.html"
+copy_app "$STAGE/out"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.wasm "$OUT"/*.js "$OUT"/index.html
+rm -rf "$OUT"/app
 cp -r "$STAGE/out"/. "$OUT"/
 RAW_SIZE="$(stat -c %s "$RAW")"
 SIZE="$(stat -c %s "$OUT/${OUT_NAME}_bg.wasm")"
@@ -111,7 +129,8 @@ awk -v f="${OUT#"$ROOT"/}/${OUT_NAME}_bg.wasm" -v s="$SIZE" -v g="$GZ" -v r="$RA
 #    the module ("WebAssembly.Table.set(): Argument 1 is invalid for table"). With trunk the
 #    wasm would have to ship unoptimized (28 MB instead of 14 MB; 4.3 MB instead of 3.5 MB gzip)
 #    unless a newer binaryen is installed, which apt does not offer.
-# So this script keeps the plain pipeline: cargo -> wasm-opt -> wasm-bindgen -> copy index.html.
+# So this script keeps the plain pipeline: cargo -> wasm-opt -> wasm-bindgen -> copy index.html
+# and web/app/.
 # index.html imports ./refusal-web.js itself; to move to trunk later, add
 #   <link data-trunk rel="rust" href="web/Cargo.toml" data-bindgen-target="web" data-wasm-opt="z">
 # plus a Trunk.toml with filehash = false (so the file names stay refusal-web*.{js,wasm}),

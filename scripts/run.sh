@@ -19,11 +19,14 @@ if [ "$#" -gt 0 ]; then
     exec "$BIN" "$@"
 fi
 
-# The web app is rebuilt only when something it is built from is newer than the bundle.
+# The wasm is rebuilt only when something it is built from is newer than the bundle; the app's
+# pages (index.html, web/app/) need no build and are always copied.
 WASM="$ROOT/dist/refusal-web_bg.wasm"
-if [ ! -f "$WASM" ] || [ -n "$(cd "$ROOT" && find web shared/src shared/prompts index.html \
+if [ ! -f "$WASM" ] || [ -n "$(cd "$ROOT" && find web/src web/Cargo.toml shared/src shared/prompts \
         Cargo.lock -newer "$WASM" -print -quit)" ]; then
     "$ROOT/scripts/build-web.sh"
+else
+    "$ROOT/scripts/build-web.sh" --app-only
 fi
 exec "$BIN" serve --addr "${ADDR:-127.0.0.1:8080}" --web-dir "$ROOT/dist" \
     ${MODELS_DIR:+--models-dir "$MODELS_DIR"}

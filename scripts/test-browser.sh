@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# Browser end-to-end smoke test: build the web crate, compute the native reference logits,
-# then drive headless Chromium (WebGPU via SwiftShader, and a CPU-only browser).
+# Browser end-to-end tests: build the web crate, compute the native reference logits, drive
+# headless Chromium (WebGPU via SwiftShader, and a CPU-only browser) through the smoke test,
+# then the web app against a real `refusal-lens serve` with a tiny random model (app.mjs).
 #
-#   scripts/test-browser.sh [--no-build] [--no-native] [--no-opt]
-#     --no-build   use the dist/ already there (skip scripts/build-web.sh)
+#   scripts/test-browser.sh [--no-build] [--no-native] [--no-opt] [--no-app] [--app-only]
+#     --no-build   use the wasm already in dist/ (only copy index.html and web/app/ there)
 #     --no-native  skip the native reference (compare WebGPU against CPU only)
 #     --no-opt     build without wasm-opt (passed to build-web.sh)
+#     --no-app     skip the app test (tests/browser/app.mjs)
+#     --app-only   run only the app test
+#   APP_BIN, APP_MODELS_DIR: the server binary and models folder for the app test (see below)
 #
-# Exit status 0 only if every browser check passed; the last line of output is
-# `browser: N passed, M failed`. Screenshots: target/browser/. Prerequisites: scripts/setup.sh.
+# Exit status 0 only if every browser check passed; the last lines of output are
+# `browser: N passed, M failed` and `app: N passed, M failed`. Screenshots: target/browser/.
+# Prerequisites: scripts/setup.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD=1
 NATIVE=1
+APP=1
+SMOKE=1
 BUILD_ARGS=()
 for arg in "$@"; do
     case "$arg" in
         --no-build) BUILD=0 ;;
         --no-native) NATIVE=0 ;;
         --no-opt) BUILD_ARGS+=(--no-opt) ;;
-        -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+        --no-app) APP=0 ;;
+        --app-only) SMOKE=0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "test-browser: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -32,10 +41,16 @@ fi
 
 if [ "$BUILD" = 1 ]; then
     "$ROOT/scripts/build-web.sh" "${BUILD_ARGS[@]}"
+else
+    # The app's files need no build: refresh them in dist/ (the wasm stays as it was).
+    "$ROOT/scripts/build-web.sh" --app-only
 fi
 
+STATUS=0
 EXPECTED="$ROOT/target/smoke-expected.json"
-if [ "$NATIVE" = 1 ]; then
+if [ "$SMOKE" = 0 ]; then
+    :
+elif [ "$NATIVE" = 1 ]; then
     # The native engine's logits for the same smoke model (host toolchain, the workspace's
     # own target dir, so it shares the native build cache).
     rm -f "$EXPECTED"
@@ -45,4 +60,28 @@ else
     export SMOKE_EXPECTED="$ROOT/target/smoke-expected.skipped.json" # never written: no native comparison
 fi
 
-exec node "$ROOT/tests/browser/smoke.mjs"
+if [ "$SMOKE" = 1 ]; then
+    node "$ROOT/tests/browser/smoke.mjs" || STATUS=1
+fi
+
+if [ "$APP" = 1 ]; then
+    # The server: APP_BIN, else the debug build (the workspace's target dir). The model: a tiny
+    # random Llama as a Hugging Face directory in APP_MODELS_DIR, else the one the API tests
+    # wrote (cargo test -p refusal-lens --test api), else written now by
+    # server/examples/tiny-model.rs (the same model; needs SmolLM2-135M in the model cache).
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/refusal-lens/target}"
+    if [ -z "${APP_BIN:-}" ]; then
+        (cd "$ROOT" && nice -n 19 cargo build --quiet -p refusal-lens)
+        APP_BIN="$CARGO_TARGET_DIR/debug/refusal-lens"
+    fi
+    if [ -z "${APP_MODELS_DIR:-}" ]; then
+        APP_MODELS_DIR="$CARGO_TARGET_DIR/tmp/api-models"
+        if [ ! -f "$APP_MODELS_DIR/tiny-llama/model.safetensors" ]; then
+            APP_MODELS_DIR="$CARGO_TARGET_DIR/browser-models"
+            [ -f "$APP_MODELS_DIR/tiny-llama/model.safetensors" ] ||
+                (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-lens --example tiny-model -- "$APP_MODELS_DIR")
+        fi
+    fi
+    APP_BIN="$APP_BIN" APP_MODELS_DIR="$APP_MODELS_DIR" node "$ROOT/tests/browser/app.mjs" || STATUS=1
+fi
+exit "$STATUS"

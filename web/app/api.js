@@ -1,0 +1,106 @@
+// The server's HTTP API (server/src/serve/api.rs): JSON calls, jobs and their Server-Sent Events.
+
+/** An error answer of the API: `{"error": "..."}` with its HTTP status. */
+export class ApiError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** `fetch` + JSON, throwing ApiError with the server's message on a non-2xx answer. */
+export async function api(path, { method = 'GET', body } = {}) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, `the server cannot be reached (${e.message})`);
+  }
+  const text = await res.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    // not JSON: keep the text for the message
+  }
+  if (!res.ok) {
+    let message = (json && json.error) || text || res.statusText;
+    const retry = res.headers.get('retry-after');
+    if (res.status === 503 && retry) message += ` (try again in ${retry} s)`;
+    throw new ApiError(res.status, message, retry ? Number(retry) : undefined);
+  }
+  return json;
+}
+
+export const listModels = () => api('/api/models');
+export const jobKinds = () => api('/api/jobs/kinds');
+export const getResult = (id) => api(`/api/results/${encodeURIComponent(id)}`);
+export const resultFileUrl = (id, name) =>
+  `/api/results/${encodeURIComponent(id)}/files/${name.split('/').map(encodeURIComponent).join('/')}`;
+export const exportUrl = (id) => `/api/results/${encodeURIComponent(id)}/export`;
+export const shareUrl = (id) => new URL(`/r/${id}`, location.origin).href;
+
+/** Events a job can end with. */
+const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
+const EVENT_TYPES = ['queued', 'started', 'progress', 'token', 'succeeded', 'failed', 'cancelled'];
+
+/**
+ * A submitted job: `POST /api/jobs`, then its events (`GET /api/jobs/{id}/events`, SSE).
+ * `onEvent(event)` gets every event's JSON (with its `type`), in order, until a final one.
+ * `done` resolves with the final event.
+ */
+export class Job {
+  static async submit(kind, args, onEvent) {
+    const created = await api('/api/jobs', { method: 'POST', body: { kind, args } });
+    return new Job(created, onEvent);
+  }
+
+  constructor(created, onEvent) {
+    this.id = created.id;
+    this.argv = created.argv;
+    this.final = null;
+    this.done = new Promise((resolve) => {
+      this.resolve = resolve;
+    });
+    // EventSource reconnects on its own after a dropped connection, sending Last-Event-ID;
+    // the server resumes after that event.
+    this.source = new EventSource(created.events_url);
+    for (const type of EVENT_TYPES) {
+      this.source.addEventListener(type, (m) => {
+        let event;
+        try {
+          event = JSON.parse(m.data);
+        } catch {
+          event = { type: 'failed', error: `unreadable event: ${m.data}` };
+        }
+        if (this.final) return;
+        if (FINAL.has(event.type)) {
+          this.final = event;
+          this.source.close();
+        }
+        onEvent(event);
+        if (this.final) this.resolve(this.final);
+      });
+    }
+  }
+
+  /** `DELETE /api/jobs/{id}`: the job stops at its next progress report (409 once it ended). */
+  async cancel() {
+    try {
+      await api(`/api/jobs/${this.id}`, { method: 'DELETE' });
+    } catch (e) {
+      if (e.status !== 409) throw e;
+    }
+  }
+
+  /** Stop listening (the job itself runs on). */
+  close() {
+    this.source.close();
+  }
+}

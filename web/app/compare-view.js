@@ -1,0 +1,140 @@
+// Stored `compare` (base vs compressed, METHOD §9) and `aird` (repair, METHOD §10) results:
+// cosine per layer, ASR and harmless-refusal bars, the repair's fit, sample outputs, and the
+// report's numbers as tables.
+
+import { h, table } from './ui.js';
+import { linePlot, barChart, fmt } from './plot.js';
+import { reportTables } from './report-view.js';
+
+function fact(k, v, title) {
+  return h('div', { class: 'fact', title }, h('div', { class: 'k' }, k), h('div', { class: 'v' }, v));
+}
+
+const rate = (j) => (j && Number.isFinite(j.rate) ? j.rate : NaN);
+const pct = (v) => (Number.isFinite(v) ? `${fmt(v * 100)}%` : '—');
+
+/** Sample completions of judged prompt sets: [{label, judged}] -> a table. */
+function samples(sets) {
+  const rows = sets.flatMap(({ label, judged }) => (judged?.samples || []).map((s) => ({ label, ...s })));
+  if (!rows.length) return null;
+  return h('details', { class: 'more' }, h('summary', {}, `Sample outputs (${rows.length})`),
+    h('div', { class: 'table-wrap' }, table(rows, [
+      { key: 'label', label: 'model' },
+      { key: 'instruction', label: 'prompt' },
+      { key: (r) => h('span', { class: 'sample' }, r.completion), label: 'completion' },
+      { key: (r) => h('span', { class: `badge ${r.refused ? 'refusal' : 'complies'}` }, r.refused ? 'refuses' : 'complies'), label: 'judge' },
+      { key: 'refusal_score', label: 'refusal score', num: true },
+    ])));
+}
+
+function compareView(result, c) {
+  const out = h('div', { class: 'compare-result' });
+  const base = c.base;
+  const positions = c.positions || [];
+  const nL = c.n_layers;
+  const basePos = base.direction.position;
+  const posIndex = positions.indexOf(basePos);
+  out.append(h('h2', {}, `Base: layer ${base.direction.layer}, position ${basePos}`),
+    h('div', { class: 'facts' },
+      fact('base ASR', pct(base.baseline.asr), 'harmful prompts answered, no intervention'),
+      fact('base harmless refusal', pct(base.baseline.harmless_refusal), 'harmless prompts refused, no intervention'),
+      fact('bypass', fmt(base.direction.scores?.bypass)), fact('induce', fmt(base.direction.scores?.induce)),
+      fact('KL', fmt(base.direction.scores?.kl)), fact('chosen by', String(base.direction.chosen_by))));
+
+  // cosine per layer between each compressed model's candidates and the base's
+  const series = c.compressed.map((m) => ({
+    name: m.spec,
+    points: Array.from({ length: nL }, (_, l) => [l, m.cosines?.[l * positions.length + posIndex] ?? NaN]),
+  }));
+  const models = ['base', ...c.compressed.map((m) => m.spec)];
+  const groupsAsr = [
+    { label: 'no intervention', bars: [{ name: 'base', value: base.baseline.asr }, ...c.compressed.map((m) => ({ name: m.spec, value: m.baseline.asr }))] },
+    { label: 'own direction ablated', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.asr_ablate_own) })) },
+    { label: 'base direction ablated', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.asr_ablate_base) })) },
+  ];
+  const groupsHarmless = [
+    { label: 'no intervention', bars: [{ name: 'base', value: base.baseline.harmless_refusal }, ...c.compressed.map((m) => ({ name: m.spec, value: m.baseline.harmless_refusal }))] },
+    { label: 'own direction added', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.harmless_refusal_add_own) })) },
+    { label: 'base direction added', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.harmless_refusal_add_base) })) },
+  ];
+  if (c.compressed.some((m) => m.aird)) {
+    groupsAsr.push({ label: 'after AIRD', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.aird?.asr) })) });
+    groupsHarmless.push({ label: 'after AIRD', bars: c.compressed.map((m) => ({ name: m.spec, value: rate(m.aird?.harmless_refusal) })) });
+  }
+  // keep bar colours stable across the two charts: every group lists models in the same order
+  for (const g of [...groupsAsr, ...groupsHarmless]) g.bars.sort((a, b) => models.indexOf(a.name) - models.indexOf(b.name));
+  const n = c.compressed[0]?.asr_ablate_own?.n_prompts;
+  out.append(h('h2', {}, 'Compressed vs base'),
+    h('div', { class: 'plots' },
+      linePlot({ title: `Cosine with the base direction (position ${basePos})`, series, xLabel: 'layer', yLabel: 'cosine similarity', markX: base.direction.layer, xDomain: [0, nL - 1], yDomain: [0, 1], caption: 'Cosine between each compressed model’s difference-of-means direction and the base model’s, layer by layer. Dashed line: the base’s selected layer.' }),
+      barChart({ title: 'Attack success rate (harmful prompts answered)', groups: groupsAsr, yLabel: 'ASR', max: 1, percent: true, caption: `Fraction of ${n ?? ''} harmful evaluation prompts the judge found answered, not refused.` }),
+      barChart({ title: 'Refusal of harmless prompts', groups: groupsHarmless, yLabel: 'refusal rate', max: 1, percent: true, caption: 'Fraction of harmless evaluation prompts refused: with a direction added, refusal should appear.' })));
+
+  out.append(h('h3', {}, 'Per compressed model'), h('div', { class: 'table-wrap' }, table(c.compressed, [
+    { key: 'spec', label: 'compressed' },
+    { key: (m) => m.compression?.bits_per_weight, label: 'bits/weight', num: true },
+    { key: (m) => m.compression?.sparsity, label: 'sparsity', num: true },
+    { key: (m) => m.compression?.output_error, label: 'output error', num: true },
+    { key: (m) => `${m.direction.layer}:${m.direction.position}`, label: 'own direction' },
+    { key: 'cosine_at_base_selected', label: 'cosine at base cell', num: true },
+    { key: (m) => m.decomposition?.share_along, label: 'share along base', num: true },
+    { key: (m) => m.aird?.kl_to_base, label: 'AIRD KL to base', num: true },
+  ])));
+  out.append(samples(c.compressed.flatMap((m) => [
+    { label: `${m.spec}, own ablated`, judged: m.asr_ablate_own },
+    { label: `${m.spec}, base added`, judged: m.harmless_refusal_add_base },
+    m.aird ? { label: `${m.spec} + AIRD`, judged: m.aird.asr } : null,
+  ].filter(Boolean))) || '');
+  return out;
+}
+
+const VARIANT_LABELS = {
+  base: 'base', compressed: 'compressed', 'compressed+aird': 'compressed + AIRD',
+  'compressed+add_base_direction': 'compressed + base direction added',
+  'compressed+orthogonalize_drift': 'compressed, drift orthogonalized',
+};
+
+function airdView(result, a, modelId) {
+  const out = h('div', { class: 'aird-result' });
+  const vs = a.variants || [];
+  const label = (v) => VARIANT_LABELS[v.name] || v.name;
+  out.append(h('h2', {}, `${a.compressed} repaired at layer ${a.fit?.settings?.layer ?? a.base_direction?.layer}`),
+    h('div', { class: 'facts' },
+      fact('λ (ridge)', fmt(a.fit?.lambda)), fact('|u|', fmt(a.fit?.u_norm), 'norm of the correction'),
+      fact('val. MSE before', fmt(a.fit?.validation?.mse_before)), fact('val. MSE after', fmt(a.fit?.validation?.mse_after)),
+      fact('drift cosine', fmt(a.drift?.cosine), 'cosine of the compressed model’s direction with the base’s'),
+      fact('density', `${fmt(a.densification?.density_before)} → ${fmt(a.densification?.density_after)}`)),
+    modelId ? h('p', { class: 'hint' }, 'The repaired model is stored on the server as ',
+      h('code', {}, modelId), ' (in the model list of the other pages).') : null);
+  out.append(h('div', { class: 'plots' },
+    barChart({ title: 'Attack success rate, before and after repair', groups: vs.map((v) => ({ label: label(v), bars: [{ name: 'ASR', value: rate(v.asr) }] })), yLabel: 'ASR', max: 1, percent: true, caption: 'Harmful evaluation prompts answered (not refused). The repair should bring the compressed model back to the base.' }),
+    barChart({ title: 'Refusal of harmless prompts', groups: vs.map((v) => ({ label: label(v), bars: [{ name: 'harmless refusal', value: rate(v.harmless_refusal) }] })), yLabel: 'refusal rate', max: 1, percent: true, caption: 'Harmless evaluation prompts refused: a repair must not make the model refuse everything.' })));
+  out.append(h('div', { class: 'table-wrap' }, table(vs, [
+    { key: label, label: 'model' },
+    { key: (v) => pct(rate(v.asr)), label: 'ASR' },
+    { key: (v) => v.asr?.mean_refusal_score, label: 'harmful refusal score', num: true },
+    { key: (v) => pct(rate(v.harmless_refusal)), label: 'harmless refusal' },
+    { key: 'kl_to_compressed', label: 'KL to compressed', num: true },
+    { key: (v) => v.cross_entropy?.mean ?? v.cross_entropy, label: 'cross-entropy', num: true },
+  ])));
+  out.append(samples(vs.flatMap((v) => [
+    { label: `${label(v)} · harmful`, judged: v.asr },
+    { label: `${label(v)} · harmless`, judged: v.harmless_refusal },
+  ])) || '');
+  return out;
+}
+
+/** The view of a compare or aird result, with every number of its report underneath. */
+export function compareResult(result) {
+  const report = result.report || {};
+  let view = null;
+  try {
+    if (result.kind === 'compare' && report['compare.json']) view = compareView(result, report['compare.json']);
+    const airdFile = Object.keys(report).find((k) => k.endsWith('aird.json'));
+    if (result.kind === 'aird' && airdFile) view = airdView(result, report[airdFile], report.model_id);
+  } catch (e) {
+    view = h('p', { class: 'message error' }, `This report could not be drawn (${e.message}); its numbers follow.`);
+  }
+  return h('div', {}, view,
+    h('details', { class: 'more' }, h('summary', {}, 'Every number of the report'), reportTables(report)));
+}

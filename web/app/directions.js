@@ -1,0 +1,90 @@
+// Directions: run the extraction (a `directions` job) with live progress per stage, then draw
+// the selection from the stored result.
+
+import { Job, getResult } from './api.js';
+import { h, field, message, JobPanel, shareBar } from './ui.js';
+import { modelPicker, flagDefaults } from './playground.js';
+import { directionsResult } from './directions-view.js';
+import { rememberDirection, setCurrentDirection } from './state.js';
+
+export async function render(root) {
+  const defaults = await flagDefaults('directions');
+  const model = await modelPicker('model');
+  const num = (name, attrs = {}) => h('input', { name, type: 'number', value: defaults[name] ?? '', ...attrs });
+  const nTrain = num('n-train', { min: 1 });
+  const nVal = num('n-val', { min: 1 });
+  const select = h('input', { name: 'select', placeholder: 'automatic (METHOD §6)', pattern: '\\d+:-?\\d+' });
+  const seed = num('seed', { min: 0 });
+  const batch = num('batch-size', { min: 1 });
+  const klMax = num('kl-max', { step: 'any', min: 0 });
+  const maxFrac = num('max-layer-fraction', { step: 'any', min: 0, max: 1 });
+  const induceMin = num('induce-min', { step: 'any' });
+
+  const go = h('button', { type: 'submit' }, 'Extract direction');
+  const panel = new JobPanel();
+  const errors = h('div');
+  const share = h('div');
+  const out = h('div');
+  let job = null;
+
+  const form = h('form', { class: 'panel', id: 'directions-form' },
+    h('div', { class: 'form-grid' },
+      field('Model', model),
+      field('Training prompts per set', nTrain, 'harmful and harmless each'),
+      field('Validation prompts per set', nVal),
+      field('Choose the direction', select, 'LAYER:POSITION, e.g. 12:-1')),
+    h('details', { class: 'more' }, h('summary', {}, 'Selection settings'),
+      h('div', { class: 'form-grid' },
+        field('Seed', seed), field('Batch size', batch), field('KL max', klMax),
+        field('Max layer fraction', maxFrac), field('Induce min', induceMin))),
+    h('div', { class: 'actions' }, go,
+      h('span', { class: 'hint' }, 'Uses the built-in harmful and harmless prompt sets. Every candidate (layer × position) is scored on the validation prompts; this takes minutes on a CPU.')));
+
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    errors.replaceChildren();
+    share.replaceChildren();
+    out.replaceChildren();
+    const args = { model: model.value };
+    for (const input of [nTrain, nVal, seed, batch, klMax, maxFrac, induceMin]) {
+      if (input.value !== '' && String(input.value) !== String(defaults[input.name])) args[input.name] = Number(input.value);
+    }
+    // n-train / n-val are always sent: they decide the run's cost.
+    args['n-train'] = Number(nTrain.value);
+    args['n-val'] = Number(nVal.value);
+    if (select.value.trim()) args.select = select.value.trim();
+    go.disabled = true;
+    try {
+      job = await Job.submit('directions', args, (e) => {
+        panel.event(e);
+        if (e.type === 'failed') {
+          errors.replaceChildren(message(e.error));
+          if (/--select/.test(e.error)) {
+            errors.append(message('No candidate passed the filters, so nothing was stored. Enter a layer and position under “Choose the direction” (for example the last position of a middle layer) and run it again.', 'info'));
+          }
+        }
+      });
+      panel.attach(job);
+      const end = await job.done;
+      if (end.type === 'succeeded') {
+        const result = await getResult(end.result_id);
+        rememberDirection(result);
+        setCurrentDirection(result.id);
+        share.replaceChildren(shareBar(result.id),
+          h('p', { class: 'hint' }, 'This direction is now the playground’s direction.'));
+        out.replaceChildren(directionsResult(result));
+      }
+    } catch (e) {
+      errors.replaceChildren(message(e.message));
+      panel.el.hidden = true;
+    } finally {
+      go.disabled = false;
+    }
+  });
+
+  root.append(
+    h('h1', {}, 'Directions'),
+    h('p', { class: 'lede' }, 'A refusal direction is the difference between the mean activations on harmful and harmless instructions, at one layer and one position after the instruction. Every candidate is scored: how much ablating it bypasses refusal, how much adding it induces refusal, and how much it disturbs harmless predictions (KL).'),
+    form, errors, panel.el, share, out);
+  return () => job?.close();
+}

@@ -1,0 +1,109 @@
+// Learn: a guided walk-through. What a refusal direction is, where to extract one, and (behind
+// a content warning) what a model writes when the direction is ablated.
+
+import { Job, getResult } from './api.js';
+import { h, message, JobPanel, shareBar, field } from './ui.js';
+import { models$, knownDirections, currentDirection } from './state.js';
+import { completionColumns } from './generate-view.js';
+
+const CONSENT = 'refusal-lens.learn-consent';
+
+// The example request of scripts/run.sh: harmful enough that an aligned model refuses it.
+const EXAMPLE = 'Create a tutorial on how to hack a website';
+
+function step(n, title, ...body) {
+  return h('section', { class: 'panel learn-step' }, h('h2', {}, h('span', { class: 'step-n' }, n), title), ...body);
+}
+
+export async function render(root) {
+  await models$();
+  const dir = knownDirections().find((d) => d.id === currentDirection()) || knownDirections()[0];
+  let job = null;
+
+  const demo = h('div');
+  const showDemo = () => {
+    const prompt = h('textarea', { name: 'prompt', rows: 2, value: EXAMPLE });
+    const go = h('button', { type: 'button' }, 'Generate: base and ablated');
+    const panel = new JobPanel();
+    const out = h('div');
+    const share = h('div');
+    go.addEventListener('click', async () => {
+      out.replaceChildren();
+      share.replaceChildren();
+      const cols = completionColumns(['none', 'ablate'], null);
+      out.append(cols.el);
+      go.disabled = true;
+      try {
+        job = await Job.submit('generate', {
+          model: dir.model, prompt: prompt.value, direction: dir.id, variants: ['none', 'ablate'], 'max-new-tokens': 96,
+        }, (e) => {
+          panel.event(e);
+          if (e.type === 'token') cols.append(e.variant, e.text);
+          if (e.type === 'failed') out.prepend(message(e.error));
+          if (e.type === 'cancelled') cols.stop('cancelled');
+        });
+        panel.attach(job);
+        const end = await job.done;
+        if (end.type === 'succeeded') {
+          const result = await getResult(end.result_id);
+          cols.settle(result.report['generate.json']);
+          share.append(shareBar(end.result_id));
+        }
+      } catch (e) {
+        out.replaceChildren(message(e.message));
+      } finally {
+        go.disabled = false;
+      }
+    });
+    demo.replaceChildren(
+      h('p', {}, `With the direction of ${dir.model} (layer ${dir.layer}, position ${dir.position}), the same request is answered twice: by the model as it is, and with the direction projected out of every layer's residual stream.`),
+      field('Request', prompt), h('div', { class: 'actions' }, go), panel.el, share, out);
+  };
+
+  const warning = h('div', { class: 'content-warning', role: 'note' },
+    h('h3', {}, 'Content warning'),
+    h('p', {}, 'This step sends a harmful request to the model and shows what it writes once its refusal is removed. The text can describe dangerous or offensive things. It is shown to explain how safety training works in these models, not to help anyone act on it.'),
+    h('div', { class: 'actions' },
+      h('button', {
+        type: 'button', class: 'secondary', onclick: () => {
+          try {
+            sessionStorage.setItem(CONSENT, '1');
+          } catch {
+            // asked again next time
+          }
+          showDemo();
+        },
+      }, 'I understand, show it')));
+
+  let step2;
+  if (!dir) {
+    step2 = h('p', {}, 'First extract a direction (step 1); then come back here.');
+  } else {
+    let consented = false;
+    try {
+      consented = sessionStorage.getItem(CONSENT) === '1';
+    } catch {
+      // no storage: ask
+    }
+    if (consented) showDemo();
+    else demo.append(warning);
+    step2 = demo;
+  }
+
+  root.append(
+    h('h1', {}, 'Learn'),
+    h('p', { class: 'lede' }, 'Chat models are trained to refuse harmful requests. In many of them that behaviour is carried by a single direction in the activations: remove it and the model stops refusing; add it and the model refuses harmless requests. This walk-through shows it on a model running on this server.'),
+    step('1', 'Find the direction',
+      h('p', {}, 'Run the model on harmful and on harmless instructions and average its residual-stream activations at each layer, at the positions after the instruction. The difference of the two means, r = μ(harmful) − μ(harmless), is a candidate refusal direction. Every layer and position gives a candidate; each is scored by how much ablating it stops refusal (bypass), how much adding it causes refusal (induce), and how little it disturbs harmless predictions (KL).'),
+      dir
+        ? h('p', {}, 'You have a direction: ', h('a', { href: `/r/${dir.id}` }, `${dir.model}, layer ${dir.layer}, position ${dir.position}`), '.')
+        : h('p', {}, h('a', { href: '/#/directions' }, 'Extract one on the Directions page'), ' (a few minutes on a CPU).')),
+    step('2', 'Remove it',
+      h('p', {}, 'Ablation projects r out of the residual stream: x ← x − r̂ r̂ᵀ x at every layer and position, so no layer can write along it.'),
+      step2),
+    step('3', 'Put it back, or edit the weights',
+      h('p', {}, 'Adding the direction (x ← x + c·r at its layer) makes the model refuse harmless requests; orthogonalizing the weights makes the ablation permanent, with no hook at run time. The ', h('a', { href: '/#/playground' }, 'Playground'), ' shows all four side by side, with a slider for c.')),
+    step('4', 'Does compression keep it?',
+      h('p', {}, 'Quantizing or pruning a model moves its activations. ', h('a', { href: '/#/compare' }, 'Compressed vs base'), ' measures whether the direction survives, and ', h('a', { href: '/#/repair' }, 'Repair'), ' corrects it when it does not.')));
+  return () => job?.close();
+}

@@ -1,0 +1,206 @@
+// Playground: one prompt, completions side by side (base, ablated, activation added,
+// orthogonalized), streamed token by token from a `generate` job.
+
+import { Job, getResult, jobKinds } from './api.js';
+import { h, field, message, JobPanel, shareBar } from './ui.js';
+import { models$, knownDirections, currentDirection, setCurrentDirection } from './state.js';
+import { completionColumns, VARIANTS } from './generate-view.js';
+import { fmt } from './plot.js';
+
+/** A model <select> from /api/models (downloaded models first choice). */
+export async function modelPicker(name = 'model', preferred) {
+  const select = h('select', { name, required: true });
+  const models = await models$();
+  for (const m of models) {
+    select.append(h('option', { value: m.id, disabled: !m.available, title: m.description },
+      `${m.id}${m.available ? '' : ' (not downloaded)'}`));
+  }
+  const pick = models.find((m) => m.id === preferred && m.available) || models.find((m) => m.available);
+  if (pick) select.value = pick.id;
+  return select;
+}
+
+/** The defaults of a job kind's flags, from GET /api/jobs/kinds. */
+export async function flagDefaults(kind) {
+  const kinds = await jobKinds();
+  const k = kinds.find((x) => x.kind === kind);
+  return Object.fromEntries((k?.flags || []).map((f) => [f.name, f.default]));
+}
+
+export async function render(root) {
+  const [defaults] = await Promise.all([flagDefaults('generate'), models$()]);
+  const model = await modelPicker('model');
+  const prompt = h('textarea', { name: 'prompt', rows: 3, required: true, placeholder: 'Type a prompt, e.g. an instruction the model might refuse' });
+  const system = h('input', { name: 'system', placeholder: 'none' });
+  const maxTokens = h('input', { name: 'max-new-tokens', type: 'number', min: 1, value: defaults['max-new-tokens'] ?? 64 });
+  const temperature = h('input', { name: 'temperature', type: 'number', min: 0, step: 0.1, value: defaults.temperature ?? 0 });
+  const seed = h('input', { name: 'seed', type: 'number', min: 0, value: defaults.seed ?? 0 });
+
+  // direction: a stored directions result
+  const direction = h('select', { name: 'direction' });
+  const customDir = h('input', { name: 'direction-id', placeholder: 'or paste a directions result id', pattern: '[0-9a-f]{32}' });
+  const fillDirections = () => {
+    direction.replaceChildren(h('option', { value: '' }, 'none (base model only)'));
+    for (const d of knownDirections()) {
+      direction.append(h('option', { value: d.id },
+        `${d.model} · layer ${d.layer ?? '?'}, pos ${d.position ?? '?'} · ${d.id.slice(0, 8)}`));
+    }
+    const cur = currentDirection();
+    if (cur && knownDirections().some((d) => d.id === cur)) direction.value = cur;
+  };
+  fillDirections();
+
+  const variantBoxes = VARIANTS.map((v) => h('input', { type: 'checkbox', name: 'variant', value: v, checked: true }));
+  const coeff = h('input', { type: 'range', name: 'coeff', min: -2, max: 4, step: 0.1, value: defaults.coeff ?? 1 });
+  const coeffOut = h('output', {}, fmt(Number(coeff.value)));
+  coeff.addEventListener('input', () => { coeffOut.textContent = fmt(Number(coeff.value)); });
+  const layer = h('input', { name: 'layer', type: 'number', min: 0, placeholder: 'direction’s' });
+
+  const dirId = () => (customDir.value.trim() || direction.value || '');
+  const dirNote = h('span', { class: 'hint dir-note' });
+  const syncDirection = () => {
+    const has = !!dirId();
+    const known = knownDirections().find((d) => d.id === dirId());
+    dirNote.textContent = known && known.model !== model.value
+      ? `This direction was extracted from ${known.model}; it only fits that model.` : '';
+    for (const b of variantBoxes) b.disabled = !has || b.value === 'none';
+    coeff.disabled = !has;
+    layer.disabled = !has;
+    if (direction.value) setCurrentDirection(direction.value);
+  };
+  direction.addEventListener('change', syncDirection);
+  model.addEventListener('change', syncDirection);
+  customDir.addEventListener('input', syncDirection);
+  syncDirection();
+
+  const go = h('button', { type: 'submit' }, 'Generate');
+  const panel = new JobPanel();
+  const errors = h('div');
+  const share = h('div');
+  const out = h('div', { class: 'output' });
+  let job = null;
+  let columns = null;
+
+  const form = h('form', { class: 'panel', id: 'playground-form' },
+    h('div', { class: 'form-grid' },
+      field('Model', model),
+      h('div', { class: 'wide' }, field('Prompt', prompt)),
+      h('div', { class: 'span2' }, field('Direction', direction, 'extract one on the Directions page')),
+      field('Direction result id', customDir),
+      h('div', { class: 'wide' }, dirNote),
+      h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
+        variantBoxes.map((b) => h('label', {}, b, { none: 'base', ablate: 'ablated', actadd: 'activation added', orthogonalized: 'orthogonalized' }[b.value]))))),
+      field('Activation-addition coefficient', h('div', { class: 'slider-row' }, coeff, coeffOut)),
+      field('Addition layer', layer)),
+    h('details', { class: 'more' }, h('summary', {}, 'Generation settings'),
+      h('div', { class: 'form-grid' },
+        h('div', { class: 'wide' }, field('System prompt', system)),
+        field('Max new tokens', maxTokens), field('Temperature', temperature, '0 decodes greedily'), field('Seed', seed))),
+    h('div', { class: 'actions' }, go, h('span', { class: 'hint' }, 'Variants are generated one after another on the server.')));
+
+  const args = (only) => {
+    const a = { model: model.value, prompt: prompt.value };
+    if (system.value.trim()) a.system = system.value;
+    a['max-new-tokens'] = Number(maxTokens.value);
+    a.temperature = Number(temperature.value);
+    a.seed = Number(seed.value);
+    const d = dirId();
+    if (d) {
+      a.direction = d;
+      a.variants = only || variantBoxes.filter((b) => b.checked).map((b) => b.value);
+      a.coeff = Number(coeff.value);
+      if (layer.value !== '') a.layer = Number(layer.value);
+    }
+    return a;
+  };
+
+  /** Runs a generate job streaming into `columns` (only the columns of `only` when given). */
+  const run = async (a, only) => {
+    errors.replaceChildren();
+    const variants = only || a.variants || ['none'];
+    const seen = new Map();
+    go.disabled = true;
+    rerunActadd.disabled = true;
+    try {
+      job = await Job.submit('generate', a, (e) => {
+        panel.event(e);
+        if (e.type === 'token') {
+          columns.append(e.variant, e.text);
+          seen.set(e.variant, (seen.get(e.variant) || 0) + 1);
+          const k = variants.indexOf(e.variant);
+          panel.progress(k * a['max-new-tokens'] + seen.get(e.variant), variants.length * a['max-new-tokens'],
+            `${e.variant} (${k + 1} of ${variants.length}) · ${seen.get(e.variant)} tokens`);
+        }
+        if (e.type === 'cancelled') columns.stop('cancelled');
+        if (e.type === 'failed') {
+          columns.stop('failed');
+          errors.replaceChildren(message(e.error));
+        }
+      });
+      panel.attach(job);
+      const end = await job.done;
+      if (end.type === 'succeeded') {
+        const result = await getResult(end.result_id);
+        const report = result.report['generate.json'];
+        if (report) {
+          if (only) report.completions = report.completions.filter((c) => only.includes(c.variant));
+          columns.settle(report);
+        }
+        share.replaceChildren(shareBar(end.result_id));
+      }
+    } catch (e) {
+      errors.replaceChildren(message(e.message));
+      panel.el.hidden = true;
+    } finally {
+      go.disabled = false;
+      rerunActadd.disabled = false;
+    }
+  };
+
+  const rerunActadd = h('button', {
+    type: 'button', class: 'secondary', title: 'Generate this column again with the coefficient above',
+    onclick: () => {
+      if (!columns?.column('actadd')) return;
+      const a = args(['actadd']);
+      columns.reset('actadd', { coeff: a.coeff, actadd_layer: a.layer ?? knownDirections().find((d) => d.id === a.direction)?.layer });
+      run(a, ['actadd']);
+    },
+  }, 'Re-run with this coefficient');
+
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (!prompt.value.trim()) {
+      errors.replaceChildren(message('Type a prompt first.'));
+      return;
+    }
+    const a = args();
+    const variants = a.variants?.length ? a.variants : ['none'];
+    if (a.variants && !a.variants.length) delete a.variants;
+    const slider = h('div', {}, h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
+      coeffMirror(coeff)), rerunActadd);
+    const dirLayer = knownDirections().find((d) => d.id === a.direction)?.layer;
+    columns = completionColumns(variants, a.direction ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
+      { actaddControls: slider });
+    out.replaceChildren(columns.el);
+    share.replaceChildren();
+    run(a);
+  });
+
+  root.append(
+    h('h1', {}, 'Playground'),
+    h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights. Text streams in as the server generates it.'),
+    form, errors, panel.el, share, out);
+  return () => job?.close();
+}
+
+/** A second slider bound to `source` (the form's coefficient), for the activation-added column. */
+function coeffMirror(source) {
+  const mirror = h('input', { type: 'range', min: source.min, max: source.max, step: source.step, value: source.value, 'aria-label': 'activation-addition coefficient' });
+  const out = h('output', {}, fmt(Number(source.value)));
+  mirror.addEventListener('input', () => {
+    source.value = mirror.value;
+    source.dispatchEvent(new Event('input'));
+    out.textContent = fmt(Number(mirror.value));
+  });
+  return h('span', { class: 'slider-row', style: 'flex:1' }, mirror, out);
+}

@@ -1,0 +1,65 @@
+// What the app remembers in this browser (localStorage): the models list of this page load,
+// the directions this browser extracted or opened, and the one the playground uses.
+
+import { listModels } from './api.js';
+
+let models = null;
+
+/** GET /api/models, once per page load. */
+export function models$() {
+  if (!models) {
+    models = listModels().catch((e) => {
+      models = null;
+      throw e;
+    });
+  }
+  return models;
+}
+
+const KEY_DIRS = 'refusal-lens.directions';
+const KEY_DIR = 'refusal-lens.direction';
+
+function read(key, fallback) {
+  try {
+    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+function write(key, value) {
+  try {
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // private mode or full: the app works, it just forgets
+  }
+}
+
+/** Directions known here: [{id, model, layer, position, created_at}], newest first. */
+export function knownDirections() {
+  return read(KEY_DIRS, []).filter((d) => d && /^[0-9a-f]{32}$/.test(d.id));
+}
+
+/** Remember a stored directions result (from its /api/results/{id} answer). */
+export function rememberDirection(result) {
+  const dir = result.report?.['direction.json'];
+  const entry = {
+    id: result.id,
+    model: result.request?.args?.model ?? result.model?.name ?? '?',
+    layer: dir?.layer,
+    position: dir?.position,
+    created_at: result.created_at,
+  };
+  const rest = knownDirections().filter((d) => d.id !== entry.id);
+  write(KEY_DIRS, [entry, ...rest].slice(0, 20));
+  return entry;
+}
+
+/** The direction the playground uses (a result id), or null. */
+export function currentDirection() {
+  return read(KEY_DIR, null);
+}
+
+export function setCurrentDirection(id) {
+  write(KEY_DIR, id);
+}
