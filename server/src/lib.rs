@@ -14,3 +14,4 @@ pub mod progress;
 pub mod saved_model;
 pub mod serve;
 pub mod source;
+pub mod tiny_model;

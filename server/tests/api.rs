@@ -10,12 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
-use refusal_core::model::{Llama, ModelConfig};
-use refusal_lens::fetch::{Cache, ensure_builtin};
-use refusal_lens::open::open;
-use refusal_lens::saved_model::{DerivedModel, save};
-use refusal_lens::source::{BuiltinModel, ResolvedModel};
+use refusal_lens::source::BuiltinModel;
+use refusal_lens::tiny_model::write_tiny_model;
 use serde_json::{Value, json};
 
 /// A `refusal-lens serve` process, killed when dropped.
@@ -170,45 +166,13 @@ fn wait_for_state(server: &Server, job: &str, state: &str) {
 
 const TINY: &str = "tiny-llama";
 
-/// A models directory with a tiny random Llama (SmolLM2's tokenizer and template, two
-/// 64-wide layers) as a Hugging Face directory, shared by every test.
+/// A models directory with the tiny random Llama (`refusal_lens::tiny_model`), shared by
+/// every test.
 fn models_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("api-models");
-        let source = ResolvedModel::Gguf(
-            ensure_builtin(
-                &BuiltinModel::SmolLm2_135m.artifact(),
-                "smollm2-135m",
-                &Cache::from_env().unwrap(),
-                false,
-            )
-            .unwrap(),
-        );
-        let device = Device::flex();
-        let real = open(&source, &device, false).unwrap();
-        let config = ModelConfig {
-            d_model: 64,
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 16,
-            d_ff: 128,
-            ..real.llama.config().clone()
-        };
-        let tiny = Llama::random(&config, 7, &device);
-        save(
-            &DerivedModel {
-                source: &source,
-                model: &tiny,
-                text: &real.text,
-                changed: &[],
-                packed: &[],
-                note: ("test", "tiny random model".into()),
-            },
-            &dir.join(TINY).join("model.safetensors"),
-        )
-        .unwrap();
+        write_tiny_model(&dir, TINY).unwrap();
         dir
     })
 }
@@ -809,4 +773,35 @@ fn a_compressed_model_joins_the_models_and_runs() {
         &json!({"kind": "generate", "args": {"model": model_id, "prompt": "Hi", "max-new-tokens": 2}}),
     );
     assert_eq!(final_event(&job_events(&server, &run))["type"], "succeeded");
+}
+
+#[test]
+fn a_failed_directions_run_keeps_its_selection_table() {
+    let data = temp_data("failed");
+    let server = Server::start(data.path(), models_dir(), &[]);
+    let job = submit(
+        &server,
+        &json!({"kind": "directions", "args": {
+            "model": TINY, "harmful": harmful(), "n-train": 4, "n-val": 2,
+            "refusal-tokens": ["I"], "kl-max": -1}}),
+    );
+    let events = job_events(&server, &job);
+    let failed = final_event(&events);
+    assert_eq!(failed["type"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no candidate passed")
+    );
+    let id = failed["result_id"]
+        .as_str()
+        .expect("the selection table is stored");
+    let (_, result) = get(&server.url(&format!("/api/results/{id}")));
+    assert!(result["report"]["selection.json"]["selection"]["candidates"].is_array());
+    assert!(result["report"]["direction.json"].is_null());
+    assert_eq!(result["report"]["error"], failed["error"]);
+    let (_, record) = get(&server.url(&format!("/api/jobs/{job}")));
+    assert_eq!(record["state"], "failed");
+    assert_eq!(record["result_id"], id);
 }

@@ -106,7 +106,7 @@ export function directionsResult(result) {
     },
   }, 'Use in the playground');
   out.append(h('h2', {}, 'Files'),
-    h('div', { class: 'actions' }, use,
+    h('div', { class: 'actions' }, dir ? use : null,
       h('a', { href: exportUrl(result.id), download: '' }, 'everything as a zip')),
     h('ul', { class: 'files' }, files.map((f) => h('li', {},
       h('a', { href: resultFileUrl(result.id, f.name), download: f.name.endsWith('.svg') ? null : '' }, f.name),

@@ -60,12 +60,18 @@ export async function render(root) {
         if (e.type === 'failed') {
           errors.replaceChildren(message(e.error));
           if (/--select/.test(e.error)) {
-            errors.append(message('No candidate passed the filters, so nothing was stored. Enter a layer and position under “Choose the direction” (for example the last position of a middle layer) and run it again.', 'info'));
+            errors.append(message('No candidate passed the filters. Every candidate’s scores are shown below: enter a layer and position under “Choose the direction” and run it again.', 'info'));
           }
         }
       });
       panel.attach(job);
       const end = await job.done;
+      if (end.type === 'failed' && end.result_id) {
+        // The selection table the run stored before failing.
+        const result = await getResult(end.result_id);
+        share.replaceChildren(shareBar(result.id));
+        out.replaceChildren(directionsResult(result));
+      }
       if (end.type === 'succeeded') {
         const result = await getResult(end.result_id);
         rememberDirection(result);

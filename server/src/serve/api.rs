@@ -11,13 +11,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tower::ServiceExt;
+use tower_http::cors::{Any, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -26,7 +27,7 @@ use super::jobs::{JobEvent, SubmitError, model_fingerprint};
 use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
 use super::store::{JobRecord, StoredResult};
-use super::{AppState, valid_result_id};
+use super::{AppState, is_generated_id};
 use crate::fetch::ensure_builtin;
 
 type AppStateRef = State<Arc<AppState>>;
@@ -162,7 +163,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         Some(dir) => api.fallback_service(ServeDir::new(dir)),
         None => api.route("/", get(|| async { Html(NO_APP_PAGE) })),
     };
+    // Other origins (a static copy of the app, a notebook) may read models and results; only
+    // this origin's pages may submit or cancel jobs.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD])
+        .expose_headers([
+            header::CONTENT_RANGE,
+            header::CONTENT_LENGTH,
+            header::ACCEPT_RANGES,
+            header::ETAG,
+        ]);
     app.layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -380,7 +393,7 @@ pub struct JobStatus {
 }
 
 fn job_record(s: &AppState, id: &str) -> Result<(JobRecord, Option<JobEvent>), ApiError> {
-    if !valid_result_id(id) {
+    if !is_generated_id(id) {
         return Err(ApiError::bad_id(id));
     }
     let record = s
@@ -479,6 +492,7 @@ async fn job_events(
         (None, "cancelled") => Some(JobEvent::Cancelled),
         (None, _) => Some(JobEvent::Failed {
             error: record.error.clone().unwrap_or_default(),
+            result_id: record.result_id.clone(),
         }),
         (Some(_), _) => None,
     };
@@ -517,7 +531,7 @@ fn immutable(mut res: Response) -> Response {
 }
 
 fn find_result(s: &AppState, id: &str) -> Result<StoredResult, ApiError> {
-    if !valid_result_id(id) {
+    if !is_generated_id(id) {
         return Err(ApiError::bad_id(id));
     }
     s.store
@@ -550,7 +564,7 @@ async fn result_file(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     blocking(move || {
-        if !valid_result_id(&id) {
+        if !is_generated_id(&id) {
             return Err(ApiError::bad_id(&id));
         }
         let bytes = s

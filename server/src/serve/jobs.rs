@@ -59,6 +59,10 @@ pub enum JobEvent {
     },
     Failed {
         error: String,
+        /// What the command wrote before failing, stored as a result (e.g. the selection
+        /// table of a directions run in which no candidate passed the filters).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result_id: Option<String>,
     },
     Cancelled,
 }
@@ -331,7 +335,9 @@ impl Jobs {
     fn finish(&self, job: &Job, event: JobEvent) {
         let (state, error, result) = match &event {
             JobEvent::Succeeded { result_id, .. } => ("succeeded", None, Some(result_id.as_str())),
-            JobEvent::Failed { error } => ("failed", Some(error.as_str()), None),
+            JobEvent::Failed { error, result_id } => {
+                ("failed", Some(error.as_str()), result_id.as_deref())
+            }
             _ => ("cancelled", None, None),
         };
         if let Err(e) = self.store.finish_job(&job.id, state, error, result) {
@@ -375,15 +381,28 @@ impl Jobs {
         let ran = catch_unwind(AssertUnwindSafe(|| {
             execute(&prepared.command, &job.control)
         }));
-        let outcome = match ran {
-            Ok(Ok(())) => self
-                .store_result(job, &prepared)
-                .map(|result_id| JobEvent::Succeeded {
+        let failed = |error: String| JobEvent::Failed {
+            error,
+            result_id: None,
+        };
+        let event = match ran {
+            Ok(Ok(())) => match self.store_result(job, &prepared, None) {
+                Ok(result_id) => JobEvent::Succeeded {
                     share_url: format!("/r/{result_id}"),
                     result_id,
-                }),
-            Ok(Err(e)) => Err(e),
-            Err(panic) => Err(anyhow::anyhow!(
+                },
+                Err(e) => failed(format!("storing the result: {e:#}")),
+            },
+            _ if job.control.cancelled() => JobEvent::Cancelled,
+            Ok(Err(e)) => {
+                let error = format!("{e:#}");
+                // A model written by a failed job is never offered; reports are kept.
+                let result_id = (!job.kind.writes_model())
+                    .then(|| self.store_result(job, &prepared, Some(&error)).ok())
+                    .flatten();
+                JobEvent::Failed { error, result_id }
+            }
+            Err(panic) => failed(format!(
                 "internal error: {}",
                 panic
                     .downcast_ref::<String>()
@@ -392,19 +411,13 @@ impl Jobs {
                     .unwrap_or("the job panicked")
             )),
         };
-        let event = match outcome {
-            Ok(done) => done,
-            Err(_) if job.control.cancelled() => JobEvent::Cancelled,
-            Err(e) => JobEvent::Failed {
-                error: format!("{e:#}"),
-            },
-        };
         tracing::info!(job = %job.id, outcome = event.name(), "finished");
         self.finish(job, event);
     }
 
-    /// Moves a written model among the server's models and stores everything else.
-    fn store_result(&self, job: &Job, prepared: &Prepared) -> Result<String> {
+    /// Moves a written model among the server's models and stores everything else. With
+    /// `error` (the command failed), stores what it wrote, if anything, with the error.
+    fn store_result(&self, job: &Job, prepared: &Prepared, error: Option<&str>) -> Result<String> {
         let id = new_id();
         let out_dir = job.dir.join("out");
         let mut report = serde_json::Map::new();
@@ -416,6 +429,10 @@ impl Jobs {
             &mut report,
             &mut files,
         )?;
+        if let Some(error) = error {
+            anyhow::ensure!(!report.is_empty(), "the job wrote no report");
+            report.insert("error".into(), Value::String(error.to_owned()));
+        }
         let mut derived = None;
         if job.kind.writes_model() {
             let (from, name) = match prepared.model.format {

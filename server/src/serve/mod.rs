@@ -71,8 +71,8 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `s` has the form of [`new_id`]'s ids.
-pub fn valid_result_id(s: &str) -> bool {
+/// Whether `s` has the form of [`new_id`]'s ids (jobs and results).
+pub fn is_generated_id(s: &str) -> bool {
     s.len() == 32
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -265,7 +265,7 @@ pub fn prepare(
             Role::Direction => {
                 let id = scalar(&flag, value)?;
                 let dir = inputs.join("direction");
-                let stored = if super::valid_result_id(&id) {
+                let stored = if super::is_generated_id(&id) {
                     let meta = cx
                         .store
                         .result(&id)?
@@ -408,7 +408,8 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
     match command {
         Command::Generate(a) => {
             tokens = Some(a.max_new_tokens);
-            let chars = a.prompt.chars().count() + a.system.as_deref().map_or(0, |s| s.len());
+            let chars =
+                a.prompt.chars().count() + a.system.as_deref().map_or(0, |s| s.chars().count());
             if chars > limits.max_prompt_chars {
                 return Err(RequestError::TooLarge(format!(
                     "`prompt`: {chars} characters; at most {}",

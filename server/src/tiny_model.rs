@@ -1,0 +1,57 @@
+//! A tiny random Llama (two 64-wide layers, SmolLM2's tokenizer and chat template) written as
+//! a Hugging Face directory: a model that loads and runs in milliseconds, for the API and
+//! browser tests. Its weights are random (seed 7), so its completions are gibberish and its
+//! "refusal direction" is noise.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use refusal_core::model::{Llama, ModelConfig};
+
+use crate::fetch::{Cache, ensure_builtin};
+use crate::open::open;
+use crate::saved_model::{DerivedModel, save};
+use crate::source::{BuiltinModel, ResolvedModel};
+
+/// Writes the model to `dir/name` and returns that directory. Needs SmolLM2-135M (fetched into
+/// the model cache if missing) for its tokenizer and config.
+///
+/// # Errors
+///
+/// SmolLM2 cannot be fetched or opened; the directory cannot be written.
+pub fn write_tiny_model(dir: &Path, name: &str) -> Result<PathBuf> {
+    let builtin = BuiltinModel::SmolLm2_135m;
+    let source = ResolvedModel::Gguf(ensure_builtin(
+        &builtin.artifact(),
+        builtin.alias(),
+        &Cache::from_env()?,
+        false,
+    )?);
+    let device = Device::flex();
+    let real = open(&source, &device, false).context("opening SmolLM2-135M")?;
+    let config = ModelConfig {
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        d_ff: 128,
+        ..real.llama.config().clone()
+    };
+    let tiny = Llama::random(&config, 7, &device);
+    let out = dir.join(name).join("model.safetensors");
+    save(
+        &DerivedModel {
+            source: &source,
+            model: &tiny,
+            text: &real.text,
+            changed: &[],
+            packed: &[],
+            note: ("test", "tiny random model".into()),
+        },
+        &out,
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    Ok(dir.join(name))
+}
