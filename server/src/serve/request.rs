@@ -18,6 +18,8 @@ use serde_json::Value;
 use super::models::{Format, LookupError, ModelEntry, Registry};
 use super::store::Store;
 use crate::cli::{Cli, Command};
+use crate::commands::compress::CalibrationArgs;
+use crate::commands::pipeline::PromptArgs;
 use crate::device::Backend;
 use crate::source::BuiltinModel;
 
@@ -427,21 +429,11 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
         Command::Compress(a) => counts.push(("n-calib", a.calibration.n_calib)),
         Command::Compare(a) => {
             tokens = Some(a.judge.max_new_tokens);
-            counts.extend([
-                ("n-train", a.prompts.splits.n_train),
-                ("n-val", a.prompts.splits.n_val),
-                ("n-eval", a.prompts.n_eval),
-                ("n-calib", a.calibration.n_calib),
-            ]);
+            counts.extend(study_counts(&a.prompts, &a.calibration));
         }
         Command::Aird(a) => {
             tokens = Some(a.judge.max_new_tokens);
-            counts.extend([
-                ("n-train", a.prompts.splits.n_train),
-                ("n-val", a.prompts.splits.n_val),
-                ("n-eval", a.prompts.n_eval),
-                ("n-calib", a.calibration.n_calib),
-            ]);
+            counts.extend(study_counts(&a.prompts, &a.calibration));
         }
         _ => return Err(invalid("not a job command")),
     }
@@ -460,6 +452,16 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
         )));
     }
     Ok(())
+}
+
+/// The prompt counts of `compare` and `aird`.
+fn study_counts(prompts: &PromptArgs, calibration: &CalibrationArgs) -> [(&'static str, usize); 4] {
+    [
+        ("n-train", prompts.splits.n_train),
+        ("n-val", prompts.splits.n_val),
+        ("n-eval", prompts.n_eval),
+        ("n-calib", calibration.n_calib),
+    ]
 }
 
 /// One flag of a job kind, as `GET /api/jobs/kinds` describes it.
