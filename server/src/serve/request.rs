@@ -345,13 +345,8 @@ pub fn prepare(
         (true, Format::Safetensors) => out_dir.join("model").join("model.safetensors"),
     };
     argv.push(format!("--out={}", out.display()));
-    if kind != JobKind::Generate || cx.backend != Backend::Cpu {
-        argv.push(format!(
-            "--backend={}",
-            clap::ValueEnum::to_possible_value(&cx.backend)
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default()
-        ));
+    if let Some(backend) = clap::ValueEnum::to_possible_value(&cx.backend) {
+        argv.push(format!("--backend={}", backend.get_name()));
     }
     let command = Cli::try_parse_from(&argv)
         .map_err(|e| invalid(e.render().to_string().trim().to_owned()))?
