@@ -56,9 +56,9 @@ export function directionsResult(result) {
     fact('baseline harmless', fmt(num(s.baseline_harmless_score)), 'mean refusal score, no intervention'),
     fact('validation prompts', `${s.n_val_harmful} + ${s.n_val_harmless}`, 'harmful + harmless'));
   const chosenBy = sel.chosen_by ? (typeof sel.chosen_by === 'string' ? sel.chosen_by : JSON.stringify(sel.chosen_by)) : null;
-  out.append(h('h2', {}, chosen ? `Selected direction: layer ${chosen.layer}, position ${chosen.position}` : 'No candidate passed the filters'),
-    chosenBy ? h('p', { class: 'hint' }, `chosen by: ${chosenBy}`) : null,
-    facts);
+  out.append(h('h2', {}, chosen ? `Selected direction: layer ${chosen.layer}, position ${chosen.position}` : 'No candidate passed the filters'));
+  if (chosenBy) out.append(h('p', { class: 'hint' }, `chosen by: ${chosenBy}`));
+  out.append(facts);
 
   // --- heatmaps
   const cellsOf = (key) => cands.map((c) => ({
