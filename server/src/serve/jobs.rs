@@ -92,7 +92,15 @@ impl JobEvent {
 pub struct EventLog {
     events: Mutex<Vec<JobEvent>>,
     changed: watch::Sender<usize>,
-    stage: Mutex<Option<(Stage, Instant)>>,
+    /// The current stage, when it began, and when the last progress was reported.
+    stage: Mutex<Option<StageClock>>,
+}
+
+struct StageClock {
+    /// None between the job's start and its first progress report.
+    stage: Option<Stage>,
+    began: Instant,
+    last: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,6 +117,14 @@ impl EventLog {
     }
 
     fn push(&self, event: JobEvent) {
+        if matches!(event, JobEvent::Started) {
+            let now = Instant::now();
+            *lock(&self.stage) = Some(StageClock {
+                stage: None,
+                began: now,
+                last: now,
+            });
+        }
         let mut events = lock(&self.events);
         if events.last().is_some_and(JobEvent::is_final) {
             return;
@@ -120,17 +136,24 @@ impl EventLog {
     fn push_run_event(&self, event: RunEvent) {
         match event {
             RunEvent::Progress(p) => {
+                let now = Instant::now();
                 let elapsed = {
-                    let mut stage = lock(&self.stage);
-                    match *stage {
-                        Some((s, t)) if s == p.stage => t.elapsed().as_secs_f64(),
-                        _ => {
-                            *stage = Some((p.stage, Instant::now()));
-                            0.0
-                        }
-                    }
+                    let mut clock = lock(&self.stage);
+                    let began = match &*clock {
+                        Some(c) if c.stage == Some(p.stage) => c.began,
+                        // A stage's work begins when the previous one's last report was made
+                        // (its own first report may come after some of it is done).
+                        Some(c) => c.last,
+                        None => now,
+                    };
+                    *clock = Some(StageClock {
+                        stage: Some(p.stage),
+                        began,
+                        last: now,
+                    });
+                    now.duration_since(began).as_secs_f64()
                 };
-                let eta_s = (p.done > 0 && p.done <= p.total)
+                let eta_s = (p.done > 0 && p.done <= p.total && elapsed > 0.0)
                     .then(|| elapsed * (p.total - p.done) as f64 / p.done as f64);
                 self.push(JobEvent::Progress {
                     stage: p.stage,
@@ -552,5 +575,45 @@ fn work(jobs: &std::sync::Weak<Jobs>, rx: &Mutex<Receiver<Arc<Job>>>) {
             return;
         };
         jobs.run(&job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use refusal_core::refusal::Progress;
+
+    use super::*;
+
+    fn progress(log: &EventLog, stage: Stage, done: usize, total: usize) -> (f64, Option<f64>) {
+        log.push_run_event(RunEvent::Progress(Progress { stage, done, total }));
+        match log.last() {
+            Some(JobEvent::Progress {
+                elapsed_s, eta_s, ..
+            }) => (elapsed_s, eta_s),
+            other => panic!("expected progress, got {other:?}"),
+        }
+    }
+
+    /// A stage's first report can come after part of its work (candidates scored in
+    /// batches): its clock starts when the previous stage last reported, so the ETA is not 0.
+    #[test]
+    fn a_stage_is_timed_from_the_previous_report() {
+        let log = EventLog::new();
+        log.push(JobEvent::Started);
+        std::thread::sleep(Duration::from_millis(40));
+        let (elapsed, eta) = progress(&log, Stage::Extract, 1, 2);
+        assert!(elapsed >= 0.04, "{elapsed}");
+        assert!(
+            (eta.unwrap() - elapsed).abs() < 1e-9,
+            "half done: as long again"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        let (elapsed, eta) = progress(&log, Stage::Select, 5, 120);
+        assert!((0.04..0.5).contains(&elapsed), "{elapsed}");
+        assert!(eta.unwrap() > 20.0 * elapsed, "{eta:?}");
+        let (again, _) = progress(&log, Stage::Select, 6, 120);
+        assert!(again >= elapsed, "the same stage keeps its clock");
     }
 }
