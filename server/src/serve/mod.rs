@@ -133,6 +133,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     args.backend.device()?;
     if !args.no_fetch {
