@@ -81,32 +81,33 @@ impl Llama {
     /// [`Llama::random`]'s weights rounded to bf16, its large matrices kept in bf16 where the
     /// device supports it: a stand-in for a bf16 checkpoint.
     pub fn random_bf16(config: &ModelConfig, seed: u64, device: &Device) -> Llama {
-        let mut source = RandomBf16(RandomWeights::new(config.clone(), seed));
-        match weights::build(
-            config.clone(),
-            &mut source,
+        built(
+            config,
+            &mut RandomBf16(RandomWeights::new(config.clone(), seed)),
             device,
-            WeightStorage::AsStored,
-            &mut |_, _| {},
-        ) {
-            Ok(model) => model,
-            Err(e) => unreachable!("random weights always match their config: {e}"),
-        }
+        )
     }
 
     /// A model with this architecture and seeded random weights.
     pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> Llama {
-        let mut source = RandomWeights::new(config.clone(), seed);
-        match weights::build(
-            config.clone(),
-            &mut source,
+        built(
+            config,
+            &mut RandomWeights::new(config.clone(), seed),
             device,
-            WeightStorage::AsStored,
-            &mut |_, _| {},
-        ) {
-            Ok(model) => model,
-            // The source produces every weight at its expected shape, so building cannot fail.
-            Err(e) => unreachable!("random weights always match their config: {e}"),
-        }
+        )
+    }
+}
+
+fn built(config: &ModelConfig, source: &mut dyn WeightSource, device: &Device) -> Llama {
+    match weights::build(
+        config.clone(),
+        source,
+        device,
+        WeightStorage::AsStored,
+        &mut |_, _| {},
+    ) {
+        Ok(model) => model,
+        // The source produces every weight at its expected shape, so building cannot fail.
+        Err(e) => unreachable!("random weights always match their config: {e}"),
     }
 }
