@@ -169,9 +169,6 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     } else {
         Sampling::Greedy
     };
-    let actadd_layer = direction
-        .as_ref()
-        .map(|d| args.layer.unwrap_or(d.meta.layer));
     let terminal = !args.json && !control.is_observed();
     let mut completions = Vec::with_capacity(variants.len());
     for &variant in &variants {
@@ -187,7 +184,7 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
             (Variant::Actadd, Some(d)) => (
                 &loaded.llama,
                 Intervention::ActAdd {
-                    layer: actadd_layer.unwrap_or(d.meta.layer),
+                    layer: args.layer.unwrap_or(d.meta.layer),
                     vector: d.vector.clone(),
                     coeff: args.coeff,
                 },
@@ -273,7 +270,7 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         direction: direction.as_ref().map(|d| DirectionUse {
             layer: d.meta.layer,
             position: d.meta.position,
-            actadd_layer: actadd_layer.unwrap_or(d.meta.layer),
+            actadd_layer: args.layer.unwrap_or(d.meta.layer),
             coeff: args.coeff,
         }),
         completions,

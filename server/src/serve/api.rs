@@ -230,7 +230,6 @@ async fn model_file(
                 ensure_builtin(&m.artifact(), m.alias(), s.registry.cache(), false)?
             }
             Location::Path(p) => p.clone(),
-            Location::Unknown => return Err(ApiError::not_found(format!("no file for `{id}`"))),
         };
         let etag = match &entry.sha256 {
             Some(sha) => sha.clone(),
@@ -392,7 +391,8 @@ pub struct JobStatus {
     pub events_url: String,
 }
 
-fn job_record(s: &AppState, id: &str) -> Result<(JobRecord, Option<JobEvent>), ApiError> {
+/// A job as recorded, with its newest event while this server runs it.
+fn job_status_of(s: &AppState, id: &str) -> Result<JobStatus, ApiError> {
     if !is_generated_id(id) {
         return Err(ApiError::bad_id(id));
     }
@@ -400,8 +400,11 @@ fn job_record(s: &AppState, id: &str) -> Result<(JobRecord, Option<JobEvent>), A
         .store
         .job(id)?
         .ok_or_else(|| ApiError::not_found(format!("no job `{id}`")))?;
-    let last = s.jobs.get(id).and_then(|j| j.events.last());
-    Ok((record, last))
+    Ok(JobStatus {
+        last_event: s.jobs.get(id).and_then(|j| j.events.last()),
+        events_url: format!("/api/jobs/{id}/events"),
+        record,
+    })
 }
 
 /// A job's state (queued, running, succeeded, failed, cancelled) and result id.
@@ -411,15 +414,7 @@ async fn job_status(
     State(s): AppStateRef,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    blocking(move || {
-        let (record, last_event) = job_record(&s, &id)?;
-        Ok(Json(JobStatus {
-            events_url: format!("/api/jobs/{id}/events"),
-            record,
-            last_event,
-        }))
-    })
-    .await
+    blocking(move || Ok(Json(job_status_of(&s, &id)?))).await
 }
 
 /// Cancels a queued or running job (it stops at its next progress report). 409 when it has
@@ -431,23 +426,15 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
     blocking(move || {
-        let (record, _) = job_record(&s, &id)?;
+        let before = job_status_of(&s, &id)?;
         let cancelled = s.jobs.get(&id).is_some_and(|job| s.jobs.cancel(&job));
         if !cancelled {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                format!("job `{id}` has finished ({})", record.state),
+                format!("job `{id}` has finished ({})", before.record.state),
             ));
         }
-        let (record, last_event) = job_record(&s, &id)?;
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(JobStatus {
-                events_url: format!("/api/jobs/{id}/events"),
-                record,
-                last_event,
-            }),
-        ))
+        Ok((StatusCode::ACCEPTED, Json(job_status_of(&s, &id)?)))
     })
     .await
 }
@@ -478,7 +465,7 @@ async fn job_events(
         .map_or(0, |i| i + 1);
     let s2 = s.clone();
     let id2 = id.clone();
-    let (record, _) = blocking(move || job_record(&s2, &id2)).await?;
+    let record = blocking(move || job_status_of(&s2, &id2)).await?.record;
     let live = s.jobs.get(&id);
     // A job of an earlier server process: only how it ended is known.
     let past = match (&live, record.state.as_str()) {

@@ -205,6 +205,11 @@ impl Job {
             Some(_) => "running",
         }
     }
+
+    /// Whether it succeeded, failed or was cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.events.last().is_some_and(|e| e.is_final())
+    }
 }
 
 /// Why a job was not accepted.
@@ -310,7 +315,7 @@ impl Jobs {
             .insert_job(&id, job.kind.command(), &request_json)?;
         let ahead = lock(&self.live)
             .values()
-            .filter(|j| matches!(j.state(), "queued" | "running"))
+            .filter(|j| !j.is_finished())
             .count();
         job.events.push(JobEvent::Queued { ahead });
         lock(&self.live).insert(id.clone(), job.clone());
@@ -337,7 +342,7 @@ impl Jobs {
 
     /// Asks a job to stop; a queued job never starts. Returns false when it had finished.
     pub fn cancel(&self, job: &Job) -> bool {
-        if matches!(job.state(), "succeeded" | "failed" | "cancelled") {
+        if job.is_finished() {
             return false;
         }
         job.control.cancel();
@@ -355,15 +360,14 @@ impl Jobs {
         }
     }
 
+    /// Records a job's final event (`succeeded`, `failed` or `cancelled`: its state's name).
     fn finish(&self, job: &Job, event: JobEvent) {
-        let (state, error, result) = match &event {
-            JobEvent::Succeeded { result_id, .. } => ("succeeded", None, Some(result_id.as_str())),
-            JobEvent::Failed { error, result_id } => {
-                ("failed", Some(error.as_str()), result_id.as_deref())
-            }
-            _ => ("cancelled", None, None),
+        let (error, result) = match &event {
+            JobEvent::Succeeded { result_id, .. } => (None, Some(result_id.as_str())),
+            JobEvent::Failed { error, result_id } => (Some(error.as_str()), result_id.as_deref()),
+            _ => (None, None),
         };
-        if let Err(e) = self.store.finish_job(&job.id, state, error, result) {
+        if let Err(e) = self.store.finish_job(&job.id, event.name(), error, result) {
             tracing::error!("recording the end of job {}: {e:#}", job.id);
         }
         job.events.push(event);
@@ -377,7 +381,7 @@ impl Jobs {
         let mut live = lock(&self.live);
         let mut finished: Vec<(Instant, String)> = live
             .values()
-            .filter(|j| matches!(j.state(), "succeeded" | "failed" | "cancelled"))
+            .filter(|j| j.is_finished())
             .map(|j| (j.created, j.id.clone()))
             .collect();
         if finished.len() > KEEP_FINISHED {
@@ -389,6 +393,10 @@ impl Jobs {
     }
 
     fn run(&self, job: &Job) {
+        // Cancelled while queued: already recorded.
+        if job.is_finished() {
+            return;
+        }
         if job.control.cancelled() {
             self.finish(job, JobEvent::Cancelled);
             return;
@@ -466,10 +474,8 @@ impl Jobs {
             fs::create_dir_all(self.registry.derived_dir())?;
             fs::rename(&from, &to)
                 .with_context(|| format!("moving the job's model to {}", to.display()))?;
-            derived = Some(name);
-        }
-        if let Some(name) = &derived {
             report.insert("model_id".into(), Value::String(name.clone()));
+            derived = Some(name);
         }
         let model = model_fingerprint(&self.store, &self.registry, &prepared.model)?;
         let stored = NewResult {

@@ -52,12 +52,10 @@ pub struct ModelEntry {
 }
 
 /// Where a listed model lives.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub enum Location {
     Builtin(BuiltinModel),
     Path(PathBuf),
-    #[default]
-    Unknown,
 }
 
 /// Why an id does not name a model.
@@ -222,7 +220,6 @@ impl Registry {
         match &entry.location {
             Location::Builtin(m) => m.alias().to_owned(),
             Location::Path(p) => p.display().to_string(),
-            Location::Unknown => entry.id.clone(),
         }
     }
 }
