@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Browser end-to-end tests: build the web crate, compute the native reference logits, drive
 # headless Chromium (WebGPU via SwiftShader, and a CPU-only browser) through the smoke test,
-# then the web app against a real `refusal-lens serve` with a tiny random model (app.mjs).
+# then the web app against a real `refusal-lens serve` with a tiny random model: server mode
+# (app.mjs) and in-browser mode (in-browser.mjs, which also uses a static host).
 #
 #   scripts/test-browser.sh [--no-build] [--no-native] [--no-opt] [--no-app] [--app-only]
 #     --no-build   use the wasm already in dist/ (only copy index.html and web/app/ there)
 #     --no-native  skip the native reference (compare WebGPU against CPU only)
 #     --no-opt     build without wasm-opt (passed to build-web.sh)
-#     --no-app     skip the app test (tests/browser/app.mjs)
-#     --app-only   run only the app test
+#     --no-app     skip the app tests (tests/browser/app.mjs, in-browser.mjs)
+#     --app-only   run only the app tests
 #   APP_BIN, APP_MODELS_DIR: the server binary and models folder for the app test (see below)
 #
 # Exit status 0 only if every browser check passed; the last lines of output are
-# `browser: N passed, M failed` and `app: N passed, M failed`. Screenshots: target/browser/.
+# `browser: N passed, M failed`, `app: N passed, M failed` and `in-browser: N passed, M failed`.
+# Screenshots: target/browser/.
 # Prerequisites: scripts/setup.sh.
 set -euo pipefail
 
@@ -83,5 +85,11 @@ if [ "$APP" = 1 ]; then
         fi
     fi
     APP_BIN="$APP_BIN" APP_MODELS_DIR="$APP_MODELS_DIR" node "$ROOT/tests/browser/app.mjs" || STATUS=1
+    # In-browser mode: the native engine's logits for the tiny model, which the tab must match.
+    APP_EXPECTED="$CARGO_TARGET_DIR/browser-expected-logits.json"
+    (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-lens --example tiny-model -- \
+        "$APP_MODELS_DIR" --logits "Write a haiku about the sea." "$APP_EXPECTED" >/dev/null)
+    APP_BIN="$APP_BIN" APP_MODELS_DIR="$APP_MODELS_DIR" APP_EXPECTED="$APP_EXPECTED" \
+        node "$ROOT/tests/browser/in-browser.mjs" || STATUS=1
 fi
 exit "$STATUS"

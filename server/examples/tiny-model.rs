@@ -1,23 +1,55 @@
 //! Writes the tiny random Llama of `refusal_lens::tiny_model` (two 64-wide layers, SmolLM2's
 //! tokenizer and chat template) as a Hugging Face directory, for the browser end-to-end test
-//! (tests/browser/app.mjs serves it with `refusal-lens serve --models-dir`).
+//! (tests/browser/app.mjs serves it with `refusal-lens serve --models-dir`), and optionally the
+//! native engine's logits for a prompt, which the test compares with the in-browser engine's.
 //!
-//!   cargo run -p refusal-lens --example tiny-model -- MODELS_DIR [NAME]
+//!   cargo run -p refusal-lens --example tiny-model -- MODELS_DIR [NAME] [--logits PROMPT OUT.json]
 //!
-//! Writes MODELS_DIR/NAME (default `tiny-llama`).
+//! Writes MODELS_DIR/NAME (default `tiny-llama`) unless it is there already; OUT.json is
+//! `{"prompt": ..., "logits": [...]}`: the chat-formatted prompt's last-position logits.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use refusal_core::model::{NoHook, TokenBatch, read_f32};
+use refusal_lens::open::open;
+use refusal_lens::source::ResolvedModel;
 use refusal_lens::tiny_model::write_tiny_model;
 
 fn main() -> Result<()> {
-    let mut args = std::env::args_os().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: tiny-model MODELS_DIR [NAME]")?);
-    let name = args.next().map_or_else(
-        || "tiny-llama".to_owned(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    println!("{}", write_tiny_model(&dir, &name)?.display());
+    let mut positional = Vec::new();
+    let mut logits = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--logits" {
+            let prompt = args.next().context("--logits needs PROMPT and OUT.json")?;
+            let out = args.next().context("--logits needs PROMPT and OUT.json")?;
+            logits = Some((prompt, PathBuf::from(out)));
+        } else {
+            positional.push(arg);
+        }
+    }
+    let (dir, name) = match positional.as_slice() {
+        [dir] => (PathBuf::from(dir), "tiny-llama".to_owned()),
+        [dir, name] => (PathBuf::from(dir), name.clone()),
+        _ => bail!("usage: tiny-model MODELS_DIR [NAME] [--logits PROMPT OUT.json]"),
+    };
+    let model_dir = if dir.join(&name).join("model.safetensors").is_file() {
+        dir.join(&name)
+    } else {
+        write_tiny_model(&dir, &name)?
+    };
+    println!("{}", model_dir.display());
+    if let Some((prompt, out)) = logits {
+        let device = Device::flex();
+        let loaded = open(&ResolvedModel::HfDir(model_dir), &device, false)?;
+        let formatted = loaded.text.chat.user_prompt(&prompt, None)?;
+        let ids = loaded.text.tokenizer.encode(&formatted.text, false)?;
+        let batch = TokenBatch::left_padded(&[ids], 0, &device);
+        let values = read_f32(loaded.llama.last_logits(&batch, &mut NoHook));
+        let json = serde_json::json!({ "prompt": prompt, "logits": values });
+        std::fs::write(&out, json.to_string()).with_context(|| format!("writing {}", out.display()))?;
+    }
     Ok(())
 }

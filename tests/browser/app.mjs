@@ -28,85 +28,15 @@
 //   APP_DIST        the built app (default <repo>/dist)
 //   CHROMIUM        browser binary (default /usr/bin/chromium)
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const TARGET = process.env.CARGO_TARGET_DIR || path.join(os.homedir(), '.cache', 'refusal-lens', 'target');
-const BIN = process.env.APP_BIN || path.join(TARGET, 'debug', 'refusal-lens');
-const MODELS = process.env.APP_MODELS_DIR;
-const MODEL = process.env.APP_MODEL || 'tiny-llama';
-const DIST = path.resolve(process.env.APP_DIST || path.join(ROOT, 'dist'));
-const SHOTS = path.join(ROOT, 'target', 'browser');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const JOB_TIMEOUT_MS = 180_000;
+import {
+  ROOT, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
+  startServer, apiGet, check, open, shot, jobEnd,
+} from './harness.mjs';
 
 const log = (...a) => console.log('app:', ...a);
-
-/** `refusal-lens serve` on a free port; resolves with {base, child, data}. */
-function startServer() {
-  const data = fs.mkdtempSync(path.join(os.tmpdir(), 'refusal-lens-app-'));
-  const child = spawn(BIN, ['serve', '--addr', '127.0.0.1:0', '--no-fetch', '--data-dir', data,
-    '--models-dir', MODELS, '--web-dir', DIST], { stdio: ['ignore', 'pipe', fs.openSync(path.join(data, 'server.log'), 'w')] });
-  return new Promise((resolve, reject) => {
-    const lines = readline.createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error(`the server did not start; see ${data}/server.log`)), 60_000);
-    lines.once('line', (line) => {
-      clearTimeout(timer);
-      const base = line.replace(/^listening on /, '').trim();
-      // keep draining stdout (commands print their summaries there)
-      lines.on('line', () => {});
-      resolve({ base, child, data });
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the server exited with ${code}; see ${data}/server.log`));
-    });
-  });
-}
-
-async function apiGet(base, p) {
-  const res = await fetch(base + p);
-  if (!res.ok) throw new Error(`GET ${p}: ${res.status} ${await res.text()}`);
-  return res.json();
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-/** Open `url` and wait until the app rendered its page. */
-async function open(page, url) {
-  await page.goto('about:blank'); // a fresh document even when only the #hash would change
-  await page.goto(url);
-  await page.waitForSelector('body[data-app=ready], body[data-app=error]', { timeout: 30_000 });
-  const state = await page.evaluate(() => document.body.dataset.app);
-  if (state !== 'ready') throw new Error(`the page failed: ${await page.textContent('main')}`);
-}
-
-async function shot(page, name) {
-  const file = path.join(SHOTS, `app-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  log(`  screenshot ${path.relative(ROOT, file)}`);
-}
-
-/** The job panel's final state (succeeded, failed, cancelled). */
-async function jobEnd(page, scope = 'main') {
-  await page.waitForFunction((sel) => {
-    const p = document.querySelector(`${sel} .job-panel`);
-    return p && ['succeeded', 'failed', 'cancelled'].includes(p.dataset.state);
-  }, scope, { timeout: JOB_TIMEOUT_MS });
-  return page.evaluate((sel) => {
-    const p = document.querySelector(`${sel} .job-panel`);
-    return { state: p.dataset.state, text: p.textContent };
-  }, scope);
-}
 
 /** Same number, as the page shows it from data attributes (JSON null = NaN). */
 const same = (a, b) => (a === null || Number.isNaN(a) ? Number.isNaN(b) || b === null : a === b);

@@ -26,11 +26,11 @@
 //   CHROMIUM          browser binary (default /usr/bin/chromium)
 //   SMOKE_HEADFUL=1   show the browser window
 
-import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveStatic } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
@@ -51,50 +51,6 @@ const BASE_FLAGS = [
 const WEBGPU_FLAGS = [...BASE_FLAGS, '--enable-unsafe-webgpu'];
 
 const log = (...a) => console.log('browser:', ...a);
-
-// ------------------------------------------------------------------ static server
-const MIME = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm',
-  '.json': 'application/json', '.css': 'text/css', '.png': 'image/png', '.svg': 'image/svg+xml',
-  '.ico': 'image/x-icon', '.txt': 'text/plain; charset=utf-8',
-};
-
-function serve(root) {
-  const server = http.createServer((req, res) => {
-    let rel;
-    try {
-      rel = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    } catch {
-      res.writeHead(400).end();
-      return;
-    }
-    if (rel.endsWith('/')) rel += 'index.html';
-    const file = path.join(root, path.normalize(rel));
-    if (!file.startsWith(root + path.sep)) {
-      res.writeHead(403).end();
-      return;
-    }
-    fs.readFile(file, (err, body) => {
-      if (err) {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
-        return;
-      }
-      res.writeHead(200, {
-        'content-type': MIME[path.extname(file)] || 'application/octet-stream',
-        'cache-control': 'no-store',
-        // Cross-origin isolation, so SharedArrayBuffer (wasm threads) is available too.
-        'cross-origin-opener-policy': 'same-origin',
-        'cross-origin-embedder-policy': 'require-corp',
-      });
-      res.end(body);
-    });
-  });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  });
-}
 
 // ------------------------------------------------------------------ helpers
 function withTimeout(promise, ms, what) {
@@ -237,7 +193,7 @@ async function main() {
     return `, max |${what} - native| ${d.toExponential(2)}`;
   };
 
-  const server = await serve(DIST);
+  const server = await serveStatic({ '/': DIST });
   const url = `http://127.0.0.1:${server.address().port}/`;
   log(`serving ${path.relative(ROOT, DIST) || DIST} at ${url}`);
 

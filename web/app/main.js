@@ -1,18 +1,21 @@
 // The app shell: theme toggle, page navigation, and the share-link route.
 //   /r/<32 hex>        a stored result (result.js), as the server's share link serves it
+//   #/s/<packed>       a result computed in a browser, carried in the link itself (fragment.js)
 //   #/playground       one prompt, completions side by side (playground.js)
 //   #/directions       extract a refusal direction (directions.js)
 //   #/compare, #/repair  compressed vs base, AIRD repair (compare.js)
 //   #/learn            a guided walk-through (learn.js)
 
 import { h, message } from './ui.js';
+import { fragmentOf } from './fragment.js';
+import { hasServer } from './state.js';
 
 const PAGES = [
   { hash: '#/playground', label: 'Playground', load: () => import('./playground.js') },
-  { hash: '#/directions', label: 'Directions', load: () => import('./directions.js') },
-  { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare' },
-  { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird' },
-  { hash: '#/learn', label: 'Learn', load: () => import('./learn.js') },
+  { hash: '#/directions', label: 'Directions', load: () => import('./directions.js'), server: true },
+  { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare', server: true },
+  { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird', server: true },
+  { hash: '#/learn', label: 'Learn', load: () => import('./learn.js'), server: true },
 ];
 
 // ------------------------------------------------------------------ theme
@@ -38,13 +41,15 @@ themeButton.addEventListener('click', () => {
 // ------------------------------------------------------------------ navigation
 const nav = document.querySelector('nav.pages');
 const root = document.getElementById('app');
-// Absolute links: on /r/<id> (where <base href="/"> is set) they lead back to the app.
-for (const p of PAGES) nav.append(h('a', { href: `/${p.hash}`, dataset: { page: p.hash.slice(2) } }, p.label));
+// Plain fragment links: on /r/<id> the server sets <base href="/">, so they lead back to the
+// app at "/"; on a static host they stay on the page, wherever it is hosted.
+for (const p of PAGES) nav.append(h('a', { href: p.hash, dataset: { page: p.hash.slice(2) } }, p.label));
 
 let cleanup = null;
 
 async function route() {
   const share = location.pathname.match(/^\/r\/([0-9a-f]{32})\/?$/);
+  const packed = share ? null : fragmentOf(location.hash);
   let page = null;
   let mod;
   if (cleanup) {
@@ -53,7 +58,7 @@ async function route() {
   }
   document.body.dataset.app = 'loading';
   try {
-    if (share) {
+    if (share || packed) {
       mod = await import('./result.js');
     } else {
       page = PAGES.find((p) => p.hash === location.hash) || PAGES[0];
@@ -64,8 +69,15 @@ async function route() {
       else a.removeAttribute('aria-current');
     }
     root.replaceChildren();
-    document.body.dataset.page = share ? 'result' : page.hash.slice(2);
-    cleanup = (await mod.render(root, { resultId: share?.[1], kind: page?.kind })) || null;
+    document.body.dataset.page = page ? page.hash.slice(2) : 'result';
+    if (page?.server && !(await hasServer())) {
+      root.append(h('h1', {}, page.label), message('This page runs its work on the Refusal Lens server '
+        + '(`scripts/run.sh` serves this app with it). Here, on a static host, the Playground runs models in '
+        + 'your browser.', 'info'));
+      document.body.dataset.app = 'ready';
+      return;
+    }
+    cleanup = (await mod.render(root, { resultId: share?.[1], fragment: packed, kind: page?.kind })) || null;
     document.body.dataset.app = 'ready';
   } catch (e) {
     console.error(e);
@@ -76,7 +88,7 @@ async function route() {
 
 window.addEventListener('hashchange', () => {
   // On a share link, the pages live at "/": go there rather than re-render the result.
-  if (location.pathname !== '/' && location.pathname !== '/index.html') location.assign(`/${location.hash}`);
+  if (/^\/r\//.test(location.pathname)) location.assign(`/${location.hash}`);
   else route();
 });
 route();

@@ -1,11 +1,22 @@
 // Playground: one prompt, completions side by side (base, ablated, activation added,
-// orthogonalized), streamed token by token from a `generate` job.
+// orthogonalized), streamed token by token: from a `generate` job on the server, or from the
+// in-browser engine when the model chosen is the one loaded in this browser.
 
 import { Job, getResult, jobKinds } from './api.js';
-import { h, field, message, JobPanel, shareBar } from './ui.js';
-import { models$, knownDirections, currentDirection, setCurrentDirection } from './state.js';
+import { h, field, message, JobPanel, shareBar, fragmentShareBar, setMode } from './ui.js';
+import { models$, hasServer, knownDirections, currentDirection, setCurrentDirection } from './state.js';
 import { completionColumns, VARIANTS } from './generate-view.js';
 import { fmt } from './plot.js';
+import { engine, Cancelled, describe } from './engine.js';
+import { browserModelPanel } from './browser-model.js';
+import { fetchDirection, parseDirection } from './direction-source.js';
+import { fragmentLink } from './fragment.js';
+
+/** The model <select> value of the model loaded in this browser. */
+const IN_BROWSER = 'browser:';
+
+/** generate's defaults when no server is there to ask. */
+const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1 };
 
 /** A model <select> from /api/models (downloaded models first choice). */
 export async function modelPicker(name = 'model', preferred) {
@@ -28,19 +39,28 @@ export async function flagDefaults(kind) {
 }
 
 export async function render(root) {
-  const [defaults] = await Promise.all([flagDefaults('generate'), models$()]);
-  const model = await modelPicker('model');
+  const server = await hasServer();
+  const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('generate')) } : DEFAULTS;
+  const serverModels = server ? await models$() : [];
+  const model = server ? await modelPicker('model') : h('select', { name: 'model', required: true });
+  const browserOption = h('option', { value: IN_BROWSER });
+  model.append(h('optgroup', { label: 'In this browser' }, browserOption));
+  if (!server) model.value = IN_BROWSER;
+  const loader = browserModelPanel(serverModels);
+  const inBrowser = () => model.value === IN_BROWSER;
   const prompt = h('textarea', { name: 'prompt', rows: 3, required: true, placeholder: 'Type a prompt, e.g. an instruction the model might refuse' });
   const system = h('input', { name: 'system', placeholder: 'none' });
-  const maxTokens = h('input', { name: 'max-new-tokens', type: 'number', min: 1, value: defaults['max-new-tokens'] ?? 64 });
-  const temperature = h('input', { name: 'temperature', type: 'number', min: 0, step: 0.1, value: defaults.temperature ?? 0 });
-  const seed = h('input', { name: 'seed', type: 'number', min: 0, value: defaults.seed ?? 0 });
+  const maxTokens = h('input', { name: 'max-new-tokens', type: 'number', min: 1, value: defaults['max-new-tokens'] });
+  const temperature = h('input', { name: 'temperature', type: 'number', min: 0, step: 0.1, value: defaults.temperature });
+  const seed = h('input', { name: 'seed', type: 'number', min: 0, value: defaults.seed });
 
-  // direction: a stored directions result
+  // direction: a stored directions result (server), or a direction file (in-browser runs)
   const direction = h('select', { name: 'direction' });
   const customDir = h('input', { name: 'direction-id', placeholder: 'or paste a directions result id', pattern: '[0-9a-f]{32}' });
+  const dirFile = h('input', { name: 'direction-file', type: 'file', accept: '.safetensors' });
   const fillDirections = () => {
     direction.replaceChildren(h('option', { value: '' }, 'none (base model only)'));
+    if (!server) return;
     for (const d of knownDirections()) {
       direction.append(h('option', { value: d.id },
         `${d.model} · layer ${d.layer ?? '?'}, pos ${d.position ?? '?'} · ${d.id.slice(0, 8)}`));
@@ -58,11 +78,24 @@ export async function render(root) {
 
   const dirId = () => (customDir.value.trim() || direction.value || '');
   const dirNote = h('span', { class: 'hint dir-note' });
+  const idField = field('Direction result id', customDir);
+  const fileField = field('Direction file', dirFile, 'direction.safetensors from `refusal-lens directions`');
   const syncDirection = () => {
-    const has = !!dirId();
+    const browser = inBrowser();
+    const has = !!dirId() || (browser && dirFile.files.length > 0);
     const known = knownDirections().find((d) => d.id === dirId());
-    dirNote.textContent = known && known.model !== model.value
+    dirNote.textContent = known && !browser && known.model !== model.value
       ? `This direction was extracted from ${known.model}; it only fits that model.` : '';
+    idField.hidden = !server;
+    fileField.hidden = !browser;
+    loader.el.hidden = !browser;
+    browserOption.textContent = engine.info ? `${describe(engine.info)} (${engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU'})` : 'load a model into this browser…';
+    if (browser) {
+      setMode(`browser · ${engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet'}`,
+        'The model runs in this tab (WebAssembly/WebGPU)');
+    } else {
+      setMode('server', 'Models run on the server this page came from');
+    }
     for (const b of variantBoxes) b.disabled = !has || b.value === 'none';
     coeff.disabled = !has;
     layer.disabled = !has;
@@ -71,6 +104,8 @@ export async function render(root) {
   direction.addEventListener('change', syncDirection);
   model.addEventListener('change', syncDirection);
   customDir.addEventListener('input', syncDirection);
+  dirFile.addEventListener('change', syncDirection);
+  const unsubscribe = engine.subscribe(syncDirection);
   syncDirection();
 
   const go = h('button', { type: 'submit' }, 'Generate');
@@ -86,7 +121,7 @@ export async function render(root) {
       field('Model', model),
       h('div', { class: 'wide' }, field('Prompt', prompt)),
       h('div', { class: 'span2' }, field('Direction', direction, 'extract one on the Directions page')),
-      field('Direction result id', customDir),
+      idField, fileField,
       h('div', { class: 'wide' }, dirNote),
       h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
         variantBoxes.map((b) => h('label', {}, b, { none: 'base', ablate: 'ablated', actadd: 'activation added', orthogonalized: 'orthogonalized' }[b.value]))))),
@@ -96,17 +131,19 @@ export async function render(root) {
       h('div', { class: 'form-grid' },
         h('div', { class: 'wide' }, field('System prompt', system)),
         field('Max new tokens', maxTokens), field('Temperature', temperature, '0 decodes greedily'), field('Seed', seed))),
-    h('div', { class: 'actions' }, go, h('span', { class: 'hint' }, 'Variants are generated one after another on the server.')));
+    h('div', { class: 'actions' }, go, h('span', { class: 'hint' }, 'Variants are generated one after another.')));
 
+  const withDirection = () => !!dirId() || (inBrowser() && dirFile.files.length > 0);
+
+  /** The form as generate's flags (the server's job arguments). */
   const args = (only) => {
     const a = { model: model.value, prompt: prompt.value };
     if (system.value.trim()) a.system = system.value;
     a['max-new-tokens'] = Number(maxTokens.value);
     a.temperature = Number(temperature.value);
     a.seed = Number(seed.value);
-    const d = dirId();
-    if (d) {
-      a.direction = d;
+    if (withDirection()) {
+      if (dirId()) a.direction = dirId();
       a.variants = only || variantBoxes.filter((b) => b.checked).map((b) => b.value);
       a.coeff = Number(coeff.value);
       if (layer.value !== '') a.layer = Number(layer.value);
@@ -114,23 +151,78 @@ export async function render(root) {
     return a;
   };
 
+  /** The same flags as the in-browser engine's request, with the direction's vector read. */
+  const browserRequest = async (a) => {
+    const req = {
+      prompt: a.prompt, max_new_tokens: a['max-new-tokens'], temperature: a.temperature, seed: a.seed,
+      variants: a.variants || [], coeff: a.coeff ?? 1,
+    };
+    if (a.system) req.system = a.system;
+    if (a.layer !== undefined) req.layer = a.layer;
+    if (dirFile.files.length) req.direction = parseDirection(await dirFile.files[0].arrayBuffer(), dirFile.files[0].name);
+    else if (a.direction) req.direction = await fetchDirection(a.direction);
+    return req;
+  };
+
+  /** Streams a token into its column and the progress bar. */
+  const tokenProgress = (variants, max) => {
+    const seen = new Map();
+    return (e) => {
+      columns.append(e.variant, e.text);
+      seen.set(e.variant, (seen.get(e.variant) || 0) + 1);
+      const k = variants.indexOf(e.variant);
+      panel.progress(k * max + seen.get(e.variant), variants.length * max,
+        `${e.variant} (${k + 1} of ${variants.length}) · ${seen.get(e.variant)} tokens`);
+    };
+  };
+
+  /** Runs the request in this browser's engine, streaming into `columns`. */
+  const runInBrowser = async (a, only) => {
+    errors.replaceChildren();
+    share.replaceChildren();
+    if (!engine.info) {
+      columns.stop('no model');
+      errors.replaceChildren(message('Load a model into this browser first (the panel above), or choose a server model.'));
+      return;
+    }
+    go.disabled = true;
+    rerunActadd.disabled = true;
+    panel.attach({ cancel: async () => engine.cancel() });
+    panel.event({ type: 'started' });
+    try {
+      const request = await browserRequest(a);
+      if (only) request.variants = only;
+      const variants = request.variants.length ? request.variants : ['none'];
+      const onToken = tokenProgress(variants, request.max_new_tokens);
+      const report = await engine.generate(request, onToken);
+      columns.settle(report);
+      panel.event({ type: 'succeeded' });
+      share.replaceChildren(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+    } catch (e) {
+      if (e instanceof Cancelled) {
+        panel.event({ type: 'cancelled' });
+        columns.stop('cancelled');
+      } else {
+        panel.event({ type: 'failed', error: e.message });
+        columns.stop('failed');
+        errors.replaceChildren(message(e.message));
+      }
+    } finally {
+      go.disabled = false;
+      rerunActadd.disabled = false;
+    }
+  };
+
   /** Runs a generate job streaming into `columns` (only the columns of `only` when given). */
   const run = async (a, only) => {
     errors.replaceChildren();
-    const variants = only || a.variants || ['none'];
-    const seen = new Map();
+    const onToken = tokenProgress(only || a.variants || ['none'], a['max-new-tokens']);
     go.disabled = true;
     rerunActadd.disabled = true;
     try {
       job = await Job.submit('generate', a, (e) => {
         panel.event(e);
-        if (e.type === 'token') {
-          columns.append(e.variant, e.text);
-          seen.set(e.variant, (seen.get(e.variant) || 0) + 1);
-          const k = variants.indexOf(e.variant);
-          panel.progress(k * a['max-new-tokens'] + seen.get(e.variant), variants.length * a['max-new-tokens'],
-            `${e.variant} (${k + 1} of ${variants.length}) · ${seen.get(e.variant)} tokens`);
-        }
+        if (e.type === 'token') onToken(e);
         if (e.type === 'cancelled') columns.stop('cancelled');
         if (e.type === 'failed') {
           columns.stop('failed');
@@ -163,7 +255,7 @@ export async function render(root) {
       if (!columns?.column('actadd')) return;
       const a = args(['actadd']);
       columns.reset('actadd', { coeff: a.coeff, actadd_layer: a.layer ?? knownDirections().find((d) => d.id === a.direction)?.layer });
-      run(a, ['actadd']);
+      (inBrowser() ? runInBrowser : run)(a, ['actadd']);
     },
   }, 'Re-run with this coefficient');
 
@@ -179,18 +271,24 @@ export async function render(root) {
     const slider = h('div', {}, h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
       coeffMirror(coeff)), rerunActadd);
     const dirLayer = knownDirections().find((d) => d.id === a.direction)?.layer;
-    columns = completionColumns(variants, a.direction ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
+    columns = completionColumns(variants, withDirection() ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
       { actaddControls: slider });
     out.replaceChildren(columns.el);
     share.replaceChildren();
-    run(a);
+    if (inBrowser()) runInBrowser(a);
+    else run(a);
   });
 
   root.append(
     h('h1', {}, 'Playground'),
-    h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights. Text streams in as the server generates it.'),
-    form, errors, panel.el, share, out);
-  return () => job?.close();
+    h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights. Text streams in as it is generated, on the server or in this browser.'),
+    loader.el, form, errors, panel.el, share, out);
+  return () => {
+    job?.close();
+    unsubscribe();
+    loader.dispose();
+    if (engine.generating) engine.cancel();
+  };
 }
 
 /** A second slider bound to `source` (the form's coefficient), for the activation-added column. */

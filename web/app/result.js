@@ -1,8 +1,15 @@
-// A stored result, as its share link (/r/<id>) shows it: read from GET /api/results/{id},
-// never recomputed. "Re-run" submits the stored request again and opens the new result.
+// A shared result, never recomputed to be shown:
+//   /r/<id>    a stored result of the server (GET /api/results/{id}); "Re-run" submits the
+//              stored request again and opens the new result.
+//   #/s/<...>  a result computed in a browser, carried in the link (fragment.js); "Re-run" runs
+//              its request in this browser's engine, once the same model is loaded here.
 
 import { getResult, Job } from './api.js';
-import { h, message, JobPanel, shareBar } from './ui.js';
+import { h, message, JobPanel, shareBar, fragmentShareBar, setMode } from './ui.js';
+import { readFragment, fragmentLink } from './fragment.js';
+import { engine, Cancelled, describe } from './engine.js';
+import { browserModelPanel } from './browser-model.js';
+import { hasServer, models$ } from './state.js';
 import { generateResult, completionColumns } from './generate-view.js';
 import { directionsResult } from './directions-view.js';
 import { compareResult } from './compare-view.js';
@@ -36,7 +43,8 @@ function modelName(fp) {
   return name ? String(name).split('/').pop() : JSON.stringify(fp).slice(0, 80);
 }
 
-export async function render(root, { resultId }) {
+export async function render(root, { resultId, fragment }) {
+  if (fragment) return renderFragment(root, fragment);
   root.append(h('p', { class: 'lede' }, 'loading the result…'));
   let result;
   try {
@@ -95,4 +103,80 @@ export async function render(root, { resultId }) {
       h('pre', { class: 'formatted' }, JSON.stringify(result.request, null, 2)),
       h('p', { class: 'argv mono' }, (result.argv || []).join(' '))));
   return () => job?.close();
+}
+
+/** Whether the loaded model is the one a browser result was computed with. */
+function sameModel(a, b) {
+  return !!a && !!b && a.file === b.file && a.n_params === b.n_params && a.d_model === b.d_model;
+}
+
+async function renderFragment(root, packed) {
+  let result;
+  try {
+    result = await readFragment(packed);
+  } catch (e) {
+    root.replaceChildren(h('h1', {}, 'Result not readable'), message(e.message));
+    return null;
+  }
+  const report = result.report;
+  const m = report.model || {};
+  const panel = new JobPanel();
+  const errors = h('div');
+  const live = h('div');
+  const server = await hasServer();
+  const loader = browserModelPanel(server ? await models$() : []);
+  const need = h('p', { class: 'hint' });
+  const rerun = h('button', { type: 'button', class: 'rerun' }, 'Re-run in this browser');
+  const sync = () => {
+    const ok = sameModel(engine.info, m);
+    setMode(`browser · ${engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet'}`,
+      'This result was computed in a browser; a re-run runs in this tab');
+    rerun.disabled = !ok || engine.generating;
+    loader.el.hidden = ok;
+    need.textContent = ok ? `${describe(engine.info)} is loaded.`
+      : `Re-running needs ${m.name || m.label || m.file} (${m.file}, ${m.n_layers} layers × ${m.d_model}) loaded in this browser.`;
+  };
+  const unsubscribe = engine.subscribe(sync);
+  rerun.addEventListener('click', async () => {
+    rerun.disabled = true;
+    errors.replaceChildren();
+    const variants = report.completions.map((c) => c.variant);
+    const cols = completionColumns(variants, report.direction);
+    live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
+    panel.attach({ cancel: async () => engine.cancel() });
+    panel.event({ type: 'started' });
+    try {
+      const again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
+      cols.settle(again);
+      panel.event({ type: 'succeeded' });
+      const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
+      live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'),
+        fragmentShareBar({ kind: result.kind, request: result.request, report: again }, fragmentLink));
+    } catch (e) {
+      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
+      cols.stop(e instanceof Cancelled ? 'cancelled' : 'failed');
+      if (!(e instanceof Cancelled)) errors.replaceChildren(message(e.message));
+    } finally {
+      sync();
+    }
+  });
+  sync();
+  root.replaceChildren(
+    h('h1', {}, TITLES[result.kind] || result.kind),
+    h('div', { class: 'meta' },
+      h('span', {}, `kind: ${result.kind}`),
+      h('span', {}, `model: ${m.name || m.label || m.file || '?'}`),
+      h('span', {}, `computed in a browser (${m.backend === 'webgpu' ? 'WebGPU' : 'CPU'})`)),
+    h('div', { class: 'actions' }, rerun, need),
+    h('p', { class: 'hint' }, 'Shown from the link itself: nothing was stored on a server, nothing is recomputed until you re-run it.'),
+    loader.el, errors, panel.el, live,
+    h('div', { class: 'result-body', dataset: { kind: result.kind } },
+      resultBody({ kind: result.kind, report: { 'generate.json': report } })),
+    h('details', { class: 'more' }, h('summary', {}, 'Request'),
+      h('pre', { class: 'formatted' }, JSON.stringify({ ...result.request, direction: result.request.direction && { ...result.request.direction, vector: `[${result.request.direction.vector.length} numbers]` } }, null, 2))));
+  return () => {
+    unsubscribe();
+    loader.dispose();
+    if (engine.generating) engine.cancel();
+  };
 }

@@ -5,6 +5,19 @@ import { listModels } from './api.js';
 
 let models = null;
 
+/**
+ * Whether this page came from a Refusal Lens server (its API answers); false on a static host,
+ * where only the in-browser engine runs models.
+ */
+export async function hasServer() {
+  try {
+    await models$();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** GET /api/models, once per page load. */
 export function models$() {
   if (!models) {

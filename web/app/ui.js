@@ -152,6 +152,35 @@ export async function copyText(text) {
   }
 }
 
+/** The header's badge: where the page's models run ("server", "browser · WebGPU"). */
+export function setMode(text, title) {
+  const el = document.getElementById('mode');
+  if (!el) return;
+  el.textContent = `${text} mode`;
+  el.title = title;
+  el.dataset.mode = text.split(' ')[0];
+}
+
+/**
+ * Share controls for a result computed in this browser: Share packs it into a fragment link
+ * (fragment.js), shown and copied.
+ */
+export function fragmentShareBar(result, makeLink) {
+  const note = h('span', { class: 'hint share-note' });
+  const link = h('a', { class: 'share-link', hidden: true });
+  const copy = h('button', {
+    type: 'button', class: 'share', onclick: async () => {
+      const url = await makeLink(result);
+      link.href = url;
+      link.dataset.share = url;
+      link.textContent = `link (${bytes(url.length)})`;
+      link.hidden = false;
+      note.textContent = (await copyText(url)) ? 'link copied: the result travels inside it' : 'copy the link by hand';
+    },
+  }, 'Share');
+  return h('div', { class: 'share-bar', dataset: { fragment: '1' } }, copy, link, note);
+}
+
 /** Share controls for a stored result: the link, a Copy button, open/export links. */
 export function shareBar(resultId, { exportLink = true, extra = [] } = {}) {
   const url = shareUrl(resultId);

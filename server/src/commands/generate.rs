@@ -6,11 +6,10 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use refusal_core::generate::{FinishReason, GenerationSettings, Sampling, generate};
-use refusal_core::model::Llama;
-use refusal_core::refusal::Intervention;
-use refusal_core::refusal::judge::is_refusal;
-use refusal_core::refusal::orthogonalize::orthogonalize;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use refusal_core::generate::{GenerationSettings, Sampling, generate};
+use refusal_core::refusal::variant::Completion;
+use refusal_core::refusal::{Variant, VariantDirection};
 use serde::Serialize;
 
 use crate::direction_file::DirectionFile;
@@ -18,31 +17,6 @@ use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
 use crate::progress::{RunControl, RunEvent};
-
-/// One completion of a side-by-side generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Variant {
-    /// The model as it is.
-    None,
-    /// The direction ablated at every layer (hooks).
-    Ablate,
-    /// The direction added at one layer with --coeff.
-    Actadd,
-    /// The ablation baked into the weights (METHOD §5); should read like `ablate`.
-    Orthogonalized,
-}
-
-impl Variant {
-    fn name(self) -> &'static str {
-        match self {
-            Variant::None => "none",
-            Variant::Ablate => "ablate",
-            Variant::Actadd => "actadd",
-            Variant::Orthogonalized => "orthogonalized",
-        }
-    }
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
@@ -68,7 +42,7 @@ pub struct GenerateArgs {
     pub direction: Option<PathBuf>,
     /// Completions to produce, comma-separated: none, ablate, actadd, orthogonalized. Default:
     /// none, or all four when --direction is given.
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = variant_parser())]
     pub variants: Vec<Variant>,
     /// Activation-addition coefficient.
     #[arg(long, default_value_t = 1.0)]
@@ -82,17 +56,6 @@ pub struct GenerateArgs {
     /// Also write the completions as generate.json into this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
-}
-
-/// One variant's completion.
-#[derive(Debug, Serialize)]
-pub struct Completion {
-    pub variant: Variant,
-    pub completion: String,
-    pub tokens: Vec<u32>,
-    pub finish: FinishReason,
-    /// The substring judge of METHOD §7.
-    pub refusal: bool,
 }
 
 /// `generate.json`, and what `--json` prints.
@@ -129,15 +92,9 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         .as_deref()
         .map(DirectionFile::read)
         .transpose()?;
-    let variants = match (&direction, args.variants.as_slice()) {
-        (Some(_), []) => vec![
-            Variant::None,
-            Variant::Ablate,
-            Variant::Actadd,
-            Variant::Orthogonalized,
-        ],
-        (None, []) => vec![Variant::None],
-        (_, given) => given.to_vec(),
+    let variants = match args.variants.as_slice() {
+        [] => Variant::defaults(direction.is_some()),
+        given => given.to_vec(),
     };
     if direction.is_none()
         && let Some(v) = variants.iter().find(|v| **v != Variant::None)
@@ -172,30 +129,14 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     let terminal = !args.json && !control.is_observed();
     let mut completions = Vec::with_capacity(variants.len());
     for &variant in &variants {
-        let mut orthogonalized = None;
-        let (model, intervention): (&Llama, Intervention) = match (variant, &direction) {
-            (Variant::None, _) => (&loaded.llama, Intervention::None),
-            (Variant::Ablate, Some(d)) => (
-                &loaded.llama,
-                Intervention::Ablate {
-                    direction: d.vector.clone(),
-                },
-            ),
-            (Variant::Actadd, Some(d)) => (
-                &loaded.llama,
-                Intervention::ActAdd {
-                    layer: args.layer.unwrap_or(d.meta.layer),
-                    vector: d.vector.clone(),
-                    coeff: args.coeff,
-                },
-            ),
-            (Variant::Orthogonalized, Some(d)) => (
-                orthogonalized.insert(orthogonalize(loaded.llama.clone(), &d.vector)?),
-                Intervention::None,
-            ),
-            (_, None) => unreachable!("checked above: interventions need a direction"),
-        };
-        let mut hook = intervention.hook(model)?;
+        let applied = direction.as_ref().map(|d| VariantDirection {
+            vector: &d.vector,
+            actadd_layer: args.layer.unwrap_or(d.meta.layer),
+            coeff: args.coeff,
+        });
+        let run = variant.setup(&loaded.llama, applied.as_ref())?;
+        let model = run.edited.as_ref().unwrap_or(&loaded.llama);
+        let mut hook = run.intervention.hook(model)?;
         if terminal && variants.len() > 1 {
             println!("--- {}", variant.name());
         }
@@ -251,13 +192,12 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         }
         let tokens = out.tokens.into_iter().next().unwrap_or_default();
         let completion = loaded.text.tokenizer.decode(&tokens, true)?;
-        completions.push(Completion {
+        completions.push(Completion::judged(
             variant,
-            refusal: is_refusal(&completion),
             completion,
             tokens,
-            finish: out.finish[0],
-        });
+            out.finish[0],
+        ));
     }
     let report = GenerateReport {
         model: fingerprint,
@@ -287,4 +227,10 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
             .with_context(|| format!("writing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// `--variants` values: the core's variant names (clap lists them in --help and the job API).
+fn variant_parser() -> impl TypedValueParser<Value = Variant> {
+    PossibleValuesParser::new(Variant::ALL.map(Variant::name))
+        .try_map(|name| name.parse::<Variant>())
 }

@@ -201,6 +201,23 @@ impl GgufFile {
     /// The first malformed field, as the matching [`GgufError`] variant: never a panic, and
     /// nothing is allocated for a count before it is checked against the bytes left.
     pub fn parse(bytes: &[u8]) -> Result<GgufFile, GgufError> {
+        let file = GgufFile::parse_header(bytes)?;
+        for info in &file.tensors {
+            file.tensor_bytes(bytes, info)?;
+        }
+        Ok(file)
+    }
+
+    /// Parses header, metadata and tensor infos from a prefix of the file that holds at least
+    /// the header (the browser reads one before downloading the whole file, to show what the
+    /// model is and what memory it needs). Tensor data ranges are not checked: see [`parse`].
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`], except that no tensor data is checked.
+    ///
+    /// [`parse`]: GgufFile::parse
+    pub fn parse_header(bytes: &[u8]) -> Result<GgufFile, GgufError> {
         let mut p = Parser {
             bytes,
             pos: 0,
@@ -267,7 +284,6 @@ impl GgufFile {
                     alignment,
                 });
             }
-            file.tensor_bytes(bytes, info)?;
         }
         Ok(file)
     }

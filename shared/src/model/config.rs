@@ -185,6 +185,18 @@ impl ModelConfig {
         }
     }
 
+    /// Number of parameters (a tied output head counted once; q/k/v biases only when
+    /// `qkv_bias` requires them): what a model needs in memory, times the bytes per parameter.
+    pub fn n_params(&self) -> u64 {
+        let [vocab, d, ff] = [self.vocab_size, self.d_model, self.d_ff].map(|v| v as u64);
+        let q = (self.n_heads * self.head_dim) as u64;
+        let kv = (self.n_kv_heads * self.head_dim) as u64;
+        let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
+        let block = d * q + 2 * d * kv + bias + q * d + 3 * d * ff + 2 * d;
+        let head = if self.tied_embeddings { 0 } else { vocab * d };
+        vocab * d + head + self.n_layers as u64 * block + d
+    }
+
     /// Inverse frequencies of the rotary embedding, one per rotated pair, with Llama-3 scaling
     /// applied when configured (the formula of Meta's reference implementation).
     pub fn rope_inv_freq(&self) -> Vec<f64> {
@@ -218,6 +230,21 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn n_params_counts_what_burn_allocates() {
+        use burn::module::Module;
+        let device = burn::tensor::Device::flex();
+        let untied = ModelConfig {
+            tied_embeddings: false,
+            architecture: Architecture::Llama,
+            ..ModelConfig::tiny()
+        };
+        for config in [ModelConfig::tiny(), untied] {
+            let model = crate::model::Llama::random(&config, 1, &device);
+            assert_eq!(model.num_params() as u64, config.n_params(), "{config:?}");
+        }
+    }
 
     #[test]
     fn tiny_is_valid() {

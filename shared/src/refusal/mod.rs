@@ -18,6 +18,7 @@ pub mod plots;
 pub mod prompts;
 pub mod score;
 pub mod select;
+pub mod variant;
 
 use std::ops::ControlFlow;
 
@@ -29,6 +30,7 @@ pub use intervention::Intervention;
 pub use prompts::{Prompt, PromptFormat};
 pub use score::RefusalTokens;
 pub use select::{Selection, SelectionSettings};
+pub use variant::{Variant, VariantDirection};
 
 /// What a long computation is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +91,8 @@ pub enum PipelineError {
     NotOneToken(String),
     #[error("no refusal tokens given")]
     NoRefusalTokens,
+    #[error("the `{0}` completion needs a direction")]
+    NeedsDirection(&'static str),
 }
 
 /// Reports progress and turns a cancel request into [`PipelineError::Cancelled`].

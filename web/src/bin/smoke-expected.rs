@@ -18,7 +18,7 @@ fn main() {
                 .join("smoke-expected.json")
         });
     let device = burn::tensor::Device::flex();
-    let logits = refusal_web::smoke_logits(&device);
+    let logits = refusal_web::smoke::smoke_logits(&device);
     let shape = logits.dims();
     let values: Vec<f32> = logits.into_data().try_into_vec_as().expect("f32 logits");
     assert!(

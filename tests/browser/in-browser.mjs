@@ -1,0 +1,306 @@
+// End-to-end test of the web app's in-browser mode: the engine in a Web Worker, on WebGPU
+// (SwiftShader) and on the CPU, checked against the native engine and the server.
+//
+//   node tests/browser/in-browser.mjs     (scripts/test-browser.sh runs it after app.mjs)
+//
+//   1. logits-webgpu     the Playground loads the tiny model from the server's files into the
+//   2. logits-cpu        tab; its logits for a prompt equal the native engine's (APP_EXPECTED)
+//   3. generate          with a direction file (from a server directions job), the four
+//                        columns equal the server's `generate` job token for token (same text)
+//   4. cancel            Cancel stops a long in-browser generation; the engine still answers
+//   5. share-static      Share packs the result into a #/s/ link; on a static host (no API)
+//                        the link shows the same texts; loading the model there from its URL
+//                        and re-running gives the same completions; a second load comes from
+//                        the Cache API
+//   6. bad-file          a broken .gguf picked from disk gives an error naming the file
+//   7. static-pages      pages that need the server say so on a static host
+// Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
+//
+// Environment: as app.mjs, plus
+//   APP_EXPECTED   {"prompt", "logits"} from `cargo run -p refusal-lens --example tiny-model --
+//                  MODELS_DIR --logits PROMPT OUT.json` (required)
+//   APP_ATOL, APP_RTOL   logits tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import {
+  ROOT, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
+  startServer, apiGet, check, open, serveStatic,
+} from './harness.mjs';
+
+const EXPECTED = process.env.APP_EXPECTED;
+const ATOL = Number(process.env.APP_ATOL || 1e-4);
+const RTOL = Number(process.env.APP_RTOL || 1e-4);
+const log = (...a) => console.log('in-browser:', ...a);
+
+async function shot(page, name) {
+  const file = path.join(SHOTS, `in-browser-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  log(`  screenshot ${path.relative(ROOT, file)}`);
+}
+
+/** Loads a model through the Playground's "Run a model in this browser" panel. */
+async function loadInBrowser(page, { kind, value, backend }) {
+  await page.selectOption('#playground-form select[name=model]', 'browser:');
+  await page.selectOption('.browser-model select[name=source-kind]', kind);
+  if (kind === 'server') await page.selectOption('.browser-model select[name=server-model]', value);
+  if (kind === 'url') {
+    await page.fill('.browser-model input[name=model-url]', value);
+    await page.dispatchEvent('.browser-model input[name=model-url]', 'change');
+  }
+  await page.selectOption('.browser-model select[name=backend]', backend);
+  await page.waitForFunction(() => {
+    const b = [...document.querySelectorAll('.browser-model button')].find((x) => x.textContent === 'Download and load');
+    return b && !b.disabled;
+  }, null, { timeout: 60_000 });
+  const needs = await page.textContent('.browser-model .needs');
+  await page.click('.browser-model button:text("Download and load")');
+  await page.waitForSelector(`.browser-model .loaded-model[data-loaded=${backend}]`, { timeout: JOB_TIMEOUT_MS });
+  return { needs, state: await page.textContent('.browser-model .job-detail') };
+}
+
+/** The panel's final state after a run. */
+async function runEnd(page) {
+  await page.waitForFunction(() => ['succeeded', 'failed', 'cancelled']
+    .includes(document.querySelector('main .job-panel')?.dataset.state), null, { timeout: JOB_TIMEOUT_MS });
+  return page.evaluate(() => {
+    const p = document.querySelector('main .job-panel');
+    return { state: p.dataset.state, text: p.textContent };
+  });
+}
+
+/** Sets the Playground's max new tokens (in its folded "Generation settings"). */
+async function setMaxTokens(page, n) {
+  await page.evaluate(() => { document.querySelector('#playground-form details.more').open = true; });
+  await page.fill('#playground-form input[name=max-new-tokens]', String(n));
+}
+
+/** Each column's text, by variant. */
+const columnTexts = (page, scope = 'main') => page.evaluate((sel) => Object.fromEntries(
+  [...document.querySelectorAll(`${sel} .column`)].map((c) => [c.dataset.variant, c.querySelector('pre.completion').textContent])), scope);
+
+/** Submits a job through the API and waits for its stored result. */
+async function runJob(base, kind, args) {
+  const res = await fetch(`${base}/api/jobs`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind, args }),
+  });
+  if (!res.ok) throw new Error(`POST /api/jobs ${kind}: ${res.status} ${await res.text()}`);
+  const { id } = await res.json();
+  const until = Date.now() + JOB_TIMEOUT_MS;
+  for (;;) {
+    const job = await apiGet(base, `/api/jobs/${id}`);
+    if (job.state === 'succeeded') return apiGet(base, `/api/results/${job.result_id}`);
+    check(!['failed', 'cancelled'].includes(job.state), `${kind} job ${job.state}: ${job.error || ''}`);
+    check(Date.now() < until, `${kind} job still ${job.state}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function compareLogits(got, want) {
+  check(got.length === want.length, `${got.length} logits, expected ${want.length}`);
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i] - want[i]);
+    check(Number.isFinite(got[i]) && err <= ATOL + RTOL * Math.abs(want[i]),
+      `logit ${i}: ${got[i]} vs native ${want[i]}`);
+    worst = Math.max(worst, err);
+  }
+  return worst;
+}
+
+async function main() {
+  if (!MODELS || !fs.existsSync(path.join(MODELS, MODEL)) || !EXPECTED || !fs.existsSync(EXPECTED)) {
+    console.error('in-browser: APP_MODELS_DIR must hold the tiny model and APP_EXPECTED its native logits (scripts/test-browser.sh)');
+    console.log('in-browser: 0 passed, 1 failed');
+    return 1;
+  }
+  const expected = JSON.parse(fs.readFileSync(EXPECTED, 'utf8'));
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const server = await startServer();
+  const host = await serveStatic({ '/': DIST, '/models/': MODELS });
+  const staticBase = `http://127.0.0.1:${host.address().port}`;
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'refusal-lens-in-browser-'));
+  log(`server ${server.base}, static host ${staticBase}, model ${MODEL}`);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-quic', '--enable-unsafe-webgpu'],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const consoleLines = [];
+  const listen = (p) => {
+    p.on('console', (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
+    p.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
+  };
+  listen(page);
+
+  let passed = 0;
+  let failed = 0;
+  const record = async (name, fn) => {
+    try {
+      const detail = await fn();
+      passed++;
+      log(`PASS ${name}${detail ? ': ' + detail : ''}`);
+    } catch (e) {
+      failed++;
+      log(`FAIL ${name}: ${e.message}`);
+      await shot(page, `${name}-failure`).catch(() => {});
+    }
+  };
+
+  let shared = null;
+  try {
+    for (const backend of ['webgpu', 'cpu']) {
+      await record(`logits-${backend}`, async () => {
+        await open(page, `${server.base}/#/playground`);
+        const { needs } = await loadInBrowser(page, { kind: 'server', value: MODEL, backend });
+        check(/2 layers × 64/.test(needs) && /memory/.test(needs), `the header check shows: ${needs}`);
+        const mode = await page.textContent('#mode');
+        check(mode.includes(backend === 'webgpu' ? 'WebGPU' : 'CPU'), `the mode badge says "${mode}"`);
+        const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt);
+        const worst = compareLogits(got, expected.logits);
+        await shot(page, `loaded-${backend}`);
+        return `${got.length} logits, largest difference ${worst.toExponential(2)}`;
+      });
+    }
+
+    await record('generate', async () => {
+      const dir = await runJob(server.base, 'directions', { model: MODEL, 'n-train': 4, 'n-val': 2, select: '1:-1' });
+      const st = await fetch(`${server.base}/api/results/${dir.id}/files/direction.safetensors`);
+      check(st.ok, `direction.safetensors: ${st.status}`);
+      const dirFile = path.join(scratch, 'direction.safetensors');
+      fs.writeFileSync(dirFile, Buffer.from(await st.arrayBuffer()));
+      const prompt = 'Write a short poem about the sea';
+      const serverRun = await runJob(server.base, 'generate', { model: MODEL, prompt, direction: dir.id, 'max-new-tokens': 12 });
+      const want = Object.fromEntries(serverRun.report['generate.json'].completions.map((c) => [c.variant, c.completion]));
+
+      // The CPU engine of logits-cpu is still loaded in this page.
+      check(await page.evaluate(() => window.refusalEngine.info?.backend) === 'cpu', 'the CPU model is not loaded');
+      await page.setInputFiles('#playground-form input[name=direction-file]', dirFile);
+      await page.fill('#playground-form textarea[name=prompt]', prompt);
+      await setMaxTokens(page, 12);
+      await page.click('#playground-form button[type=submit]');
+      const end = await runEnd(page);
+      check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
+      const got = await columnTexts(page);
+      check(Object.keys(got).length === 4, `${Object.keys(got).length} columns, expected 4`);
+      for (const v of Object.keys(want)) {
+        check(got[v] === want[v], `${v}: the browser wrote ${JSON.stringify(got[v])}, the server ${JSON.stringify(want[v])}`);
+      }
+      await page.click('.share-bar button.share');
+      await page.waitForSelector('.share-bar .share-link[href]', { state: 'attached' });
+      shared = { link: await page.getAttribute('.share-bar .share-link', 'href'), texts: got };
+      check(/#\/s\/[A-Za-z0-9_-]+$/.test(shared.link), `the share link is ${shared.link}`);
+      await shot(page, 'generate');
+      return `4 columns equal the server's; share link of ${shared.link.length} characters`;
+    });
+
+    await record('cancel', async () => {
+      await setMaxTokens(page, 400);
+      await page.click('#playground-form button[type=submit]');
+      await page.waitForFunction(() => (document.querySelector('main .job-panel progress')?.value || 0) >= 3, null, { timeout: 60_000 });
+      await page.click('main .job-panel button:text("Cancel")');
+      const end = await runEnd(page);
+      check(end.state === 'cancelled', `the run ended ${end.state}: ${end.text}`);
+      const done = await page.evaluate(() => document.querySelector('main .job-panel progress').value);
+      await setMaxTokens(page, 3);
+      await page.click('#playground-form button[type=submit]');
+      const again = await runEnd(page);
+      check(again.state === 'succeeded', `after Cancel, a new run ended ${again.state}: ${again.text}`);
+      return `stopped after ${done} tokens of 1600; the next run succeeded`;
+    });
+
+    await record('share-static', async () => {
+      check(shared, 'no share link from the generate test');
+      const link = `${staticBase}/${new URL(shared.link).hash}`;
+      const p = await context.newPage();
+      listen(p);
+      try {
+        await open(p, link);
+        const shown = await columnTexts(p, '.result-body');
+        for (const [v, text] of Object.entries(shared.texts)) {
+          check(shown[v] === text, `${v} shows ${JSON.stringify(shown[v])}, expected ${JSON.stringify(text)}`);
+        }
+        check(await p.isDisabled('button.rerun'), 'Re-run is enabled before the model is loaded');
+        await p.selectOption('.browser-model select[name=source-kind]', 'url');
+        await p.fill('.browser-model input[name=model-url]', `${staticBase}/models/${MODEL}/`);
+        await p.dispatchEvent('.browser-model input[name=model-url]', 'change');
+        await p.selectOption('.browser-model select[name=backend]', 'cpu');
+        await p.waitForFunction(() => [...document.querySelectorAll('.browser-model button')]
+          .some((b) => b.textContent === 'Download and load' && !b.disabled), null, { timeout: 60_000 });
+        await p.click('.browser-model button:text("Download and load")');
+        await p.waitForFunction(() => !document.querySelector('button.rerun').disabled, null, { timeout: JOB_TIMEOUT_MS });
+        await p.click('button.rerun');
+        await p.waitForSelector('main .message', { timeout: JOB_TIMEOUT_MS });
+        const verdict = await p.textContent('main .message');
+        check(/same completions/.test(verdict), `the re-run says: ${verdict}`);
+        await shot(p, 'share-static');
+
+        // A second visit loads from the Cache API.
+        await open(p, `${staticBase}/#/playground`);
+        check((await p.textContent('#mode')).startsWith('browser'), 'the static host is not in browser mode');
+        const again = await p.$('.browser-model button:text("again")');
+        check(again, 'no "Load … again" button on the second visit');
+        await again.click();
+        await p.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
+        const state = await p.textContent('.browser-model .job-detail');
+        check(/cache/.test(state), `the second load says: ${state}`);
+        return `texts equal; re-run identical; second load: ${state}`;
+      } catch (e) {
+        await shot(p, 'share-static-page').catch(() => {});
+        throw e;
+      } finally {
+        await p.close();
+      }
+    });
+
+    await record('bad-file', async () => {
+      const bad = path.join(scratch, 'broken.gguf');
+      fs.writeFileSync(bad, Buffer.concat([Buffer.from('GGUF'), Buffer.from([3, 0, 0, 0]), Buffer.alloc(40, 0xff)]));
+      await open(page, `${staticBase}/#/playground`);
+      await page.selectOption('.browser-model select[name=source-kind]', 'files');
+      await page.setInputFiles('.browser-model input[name=model-files]', bad);
+      await page.waitForSelector('.browser-model .message.error', { timeout: 30_000 });
+      const text = await page.textContent('.browser-model .message.error');
+      check(/broken\.gguf/.test(text) && /GGUF/.test(text), `the error says: ${text}`);
+      return text;
+    });
+
+    await record('static-pages', async () => {
+      await open(page, `${staticBase}/#/directions`);
+      const text = await page.textContent('main');
+      check(/server/.test(text) && !/failed/.test(text), `the Directions page says: ${text}`);
+      return 'the Directions page explains it needs the server';
+    });
+  } catch (e) {
+    failed++;
+    log(`FAIL harness: ${e.stack || e.message}`);
+  } finally {
+    await browser.close().catch(() => {});
+    server.child.kill('SIGTERM');
+    host.close();
+  }
+  if (failed) {
+    log('browser console (last 30 lines):');
+    for (const line of consoleLines.slice(-30)) console.log('  ' + line);
+    log(`server log: ${server.data}/server.log`);
+  } else {
+    fs.rmSync(server.data, { recursive: true, force: true });
+  }
+  fs.rmSync(scratch, { recursive: true, force: true });
+  console.log(`in-browser: ${passed} passed, ${failed} failed`);
+  return failed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    console.log('in-browser: 0 passed, 1 failed');
+    process.exit(1);
+  },
+);

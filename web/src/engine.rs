@@ -1,0 +1,406 @@
+//! The in-browser engine: a model loaded from checkpoint bytes (one GGUF file, or a Hugging
+//! Face checkpoint's config.json, tokenizer.json and safetensors shards) on WebGPU or the CPU,
+//! answering one prompt side by side under each variant of METHOD §5.
+//!
+//! Every readback is awaited (WebGPU cannot block), and the token callback may return a
+//! Promise: the worker awaits a macrotask there, which is when it sees a Cancel message.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor};
+use js_sys::{Array, Function, Promise, Uint8Array};
+use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
+use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
+use refusal_core::model::{Llama, NoHook, TokenBatch};
+use refusal_core::refusal::variant::Completion;
+use refusal_core::refusal::{Variant, VariantDirection};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+use crate::inspect::CheckpointInfo;
+use crate::{init_device, js_error};
+
+/// A loaded model and what the page shows about it.
+#[wasm_bindgen]
+pub struct Engine {
+    llama: Llama,
+    text: TextAssets,
+    info: EngineInfo,
+}
+
+/// The model as loaded (JSON of [`Engine::info`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    /// The file the model came from (the GGUF file, or the first safetensors shard).
+    pub file: String,
+    pub format: &'static str,
+    /// `webgpu` or `cpu`.
+    pub backend: &'static str,
+    #[serde(flatten)]
+    pub checkpoint: CheckpointInfo,
+}
+
+/// One playground request (JSON), the browser's `refusal-lens generate`.
+#[derive(Debug, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub system: Option<String>,
+    pub max_new_tokens: usize,
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    #[serde(default)]
+    pub seed: u64,
+    /// Empty: the base model, or every variant when a direction is given.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    #[serde(default)]
+    pub direction: Option<DirectionInput>,
+    #[serde(default = "default_coeff")]
+    pub coeff: f32,
+    /// Layer of the activation addition (default: the direction's).
+    #[serde(default)]
+    pub layer: Option<usize>,
+}
+
+fn default_top_p() -> f32 {
+    0.9
+}
+
+fn default_coeff() -> f32 {
+    1.0
+}
+
+/// A refusal direction and where it was read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DirectionInput {
+    pub vector: Vec<f32>,
+    pub layer: usize,
+    pub position: isize,
+}
+
+/// What [`Engine::generate`] returns: the same fields as the CLI's `generate.json`, so the
+/// app shows and shares both alike.
+#[derive(Debug, Serialize)]
+pub struct GenerateReport {
+    pub model: EngineInfo,
+    pub prompt: String,
+    pub formatted_prompt: String,
+    pub prompt_tokens: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub seed: u64,
+    pub direction: Option<DirectionUse>,
+    pub completions: Vec<Completion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DirectionUse {
+    pub layer: usize,
+    pub position: isize,
+    pub actadd_layer: usize,
+    pub coeff: f32,
+}
+
+/// Checkpoint files by name; every name a checkpoint needs is looked up here.
+struct Files(HashMap<String, Vec<u8>>);
+
+impl Files {
+    fn from_js(names: &Array, contents: &Array) -> Result<Files, String> {
+        if names.length() != contents.length() {
+            return Err(format!(
+                "{} file names for {} files",
+                names.length(),
+                contents.length()
+            ));
+        }
+        let mut files = HashMap::new();
+        for (name, bytes) in names.iter().zip(contents.iter()) {
+            let name = name.as_string().ok_or("a file name is not a string")?;
+            let bytes = bytes
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| format!("{name}: the contents are not a Uint8Array"))?;
+            // Only the base name counts: a dropped folder gives "dir/config.json".
+            let base = name.rsplit('/').next().unwrap_or(&name).to_owned();
+            if files.insert(base.clone(), bytes.to_vec()).is_some() {
+                return Err(format!("{base} is given twice"));
+            }
+        }
+        Ok(Files(files))
+    }
+
+    fn gguf(&self) -> Option<(&String, &Vec<u8>)> {
+        self.0.iter().find(|(n, b)| {
+            n.to_ascii_lowercase().ends_with(".gguf") || b.starts_with(b"GGUF")
+        })
+    }
+
+    fn required(&self, name: &str) -> Result<&[u8], String> {
+        self.0.get(name).map(Vec::as_slice).ok_or_else(|| {
+            format!(
+                "{name} is missing: a Hugging Face checkpoint needs config.json, tokenizer.json \
+                 and its .safetensors files (or give one .gguf file); given: {}",
+                self.names()
+            )
+        })
+    }
+
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.join(", ")
+    }
+}
+
+/// Loads a checkpoint from its files (parallel arrays of names and `Uint8Array`s) on WebGPU
+/// (`webgpu = true`) or the CPU, calling `on_progress(done, total)` per weight.
+///
+/// # Errors
+///
+/// WebGPU unavailable, missing files, and every load error, naming the file.
+#[wasm_bindgen]
+pub async fn load_engine(
+    webgpu: bool,
+    names: Array,
+    contents: Array,
+    on_progress: Function,
+) -> Result<Engine, JsValue> {
+    let files = Files::from_js(&names, &contents).map_err(js_error)?;
+    drop(contents);
+    let device = init_device(webgpu).await?;
+    let mut progress = |done: usize, total: usize| {
+        // A failing progress callback must not abort the load.
+        let _ = on_progress.call2(&JsValue::NULL, &done.into(), &total.into());
+    };
+    Engine::load(&files, &device, &mut progress, webgpu).map_err(js_error)
+}
+
+impl Engine {
+    fn load(
+        files: &Files,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+        webgpu: bool,
+    ) -> Result<Engine, String> {
+        let backend = if webgpu { "webgpu" } else { "cpu" };
+        if let Some((name, bytes)) = files.gguf() {
+            let file = gguf::parse(name, bytes).map_err(|e| e.to_string())?;
+            let text = load::gguf_text_assets(name, &file).map_err(|e| e.to_string())?;
+            let llama = load::gguf_model(name, &file, bytes, device, progress)
+                .map_err(|e| e.to_string())?;
+            let model_name = file
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            let checkpoint = CheckpointInfo::new(llama.config(), model_name);
+            return Ok(Engine {
+                llama,
+                text,
+                info: EngineInfo {
+                    file: name.clone(),
+                    format: "gguf",
+                    backend,
+                    checkpoint,
+                },
+            });
+        }
+        let config = files.required("config.json")?;
+        let tokenizer = files.required("tokenizer.json")?;
+        let mut shards: Vec<(String, &[u8])> = files
+            .0
+            .iter()
+            .filter(|(n, _)| n.ends_with(".safetensors"))
+            .map(|(n, b)| (n.clone(), b.as_slice()))
+            .collect();
+        if shards.is_empty() {
+            files.required("model.safetensors")?;
+        }
+        shards.sort_by(|a, b| a.0.cmp(&b.0));
+        let text = load::hf_text_assets(
+            tokenizer,
+            files.0.get("tokenizer_config.json").map(Vec::as_slice),
+            files
+                .0
+                .get("chat_template.jinja")
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let llama = load::hf_model(config, &shards, device, HfLoadOptions::default(), progress)
+            .map_err(|e| e.to_string())?;
+        let checkpoint = CheckpointInfo::new(llama.config(), None);
+        Ok(Engine {
+            llama,
+            text,
+            info: EngineInfo {
+                file: shards[0].0.clone(),
+                format: "safetensors",
+                backend,
+                checkpoint,
+            },
+        })
+    }
+
+    fn check_direction(&self, d: &DirectionInput) -> Result<(), String> {
+        let c = self.llama.config();
+        if d.vector.len() != c.d_model {
+            return Err(format!(
+                "the direction has {} dimensions but this model has width {}",
+                d.vector.len(),
+                c.d_model
+            ));
+        }
+        if d.layer >= c.n_layers {
+            return Err(format!(
+                "the direction's layer {} does not exist (the model has {} layers)",
+                d.layer, c.n_layers
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// The model as loaded, as JSON [`EngineInfo`].
+    pub fn info(&self) -> Result<String, JsValue> {
+        serde_json::to_string(&self.info).map_err(js_error)
+    }
+
+    /// The chat-formatted `prompt`'s last-position logits (`[vocab]`): what the browser test
+    /// compares with the native engine.
+    pub async fn prompt_logits(&self, prompt: String) -> Result<Vec<f32>, JsValue> {
+        let formatted = self
+            .text
+            .chat
+            .user_prompt(&prompt, None)
+            .map_err(js_error)?;
+        let ids = self
+            .text
+            .tokenizer
+            .encode(&formatted.text, false)
+            .map_err(js_error)?;
+        let device = self.llama.device();
+        let batch = TokenBatch::left_padded(&[ids], 0, &device);
+        read(self.llama.last_logits(&batch, &mut NoHook)).await
+    }
+
+    /// Generates every requested variant in turn (request: JSON [`GenerateRequest`]), calling
+    /// `on_token(variant, text)` after each token (`text` may be empty while a character is
+    /// incomplete). When it returns `false`, or a Promise of `false`, generation stops and
+    /// this rejects with "cancelled". Resolves with JSON [`GenerateReport`].
+    pub async fn generate(&self, request: String, on_token: Function) -> Result<String, JsValue> {
+        let req: GenerateRequest = serde_json::from_str(&request)
+            .map_err(|e| js_error(format!("invalid request: {e}")))?;
+        if let Some(d) = &req.direction {
+            self.check_direction(d).map_err(js_error)?;
+        }
+        let variants = match req.variants.as_slice() {
+            [] => Variant::defaults(req.direction.is_some()),
+            given => given.to_vec(),
+        };
+        let formatted = self
+            .text
+            .chat
+            .user_prompt(&req.prompt, req.system.as_deref())
+            .map_err(js_error)?;
+        let ids = self
+            .text
+            .tokenizer
+            .encode(&formatted.text, false)
+            .map_err(js_error)?;
+        let applied = req.direction.as_ref().map(|d| VariantDirection {
+            vector: &d.vector,
+            actadd_layer: req.layer.unwrap_or(d.layer),
+            coeff: req.coeff,
+        });
+        let sampling = if req.temperature > 0.0 {
+            Sampling::Random {
+                temperature: req.temperature,
+                top_p: req.top_p,
+                seed: req.seed,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        let mut completions = Vec::with_capacity(variants.len());
+        for variant in variants {
+            let run = variant
+                .setup(&self.llama, applied.as_ref())
+                .map_err(js_error)?;
+            let model = run.edited.as_ref().unwrap_or(&self.llama);
+            let mut hook = run.intervention.hook(model).map_err(js_error)?;
+            let settings = GenerationSettings {
+                max_new_tokens: req.max_new_tokens,
+                sampling,
+                stop_ids: self.text.tokenizer.stop_ids(),
+            };
+            let mut decoder = Decoder::new(model, std::slice::from_ref(&ids), 0, settings);
+            let mut stream = self.text.tokenizer.stream(true);
+            let mut cancelled = false;
+            while let Some(logits) = decoder.forward(&mut hook) {
+                let host = read(logits).await?;
+                for (_, token) in decoder.accept(&host) {
+                    let piece = stream.push(token).map_err(js_error)?.unwrap_or_default();
+                    if !keep_going(&on_token, variant, &piece).await? {
+                        cancelled = true;
+                    }
+                }
+                if cancelled {
+                    decoder.cancel();
+                }
+            }
+            if cancelled {
+                return Err(js_error("cancelled"));
+            }
+            if let Some(rest) = stream.flush().map_err(js_error)? {
+                keep_going(&on_token, variant, &rest).await?;
+            }
+            let out = decoder.finish();
+            let tokens = out.tokens.into_iter().next().unwrap_or_default();
+            let text = self.text.tokenizer.decode(&tokens, true).map_err(js_error)?;
+            completions.push(Completion::judged(variant, text, tokens, out.finish[0]));
+        }
+        let report = GenerateReport {
+            model: self.info.clone(),
+            prompt: req.prompt,
+            formatted_prompt: formatted.text,
+            prompt_tokens: ids.len(),
+            max_new_tokens: req.max_new_tokens,
+            temperature: req.temperature,
+            seed: req.seed,
+            direction: req.direction.as_ref().map(|d| DirectionUse {
+                layer: d.layer,
+                position: d.position,
+                actadd_layer: req.layer.unwrap_or(d.layer),
+                coeff: req.coeff,
+            }),
+            completions,
+        };
+        serde_json::to_string(&report).map_err(js_error)
+    }
+}
+
+/// Calls the token callback; `false` (or a Promise of it) asks to stop.
+async fn keep_going(on_token: &Function, variant: Variant, piece: &str) -> Result<bool, JsValue> {
+    let answer = on_token.call2(&JsValue::NULL, &variant.name().into(), &piece.into())?;
+    let answer = match answer.dyn_into::<Promise>() {
+        Ok(promise) => JsFuture::from(promise).await?,
+        Err(value) => value,
+    };
+    Ok(answer.as_bool() != Some(false))
+}
+
+/// An f32 tensor read back to the host, awaiting the device.
+async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, JsValue> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| js_error(format!("reading a tensor back from the device: {e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| js_error(format!("reading a tensor back from the device: {e:?}")))
+}
