@@ -49,7 +49,8 @@ fn main() -> Result<()> {
         let batch = TokenBatch::left_padded(&[ids], 0, &device);
         let values = read_f32(loaded.llama.last_logits(&batch, &mut NoHook));
         let json = serde_json::json!({ "prompt": prompt, "logits": values });
-        std::fs::write(&out, json.to_string()).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(&out, json.to_string())
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
 }

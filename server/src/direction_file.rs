@@ -9,6 +9,7 @@ use refusal_core::export::f32_safetensors;
 use refusal_core::model::HostTensor;
 use refusal_core::refusal::RefusalTokens;
 use refusal_core::refusal::select::CandidateScore;
+pub use refusal_core::refusal::select::ChosenBy;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -30,16 +31,6 @@ pub struct DirectionMeta {
     pub scores: CandidateScore,
     /// Whether METHOD §6 chose it or the user did (`--select`).
     pub chosen_by: ChosenBy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChosenBy {
-    Selection,
-    User,
-    /// No candidate passed METHOD §6: the lowest bypass score among candidates above the
-    /// layer limit whose KL stays under a relaxed bound.
-    Fallback,
 }
 
 /// A direction and its description.

@@ -12,8 +12,13 @@
 //                        the link shows the same texts; loading the model there from its URL
 //                        and re-running gives the same completions; a second load comes from
 //                        the Cache API
-//   6. bad-file          a broken .gguf picked from disk gives an error naming the file
-//   7. static-pages      pages that need the server say so on a static host
+//   6. directions        on a static host, the Directions page runs METHOD §3-6 in the tab: three
+//                        heatmaps with the chosen cell; its direction.safetensors equals the
+//                        CLI's for the same prompts; its #/s/ link shows the same selection;
+//                        "Use in the playground" gives four in-browser columns
+//   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself
+//   8. bad-file          a broken .gguf picked from disk gives an error naming the file
+//   9. static-pages      pages that need the server say so on a static host
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
@@ -21,12 +26,13 @@
 //                  MODELS_DIR --logits PROMPT OUT.json` (required)
 //   APP_ATOL, APP_RTOL   logits tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
 
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
-  ROOT, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
+  ROOT, BIN, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
   startServer, apiGet, check, open, serveStatic,
 } from './harness.mjs';
 
@@ -41,9 +47,9 @@ async function shot(page, name) {
   log(`  screenshot ${path.relative(ROOT, file)}`);
 }
 
-/** Loads a model through the Playground's "Run a model in this browser" panel. */
+/** Loads a model through the page's "Run a model in this browser" panel. */
 async function loadInBrowser(page, { kind, value, backend }) {
-  await page.selectOption('#playground-form select[name=model]', 'browser:');
+  await page.selectOption('main form select[name=model]', 'browser:');
   await page.selectOption('.browser-model select[name=source-kind]', kind);
   if (kind === 'server') await page.selectOption('.browser-model select[name=server-model]', value);
   if (kind === 'url') {
@@ -96,6 +102,16 @@ async function runJob(base, kind, args) {
     check(Date.now() < until, `${kind} job still ${job.state}`);
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+/** The f32 vector of a direction.safetensors. */
+function directionVector(bytes) {
+  const buf = Buffer.from(bytes);
+  const n = Number(buf.readBigUInt64LE(0));
+  const t = JSON.parse(buf.subarray(8, 8 + n).toString()).direction;
+  const [a, b] = t.data_offsets;
+  const data = buf.subarray(8 + n + a, 8 + n + b);
+  return Array.from({ length: (b - a) / 4 }, (_, i) => data.readFloatLE(4 * i));
 }
 
 function compareLogits(got, want) {
@@ -258,6 +274,99 @@ async function main() {
       }
     });
 
+    await record('directions', async () => {
+      const p = await context.newPage();
+      listen(p);
+      try {
+        await open(p, `${staticBase}/#/directions`);
+        await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
+        await p.fill('#directions-form input[name=n-train]', '4');
+        await p.fill('#directions-form input[name=n-val]', '2');
+        await p.fill('#directions-form input[name=select]', '1:-1');
+        await p.click('#directions-form button[type=submit]');
+        const end = await runEnd(p);
+        check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
+        const info = await p.evaluate(async () => {
+          const a = [...document.querySelectorAll('.directions-result .files a')].find((x) => x.textContent === 'direction.safetensors');
+          const bytes = a ? Array.from(new Uint8Array(await (await fetch(a.href)).arrayBuffer())) : null;
+          return {
+            heatmaps: document.querySelectorAll('.directions-result svg.heatmap').length,
+            selected: document.querySelectorAll('.directions-result svg.heatmap .selected-cell').length,
+            cells: document.querySelectorAll('.directions-result svg.heatmap rect[data-value]').length,
+            title: document.querySelector('.directions-result h2').textContent,
+            bytes,
+          };
+        });
+        check(info.heatmaps === 3 && info.selected === 3, `${info.heatmaps} heatmaps, ${info.selected} marked cells`);
+        check(info.bytes, 'no direction.safetensors download');
+        await shot(p, 'directions');
+
+        // The CLI on the same model and prompts.
+        const out = path.join(scratch, 'cli-direction');
+        execFileSync(BIN, ['directions', '--model', path.join(MODELS, MODEL), '--n-train', '4', '--n-val', '2',
+          '--select', '1:-1', '--out', out], { stdio: 'ignore' });
+        const want = directionVector(fs.readFileSync(path.join(out, 'direction.safetensors')));
+        const got = directionVector(info.bytes);
+        check(got.length === want.length, `${got.length} dimensions, the CLI's has ${want.length}`);
+        const scale = Math.max(...want.map(Math.abs));
+        const worst = Math.max(...got.map((v, i) => Math.abs(v - want[i])));
+        check(worst <= 1e-4 * scale, `the direction differs from the CLI's by ${worst} (scale ${scale})`);
+
+        // Its share link, opened elsewhere, shows the same selection.
+        await p.click('.share-bar button.share');
+        await p.waitForSelector('.share-bar .share-link[href]', { state: 'attached' });
+        const link = await p.getAttribute('.share-bar .share-link', 'href');
+        const q = await context.newPage();
+        listen(q);
+        try {
+          await open(q, link);
+          const seen = await q.evaluate(() => ({
+            cells: document.querySelectorAll('.result-body svg.heatmap rect[data-value]').length,
+            title: document.querySelector('.result-body h2').textContent,
+          }));
+          check(seen.title === info.title && seen.cells === info.cells, `the link shows ${JSON.stringify(seen)}, the run ${info.title} with ${info.cells} cells`);
+        } finally {
+          await q.close();
+        }
+
+        // Use it in the Playground, in the tab.
+        await p.click('.directions-result button.use-direction');
+        await p.waitForSelector('body[data-page=playground][data-app=ready]');
+        const dir = await p.inputValue('#playground-form select[name=direction]');
+        check(dir.startsWith('local:'), `the playground's direction is ${dir || 'none'}`);
+        await p.fill('#playground-form textarea[name=prompt]', 'Write a short poem about the sea');
+        await setMaxTokens(p, 6);
+        await p.click('#playground-form button[type=submit]');
+        const gen = await runEnd(p);
+        check(gen.state === 'succeeded', `the playground run ended ${gen.state}: ${gen.text}`);
+        const cols = await columnTexts(p);
+        check(Object.keys(cols).length === 4, `${Object.keys(cols).length} columns`);
+        return `${info.title}; largest difference from the CLI ${worst.toExponential(2)}; 4 columns with it`;
+      } finally {
+        await p.close();
+      }
+    });
+
+    await record('directions-cancel', async () => {
+      const p = await context.newPage();
+      listen(p);
+      try {
+        await open(p, `${staticBase}/#/directions`);
+        await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
+        await p.fill('#directions-form input[name=n-train]', '64');
+        await p.fill('#directions-form input[name=n-val]', '16');
+        await p.click('#directions-form button[type=submit]');
+        await p.waitForFunction(() => document.querySelector('main .job-panel')?.dataset.state === 'progress', null, { timeout: 60_000 });
+        await p.click('main .job-panel button:text("Cancel")');
+        const end = await runEnd(p);
+        check(end.state === 'cancelled', `the run ended ${end.state}: ${end.text}`);
+        await p.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: 60_000 });
+        return 'cancelled; the model came back from the cache';
+      } finally {
+        await p.close();
+      }
+    });
+
     await record('bad-file', async () => {
       const bad = path.join(scratch, 'broken.gguf');
       fs.writeFileSync(bad, Buffer.concat([Buffer.from('GGUF'), Buffer.from([3, 0, 0, 0]), Buffer.alloc(40, 0xff)]));
@@ -271,10 +380,10 @@ async function main() {
     });
 
     await record('static-pages', async () => {
-      await open(page, `${staticBase}/#/directions`);
+      await open(page, `${staticBase}/#/compare`);
       const text = await page.textContent('main');
-      check(/server/.test(text) && !/failed/.test(text), `the Directions page says: ${text}`);
-      return 'the Directions page explains it needs the server';
+      check(/server/.test(text) && !/failed/.test(text), `the Compare page says: ${text}`);
+      return 'the Compare page explains it needs the server';
     });
   } catch (e) {
     failed++;

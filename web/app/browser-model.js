@@ -2,7 +2,7 @@
 // this computer), see its download size and memory needs, then download and load it into the
 // in-browser engine (engine.js) on WebGPU or the CPU, with progress and Cancel.
 
-import { h, field, message, bytes } from './ui.js';
+import { h, field, message, bytes, setMode } from './ui.js';
 import { engine, Cancelled, describe, rememberedSource } from './engine.js';
 
 const absolute = (u) => new URL(u, location.href).href;
@@ -203,21 +203,22 @@ export function browserModelPanel(serverModels) {
   loadButton.addEventListener('click', () => current && runLoad(current.source, backend.value));
   cancel.addEventListener('click', () => engine.cancel());
 
+  // A model loaded from URLs before is offered again (its files are in the cache).
+  const again = rememberedSource();
+  const againButton = again
+    ? h('button', { type: 'button', class: 'secondary', onclick: () => runLoad(again.source, again.backend) },
+      `Load ${again.label} again`)
+    : null;
+
   const showLoaded = (info) => {
     loaded.replaceChildren(info
       ? h('span', {}, h('span', { class: 'badge complies' }, info.backend === 'webgpu' ? 'WebGPU' : 'CPU'), ' ', describe(info))
       : h('span', { class: 'hint' }, 'No model in this browser yet.'));
     loaded.dataset.loaded = info ? info.backend : '';
+    if (againButton) againButton.hidden = !!info;
   };
   showLoaded(engine.info);
   const unsubscribe = engine.subscribe(showLoaded);
-
-  // A model loaded from URLs before is offered again (its files are in the cache).
-  const again = rememberedSource();
-  const againButton = again && !engine.info
-    ? h('button', { type: 'button', class: 'secondary', onclick: () => runLoad(again.source, again.backend) },
-      `Load ${again.label} again`)
-    : null;
 
   const el = h('section', { class: 'panel browser-model' },
     h('h2', {}, 'Run a model in this browser'),
@@ -231,4 +232,41 @@ export function browserModelPanel(serverModels) {
     bar, errors);
   showKind();
   return { el, dispose: unsubscribe };
+}
+
+/** The model <select> value of the model loaded in this browser. */
+export const IN_BROWSER = 'browser:';
+
+/**
+ * Where a page's model runs: `select` (the server's models when `serverSelect` is given, plus
+ * "In this browser") and the loader panel, shown while the browser is chosen. The header's
+ * badge follows the choice. `onChange()` runs on every later change of choice or loaded model.
+ * Returns {select, loader, inBrowser(), dispose()}.
+ */
+export function modelChooser(serverSelect, serverModels, onChange = () => {}) {
+  const select = serverSelect || h('select', { name: 'model', required: true });
+  const option = h('option', { value: IN_BROWSER });
+  select.append(h('optgroup', { label: 'In this browser' }, option));
+  if (!serverSelect) select.value = IN_BROWSER;
+  const loader = browserModelPanel(serverModels);
+  const inBrowser = () => select.value === IN_BROWSER;
+  const sync = (notify = true) => {
+    const info = engine.info;
+    const where = info ? (info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : null;
+    option.textContent = info ? `${describe(info)} (${where})` : 'load a model into this browser…';
+    loader.el.hidden = !inBrowser();
+    if (inBrowser()) setMode(`browser · ${where || 'no model yet'}`, 'The model runs in this tab (WebAssembly/WebGPU)');
+    else setMode('server', 'Models run on the server this page came from');
+    if (notify) onChange();
+  };
+  select.addEventListener('change', () => sync());
+  const unsubscribe = engine.subscribe(() => sync());
+  sync(false);
+  return {
+    select, loader, inBrowser,
+    dispose() {
+      unsubscribe();
+      loader.dispose();
+    },
+  };
 }

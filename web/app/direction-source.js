@@ -42,3 +42,19 @@ export async function fetchDirection(resultId) {
   if (!res.ok) throw new Error(`direction of result ${resultId}: ${res.status} ${await res.text()}`);
   return parseDirection(await res.arrayBuffer());
 }
+
+/** direction.safetensors as `refusal-lens directions` writes it, for a direction found here. */
+export function directionSafetensors({ vector, layer, position }) {
+  let header = JSON.stringify({
+    __metadata__: { layer: String(layer), position: String(position) },
+    direction: { dtype: 'F32', shape: [vector.length], data_offsets: [0, vector.length * 4] },
+  });
+  header += ' '.repeat((8 - (header.length % 8)) % 8); // the data starts 8-byte aligned
+  const head = new TextEncoder().encode(header);
+  const out = new Uint8Array(8 + head.length + vector.length * 4);
+  const view = new DataView(out.buffer);
+  view.setBigUint64(0, BigInt(head.length), true);
+  out.set(head, 8);
+  vector.forEach((v, i) => view.setFloat32(8 + head.length + 4 * i, v, true));
+  return out;
+}

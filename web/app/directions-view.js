@@ -5,7 +5,8 @@
 import { h, table, bytes } from './ui.js';
 import { heatmap, linePlot, fmt } from './plot.js';
 import { resultFileUrl, exportUrl } from './api.js';
-import { rememberDirection, setCurrentDirection } from './state.js';
+import { rememberDirection, setCurrentDirection, rememberBrowserDirection } from './state.js';
+import { directionSafetensors } from './direction-source.js';
 
 function dropText(d) {
   switch (d.reason) {
@@ -23,8 +24,11 @@ function fact(k, v, title) {
   return h('div', { class: 'fact', title }, h('div', { class: 'k' }, k), h('div', { class: 'v' }, v));
 }
 
-/** The figures and numbers of a directions result (`result` = GET /api/results/{id}). */
-export function directionsResult(result) {
+/**
+ * The figures and numbers of a directions result (`result` = GET /api/results/{id}, or
+ * {kind, report} of a run in this browser); `files` replaces the server's file list.
+ */
+export function directionsResult(result, { files: filesSection } = {}) {
   const report = result.report || {};
   const sel = report['selection.json'];
   const dir = report['direction.json'];
@@ -97,6 +101,10 @@ export function directionsResult(result) {
     ]))));
 
   // --- downloads and use
+  if (filesSection) {
+    out.append(h('h2', {}, 'Files'), filesSection);
+    return out;
+  }
   const files = result.files || [];
   const use = h('button', {
     type: 'button', class: 'use-direction', onclick: () => {
@@ -113,4 +121,36 @@ export function directionsResult(result) {
       h('span', { class: 'hint' }, ` ${bytes(f.bytes)}`)))));
   if (dir && !chosen) out.append(h('p', { class: 'hint' }, `direction.json: layer ${dir.layer}, position ${dir.position}`));
   return out;
+}
+
+/** A download link for bytes made in this page. */
+function download(name, bytesOrText, type) {
+  const url = URL.createObjectURL(new Blob([bytesOrText], { type }));
+  return h('a', { href: url, download: name }, name);
+}
+
+/**
+ * A directions run of the in-browser engine (web/src/directions.rs's report): the same
+ * figures, and its files made here: direction.safetensors (readable by the CLI), the JSON
+ * reports, and "Use in the playground" for the in-browser Playground.
+ */
+export function browserDirectionsResult(r) {
+  const d = r.direction;
+  const meta = d && { ...d, vector: undefined };
+  const model = r.selection.model?.label || r.selection.model?.name || r.selection.model?.file;
+  const use = d ? h('button', {
+    type: 'button', class: 'use-direction', onclick: () => {
+      const entry = rememberBrowserDirection({ model, layer: d.layer, position: d.position, vector: d.vector });
+      setCurrentDirection(entry.id);
+      location.assign('#/playground');
+    },
+  }, 'Use in the playground') : null;
+  const files = h('div', {},
+    h('div', { class: 'actions' }, use),
+    h('ul', { class: 'files' },
+      d ? h('li', {}, download('direction.safetensors', directionSafetensors(d), 'application/octet-stream'),
+        h('span', { class: 'hint' }, ' the vector, as `refusal-lens generate --direction` reads it')) : null,
+      d ? h('li', {}, download('direction.json', JSON.stringify(meta, null, 2), 'application/json')) : null,
+      h('li', {}, download('selection.json', JSON.stringify(r.selection, null, 2), 'application/json'))));
+  return directionsResult({ kind: 'directions', report: { 'selection.json': r.selection, 'direction.json': meta } }, { files });
 }

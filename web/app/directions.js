@@ -1,15 +1,40 @@
-// Directions: run the extraction (a `directions` job) with live progress per stage, then draw
-// the selection from the stored result.
+// Directions: run the extraction with live progress per stage, then draw the selection: a
+// `directions` job on the server (drawn from the stored result), or a run of the in-browser
+// engine (drawn from its report, shared as a #/s/ link).
 
 import { Job, getResult } from './api.js';
-import { h, field, message, JobPanel, shareBar } from './ui.js';
+import { h, field, message, JobPanel, shareBar, fragmentShareBar, progressClock } from './ui.js';
 import { modelPicker, flagDefaults } from './playground.js';
-import { directionsResult } from './directions-view.js';
-import { rememberDirection, setCurrentDirection } from './state.js';
+import { directionsResult, browserDirectionsResult } from './directions-view.js';
+import { models$, hasServer, rememberDirection, setCurrentDirection } from './state.js';
+import { engine, Cancelled } from './engine.js';
+import { modelChooser } from './browser-model.js';
+import { fragmentLink } from './fragment.js';
+
+/** The flags' defaults when no server is there to ask (the CLI's, smaller sets for a tab). */
+const DEFAULTS = {
+  'n-train': 32, 'n-val': 8, seed: 0, 'batch-size': 8, 'kl-max': 0.1, 'max-layer-fraction': 0.8, 'induce-min': 0,
+};
+
+/** The in-browser engine's request for the form's flags. */
+function browserRequest(args) {
+  const req = { n_train: args['n-train'], n_val: args['n-val'] };
+  for (const [flag, key] of [['seed', 'seed'], ['batch-size', 'batch_size'], ['kl-max', 'kl_max'],
+    ['max-layer-fraction', 'max_layer_fraction'], ['induce-min', 'induce_min']]) {
+    if (args[flag] !== undefined) req[key] = args[flag];
+  }
+  if (args.select) {
+    const [layer, position] = args.select.split(':').map(Number);
+    req.select = [layer, position];
+  }
+  return req;
+}
 
 export async function render(root) {
-  const defaults = await flagDefaults('directions');
-  const model = await modelPicker('model');
+  const server = await hasServer();
+  const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('directions')) } : DEFAULTS;
+  const chooser = modelChooser(server ? await modelPicker('model') : null, server ? await models$() : []);
+  const model = chooser.select;
   const num = (name, attrs = {}) => h('input', { name, type: 'number', value: defaults[name] ?? '', ...attrs });
   const nTrain = num('n-train', { min: 1 });
   const nVal = num('n-val', { min: 1 });
@@ -38,7 +63,33 @@ export async function render(root) {
         field('Seed', seed), field('Batch size', batch), field('KL max', klMax),
         field('Max layer fraction', maxFrac), field('Induce min', induceMin))),
     h('div', { class: 'actions' }, go,
-      h('span', { class: 'hint' }, 'Uses the built-in harmful and harmless prompt sets. Every candidate (layer × position) is scored on the validation prompts; this takes minutes on a CPU.')));
+      h('span', { class: 'hint' }, 'Uses the built-in harmful and harmless prompt sets. Every candidate (layer × position) is scored on the validation prompts; this takes minutes on a CPU, longer in a browser.')));
+
+  /** Runs in this browser's engine. */
+  const runInBrowser = async (args) => {
+    if (!engine.info) {
+      errors.replaceChildren(message('Load a model into this browser first (the panel above), or choose a server model.'));
+      return;
+    }
+    const request = browserRequest(args);
+    go.disabled = true;
+    panel.attach({ cancel: async () => engine.cancel() });
+    panel.event({ type: 'started' });
+    try {
+      const report = await engine.directions(request, progressClock(panel));
+      panel.event({ type: 'succeeded' });
+      if (!report.direction) {
+        errors.replaceChildren(message('No candidate passed the filters. Every candidate’s scores are shown below: enter a layer and position under “Choose the direction” and run it again.', 'info'));
+      }
+      share.replaceChildren(fragmentShareBar({ kind: 'directions', request, report }, fragmentLink));
+      out.replaceChildren(browserDirectionsResult(report));
+    } catch (e) {
+      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
+      if (!(e instanceof Cancelled)) errors.replaceChildren(message(e.message));
+    } finally {
+      go.disabled = false;
+    }
+  };
 
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -53,6 +104,10 @@ export async function render(root) {
     args['n-train'] = Number(nTrain.value);
     args['n-val'] = Number(nVal.value);
     if (select.value.trim()) args.select = select.value.trim();
+    if (chooser.inBrowser()) {
+      runInBrowser(args);
+      return;
+    }
     go.disabled = true;
     try {
       job = await Job.submit('directions', args, (e) => {
@@ -91,6 +146,9 @@ export async function render(root) {
   root.append(
     h('h1', {}, 'Directions'),
     h('p', { class: 'lede' }, 'A refusal direction is the difference between the mean activations on harmful and harmless instructions, at one layer and one position after the instruction. Every candidate is scored: how much ablating it bypasses refusal, how much adding it induces refusal, and how much it disturbs harmless predictions (KL).'),
-    form, errors, panel.el, share, out);
-  return () => job?.close();
+    chooser.loader.el, form, errors, panel.el, share, out);
+  return () => {
+    job?.close();
+    chooser.dispose();
+  };
 }

@@ -6,6 +6,7 @@
 //   inspect {source}            what the checkpoint is and what memory it needs (headers only)
 //   load    {source, backend}   download + load; backend 'auto' | 'webgpu' | 'cpu'
 //   generate {request}          the playground's completions, streamed as token messages
+//   directions {request}        METHOD §3-6 on the built-in prompt sets, with progress messages
 //   logits  {prompt}            the chat-formatted prompt's last-position logits
 //   cancel                      stop the running generation (a load is stopped by terminating
 //                               the worker, which engine.js does)
@@ -36,6 +37,21 @@ self.onmessage = async ({ data: msg }) => {
       case 'generate':
         post('done', { result: JSON.parse(await generate(msg.request, post)) });
         break;
+      case 'directions': {
+        if (!engine) throw new Error('no model is loaded in this browser');
+        cancelRequested = false;
+        let last = 0;
+        const report = await engine.directions(JSON.stringify(msg.request), (stage, done, total) => {
+          const now = performance.now();
+          if (now - last > 100 || done === total) {
+            last = now;
+            post('progress', { stage, done, total });
+          }
+          return !cancelRequested;
+        });
+        post('done', { result: JSON.parse(report) });
+        break;
+      }
       case 'logits': {
         if (!engine) throw new Error('no model is loaded in this browser');
         const logits = await engine.prompt_logits(msg.prompt);

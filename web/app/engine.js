@@ -1,7 +1,8 @@
 // The in-browser engine as the pages see it: one Web Worker (engine-worker.js) per page, with
-// promise-returning calls, progress and token callbacks, and Cancel. A load is cancelled by
-// terminating the worker (the wasm engine cannot be interrupted mid-load); a generation stops
-// at its next token.
+// promise-returning calls, progress and token callbacks, and Cancel. A generation stops at its
+// next token (the worker awaits a macrotask there). Anything else is cancelled by terminating
+// the worker, because the wasm engine does not yield while it computes on the CPU; the model
+// is then loaded again from its source (the Cache API or the files picked), so the page keeps it.
 
 const KEY_SOURCE = 'refusal-lens.browser-model';
 
@@ -85,6 +86,7 @@ class BrowserEngine {
   async load(source, backend, onEvent) {
     this.setInfo(null);
     const info = { ...(await this.call('load', { source, backend }, onEvent)), label: source.label };
+    this.loaded = { source, backend };
     this.setInfo(info, source);
     if (source.kind === 'urls') remember(source, backend, info);
     return info;
@@ -97,16 +99,39 @@ class BrowserEngine {
     return report;
   }
 
+  /** METHOD §3-6 on the built-in prompt sets; `onEvent` gets progress ({stage, done, total}). */
+  directions(request, onEvent) {
+    return this.call('directions', { request }, onEvent);
+  }
+
   /** Last-position logits of the chat-formatted `prompt` (a Float32Array). */
   logits(prompt) {
     return this.call('logits', { prompt });
   }
 
-  /** Stops what runs: a generation at its next token; a load by ending the worker. */
+  /**
+   * Stops what runs: a generation at its next token; anything else by ending the worker, then
+   * (unless a load was cancelled) loading the same model again.
+   */
   cancel() {
     const calls = [...this.pending.values()];
-    if (calls.some((c) => c.type === 'load' || c.type === 'inspect')) this.reset(new Cancelled());
-    else if (this.worker) this.worker.postMessage({ type: 'cancel' });
+    if (!calls.length) return;
+    if (calls.every((c) => c.type === 'generate')) {
+      this.worker.postMessage({ type: 'cancel' });
+      return;
+    }
+    const reload = calls.some((c) => c.type === 'load') ? null : this.source && { ...this.loaded };
+    this.reset(new Cancelled());
+    if (reload) {
+      this.reloading = this.load(reload.source, reload.backend, () => {}).catch((e) => {
+        console.error('reloading the model after Cancel failed:', e);
+      }).finally(() => { this.reloading = null; });
+    }
+  }
+
+  /** Whether a call is running. */
+  get busy() {
+    return this.pending.size > 0;
   }
 
   /** Whether a generation is running (a page being left stops its own). */

@@ -12,7 +12,7 @@ import { hasServer } from './state.js';
 
 const PAGES = [
   { hash: '#/playground', label: 'Playground', load: () => import('./playground.js') },
-  { hash: '#/directions', label: 'Directions', load: () => import('./directions.js'), server: true },
+  { hash: '#/directions', label: 'Directions', load: () => import('./directions.js') },
   { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare', server: true },
   { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird', server: true },
   { hash: '#/learn', label: 'Learn', load: () => import('./learn.js'), server: true },

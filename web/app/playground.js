@@ -3,17 +3,14 @@
 // in-browser engine when the model chosen is the one loaded in this browser.
 
 import { Job, getResult, jobKinds } from './api.js';
-import { h, field, message, JobPanel, shareBar, fragmentShareBar, setMode } from './ui.js';
-import { models$, hasServer, knownDirections, currentDirection, setCurrentDirection } from './state.js';
+import { h, field, message, JobPanel, shareBar, fragmentShareBar } from './ui.js';
+import { models$, hasServer, knownDirections, browserDirections, currentDirection, setCurrentDirection } from './state.js';
 import { completionColumns, VARIANTS } from './generate-view.js';
 import { fmt } from './plot.js';
-import { engine, Cancelled, describe } from './engine.js';
-import { browserModelPanel } from './browser-model.js';
+import { engine, Cancelled } from './engine.js';
+import { modelChooser } from './browser-model.js';
 import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
-
-/** The model <select> value of the model loaded in this browser. */
-const IN_BROWSER = 'browser:';
 
 /** generate's defaults when no server is there to ask. */
 const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1 };
@@ -42,12 +39,8 @@ export async function render(root) {
   const server = await hasServer();
   const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('generate')) } : DEFAULTS;
   const serverModels = server ? await models$() : [];
-  const model = server ? await modelPicker('model') : h('select', { name: 'model', required: true });
-  const browserOption = h('option', { value: IN_BROWSER });
-  model.append(h('optgroup', { label: 'In this browser' }, browserOption));
-  if (!server) model.value = IN_BROWSER;
-  const loader = browserModelPanel(serverModels);
-  const inBrowser = () => model.value === IN_BROWSER;
+  const chooser = modelChooser(server ? await modelPicker('model') : null, serverModels, () => syncDirection());
+  const { select: model, loader, inBrowser } = chooser;
   const prompt = h('textarea', { name: 'prompt', rows: 3, required: true, placeholder: 'Type a prompt, e.g. an instruction the model might refuse' });
   const system = h('input', { name: 'system', placeholder: 'none' });
   const maxTokens = h('input', { name: 'max-new-tokens', type: 'number', min: 1, value: defaults['max-new-tokens'] });
@@ -60,12 +53,17 @@ export async function render(root) {
   const dirFile = h('input', { name: 'direction-file', type: 'file', accept: '.safetensors' });
   const fillDirections = () => {
     direction.replaceChildren(h('option', { value: '' }, 'none (base model only)'));
+    for (const d of browserDirections()) {
+      direction.append(h('option', { value: d.id },
+        `${d.model} · layer ${d.layer}, pos ${d.position} · found in this browser`));
+    }
+    const cur = currentDirection();
+    if (cur && browserDirections().some((d) => d.id === cur)) direction.value = cur;
     if (!server) return;
     for (const d of knownDirections()) {
       direction.append(h('option', { value: d.id },
         `${d.model} · layer ${d.layer ?? '?'}, pos ${d.position ?? '?'} · ${d.id.slice(0, 8)}`));
     }
-    const cur = currentDirection();
     if (cur && knownDirections().some((d) => d.id === cur)) direction.value = cur;
   };
   fillDirections();
@@ -88,24 +86,17 @@ export async function render(root) {
       ? `This direction was extracted from ${known.model}; it only fits that model.` : '';
     idField.hidden = !server;
     fileField.hidden = !browser;
-    loader.el.hidden = !browser;
-    browserOption.textContent = engine.info ? `${describe(engine.info)} (${engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU'})` : 'load a model into this browser…';
-    if (browser) {
-      setMode(`browser · ${engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet'}`,
-        'The model runs in this tab (WebAssembly/WebGPU)');
-    } else {
-      setMode('server', 'Models run on the server this page came from');
-    }
+    // Directions found in this browser only fit the in-browser engine.
+    for (const o of direction.options) if (o.value.startsWith('local:')) o.disabled = !browser;
+    if (!browser && direction.value.startsWith('local:')) direction.value = '';
     for (const b of variantBoxes) b.disabled = !has || b.value === 'none';
     coeff.disabled = !has;
     layer.disabled = !has;
     if (direction.value) setCurrentDirection(direction.value);
   };
   direction.addEventListener('change', syncDirection);
-  model.addEventListener('change', syncDirection);
   customDir.addEventListener('input', syncDirection);
   dirFile.addEventListener('change', syncDirection);
-  const unsubscribe = engine.subscribe(syncDirection);
   syncDirection();
 
   const go = h('button', { type: 'submit' }, 'Generate');
@@ -159,7 +150,9 @@ export async function render(root) {
     };
     if (a.system) req.system = a.system;
     if (a.layer !== undefined) req.layer = a.layer;
+    const local = browserDirections().find((d) => d.id === a.direction);
     if (dirFile.files.length) req.direction = parseDirection(await dirFile.files[0].arrayBuffer(), dirFile.files[0].name);
+    else if (local) req.direction = { vector: local.vector, layer: local.layer, position: local.position };
     else if (a.direction) req.direction = await fetchDirection(a.direction);
     return req;
   };
@@ -254,7 +247,7 @@ export async function render(root) {
     onclick: () => {
       if (!columns?.column('actadd')) return;
       const a = args(['actadd']);
-      columns.reset('actadd', { coeff: a.coeff, actadd_layer: a.layer ?? knownDirections().find((d) => d.id === a.direction)?.layer });
+      columns.reset('actadd', { coeff: a.coeff, actadd_layer: a.layer ?? [...knownDirections(), ...browserDirections()].find((d) => d.id === a.direction)?.layer });
       (inBrowser() ? runInBrowser : run)(a, ['actadd']);
     },
   }, 'Re-run with this coefficient');
@@ -270,7 +263,7 @@ export async function render(root) {
     if (a.variants && !a.variants.length) delete a.variants;
     const slider = h('div', {}, h('div', { class: 'slider-row' }, h('span', { class: 'hint' }, 'coeff'),
       coeffMirror(coeff)), rerunActadd);
-    const dirLayer = knownDirections().find((d) => d.id === a.direction)?.layer;
+    const dirLayer = [...knownDirections(), ...browserDirections()].find((d) => d.id === a.direction)?.layer;
     columns = completionColumns(variants, withDirection() ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
       { actaddControls: slider });
     out.replaceChildren(columns.el);
@@ -285,8 +278,7 @@ export async function render(root) {
     loader.el, form, errors, panel.el, share, out);
   return () => {
     job?.close();
-    unsubscribe();
-    loader.dispose();
+    chooser.dispose();
     if (engine.generating) engine.cancel();
   };
 }

@@ -5,13 +5,13 @@
 //              its request in this browser's engine, once the same model is loaded here.
 
 import { getResult, Job } from './api.js';
-import { h, message, JobPanel, shareBar, fragmentShareBar, setMode } from './ui.js';
+import { h, message, JobPanel, shareBar, fragmentShareBar, setMode, progressClock } from './ui.js';
 import { readFragment, fragmentLink } from './fragment.js';
 import { engine, Cancelled, describe } from './engine.js';
 import { browserModelPanel } from './browser-model.js';
 import { hasServer, models$ } from './state.js';
 import { generateResult, completionColumns } from './generate-view.js';
-import { directionsResult } from './directions-view.js';
+import { directionsResult, browserDirectionsResult } from './directions-view.js';
 import { compareResult } from './compare-view.js';
 import { reportTables } from './report-view.js';
 import { rememberDirection } from './state.js';
@@ -119,7 +119,8 @@ async function renderFragment(root, packed) {
     return null;
   }
   const report = result.report;
-  const m = report.model || {};
+  const isDirections = result.kind === 'directions';
+  const m = (isDirections ? report.selection?.model : report.model) || {};
   const panel = new JobPanel();
   const errors = h('div');
   const live = h('div');
@@ -131,7 +132,7 @@ async function renderFragment(root, packed) {
     const ok = sameModel(engine.info, m);
     setMode(`browser · ${engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet'}`,
       'This result was computed in a browser; a re-run runs in this tab');
-    rerun.disabled = !ok || engine.generating;
+    rerun.disabled = !ok || engine.busy;
     loader.el.hidden = ok;
     need.textContent = ok ? `${describe(engine.info)} is loaded.`
       : `Re-running needs ${m.name || m.label || m.file} (${m.file}, ${m.n_layers} layers × ${m.d_model}) loaded in this browser.`;
@@ -140,21 +141,30 @@ async function renderFragment(root, packed) {
   rerun.addEventListener('click', async () => {
     rerun.disabled = true;
     errors.replaceChildren();
-    const variants = report.completions.map((c) => c.variant);
-    const cols = completionColumns(variants, report.direction);
-    live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
     panel.attach({ cancel: async () => engine.cancel() });
     panel.event({ type: 'started' });
     try {
-      const again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
-      cols.settle(again);
+      let again;
+      if (isDirections) {
+        again = await engine.directions(result.request, progressClock(panel));
+        const same = again.direction && report.direction
+          && again.direction.layer === report.direction.layer && again.direction.position === report.direction.position;
+        live.replaceChildren(h('h2', {}, 'Re-run'),
+          message(same ? 'The re-run chose the same direction.' : 'The re-run chose another direction (another backend’s rounding can tip close scores).', same ? 'info' : 'warn'),
+          browserDirectionsResult(again));
+      } else {
+        const variants = report.completions.map((c) => c.variant);
+        const cols = completionColumns(variants, report.direction);
+        live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
+        again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
+        cols.settle(again);
+        const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
+        live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'));
+      }
       panel.event({ type: 'succeeded' });
-      const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
-      live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'),
-        fragmentShareBar({ kind: result.kind, request: result.request, report: again }, fragmentLink));
+      live.append(fragmentShareBar({ kind: result.kind, request: result.request, report: again }, fragmentLink));
     } catch (e) {
       panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
-      cols.stop(e instanceof Cancelled ? 'cancelled' : 'failed');
       if (!(e instanceof Cancelled)) errors.replaceChildren(message(e.message));
     } finally {
       sync();
@@ -171,7 +181,7 @@ async function renderFragment(root, packed) {
     h('p', { class: 'hint' }, 'Shown from the link itself: nothing was stored on a server, nothing is recomputed until you re-run it.'),
     loader.el, errors, panel.el, live,
     h('div', { class: 'result-body', dataset: { kind: result.kind } },
-      resultBody({ kind: result.kind, report: { 'generate.json': report } })),
+      isDirections ? browserDirectionsResult(report) : resultBody({ kind: result.kind, report: { 'generate.json': report } })),
     h('details', { class: 'more' }, h('summary', {}, 'Request'),
       h('pre', { class: 'formatted' }, JSON.stringify({ ...result.request, direction: result.request.direction && { ...result.request.direction, vector: `[${result.request.direction.vector.length} numbers]` } }, null, 2))));
   return () => {

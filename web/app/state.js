@@ -68,7 +68,24 @@ export function rememberDirection(result) {
   return entry;
 }
 
-/** The direction the playground uses (a result id), or null. */
+const KEY_LOCAL = 'refusal-lens.browser-directions';
+
+/**
+ * Directions found in this browser: [{id: 'local:…', model, layer, position, vector,
+ * created_at}], newest first. The in-browser engine uses them; the server cannot.
+ */
+export function browserDirections() {
+  return read(KEY_LOCAL, []).filter((d) => d && typeof d.id === 'string' && d.id.startsWith('local:') && Array.isArray(d.vector));
+}
+
+/** Remember a direction found in this browser; returns its entry. */
+export function rememberBrowserDirection({ model, layer, position, vector }) {
+  const entry = { id: `local:${Date.now().toString(36)}`, model, layer, position, vector, created_at: new Date().toISOString() };
+  write(KEY_LOCAL, [entry, ...browserDirections()].slice(0, 8));
+  return entry;
+}
+
+/** The direction the playground uses (a result id, or a browser direction's id), or null. */
 export function currentDirection() {
   return read(KEY_DIR, null);
 }

@@ -137,6 +137,22 @@ export class JobPanel {
   }
 }
 
+/** Progress events of the in-browser engine as the job panel reads them (elapsed, ETA). */
+export function progressClock(panel) {
+  let stage = null;
+  let since = 0;
+  return (e) => {
+    const now = performance.now() / 1000;
+    if (e.stage !== stage) {
+      stage = e.stage;
+      since = now;
+    }
+    const elapsed = now - since;
+    const eta = e.done > 0 ? (elapsed / e.done) * (e.total - e.done) : NaN;
+    panel.event({ type: 'progress', stage: e.stage, done: e.done, total: e.total, elapsed_s: elapsed, eta_s: eta });
+  };
+}
+
 /** Copy `text` to the clipboard (with a fallback for pages without clipboard access). */
 export async function copyText(text) {
   try {

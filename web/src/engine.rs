@@ -133,9 +133,9 @@ impl Files {
     }
 
     fn gguf(&self) -> Option<(&String, &Vec<u8>)> {
-        self.0.iter().find(|(n, b)| {
-            n.to_ascii_lowercase().ends_with(".gguf") || b.starts_with(b"GGUF")
-        })
+        self.0
+            .iter()
+            .find(|(n, b)| n.to_ascii_lowercase().ends_with(".gguf") || b.starts_with(b"GGUF"))
     }
 
     fn required(&self, name: &str) -> Result<&[u8], String> {
@@ -179,6 +179,18 @@ pub async fn load_engine(
 }
 
 impl Engine {
+    pub(crate) fn llama(&self) -> &Llama {
+        &self.llama
+    }
+
+    pub(crate) fn text(&self) -> &TextAssets {
+        &self.text
+    }
+
+    pub(crate) fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
     fn load(
         files: &Files,
         device: &Device,
@@ -266,7 +278,8 @@ impl Engine {
 #[wasm_bindgen]
 impl Engine {
     /// The model as loaded, as JSON [`EngineInfo`].
-    pub fn info(&self) -> Result<String, JsValue> {
+    #[wasm_bindgen(js_name = info)]
+    pub fn info_json(&self) -> Result<String, JsValue> {
         serde_json::to_string(&self.info).map_err(js_error)
     }
 
@@ -361,7 +374,11 @@ impl Engine {
             }
             let out = decoder.finish();
             let tokens = out.tokens.into_iter().next().unwrap_or_default();
-            let text = self.text.tokenizer.decode(&tokens, true).map_err(js_error)?;
+            let text = self
+                .text
+                .tokenizer
+                .decode(&tokens, true)
+                .map_err(js_error)?;
             completions.push(Completion::judged(variant, text, tokens, out.finish[0]));
         }
         let report = GenerateReport {

@@ -2,9 +2,11 @@
 //! Web Worker (`web/app/engine-worker.js`) on WebGPU or on the CPU.
 //!
 //! - [`engine`]: a model loaded from checkpoint bytes; completions side by side, logits.
+//! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
 //! - [`inspect`]: what a checkpoint is and what memory it needs, from its header alone.
 //! - [`smoke`]: the seeded tiny model the browser smoke test compares with the native engine.
 
+pub mod directions;
 pub mod engine;
 pub mod inspect;
 pub mod smoke;

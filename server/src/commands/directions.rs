@@ -11,7 +11,10 @@ use refusal_core::export::f32_safetensors;
 use refusal_core::model::HostTensor;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::plots::selection_figures;
-use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless, shuffled};
+pub use refusal_core::refusal::prompts::PromptUse;
+use refusal_core::refusal::prompts::{
+    Prompt, builtin_harmful, builtin_harmless, hold_out, shuffled,
+};
 use refusal_core::refusal::select::{CandidateScore, select};
 use refusal_core::refusal::{
     CandidateDirections, EncodedPrompts, RefusalTokens, Selection, SelectionSettings,
@@ -162,15 +165,6 @@ fn parse_choice(s: &str) -> Result<(usize, isize), String> {
     Ok((layer, position))
 }
 
-/// Where a prompt set came from and how much of it was used.
-#[derive(Debug, Serialize)]
-pub struct PromptUse {
-    train_source: String,
-    val_source: String,
-    n_train: usize,
-    n_val: usize,
-}
-
 /// `selection.json`.
 #[derive(Debug, Serialize)]
 struct SelectionReport<'a> {
@@ -210,20 +204,15 @@ fn split(
         )
     };
     let all = read_prompts_or(file.map(PathBuf::as_path), builtin)?;
-    let all = shuffled(all, seed);
     let (train, val) = match val_file {
         Some(p) => {
             let val = shuffled(read_prompts(p)?, seed.wrapping_add(1));
             (
-                all.into_iter().take(n_train).collect::<Vec<_>>(),
-                val.into_iter().take(n_val).collect::<Vec<_>>(),
+                shuffled(all, seed).into_iter().take(n_train).collect(),
+                val.into_iter().take(n_val).collect(),
             )
         }
-        None => {
-            let mut it = all.into_iter();
-            let val: Vec<Prompt> = it.by_ref().take(n_val).collect();
-            (it.take(n_train).collect(), val)
-        }
+        None => hold_out(all, n_train, n_val, seed),
     };
     if train.len() < 2 || val.is_empty() {
         bail!(
@@ -328,25 +317,7 @@ pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
     let t_select = started.elapsed().as_secs_f64();
     bar.finish();
 
-    let (chosen, chosen_by) = match args.select {
-        Some((layer, position)) => {
-            let p = candidates.position_index(position)?;
-            if layer >= candidates.n_layers {
-                bail!(
-                    "--select layer {layer}: the model has {} layers",
-                    candidates.n_layers
-                );
-            }
-            (
-                Some(layer * candidates.positions.len() + p),
-                Some(ChosenBy::User),
-            )
-        }
-        None => (
-            selection.selected,
-            selection.selected.map(|_| ChosenBy::Selection),
-        ),
-    };
+    let (chosen, chosen_by) = selection.choose(args.select).context("--select")?.unzip();
     let chosen_score = chosen.map(|i| &selection.candidates[i]);
 
     let mut staged = StagedDir::new(&args.out)?;

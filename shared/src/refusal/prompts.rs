@@ -173,6 +173,29 @@ pub fn shuffled(mut prompts: Vec<Prompt>, seed: u64) -> Vec<Prompt> {
     prompts
 }
 
+/// Where a prompt set came from and how much of it was used (for reports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptUse {
+    pub train_source: String,
+    pub val_source: String,
+    pub n_train: usize,
+    pub n_val: usize,
+}
+
+/// Training and validation prompts held out from one set: the set in the seeded order of
+/// [`shuffled`], its first `n_val` prompts for validation and the next `n_train` for training
+/// (either may come out shorter when the set is small).
+pub fn hold_out(
+    prompts: Vec<Prompt>,
+    n_train: usize,
+    n_val: usize,
+    seed: u64,
+) -> (Vec<Prompt>, Vec<Prompt>) {
+    let mut it = shuffled(prompts, seed).into_iter();
+    let val: Vec<Prompt> = it.by_ref().take(n_val).collect();
+    (it.take(n_train).collect(), val)
+}
+
 /// `prompts` without the instructions that appear in `exclude` (compared after trimming), e.g.
 /// AdvBench minus the training split (METHOD §7).
 pub fn without(prompts: Vec<Prompt>, exclude: &[Prompt]) -> Vec<Prompt> {
@@ -187,6 +210,19 @@ pub fn without(prompts: Vec<Prompt>, exclude: &[Prompt]) -> Vec<Prompt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_out_splits_a_seeded_order_without_overlap() {
+        let all: Vec<Prompt> = (0..10).map(|i| Prompt::new(format!("p{i}"))).collect();
+        let (train, val) = hold_out(all.clone(), 6, 3, 5);
+        assert_eq!((train.len(), val.len()), (6, 3));
+        assert!(train.iter().all(|t| !val.contains(t)));
+        let order = shuffled(all.clone(), 5);
+        assert_eq!(val, order[..3]);
+        assert_eq!(train, order[3..9]);
+        let (train, val) = hold_out(all, 20, 4, 5);
+        assert_eq!((train.len(), val.len()), (6, 4));
+    }
 
     #[test]
     fn the_three_file_formats_parse() {

@@ -106,9 +106,49 @@ pub struct Selection {
     pub selected: Option<usize>,
 }
 
+/// Who chose a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChosenBy {
+    Selection,
+    User,
+    /// No candidate passed METHOD §6: the lowest bypass score among candidates above the
+    /// layer limit whose KL stays under a relaxed bound.
+    Fallback,
+}
+
 impl Selection {
     pub fn selected(&self) -> Option<&CandidateScore> {
         self.selected.map(|i| &self.candidates[i])
+    }
+
+    /// The index of the direction to use: the user's `(layer, position)` when given, else
+    /// METHOD §6's pick (`None` when no candidate passed).
+    ///
+    /// # Errors
+    ///
+    /// A layer or position the selection does not have.
+    pub fn choose(
+        &self,
+        user: Option<(usize, isize)>,
+    ) -> Result<Option<(usize, ChosenBy)>, PipelineError> {
+        let Some((layer, position)) = user else {
+            return Ok(self.selected.map(|i| (i, ChosenBy::Selection)));
+        };
+        if layer >= self.n_layers {
+            return Err(PipelineError::LayerOutOfRange {
+                layer,
+                n_layers: self.n_layers,
+            });
+        }
+        self.candidates
+            .iter()
+            .position(|c| c.layer == layer && c.position == position)
+            .map(|i| Some((i, ChosenBy::User)))
+            .ok_or_else(|| PipelineError::PositionOutOfRange {
+                position,
+                available: self.positions.clone(),
+            })
     }
 }
 
@@ -321,5 +361,56 @@ mod tests {
         // means 4 and 0, variances 1 and 1 → 4.
         assert!((separation(&harmful, &harmless, 1, 2) - 4.0).abs() < 1e-12);
         assert_eq!(separation(&harmful, &harmless, 0, 2), 0.0);
+    }
+
+    #[test]
+    fn the_user_choice_wins_and_must_exist() {
+        let score = |layer, position| CandidateScore {
+            layer,
+            position,
+            norm: 1.0,
+            bypass: 0.0,
+            induce: 0.0,
+            kl: 0.0,
+            separation: 0.0,
+            dropped: vec![],
+        };
+        let selection = Selection {
+            settings: SelectionSettings::default(),
+            refusal_tokens: RefusalTokens {
+                ids: vec![1],
+                tokens: vec!["I".into()],
+                origin: super::super::score::TokenOrigin::User,
+            },
+            n_layers: 2,
+            positions: vec![-2, -1],
+            n_val_harmful: 1,
+            n_val_harmless: 1,
+            baseline_harmful_score: 0.0,
+            baseline_harmless_score: 0.0,
+            candidates: vec![score(0, -2), score(0, -1), score(1, -2), score(1, -1)],
+            selected: Some(1),
+        };
+        assert_eq!(
+            selection.choose(None).unwrap(),
+            Some((1, ChosenBy::Selection))
+        );
+        assert_eq!(
+            selection.choose(Some((1, -2))).unwrap(),
+            Some((2, ChosenBy::User))
+        );
+        assert!(matches!(
+            selection.choose(Some((2, -1))),
+            Err(PipelineError::LayerOutOfRange { layer: 2, .. })
+        ));
+        assert!(matches!(
+            selection.choose(Some((0, -3))),
+            Err(PipelineError::PositionOutOfRange { position: -3, .. })
+        ));
+        let none = Selection {
+            selected: None,
+            ..selection
+        };
+        assert_eq!(none.choose(None).unwrap(), None);
     }
 }

@@ -99,7 +99,10 @@ impl Variant {
             }
             Variant::Orthogonalized => {
                 let d = direction.ok_or_else(needs)?;
-                (Some(orthogonalize(base.clone(), d.vector)?), Intervention::None)
+                (
+                    Some(orthogonalize(base.clone(), d.vector)?),
+                    Intervention::None,
+                )
             }
         };
         Ok(VariantRun {
