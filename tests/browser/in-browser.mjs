@@ -15,7 +15,8 @@
 //   6. directions        on a static host, the Directions page runs METHOD §3-6 in the tab: three
 //                        heatmaps with the chosen cell; its direction.safetensors equals the
 //                        CLI's for the same prompts; its #/s/ link shows the same selection;
-//                        "Use in the playground" gives four in-browser columns
+//                        "Use in the playground" gives four in-browser columns, and Learn
+//                        shows base and ablated in the tab after its content warning
 //   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself
 //   8. bad-file          a broken .gguf picked from disk gives an error naming the file
 //   9. static-pages      pages that need the server say so on a static host
@@ -134,6 +135,8 @@ async function main() {
   }
   const expected = JSON.parse(fs.readFileSync(EXPECTED, 'utf8'));
   fs.mkdirSync(SHOTS, { recursive: true });
+  // Only this run's screenshots (a failure's picture from an earlier run would mislead).
+  for (const f of fs.readdirSync(SHOTS)) if (f.startsWith('in-browser-')) fs.rmSync(path.join(SHOTS, f));
   const server = await startServer();
   const host = await serveStatic({ '/': DIST, '/models/': MODELS });
   const staticBase = `http://127.0.0.1:${host.address().port}`;
@@ -341,7 +344,19 @@ async function main() {
         check(gen.state === 'succeeded', `the playground run ended ${gen.state}: ${gen.text}`);
         const cols = await columnTexts(p);
         check(Object.keys(cols).length === 4, `${Object.keys(cols).length} columns`);
-        return `${info.title}; largest difference from the CLI ${worst.toExponential(2)}; 4 columns with it`;
+
+        // Learn walks through it in the tab, behind its content warning (same document: the
+        // model stays loaded).
+        await p.click('nav.pages a[data-page=learn]');
+        await p.waitForSelector('body[data-page=learn][data-app=ready]');
+        check(await p.isVisible('.content-warning'), 'no content warning before the harmful example');
+        await p.click('.content-warning button');
+        await p.click('.learn-step button:text("Generate: base and ablated")');
+        const learn = await runEnd(p);
+        check(learn.state === 'succeeded', `the Learn run ended ${learn.state}: ${learn.text}`);
+        const learnCols = await columnTexts(p);
+        check(Object.keys(learnCols).join() === 'none,ablate', `Learn shows ${Object.keys(learnCols)}`);
+        return `${info.title}; largest difference from the CLI ${worst.toExponential(2)}; 4 columns with it; Learn in the tab`;
       } finally {
         await p.close();
       }

@@ -247,7 +247,8 @@ export function modelChooser(serverSelect, serverModels, onChange = () => {}) {
   const select = serverSelect || h('select', { name: 'model', required: true });
   const option = h('option', { value: IN_BROWSER });
   select.append(h('optgroup', { label: 'In this browser' }, option));
-  if (!serverSelect) select.value = IN_BROWSER;
+  // A model already loaded in this tab is the likely choice (e.g. after "Use in the playground").
+  if (!serverSelect || engine.info) select.value = IN_BROWSER;
   const loader = browserModelPanel(serverModels);
   const inBrowser = () => select.value === IN_BROWSER;
   const sync = (notify = true) => {

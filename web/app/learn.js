@@ -1,10 +1,14 @@
 // Learn: a guided walk-through. What a refusal direction is, where to extract one, and (behind
-// a content warning) what a model writes when the direction is ablated.
+// a content warning) what a model writes when the direction is ablated: on the server for a
+// direction stored there, in the tab for one found in this browser.
 
 import { Job, getResult } from './api.js';
-import { h, message, JobPanel, shareBar, field } from './ui.js';
-import { models$, knownDirections, currentDirection } from './state.js';
+import { h, message, JobPanel, shareBar, fragmentShareBar, field } from './ui.js';
+import { models$, hasServer, knownDirections, browserDirections, currentDirection } from './state.js';
 import { completionColumns } from './generate-view.js';
+import { engine, Cancelled } from './engine.js';
+import { browserModelPanel } from './browser-model.js';
+import { fragmentLink } from './fragment.js';
 
 const CONSENT = 'refusal-lens.learn-consent';
 
@@ -16,9 +20,33 @@ function step(n, title, ...body) {
 }
 
 export async function render(root) {
-  await models$();
-  const dir = knownDirections().find((d) => d.id === currentDirection()) || knownDirections()[0];
+  const server = await hasServer();
+  const dirs = [...browserDirections(), ...(server ? knownDirections() : [])];
+  const dir = dirs.find((d) => d.id === currentDirection()) || dirs[0];
+  const inBrowser = dir?.id.startsWith('local:');
+  const loader = inBrowser ? browserModelPanel(server ? await models$() : []) : null;
   let job = null;
+
+  /** Base and ablated completions in this tab's engine. */
+  const runInBrowser = async (prompt, cols, panel, share) => {
+    if (!engine.info) throw new Error(`Load ${dir.model} into this browser first (the panel above).`);
+    panel.attach({ cancel: async () => engine.cancel() });
+    panel.event({ type: 'started' });
+    const request = {
+      prompt, max_new_tokens: 96, variants: ['none', 'ablate'],
+      direction: { vector: dir.vector, layer: dir.layer, position: dir.position },
+    };
+    try {
+      const report = await engine.generate(request, (e) => cols.append(e.variant, e.text));
+      cols.settle(report);
+      panel.event({ type: 'succeeded' });
+      share.append(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+    } catch (e) {
+      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
+      cols.stop(e instanceof Cancelled ? 'cancelled' : 'failed');
+      if (!(e instanceof Cancelled)) throw e;
+    }
+  };
 
   const demo = h('div');
   const showDemo = () => {
@@ -34,6 +62,10 @@ export async function render(root) {
       out.append(cols.el);
       go.disabled = true;
       try {
+        if (inBrowser) {
+          await runInBrowser(prompt.value, cols, panel, share);
+          return;
+        }
         job = await Job.submit('generate', {
           model: dir.model, prompt: prompt.value, direction: dir.id, variants: ['none', 'ablate'], 'max-new-tokens': 96,
         }, (e) => {
@@ -50,13 +82,14 @@ export async function render(root) {
           share.append(shareBar(end.result_id));
         }
       } catch (e) {
-        out.replaceChildren(message(e.message));
+        out.prepend(message(e.message));
       } finally {
         go.disabled = false;
       }
     });
     demo.replaceChildren(
-      h('p', {}, `With the direction of ${dir.model} (layer ${dir.layer}, position ${dir.position}), the same request is answered twice: by the model as it is, and with the direction projected out of every layer's residual stream.`),
+      loader ? loader.el : null,
+      h('p', {}, `With the direction of ${dir.model} (layer ${dir.layer}, position ${dir.position}), the same request is answered twice: by the model as it is, and with the direction projected out of every layer's residual stream${inBrowser ? ', here in your browser' : ''}.`),
       field('Request', prompt), h('div', { class: 'actions' }, go), panel.el, share, out);
   };
 
@@ -92,18 +125,24 @@ export async function render(root) {
 
   root.append(
     h('h1', {}, 'Learn'),
-    h('p', { class: 'lede' }, 'Chat models are trained to refuse harmful requests. In many of them that behaviour is carried by a single direction in the activations: remove it and the model stops refusing; add it and the model refuses harmless requests. This walk-through shows it on a model running on this server.'),
+    h('p', { class: 'lede' }, `Chat models are trained to refuse harmful requests. In many of them that behaviour is carried by a single direction in the activations: remove it and the model stops refusing; add it and the model refuses harmless requests. This walk-through shows it on a live model${server ? ', on this server or in your browser' : ' running in your browser'}.`),
     step('1', 'Find the direction',
       h('p', {}, 'Run the model on harmful and on harmless instructions and average its residual-stream activations at each layer, at the positions after the instruction. The difference of the two means, r = μ(harmful) − μ(harmless), is a candidate refusal direction. Every layer and position gives a candidate; each is scored by how much ablating it stops refusal (bypass), how much adding it causes refusal (induce), and how little it disturbs harmless predictions (KL).'),
       dir
-        ? h('p', {}, 'You have a direction: ', h('a', { href: `/r/${dir.id}` }, `${dir.model}, layer ${dir.layer}, position ${dir.position}`), '.')
-        : h('p', {}, h('a', { href: '/#/directions' }, 'Extract one on the Directions page'), ' (a few minutes on a CPU).')),
+        ? h('p', {}, 'You have a direction: ', inBrowser
+          ? `${dir.model}, layer ${dir.layer}, position ${dir.position} (found in this browser)`
+          : h('a', { href: `/r/${dir.id}` }, `${dir.model}, layer ${dir.layer}, position ${dir.position}`), '.')
+        : h('p', {}, h('a', { href: '#/directions' }, 'Extract one on the Directions page'), ' (a few minutes on a CPU, in the browser or on the server).')),
     step('2', 'Remove it',
       h('p', {}, 'Ablation projects r out of the residual stream: x ← x − r̂ r̂ᵀ x at every layer and position, so no layer can write along it.'),
       step2),
     step('3', 'Put it back, or edit the weights',
-      h('p', {}, 'Adding the direction (x ← x + c·r at its layer) makes the model refuse harmless requests; orthogonalizing the weights makes the ablation permanent, with no hook at run time. The ', h('a', { href: '/#/playground' }, 'Playground'), ' shows all four side by side, with a slider for c.')),
+      h('p', {}, 'Adding the direction (x ← x + c·r at its layer) makes the model refuse harmless requests; orthogonalizing the weights makes the ablation permanent, with no hook at run time. The ', h('a', { href: '#/playground' }, 'Playground'), ' shows all four side by side, with a slider for c.')),
     step('4', 'Does compression keep it?',
-      h('p', {}, 'Quantizing or pruning a model moves its activations. ', h('a', { href: '/#/compare' }, 'Compressed vs base'), ' measures whether the direction survives, and ', h('a', { href: '/#/repair' }, 'Repair'), ' corrects it when it does not.')));
-  return () => job?.close();
+      h('p', {}, 'Quantizing or pruning a model moves its activations. ', h('a', { href: '#/compare' }, 'Compressed vs base'), ' measures whether the direction survives, and ', h('a', { href: '#/repair' }, 'Repair'), ' corrects it when it does not.')));
+  return () => {
+    job?.close();
+    loader?.dispose();
+    if (engine.generating) engine.cancel();
+  };
 }

@@ -15,7 +15,7 @@ const PAGES = [
   { hash: '#/directions', label: 'Directions', load: () => import('./directions.js') },
   { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare', server: true },
   { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird', server: true },
-  { hash: '#/learn', label: 'Learn', load: () => import('./learn.js'), server: true },
+  { hash: '#/learn', label: 'Learn', load: () => import('./learn.js') },
 ];
 
 // ------------------------------------------------------------------ theme
