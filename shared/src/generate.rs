@@ -27,6 +27,22 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// Greedy at temperature 0, otherwise top-p sampling: what `--temperature`, `--top-p`
+    /// and `--seed` mean everywhere.
+    pub fn from_temperature(temperature: f32, top_p: f32, seed: u64) -> Sampling {
+        if temperature > 0.0 {
+            Sampling::Random {
+                temperature,
+                top_p,
+                seed,
+            }
+        } else {
+            Sampling::Greedy
+        }
+    }
+}
+
 /// Settings of one generation run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerationSettings {

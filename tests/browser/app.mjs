@@ -33,13 +33,14 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
-  startServer, apiGet, check, open, shot, jobEnd,
+  startServer, apiGet, check, open, jobEnd, Checks, run,
 } from './harness.mjs';
-
-const log = (...a) => console.log('app:', ...a);
 
 /** Same number, as the page shows it from data attributes (JSON null = NaN). */
 const same = (a, b) => (a === null || Number.isNaN(a) ? Number.isNaN(b) || b === null : a === b);
+
+const checks = new Checks('app');
+const log = (...a) => checks.log(...a);
 
 async function main() {
   if (!MODELS || !fs.existsSync(path.join(MODELS, MODEL))) {
@@ -63,23 +64,11 @@ async function main() {
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: 'light' });
   const page = await context.newPage();
-  const consoleLines = [];
-  page.on('console', (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
+  checks.screenshotPage = page;
+  checks.listen(page);
 
-  let passed = 0;
-  let failed = 0;
-  const record = async (name, fn) => {
-    try {
-      const detail = await fn();
-      passed++;
-      log(`PASS ${name}${detail ? ': ' + detail : ''}`);
-    } catch (e) {
-      failed++;
-      log(`FAIL ${name}: ${e.message}`);
-      await shot(page, `${name}-failure`).catch(() => {});
-    }
-  };
+  const record = (name, fn) => checks.record(name, fn);
+  const shot = (p, name) => checks.shot(p, name);
 
   let directionsId = null;
   let generateId = null;
@@ -336,8 +325,7 @@ async function main() {
           overflow: document.documentElement.scrollWidth - window.innerWidth,
           bg: getComputedStyle(document.body).backgroundColor,
         }));
-        await p.screenshot({ path: path.join(SHOTS, 'app-phone-dark.png'), fullPage: true });
-        log(`  screenshot ${path.relative(ROOT, path.join(SHOTS, 'app-phone-dark.png'))}`);
+        await shot(p, 'phone-dark');
         check(m.overflow <= 1, `the page is ${m.overflow}px wider than the phone`);
         check(m.bg !== 'rgb(247, 248, 250)', 'prefers-color-scheme: dark did not darken the page');
         // the toggle overrides the system's choice: auto -> light
@@ -348,7 +336,7 @@ async function main() {
         await p.click('#theme'); // -> auto (as the system says: dark)
         await open(p, `${server.base}/r/${directionsId}`);
         const o2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-        await p.screenshot({ path: path.join(SHOTS, 'app-phone-dark-directions.png'), fullPage: true });
+        await shot(p, 'phone-dark-directions');
         check(o2 <= 1, `the directions result is ${o2}px wider than the phone`);
         return `background ${m.bg}`;
       } finally {
@@ -356,28 +344,12 @@ async function main() {
       }
     });
   } catch (e) {
-    failed++;
-    log(`FAIL harness: ${e.stack || e.message}`);
+    checks.broken(e);
   } finally {
     await browser.close().catch(() => {});
     server.child.kill('SIGTERM');
   }
-  if (failed) {
-    log('browser console (last 30 lines):');
-    for (const line of consoleLines.slice(-30)) console.log('  ' + line);
-    log(`server log: ${server.data}/server.log`);
-  } else {
-    fs.rmSync(server.data, { recursive: true, force: true });
-  }
-  console.log(`app: ${passed} passed, ${failed} failed`);
-  return failed ? 1 : 0;
+  return checks.finish(server.data);
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e) => {
-    console.error(e);
-    console.log('app: 0 passed, 1 failed');
-    process.exit(1);
-  },
-);
+run('app', main);

@@ -61,12 +61,6 @@ export async function open(page, url) {
   if (state !== 'ready') throw new Error(`the page failed: ${await page.textContent('main')}`);
 }
 
-export async function shot(page, name) {
-  const file = path.join(SHOTS, `app-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  console.log(`  screenshot ${path.relative(ROOT, file)}`);
-}
-
 /** The job panel's final state (succeeded, failed, cancelled). */
 export async function jobEnd(page, scope = 'main') {
   await page.waitForFunction((sel) => {
@@ -143,4 +137,78 @@ export function serveStatic(mounts) {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve(server));
   });
+}
+
+// ------------------------------------------------------------------ named checks
+/**
+ * The checks of one test file, named `label` in its output: `record(name, fn)` runs one,
+ * counting it passed or failed (a failure screenshots `screenshot()`'s page as
+ * `<label>-<name>-failure.png`); `listen(page)` keeps a page's console for the report.
+ */
+export class Checks {
+  constructor(label) {
+    this.label = label;
+    this.passed = 0;
+    this.failed = 0;
+    this.consoleLines = [];
+    this.screenshotPage = null;
+  }
+
+  log(...a) {
+    console.log(`${this.label}:`, ...a);
+  }
+
+  listen(page) {
+    page.on('console', (m) => this.consoleLines.push(`[console.${m.type()}] ${m.text()}`));
+    page.on('pageerror', (e) => this.consoleLines.push(`[pageerror] ${e.message}`));
+  }
+
+  async shot(page, name) {
+    const file = path.join(SHOTS, `${this.label}-${name}.png`);
+    await page.screenshot({ path: file, fullPage: true });
+    this.log(`  screenshot ${path.relative(ROOT, file)}`);
+  }
+
+  async record(name, fn) {
+    try {
+      const detail = await fn();
+      this.passed++;
+      this.log(`PASS ${name}${detail ? ': ' + detail : ''}`);
+    } catch (e) {
+      this.failed++;
+      this.log(`FAIL ${name}: ${e.message}`);
+      if (this.screenshotPage) await this.shot(this.screenshotPage, `${name}-failure`).catch(() => {});
+    }
+  }
+
+  /** A failure outside any check (the harness itself). */
+  broken(e) {
+    this.failed++;
+    this.log(`FAIL harness: ${e.stack || e.message}`);
+  }
+
+  /** The summary line (with the console and the server log after a failure); the exit status. */
+  finish(serverData) {
+    if (this.failed) {
+      this.log('browser console (last 30 lines):');
+      for (const line of this.consoleLines.slice(-30)) console.log('  ' + line);
+      if (serverData) this.log(`server log: ${serverData}/server.log`);
+    } else if (serverData) {
+      fs.rmSync(serverData, { recursive: true, force: true });
+    }
+    console.log(`${this.label}: ${this.passed} passed, ${this.failed} failed`);
+    return this.failed ? 1 : 0;
+  }
+}
+
+/** Runs a test file's `main` (which returns its exit status) and exits with it. */
+export function run(label, main) {
+  main().then(
+    (code) => process.exit(code),
+    (e) => {
+      console.error(e);
+      console.log(`${label}: 0 passed, 1 failed`);
+      process.exit(1);
+    },
+  );
 }

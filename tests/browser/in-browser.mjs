@@ -34,20 +34,12 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, BIN, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
-  startServer, apiGet, check, open, serveStatic,
+  startServer, apiGet, check, open, serveStatic, Checks, run,
 } from './harness.mjs';
 
 const EXPECTED = process.env.APP_EXPECTED;
 const ATOL = Number(process.env.APP_ATOL || 1e-4);
 const RTOL = Number(process.env.APP_RTOL || 1e-4);
-const log = (...a) => console.log('in-browser:', ...a);
-
-async function shot(page, name) {
-  const file = path.join(SHOTS, `in-browser-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  log(`  screenshot ${path.relative(ROOT, file)}`);
-}
-
 /** Loads a model through the page's "Run a model in this browser" panel. */
 async function loadInBrowser(page, { kind, value, backend }) {
   await page.selectOption('main form select[name=model]', 'browser:');
@@ -127,6 +119,9 @@ function compareLogits(got, want) {
   return worst;
 }
 
+const checks = new Checks('in-browser');
+const log = (...a) => checks.log(...a);
+
 async function main() {
   if (!MODELS || !fs.existsSync(path.join(MODELS, MODEL)) || !EXPECTED || !fs.existsSync(EXPECTED)) {
     console.error('in-browser: APP_MODELS_DIR must hold the tiny model and APP_EXPECTED its native logits (scripts/test-browser.sh)');
@@ -150,26 +145,12 @@ async function main() {
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
-  const consoleLines = [];
-  const listen = (p) => {
-    p.on('console', (m) => consoleLines.push(`[console.${m.type()}] ${m.text()}`));
-    p.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
-  };
+  checks.screenshotPage = page;
+  const listen = (p) => checks.listen(p);
   listen(page);
 
-  let passed = 0;
-  let failed = 0;
-  const record = async (name, fn) => {
-    try {
-      const detail = await fn();
-      passed++;
-      log(`PASS ${name}${detail ? ': ' + detail : ''}`);
-    } catch (e) {
-      failed++;
-      log(`FAIL ${name}: ${e.message}`);
-      await shot(page, `${name}-failure`).catch(() => {});
-    }
-  };
+  const record = (name, fn) => checks.record(name, fn);
+  const shot = (p, name) => checks.shot(p, name);
 
   let shared = null;
   try {
@@ -401,30 +382,14 @@ async function main() {
       return 'the Compare page explains it needs the server';
     });
   } catch (e) {
-    failed++;
-    log(`FAIL harness: ${e.stack || e.message}`);
+    checks.broken(e);
   } finally {
     await browser.close().catch(() => {});
     server.child.kill('SIGTERM');
     host.close();
   }
-  if (failed) {
-    log('browser console (last 30 lines):');
-    for (const line of consoleLines.slice(-30)) console.log('  ' + line);
-    log(`server log: ${server.data}/server.log`);
-  } else {
-    fs.rmSync(server.data, { recursive: true, force: true });
-  }
   fs.rmSync(scratch, { recursive: true, force: true });
-  console.log(`in-browser: ${passed} passed, ${failed} failed`);
-  return failed ? 1 : 0;
+  return checks.finish(server.data);
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e) => {
-    console.error(e);
-    console.log('in-browser: 0 passed, 1 failed');
-    process.exit(1);
-  },
-);
+run('in-browser', main);

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor};
 use js_sys::{Array, Function, Promise, Uint8Array};
+use refusal_core::chat::FormattedPrompt;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
-use refusal_core::refusal::variant::Completion;
+use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -82,28 +83,9 @@ pub struct DirectionInput {
     pub position: isize,
 }
 
-/// What [`Engine::generate`] returns: the same fields as the CLI's `generate.json`, so the
-/// app shows and shares both alike.
-#[derive(Debug, Serialize)]
-pub struct GenerateReport {
-    pub model: EngineInfo,
-    pub prompt: String,
-    pub formatted_prompt: String,
-    pub prompt_tokens: usize,
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub seed: u64,
-    pub direction: Option<DirectionUse>,
-    pub completions: Vec<Completion>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DirectionUse {
-    pub layer: usize,
-    pub position: isize,
-    pub actadd_layer: usize,
-    pub coeff: f32,
-}
+/// What [`Engine::generate`] returns: the CLI's `generate.json`, so the app shows and shares
+/// both alike.
+pub type Report = GenerateReport<EngineInfo>;
 
 /// Checkpoint files by name; every name a checkpoint needs is looked up here.
 struct Files(HashMap<String, Vec<u8>>);
@@ -256,6 +238,25 @@ impl Engine {
         })
     }
 
+    /// The chat-formatted prompt and its token ids, as the model sees them.
+    fn encode_prompt(
+        &self,
+        prompt: &str,
+        system: Option<&str>,
+    ) -> Result<(FormattedPrompt, Vec<u32>), JsValue> {
+        let formatted = self
+            .text
+            .chat
+            .user_prompt(prompt, system)
+            .map_err(js_error)?;
+        let ids = self
+            .text
+            .tokenizer
+            .encode(&formatted.text, false)
+            .map_err(js_error)?;
+        Ok((formatted, ids))
+    }
+
     fn check_direction(&self, d: &DirectionInput) -> Result<(), String> {
         let c = self.llama.config();
         if d.vector.len() != c.d_model {
@@ -286,16 +287,7 @@ impl Engine {
     /// The chat-formatted `prompt`'s last-position logits (`[vocab]`): what the browser test
     /// compares with the native engine.
     pub async fn prompt_logits(&self, prompt: String) -> Result<Vec<f32>, JsValue> {
-        let formatted = self
-            .text
-            .chat
-            .user_prompt(&prompt, None)
-            .map_err(js_error)?;
-        let ids = self
-            .text
-            .tokenizer
-            .encode(&formatted.text, false)
-            .map_err(js_error)?;
+        let (_, ids) = self.encode_prompt(&prompt, None)?;
         let device = self.llama.device();
         let batch = TokenBatch::left_padded(&[ids], 0, &device);
         read(self.llama.last_logits(&batch, &mut NoHook)).await
@@ -304,7 +296,7 @@ impl Engine {
     /// Generates every requested variant in turn (request: JSON [`GenerateRequest`]), calling
     /// `on_token(variant, text)` after each token (`text` may be empty while a character is
     /// incomplete). When it returns `false`, or a Promise of `false`, generation stops and
-    /// this rejects with "cancelled". Resolves with JSON [`GenerateReport`].
+    /// this rejects with "cancelled". Resolves with JSON [`Report`].
     pub async fn generate(&self, request: String, on_token: Function) -> Result<String, JsValue> {
         let req: GenerateRequest = serde_json::from_str(&request)
             .map_err(|e| js_error(format!("invalid request: {e}")))?;
@@ -315,30 +307,13 @@ impl Engine {
             [] => Variant::defaults(req.direction.is_some()),
             given => given.to_vec(),
         };
-        let formatted = self
-            .text
-            .chat
-            .user_prompt(&req.prompt, req.system.as_deref())
-            .map_err(js_error)?;
-        let ids = self
-            .text
-            .tokenizer
-            .encode(&formatted.text, false)
-            .map_err(js_error)?;
+        let (formatted, ids) = self.encode_prompt(&req.prompt, req.system.as_deref())?;
         let applied = req.direction.as_ref().map(|d| VariantDirection {
             vector: &d.vector,
             actadd_layer: req.layer.unwrap_or(d.layer),
             coeff: req.coeff,
         });
-        let sampling = if req.temperature > 0.0 {
-            Sampling::Random {
-                temperature: req.temperature,
-                top_p: req.top_p,
-                seed: req.seed,
-            }
-        } else {
-            Sampling::Greedy
-        };
+        let sampling = Sampling::from_temperature(req.temperature, req.top_p, req.seed);
         let mut completions = Vec::with_capacity(variants.len());
         for variant in variants {
             let run = variant
@@ -381,7 +356,7 @@ impl Engine {
                 .map_err(js_error)?;
             completions.push(Completion::judged(variant, text, tokens, out.finish[0]));
         }
-        let report = GenerateReport {
+        let report = Report {
             model: self.info.clone(),
             prompt: req.prompt,
             formatted_prompt: formatted.text,

@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
-use refusal_core::refusal::variant::Completion;
+use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection};
-use serde::Serialize;
 
 use crate::direction_file::DirectionFile;
 use crate::model_args::ModelArgs;
@@ -59,27 +58,7 @@ pub struct GenerateArgs {
 }
 
 /// `generate.json`, and what `--json` prints.
-#[derive(Debug, Serialize)]
-pub struct GenerateReport {
-    pub model: Fingerprint,
-    pub prompt: String,
-    pub formatted_prompt: String,
-    pub prompt_tokens: usize,
-    pub max_new_tokens: usize,
-    pub temperature: f32,
-    pub seed: u64,
-    /// The direction's layer and position, when one was given.
-    pub direction: Option<DirectionUse>,
-    pub completions: Vec<Completion>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DirectionUse {
-    pub layer: usize,
-    pub position: isize,
-    pub actadd_layer: usize,
-    pub coeff: f32,
-}
+pub type Report = GenerateReport<Fingerprint>;
 
 /// Generates every variant in turn, streaming text to the terminal (or the run's observer).
 ///
@@ -117,15 +96,7 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         .chat
         .user_prompt(&args.prompt, args.system.as_deref())?;
     let ids = loaded.text.tokenizer.encode(&formatted.text, false)?;
-    let sampling = if args.temperature > 0.0 {
-        Sampling::Random {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        }
-    } else {
-        Sampling::Greedy
-    };
+    let sampling = Sampling::from_temperature(args.temperature, args.top_p, args.seed);
     let terminal = !args.json && !control.is_observed();
     let mut completions = Vec::with_capacity(variants.len());
     for &variant in &variants {
@@ -199,7 +170,7 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
             out.finish[0],
         ));
     }
-    let report = GenerateReport {
+    let report = Report {
         model: fingerprint,
         prompt: args.prompt.clone(),
         formatted_prompt: formatted.text,

@@ -139,6 +139,31 @@ impl Completion {
     }
 }
 
+/// `generate.json`: one prompt's completions side by side, whoever ran them (`M` describes the
+/// model: the CLI's file fingerprint, the browser engine's checkpoint info).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerateReport<M> {
+    pub model: M,
+    pub prompt: String,
+    pub formatted_prompt: String,
+    pub prompt_tokens: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub seed: u64,
+    /// The direction's layer and position, when one was given.
+    pub direction: Option<DirectionUse>,
+    pub completions: Vec<Completion>,
+}
+
+/// Where the report's direction was read and how activation addition used it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DirectionUse {
+    pub layer: usize,
+    pub position: isize,
+    pub actadd_layer: usize,
+    pub coeff: f32,
+}
+
 impl FromStr for Variant {
     type Err = String;
 
