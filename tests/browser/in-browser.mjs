@@ -17,7 +17,8 @@
 //                        CLI's for the same prompts; its #/s/ link shows the same selection;
 //                        "Use in the playground" gives four in-browser columns, and Learn
 //                        shows base and ablated in the tab after its content warning
-//   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself
+//   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself;
+//                        scoring the last token only gives one candidate per layer
 //   8. bad-file          a broken .gguf picked from disk gives an error naming the file
 //   9. static-pages      pages that need the server say so on a static host
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
@@ -357,7 +358,18 @@ async function main() {
         const end = await runEnd(p);
         check(end.state === 'cancelled', `the run ended ${end.state}: ${end.text}`);
         await p.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: 60_000 });
-        return 'cancelled; the model came back from the cache';
+
+        // Scoring the last token only: one candidate per layer.
+        await p.fill('#directions-form input[name=n-train]', '4');
+        await p.fill('#directions-form input[name=n-val]', '2');
+        await p.selectOption('#directions-form select[name=positions]', 'last');
+        await p.click('#directions-form button[type=submit]');
+        const again = await runEnd(p);
+        check(again.state === 'succeeded', `the last-token run ended ${again.state}: ${again.text}`);
+        const cells = await p.evaluate(() => [...document.querySelectorAll('.directions-result svg.heatmap')]
+          .map((svg) => svg.querySelectorAll('rect[data-value]').length));
+        check(cells.join() === '2,2,2', `the last-token heatmaps have ${cells} cells, expected 2 each (2 layers)`);
+        return 'cancelled; the model came back from the cache; a last-token run scores 2 candidates';
       } finally {
         await p.close();
       }

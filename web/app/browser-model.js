@@ -256,8 +256,8 @@ export function modelChooser(serverSelect, serverModels, onChange = () => {}) {
     const where = info ? (info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : null;
     option.textContent = info ? `${describe(info)} (${where})` : 'load a model into this browser…';
     loader.el.hidden = !inBrowser();
-    if (inBrowser()) setMode(`browser · ${where || 'no model yet'}`, 'The model runs in this tab (WebAssembly/WebGPU)');
-    else setMode('server', 'Models run on the server this page came from');
+    if (inBrowser()) setMode('browser', where || 'no model yet', 'The model runs in this tab (WebAssembly/WebGPU)');
+    else setMode('server', null, 'Models run on the server this page came from');
     if (notify) onChange();
   };
   select.addEventListener('change', () => sync());

@@ -11,10 +11,16 @@ import { engine, Cancelled } from './engine.js';
 import { modelChooser } from './browser-model.js';
 import { fragmentLink } from './fragment.js';
 
-/** The flags' defaults when no server is there to ask (the CLI's, smaller sets for a tab). */
+/** The flags' defaults when no server is there to ask (the CLI's, but batches of 8). */
 const DEFAULTS = {
-  'n-train': 32, 'n-val': 8, seed: 0, 'batch-size': 8, 'kl-max': 0.1, 'max-layer-fraction': 0.8, 'induce-min': 0,
+  'n-train': 128, 'n-val': 32, seed: 0, 'batch-size': 8, 'kl-max': 0.1, 'max-layer-fraction': 0.8, 'induce-min': 0,
 };
+
+/**
+ * Prompt counts for a run in a tab: one WebAssembly thread is about 10x slower than the CLI
+ * on two cores (SmolLM2, 16+16 training and 4+4 validation prompts: 30 min in a tab).
+ */
+const IN_TAB = { 'n-train': 16, 'n-val': 2 };
 
 /** The in-browser engine's request for the form's flags. */
 function browserRequest(args) {
@@ -27,13 +33,15 @@ function browserRequest(args) {
     const [layer, position] = args.select.split(':').map(Number);
     req.select = [layer, position];
   }
+  if (args.positions === 'last') req.positions = [-1];
   return req;
 }
 
 export async function render(root) {
   const server = await hasServer();
   const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('directions')) } : DEFAULTS;
-  const chooser = modelChooser(server ? await modelPicker('model') : null, server ? await models$() : []);
+  const chooser = modelChooser(server ? await modelPicker('model') : null, server ? await models$() : [],
+    () => fitToMode());
   const model = chooser.select;
   const num = (name, attrs = {}) => h('input', { name, type: 'number', value: defaults[name] ?? '', ...attrs });
   const nTrain = num('n-train', { min: 1 });
@@ -44,6 +52,19 @@ export async function render(root) {
   const klMax = num('kl-max', { step: 'any', min: 0 });
   const maxFrac = num('max-layer-fraction', { step: 'any', min: 0, max: 1 });
   const induceMin = num('induce-min', { step: 'any' });
+  const positions = h('select', { name: 'positions' },
+    h('option', { value: 'all' }, 'every post-instruction position (METHOD §6)'),
+    h('option', { value: 'last' }, 'the last token only (fewer candidates, faster)'));
+  const positionsField = field('Positions to score', positions, 'in-browser runs only');
+  /** Smaller runs in a tab; the server's sizes back on the server. */
+  const fitToMode = () => {
+    const tab = chooser.inBrowser();
+    positionsField.hidden = !tab;
+    for (const [input, name] of [[nTrain, 'n-train'], [nVal, 'n-val']]) {
+      if (tab && Number(input.value) === Number(defaults[name])) input.value = IN_TAB[name];
+      if (!tab && Number(input.value) === IN_TAB[name]) input.value = defaults[name];
+    }
+  };
 
   const go = h('button', { type: 'submit' }, 'Extract direction');
   const panel = new JobPanel();
@@ -57,7 +78,8 @@ export async function render(root) {
       field('Model', model),
       field('Training prompts per set', nTrain, 'harmful and harmless each'),
       field('Validation prompts per set', nVal),
-      field('Choose the direction', select, 'LAYER:POSITION, e.g. 12:-1')),
+      field('Choose the direction', select, 'LAYER:POSITION, e.g. 12:-1'),
+      positionsField),
     h('details', { class: 'more' }, h('summary', {}, 'Selection settings'),
       h('div', { class: 'form-grid' },
         field('Seed', seed), field('Batch size', batch), field('KL max', klMax),
@@ -105,7 +127,7 @@ export async function render(root) {
     args['n-val'] = Number(nVal.value);
     if (select.value.trim()) args.select = select.value.trim();
     if (chooser.inBrowser()) {
-      runInBrowser(args);
+      runInBrowser({ ...args, positions: positions.value });
       return;
     }
     go.disabled = true;
@@ -147,6 +169,7 @@ export async function render(root) {
     h('h1', {}, 'Directions'),
     h('p', { class: 'lede' }, 'A refusal direction is the difference between the mean activations on harmful and harmless instructions, at one layer and one position after the instruction. Every candidate is scored: how much ablating it bypasses refusal, how much adding it induces refusal, and how much it disturbs harmless predictions (KL).'),
     chooser.loader.el, form, errors, panel.el, share, out);
+  fitToMode();
   return () => {
     job?.close();
     chooser.dispose();

@@ -130,7 +130,7 @@ async function renderFragment(root, packed) {
   const rerun = h('button', { type: 'button', class: 'rerun' }, 'Re-run in this browser');
   const sync = () => {
     const ok = sameModel(engine.info, m);
-    setMode(`browser · ${engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet'}`,
+    setMode('browser', engine.info ? (engine.info.backend === 'webgpu' ? 'WebGPU' : 'CPU') : 'no model yet',
       'This result was computed in a browser; a re-run runs in this tab');
     rerun.disabled = !ok || engine.busy;
     loader.el.hidden = ok;

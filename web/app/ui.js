@@ -168,13 +168,13 @@ export async function copyText(text) {
   }
 }
 
-/** The header's badge: where the page's models run ("server", "browser · WebGPU"). */
-export function setMode(text, title) {
+/** The header's badge: where the page's models run ("server mode", "browser mode · WebGPU"). */
+export function setMode(kind, detail, title) {
   const el = document.getElementById('mode');
   if (!el) return;
-  el.textContent = `${text} mode`;
+  el.textContent = detail ? `${kind} mode · ${detail}` : `${kind} mode`;
   el.title = title;
-  el.dataset.mode = text.split(' ')[0];
+  el.dataset.mode = kind;
 }
 
 /**

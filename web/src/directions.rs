@@ -32,6 +32,10 @@ pub struct DirectionsRequest {
     /// `[layer, position]` chosen by the user instead of METHOD §6.
     #[serde(default)]
     pub select: Option<(usize, isize)>,
+    /// Score only these post-instruction positions (all of them when absent): fewer
+    /// candidates, a proportionally shorter run in a tab.
+    #[serde(default)]
+    pub positions: Option<Vec<isize>>,
     #[serde(default)]
     pub kl_max: Option<f64>,
     #[serde(default)]
@@ -170,10 +174,15 @@ impl Engine {
             batch_size: req.batch_size,
             score_deep_layers: true,
         };
+        let subset = match &req.positions {
+            Some(positions) => Some(candidates.with_positions(positions).map_err(failed)?),
+            None => None,
+        };
+        let scored = subset.as_ref().unwrap_or(&candidates);
         let started = js_sys::Date::now();
         let selection = select(
             llama,
-            &candidates,
+            scored,
             &val_harmful,
             &val_harmless,
             &tokens,
