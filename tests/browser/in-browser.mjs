@@ -19,8 +19,9 @@
 //                        shows base and ablated in the tab after its content warning
 //   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself;
 //                        scoring the last token only gives one candidate per layer
-//   8. bad-file          a broken .gguf picked from disk gives an error naming the file
-//   9. static-pages      pages that need the server say so on a static host
+//   8. drop-files        the tiny model's files dropped on the loader load and give native logits
+//   9. bad-file          a broken .gguf picked from disk gives an error naming the file
+//  10. static-pages      pages that need the server say so on a static host
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
@@ -373,6 +374,27 @@ async function main() {
       } finally {
         await p.close();
       }
+    });
+
+    await record('drop-files', async () => {
+      // A checkpoint folder's files dropped on the loader, as a user drags them from disk.
+      await open(page, `${staticBase}/#/playground`);
+      await page.selectOption('.browser-model select[name=source-kind]', 'files');
+      const names = fs.readdirSync(path.join(MODELS, MODEL));
+      await page.evaluate(async ({ base, names }) => {
+        const dt = new DataTransfer();
+        for (const n of names) dt.items.add(new File([await (await fetch(`${base}/${n}`)).blob()], n));
+        const zone = document.querySelector('.browser-model .drop-zone');
+        zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }, { base: `${staticBase}/models/${MODEL}`, names });
+      await page.selectOption('.browser-model select[name=backend]', 'cpu');
+      await page.waitForFunction(() => [...document.querySelectorAll('.browser-model button')]
+        .some((b) => b.textContent === 'Download and load' && !b.disabled), null, { timeout: 60_000 });
+      await page.click('.browser-model button:text("Download and load")');
+      await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
+      const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt);
+      const worst = compareLogits(got, expected.logits);
+      return `${names.length} files dropped (${names.join(', ')}); logits within ${worst.toExponential(2)} of native`;
     });
 
     await record('bad-file', async () => {
