@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use js_sys::{Array, Function, Promise, Uint8Array};
 use refusal_core::chat::FormattedPrompt;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
 use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
-use refusal_core::refusal::{Variant, VariantDirection};
+use refusal_core::refusal::{Variant, VariantDirection, read};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -290,7 +290,9 @@ impl Engine {
         let (_, ids) = self.encode_prompt(&prompt, None)?;
         let device = self.llama.device();
         let batch = TokenBatch::left_padded(&[ids], 0, &device);
-        read(self.llama.last_logits(&batch, &mut NoHook)).await
+        read(self.llama.last_logits(&batch, &mut NoHook))
+            .await
+            .map_err(js_error)
     }
 
     /// Generates every requested variant in turn (request: JSON [`GenerateRequest`]), calling
@@ -330,7 +332,7 @@ impl Engine {
             let mut stream = self.text.tokenizer.stream(true);
             let mut cancelled = false;
             while let Some(logits) = decoder.forward(&mut hook) {
-                let host = read(logits).await?;
+                let host = read(logits).await.map_err(js_error)?;
                 for (_, token) in decoder.accept(&host) {
                     let piece = stream.push(token).map_err(js_error)?.unwrap_or_default();
                     if !keep_going(&on_token, variant, &piece).await? {
@@ -384,15 +386,4 @@ async fn keep_going(on_token: &Function, variant: Variant, piece: &str) -> Resul
         Err(value) => value,
     };
     Ok(answer.as_bool() != Some(false))
-}
-
-/// An f32 tensor read back to the host, awaiting the device.
-async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, JsValue> {
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| js_error(format!("reading a tensor back from the device: {e:?}")))?;
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| js_error(format!("reading a tensor back from the device: {e:?}")))
 }

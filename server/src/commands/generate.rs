@@ -98,13 +98,13 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     let ids = loaded.text.tokenizer.encode(&formatted.text, false)?;
     let sampling = Sampling::from_temperature(args.temperature, args.top_p, args.seed);
     let terminal = !args.json && !control.is_observed();
+    let applied = direction.as_ref().map(|d| VariantDirection {
+        vector: &d.vector,
+        actadd_layer: args.layer.unwrap_or(d.meta.layer),
+        coeff: args.coeff,
+    });
     let mut completions = Vec::with_capacity(variants.len());
     for &variant in &variants {
-        let applied = direction.as_ref().map(|d| VariantDirection {
-            vector: &d.vector,
-            actadd_layer: args.layer.unwrap_or(d.meta.layer),
-            coeff: args.coeff,
-        });
         let run = variant.setup(&loaded.llama, applied.as_ref())?;
         let model = run.edited.as_ref().unwrap_or(&loaded.llama);
         let mut hook = run.intervention.hook(model)?;

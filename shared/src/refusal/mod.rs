@@ -109,7 +109,7 @@ pub(crate) fn report(
 }
 
 /// Reads an f32 tensor back to the host, awaiting the device (required on WebGPU).
-pub(crate) async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, PipelineError> {
+pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, PipelineError> {
     let data = t
         .into_data_async()
         .await
