@@ -7,7 +7,7 @@ import { h, field, message, JobPanel, shareBar, fragmentShareBar, progressClock 
 import { modelPicker, flagDefaults } from './playground.js';
 import { directionsResult, browserDirectionsResult } from './directions-view.js';
 import { models$, hasServer, rememberDirection, setCurrentDirection } from './state.js';
-import { engine, Cancelled } from './engine.js';
+import { engine, runInPanel } from './engine.js';
 import { modelChooser } from './browser-model.js';
 import { fragmentLink } from './fragment.js';
 
@@ -95,19 +95,17 @@ export async function render(root) {
     }
     const request = browserRequest(args);
     go.disabled = true;
-    panel.attach({ cancel: async () => engine.cancel() });
-    panel.event({ type: 'started' });
     try {
-      const report = await engine.directions(request, progressClock(panel));
-      panel.event({ type: 'succeeded' });
-      if (!report.direction) {
-        errors.replaceChildren(message('No candidate passed the filters. Every candidate’s scores are shown below: enter a layer and position under “Choose the direction” and run it again.', 'info'));
-      }
-      share.replaceChildren(fragmentShareBar({ kind: 'directions', request, report }, fragmentLink));
-      out.replaceChildren(browserDirectionsResult(report));
+      await runInPanel(panel, async () => {
+        const report = await engine.directions(request, progressClock(panel));
+        if (!report.direction) {
+          errors.replaceChildren(message('No candidate passed the filters. Every candidate’s scores are shown below: enter a layer and position under “Choose the direction” and run it again.', 'info'));
+        }
+        share.replaceChildren(fragmentShareBar({ kind: 'directions', request, report }, fragmentLink));
+        out.replaceChildren(browserDirectionsResult(report));
+      });
     } catch (e) {
-      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
-      if (!(e instanceof Cancelled)) errors.replaceChildren(message(e.message));
+      errors.replaceChildren(message(e.message));
     } finally {
       go.disabled = false;
     }

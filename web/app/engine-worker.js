@@ -38,23 +38,17 @@ self.onmessage = async ({ data: msg }) => {
         post('done', { result: JSON.parse(await generate(msg.request, post)) });
         break;
       case 'directions': {
-        if (!engine) throw new Error('no model is loaded in this browser');
         cancelRequested = false;
-        let last = 0;
-        const report = await engine.directions(JSON.stringify(msg.request), (stage, done, total) => {
-          const now = performance.now();
-          if (now - last > 100 || done === total) {
-            last = now;
-            post('progress', { stage, done, total });
-          }
+        const progress = progressPoster(post);
+        const report = await loaded().directions(JSON.stringify(msg.request), (stage, done, total) => {
+          progress(stage, done, total);
           return !cancelRequested;
         });
         post('done', { result: JSON.parse(report) });
         break;
       }
       case 'logits': {
-        if (!engine) throw new Error('no model is loaded in this browser');
-        const logits = await engine.prompt_logits(msg.prompt);
+        const logits = await loaded().prompt_logits(msg.prompt);
         post('done', { result: logits }, [logits.buffer]);
         break;
       }
@@ -65,6 +59,24 @@ self.onmessage = async ({ data: msg }) => {
     post('error', { error: String((e && e.message) || e) });
   }
 };
+
+/** The loaded engine, or the error a page shows when there is none. */
+function loaded() {
+  if (!engine) throw new Error('no model is loaded in this browser');
+  return engine;
+}
+
+/** `post`'s progress messages: at most one per 100 ms, and always a stage's last. */
+function progressPoster(post) {
+  let last = 0;
+  return (stage, done, total) => {
+    const now = performance.now();
+    if (now - last > 100 || done === total) {
+      last = now;
+      post('progress', { stage, done, total });
+    }
+  };
+}
 
 // ------------------------------------------------------------------ reading files
 
@@ -219,17 +231,13 @@ async function readAll(source, post) {
   const total = sizes.every((s) => s !== null) ? sizes.reduce((a, b) => a + b, 0) : 0;
   let done = 0;
   let fromCache = true;
-  let last = 0;
+  const progress = progressPoster(post);
   const bytes = [];
   for (const f of files) {
     bytes.push(await fetchFile(f, (n, cached) => {
       done += n;
       fromCache &&= cached;
-      const now = performance.now();
-      if (now - last > 100 || done === total) {
-        last = now;
-        post('progress', { stage: 'download', done, total });
-      }
+      progress('download', done, total);
     }));
   }
   return { names: files.map(nameOf), bytes, fromCache };
@@ -252,14 +260,8 @@ async function load(source, backend, post) {
   const { names, bytes, fromCache } = await readAll(source, post);
   const downloaded = performance.now();
   const webgpu = backend === 'webgpu' || (backend === 'auto' && (await hasAdapter()));
-  let last = 0;
-  const onWeights = (done, total) => {
-    const now = performance.now();
-    if (now - last > 100 || done === total) {
-      last = now;
-      post('progress', { stage: 'load', done, total });
-    }
-  };
+  const progress = progressPoster(post);
+  const onWeights = (done, total) => progress('load', done, total);
   let fellBack = null;
   try {
     engine = await load_engine(webgpu, names, bytes, onWeights);
@@ -279,9 +281,8 @@ async function load(source, backend, post) {
 }
 
 async function generate(request, post) {
-  if (!engine) throw new Error('no model is loaded in this browser');
   cancelRequested = false;
-  return engine.generate(JSON.stringify(request), async (variant, text) => {
+  return loaded().generate(JSON.stringify(request), async (variant, text) => {
     post('token', { variant, text });
     // A macrotask: the Cancel message is handled here.
     await new Promise((resolve) => setTimeout(resolve, 0));

@@ -140,6 +140,29 @@ class BrowserEngine {
   }
 }
 
+/**
+ * Runs `work()` (which uses the engine) under a job panel: the panel shows it running, its
+ * Cancel cancels the engine, and it ends as succeeded, cancelled or failed. Resolves with
+ * true when the work finished and false when it was cancelled; any other error is shown on
+ * the panel and thrown again.
+ */
+export async function runInPanel(panel, work) {
+  panel.attach({ cancel: async () => engine.cancel() });
+  panel.event({ type: 'started' });
+  try {
+    await work();
+  } catch (e) {
+    if (e instanceof Cancelled) {
+      panel.event({ type: 'cancelled' });
+      return false;
+    }
+    panel.event({ type: 'failed', error: e.message });
+    throw e;
+  }
+  panel.event({ type: 'succeeded' });
+  return true;
+}
+
 /** The page's engine. */
 export const engine = new BrowserEngine();
 // For the browser tests and the console.

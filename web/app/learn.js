@@ -6,7 +6,7 @@ import { Job, getResult } from './api.js';
 import { h, message, JobPanel, shareBar, fragmentShareBar, field } from './ui.js';
 import { models$, hasServer, knownDirections, browserDirections, currentDirection } from './state.js';
 import { completionColumns } from './generate-view.js';
-import { engine, Cancelled } from './engine.js';
+import { engine, runInPanel } from './engine.js';
 import { browserModelPanel } from './browser-model.js';
 import { fragmentLink } from './fragment.js';
 
@@ -30,22 +30,22 @@ export async function render(root) {
   /** Base and ablated completions in this tab's engine. */
   const runInBrowser = async (prompt, cols, panel, share) => {
     if (!engine.info) throw new Error(`Load ${dir.model} into this browser first (the panel above).`);
-    panel.attach({ cancel: async () => engine.cancel() });
-    panel.event({ type: 'started' });
     const request = {
       prompt, max_new_tokens: 96, variants: ['none', 'ablate'],
       direction: { vector: dir.vector, layer: dir.layer, position: dir.position },
     };
+    let finished;
     try {
-      const report = await engine.generate(request, (e) => cols.append(e.variant, e.text));
-      cols.settle(report);
-      panel.event({ type: 'succeeded' });
-      share.append(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+      finished = await runInPanel(panel, async () => {
+        const report = await engine.generate(request, (e) => cols.append(e.variant, e.text));
+        cols.settle(report);
+        share.append(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+      });
     } catch (e) {
-      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
-      cols.stop(e instanceof Cancelled ? 'cancelled' : 'failed');
-      if (!(e instanceof Cancelled)) throw e;
+      cols.stop('failed');
+      throw e;
     }
+    if (!finished) cols.stop('cancelled');
   };
 
   const demo = h('div');

@@ -7,7 +7,7 @@ import { h, field, message, JobPanel, shareBar, fragmentShareBar } from './ui.js
 import { models$, hasServer, knownDirections, browserDirections, currentDirection, setCurrentDirection } from './state.js';
 import { completionColumns, VARIANTS } from './generate-view.js';
 import { fmt } from './plot.js';
-import { engine, Cancelled } from './engine.js';
+import { engine, runInPanel } from './engine.js';
 import { modelChooser } from './browser-model.js';
 import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
@@ -180,26 +180,19 @@ export async function render(root) {
     }
     go.disabled = true;
     rerunActadd.disabled = true;
-    panel.attach({ cancel: async () => engine.cancel() });
-    panel.event({ type: 'started' });
     try {
-      const request = await browserRequest(a);
-      if (only) request.variants = only;
-      const variants = request.variants.length ? request.variants : ['none'];
-      const onToken = tokenProgress(variants, request.max_new_tokens);
-      const report = await engine.generate(request, onToken);
-      columns.settle(report);
-      panel.event({ type: 'succeeded' });
-      share.replaceChildren(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+      const finished = await runInPanel(panel, async () => {
+        const request = await browserRequest(a);
+        if (only) request.variants = only;
+        const variants = request.variants.length ? request.variants : ['none'];
+        const report = await engine.generate(request, tokenProgress(variants, request.max_new_tokens));
+        columns.settle(report);
+        share.replaceChildren(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
+      });
+      if (!finished) columns.stop('cancelled');
     } catch (e) {
-      if (e instanceof Cancelled) {
-        panel.event({ type: 'cancelled' });
-        columns.stop('cancelled');
-      } else {
-        panel.event({ type: 'failed', error: e.message });
-        columns.stop('failed');
-        errors.replaceChildren(message(e.message));
-      }
+      columns.stop('failed');
+      errors.replaceChildren(message(e.message));
     } finally {
       go.disabled = false;
       rerunActadd.disabled = false;

@@ -7,7 +7,7 @@
 import { getResult, Job } from './api.js';
 import { h, message, JobPanel, shareBar, fragmentShareBar, setMode, progressClock } from './ui.js';
 import { readFragment, fragmentLink } from './fragment.js';
-import { engine, Cancelled, describe } from './engine.js';
+import { engine, describe, runInPanel } from './engine.js';
 import { browserModelPanel } from './browser-model.js';
 import { hasServer, models$ } from './state.js';
 import { generateResult, completionColumns } from './generate-view.js';
@@ -141,31 +141,29 @@ async function renderFragment(root, packed) {
   rerun.addEventListener('click', async () => {
     rerun.disabled = true;
     errors.replaceChildren();
-    panel.attach({ cancel: async () => engine.cancel() });
-    panel.event({ type: 'started' });
     try {
-      let again;
-      if (isDirections) {
-        again = await engine.directions(result.request, progressClock(panel));
-        const same = again.direction && report.direction
-          && again.direction.layer === report.direction.layer && again.direction.position === report.direction.position;
-        live.replaceChildren(h('h2', {}, 'Re-run'),
-          message(same ? 'The re-run chose the same direction.' : 'The re-run chose another direction (another backend’s rounding can tip close scores).', same ? 'info' : 'warn'),
-          browserDirectionsResult(again));
-      } else {
-        const variants = report.completions.map((c) => c.variant);
-        const cols = completionColumns(variants, report.direction);
-        live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
-        again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
-        cols.settle(again);
-        const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
-        live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'));
-      }
-      panel.event({ type: 'succeeded' });
-      live.append(fragmentShareBar({ kind: result.kind, request: result.request, report: again }, fragmentLink));
+      await runInPanel(panel, async () => {
+        let again;
+        if (isDirections) {
+          again = await engine.directions(result.request, progressClock(panel));
+          const same = again.direction && report.direction
+            && again.direction.layer === report.direction.layer && again.direction.position === report.direction.position;
+          live.replaceChildren(h('h2', {}, 'Re-run'),
+            message(same ? 'The re-run chose the same direction.' : 'The re-run chose another direction (another backend’s rounding can tip close scores).', same ? 'info' : 'warn'),
+            browserDirectionsResult(again));
+        } else {
+          const variants = report.completions.map((c) => c.variant);
+          const cols = completionColumns(variants, report.direction);
+          live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
+          again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
+          cols.settle(again);
+          const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
+          live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'));
+        }
+        live.append(fragmentShareBar({ kind: result.kind, request: result.request, report: again }, fragmentLink));
+      });
     } catch (e) {
-      panel.event(e instanceof Cancelled ? { type: 'cancelled' } : { type: 'failed', error: e.message });
-      if (!(e instanceof Cancelled)) errors.replaceChildren(message(e.message));
+      errors.replaceChildren(message(e.message));
     } finally {
       sync();
     }
