@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: the Rust workspace (unit tests, and the reference tests on both real built-in
-# models, fetched into the cache first) and the browser smoke test in headless Chromium.
+# models, fetched into the cache first) and the browser tests in headless Chromium
+# (scripts/test-browser.sh: the engine smoke test, the app in server mode, the app in-browser).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
