@@ -744,7 +744,7 @@ fn a_compressed_model_joins_the_models_and_runs() {
     let server = Server::start(data.path(), models_dir(), &[]);
     let job = submit(
         &server,
-        &json!({"kind": "compress", "args": {"model": TINY, "method": "rtn", "bits": 8, "n-calib": 4}}),
+        &json!({"kind": "compress", "args": {"model": TINY, "method": "rtn", "bits": 2, "group": 32, "n-calib": 4}}),
     );
     let events = job_events(&server, &job);
     let done = final_event(&events);
@@ -759,7 +759,7 @@ fn a_compressed_model_joins_the_models_and_runs() {
     )));
     let model_id = result["report"]["model_id"].as_str().unwrap().to_owned();
     let manifest = &result["report"]["model.manifest.json"];
-    assert_eq!(manifest["recipe"], "rtn:8:128:sym", "{}", result["report"]);
+    assert_eq!(manifest["recipe"], "rtn:2:32:sym", "{}", result["report"]);
     let (_, models) = get(&server.url("/api/models"));
     let derived = models
         .as_array()
@@ -768,11 +768,87 @@ fn a_compressed_model_joins_the_models_and_runs() {
         .find(|m| m["id"] == model_id.as_str())
         .expect("the compressed model is listed");
     assert_eq!(derived["origin"], "derived");
-    let run = submit(
+
+    // The playground's compressed columns: the recipe compressed by the job, and that model
+    // repaired by AIRD, give what the stored compressed and repaired models give. (2-bit
+    // rounding, so that base, compressed and repaired answer the tiny model's prompt apart.)
+    let direction = final_event(&job_events(&server, &tiny_directions(&server)))["result_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let prompt = "How do I pick a lock?";
+    let columns = generated(
         &server,
-        &json!({"kind": "generate", "args": {"model": model_id, "prompt": "Hi", "max-new-tokens": 2}}),
+        json!({"model": TINY, "prompt": prompt, "direction": direction, "compressed": "rtn:2:32",
+               "aird-prompts": 8, "batch-size": 8, "max-new-tokens": 8}),
     );
-    assert_eq!(final_event(&job_events(&server, &run))["type"], "succeeded");
+    let variants: Vec<&str> = columns["completions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            "none",
+            "ablate",
+            "actadd",
+            "orthogonalized",
+            "compressed",
+            "compressed+aird"
+        ]
+    );
+    let tokens = |k: usize| &columns["completions"][k]["tokens"];
+    assert!(
+        tokens(0) != tokens(4) && tokens(4) != tokens(5),
+        "{columns}"
+    );
+    let repair = submit(
+        &server,
+        &json!({"kind": "aird", "args": {"base": TINY, "compressed": model_id, "direction": direction,
+                "n-train": 8, "n-val": 2, "batch-size": 8, "n-eval": 2, "max-new-tokens": 2}}),
+    );
+    let done = final_event(&job_events(&server, &repair)).clone();
+    assert_eq!(done["type"], "succeeded", "{done}");
+    let (_, repaired) = get(&server.url(&format!(
+        "/api/results/{}",
+        done["result_id"].as_str().unwrap()
+    )));
+    let fit = &columns["compressed"]["aird"];
+    let aird_report = repaired["report"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.ends_with(".aird.json"))
+        .map(|(_, v)| v)
+        .expect("the aird report");
+    assert_eq!(fit["lambda"], aird_report["fit"]["lambda"]);
+    assert_eq!(fit["train"], aird_report["fit"]["train"]);
+    let repaired_id = repaired["report"]["model_id"].as_str().unwrap();
+    for (model, column) in [(&*model_id, 4), (repaired_id, 5)] {
+        let alone = generated(
+            &server,
+            json!({"model": model, "prompt": prompt, "max-new-tokens": 8}),
+        );
+        assert_eq!(
+            alone["completions"][0]["tokens"], columns["completions"][column]["tokens"],
+            "{model} vs the {} column",
+            variants[column]
+        );
+    }
+}
+
+/// The `generate.json` of a generate job with `args`.
+fn generated(server: &Server, args: Value) -> Value {
+    let job = submit(server, &json!({"kind": "generate", "args": args}));
+    let done = final_event(&job_events(server, &job)).clone();
+    assert_eq!(done["type"], "succeeded", "{done}");
+    let (_, result) = get(&server.url(&format!(
+        "/api/results/{}",
+        done["result_id"].as_str().unwrap()
+    )));
+    result["report"]["generate.json"].clone()
 }
 
 #[test]

@@ -14,14 +14,16 @@ use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
 use refusal_core::model::{Llama, WeightName};
 use refusal_core::refusal::Intervention;
-use refusal_core::refusal::aird::{AirdFit, AirdSettings, Densification, compressed_direction};
+use refusal_core::refusal::aird::{
+    AirdFit, AirdSettings, Densification, Repaired, compressed_direction,
+};
 use refusal_core::refusal::compare::{Decomposition, decompose};
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::evaluate::{CrossEntropy, cross_entropy, kl_between};
 use refusal_core::refusal::orthogonalize::orthogonalize;
 use serde::Serialize;
 
-use super::compare::{Judged, Repaired, repair};
+use super::compare::{Judged, repair};
 use super::compress::{CalibrationArgs, Summary};
 use super::pipeline::{
     EncodedSets, PromptArgs, PromptUses, compressed_model, judged, lazy_calibration,
@@ -147,8 +149,8 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
             };
             let candidates = block_on(extract(
                 base,
-                &encoded.harmful,
-                &encoded.harmless,
+                &encoded.split.harmful,
+                &encoded.split.harmless,
                 args.judge.batch_size,
                 &mut |p| bar.update(p),
             ))?;
@@ -175,7 +177,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let tokens = refusal_tokens(
         &loaded,
         &args.judge.refusal_tokens,
-        &encoded.harmful,
+        &encoded.split.harmful,
         args.judge.batch_size,
         &mut bar,
     )?;
@@ -202,7 +204,14 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         densification,
         harmful,
         harmless,
-    } = repair(base, c.llama.clone(), &vector, settings, &encoded, &mut bar)?;
+    } = repair(
+        base,
+        c.llama.clone(),
+        &vector,
+        settings,
+        &encoded.split,
+        &mut bar,
+    )?;
     let own = compressed_direction(&harmful, &harmless, args.position, base.config().d_model)?;
     let (drift, drifted) = decompose(&own, &vector)?;
     eprintln!(

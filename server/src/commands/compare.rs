@@ -9,12 +9,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use futures_lite::future::block_on;
 use refusal_core::model::Llama;
-use refusal_core::refusal::aird::{self, AirdFit, AirdSettings, Densification, LayerSamples};
+use refusal_core::refusal::aird::{self, AirdFit, AirdSettings, Densification, Repaired};
 use refusal_core::refusal::compare::{Decomposition, cosine_figure, cosine_map, decompose};
 use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, JudgedCompletion, kl_between};
 use refusal_core::refusal::plots::layer_curves;
 use refusal_core::refusal::select::CandidateScore;
-use refusal_core::refusal::{Intervention, RefusalTokens};
+use refusal_core::refusal::{EncodedSplit, Intervention, RefusalTokens};
 use serde::Serialize;
 
 use super::compress::{CalibrationArgs, Summary};
@@ -242,17 +242,8 @@ impl Evaluator<'_> {
     }
 }
 
-/// A compressed model repaired by AIRD, with the activations it was fitted on.
-pub struct Repaired {
-    pub model: Llama,
-    pub fit: AirdFit,
-    pub densification: Densification,
-    pub harmful: LayerSamples,
-    pub harmless: LayerSamples,
-}
-
-/// Fits AIRD on the training prompts (penalty chosen on the validation prompts) and applies
-/// it to `compressed`.
+/// AIRD fitted on the training prompts (penalty chosen on the validation prompts) and applied
+/// to `compressed`, under the progress bar.
 ///
 /// # Errors
 ///
@@ -262,38 +253,18 @@ pub fn repair(
     compressed: Llama,
     base_direction: &[f32],
     settings: AirdSettings,
-    sets: &EncodedSets,
+    sets: &EncodedSplit,
     bar: &mut StageBar,
 ) -> Result<Repaired> {
-    let bs = settings.batch_size;
-    let mut collect = |set| {
-        block_on(aird::collect(
-            base,
-            &compressed,
-            base_direction,
-            settings.layer,
-            set,
-            bs,
-            &mut |p| bar.update(p),
-        ))
-        .context("recording AIRD activations")
-    };
-    let harmful = collect(&sets.harmful)?;
-    let harmless = collect(&sets.harmless)?;
-    let val = LayerSamples::join(&collect(&sets.val_harmful)?, &collect(&sets.val_harmless)?);
-    let fit = aird::fit(
-        &LayerSamples::join(&harmful, &harmless),
-        Some(&val),
+    block_on(aird::repair(
+        base,
+        compressed,
+        base_direction,
         settings,
-    )?;
-    let (model, densification) = block_on(aird::apply(compressed, base_direction, &fit))?;
-    Ok(Repaired {
-        model,
-        fit,
-        densification,
-        harmful,
-        harmless,
-    })
+        sets,
+        &mut |p| bar.update(p),
+    ))
+    .context("repairing with AIRD")
 }
 
 pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
@@ -304,7 +275,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let tokens = refusal_tokens(
         &loaded,
         &args.judge.refusal_tokens,
-        &encoded.harmful,
+        &encoded.split.harmful,
         args.judge.batch_size,
         &mut bar,
     )?;
@@ -329,7 +300,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
         args.base.base
     );
     let base = &loaded.llama;
-    let base_found = find_direction(base, &encoded, &tokens, &find, &mut bar)?;
+    let base_found = find_direction(base, &encoded.split, &tokens, &find, &mut bar)?;
     let base_baseline = eval.baseline(base, &mut bar)?;
     bar.finish();
     eprintln!(
@@ -355,7 +326,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
             control,
         )?;
         eprintln!("{spec}: finding its refusal direction");
-        let found = find_direction(&c.llama, &encoded, &tokens, &find, &mut bar)?;
+        let found = find_direction(&c.llama, &encoded.split, &tokens, &find, &mut bar)?;
         let cosines = cosine_map(&base_found.candidates, &found.candidates)?;
         let (decomposition, _) = decompose(&found.vector, &base_found.vector)?;
         let baseline = eval.baseline(&c.llama, &mut bar)?;
@@ -394,7 +365,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
                 c.llama.clone(),
                 &base_found.vector,
                 settings,
-                &encoded,
+                &encoded.split,
                 &mut bar,
             )?;
             let asr = eval.harmful(&repaired, &Intervention::None, &mut bar)?;

@@ -1,5 +1,7 @@
 //! `refusal-lens generate`: one prompt, chat-formatted, answered by the model as it is and,
-//! given a direction, side by side with the model under each intervention of METHOD §5.
+//! given a direction, side by side with the model under each intervention of METHOD §5; given
+//! a compressed model (or a recipe), by that model too (METHOD §8), and with a direction as
+//! well, by the compressed model repaired by AIRD (METHOD §10).
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -7,15 +9,21 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use refusal_core::compress::Method;
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
-use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
-use refusal_core::refusal::{Variant, VariantDirection};
+use refusal_core::model::Llama;
+use refusal_core::refusal::aird::AirdSettings;
+use refusal_core::refusal::variant::{Completion, CompressedUse, DirectionUse, GenerateReport};
+use refusal_core::refusal::{EncodedSplit, Variant, VariantDirection, VariantModels};
 
+use super::compare::repair;
+use super::compress::{Calibration, CalibrationArgs};
+use super::pipeline::compressed_model;
 use crate::direction_file::DirectionFile;
 use crate::model_args::ModelArgs;
-use crate::open::Fingerprint;
+use crate::open::{Fingerprint, LoadedModel};
 use crate::outputs::StagedDir;
-use crate::progress::{RunControl, RunEvent};
+use crate::progress::{RunControl, RunEvent, StageBar};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
@@ -39,10 +47,27 @@ pub struct GenerateArgs {
     /// interventions.
     #[arg(long)]
     pub direction: Option<PathBuf>,
-    /// Completions to produce, comma-separated: none, ablate, actadd, orthogonalized. Default:
-    /// none, or all four when --direction is given.
+    /// Completions to produce, comma-separated: none, ablate, actadd, orthogonalized,
+    /// compressed, compressed+aird. Default: none, the four interventions when --direction is
+    /// given, compressed when --compressed is given, and compressed+aird given both.
     #[arg(long, value_delimiter = ',', value_parser = variant_parser())]
     pub variants: Vec<Variant>,
+    /// The compressed model of the compressed columns (file, directory or alias), or a recipe
+    /// compressed on the fly (e.g. wanda:0.5, rtn:4:128).
+    #[arg(long)]
+    pub compressed: Option<String>,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Training prompts of each built-in set that AIRD is fitted on, at the direction's layer
+    /// (a quarter as many more, held out, choose its ridge penalty).
+    #[arg(long, default_value_t = 32)]
+    pub aird_prompts: usize,
+    /// Scale of the AIRD update.
+    #[arg(long, default_value_t = 1.0)]
+    pub aird_alpha: f32,
+    /// Prompts per forward pass while compressing and fitting AIRD.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
     /// Activation-addition coefficient.
     #[arg(long, default_value_t = 1.0)]
     pub coeff: f32,
@@ -72,13 +97,22 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         .map(DirectionFile::read)
         .transpose()?;
     let variants = match args.variants.as_slice() {
-        [] => Variant::defaults(direction.is_some()),
+        [] => Variant::defaults(direction.is_some(), args.compressed.is_some()),
         given => given.to_vec(),
     };
-    if direction.is_none()
-        && let Some(v) = variants.iter().find(|v| **v != Variant::None)
-    {
-        bail!("--variants {} needs --direction", v.name());
+    for &v in &variants {
+        if v != Variant::None && !v.is_compressed() && direction.is_none() {
+            bail!("--variants {} needs --direction", v.name());
+        }
+        if v.is_compressed() && args.compressed.is_none() {
+            bail!("--variants {} needs --compressed", v.name());
+        }
+        if v == Variant::CompressedAird && direction.is_none() {
+            bail!(
+                "--variants {} needs --direction (AIRD restores it)",
+                v.name()
+            );
+        }
     }
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
     let d_model = loaded.llama.config().d_model;
@@ -91,6 +125,12 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
             args.model.model
         );
     }
+    let compressed = compressed_columns(args, &variants, direction.as_ref(), &loaded, control)?;
+    let models = VariantModels {
+        base: &loaded.llama,
+        compressed: compressed.as_ref().map(|c| &c.compressed),
+        repaired: compressed.as_ref().and_then(|c| c.repaired.as_ref()),
+    };
     let formatted = loaded
         .text
         .chat
@@ -105,8 +145,8 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     });
     let mut completions = Vec::with_capacity(variants.len());
     for &variant in &variants {
-        let run = variant.setup(&loaded.llama, applied.as_ref())?;
-        let model = run.edited.as_ref().unwrap_or(&loaded.llama);
+        let run = variant.setup(models, applied.as_ref())?;
+        let model = run.model.as_ref();
         let mut hook = run.intervention.hook(model)?;
         if terminal && variants.len() > 1 {
             println!("--- {}", variant.name());
@@ -184,6 +224,7 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
             actadd_layer: args.layer.unwrap_or(d.meta.layer),
             coeff: args.coeff,
         }),
+        compressed: compressed.map(|c| c.used),
         completions,
     };
     let json = serde_json::to_string_pretty(&report)?;
@@ -204,4 +245,76 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
 fn variant_parser() -> impl TypedValueParser<Value = Variant> {
     PossibleValuesParser::new(Variant::ALL.map(Variant::name))
         .try_map(|name| name.parse::<Variant>())
+}
+
+/// The models of the compressed columns, and what the report says of them.
+struct CompressedColumns {
+    compressed: Llama,
+    repaired: Option<Llama>,
+    used: CompressedUse,
+}
+
+/// Loads or compresses the compressed model, and repairs it by AIRD when a column shows it.
+fn compressed_columns(
+    args: &GenerateArgs,
+    variants: &[Variant],
+    direction: Option<&DirectionFile>,
+    loaded: &LoadedModel,
+    control: &RunControl,
+) -> Result<Option<CompressedColumns>> {
+    let Some(spec) = args.compressed.as_deref() else {
+        return Ok(None);
+    };
+    if !variants.iter().any(|v| v.is_compressed()) {
+        return Ok(None);
+    }
+    // The report gives no output errors, so a method that decides without calibration skips it.
+    let needs_calibration = spec.parse::<Method>().is_ok_and(|m| m.needs_calibration());
+    let calibration = || {
+        if needs_calibration {
+            args.calibration.load(&loaded.text)
+        } else {
+            Ok(Calibration::none())
+        }
+    };
+    let c = compressed_model(
+        spec,
+        &args.model,
+        &loaded.llama,
+        &calibration,
+        args.batch_size,
+        control,
+    )?;
+    let (repaired, fit) = match direction {
+        Some(d) if variants.contains(&Variant::CompressedAird) => {
+            let n_val = args.aird_prompts.div_ceil(4);
+            let prompts = EncodedSplit::builtin(&loaded.text, args.aird_prompts, n_val, 0)?;
+            let settings = AirdSettings {
+                layer: d.meta.layer,
+                alpha: args.aird_alpha,
+                lambda: None,
+                batch_size: args.batch_size,
+            };
+            let mut bar = StageBar::new(true, control.clone());
+            let repaired = repair(
+                &loaded.llama,
+                c.llama.clone(),
+                &d.vector,
+                settings,
+                &prompts,
+                &mut bar,
+            )?;
+            bar.finish();
+            (Some(repaired.model), Some(repaired.fit))
+        }
+        _ => (None, None),
+    };
+    Ok(Some(CompressedColumns {
+        compressed: c.llama,
+        repaired,
+        used: CompressedUse {
+            spec: spec.to_owned(),
+            aird: fit,
+        },
+    }))
 }

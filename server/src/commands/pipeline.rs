@@ -13,7 +13,8 @@ use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, evaluate};
 use refusal_core::refusal::prompts::{Prompt, without};
 use refusal_core::refusal::select::{CandidateScore, select};
 use refusal_core::refusal::{
-    CandidateDirections, EncodedPrompts, Intervention, RefusalTokens, Selection, SelectionSettings,
+    CandidateDirections, EncodedPrompts, EncodedSplit, Intervention, RefusalTokens, Selection,
+    SelectionSettings,
 };
 use serde::Serialize;
 
@@ -124,10 +125,7 @@ impl PromptArgs {
 
 /// The sets that run through the model as token ids (base and compressed share a tokenizer).
 pub struct EncodedSets {
-    pub harmful: EncodedPrompts,
-    pub harmless: EncodedPrompts,
-    pub val_harmful: EncodedPrompts,
-    pub val_harmless: EncodedPrompts,
+    pub split: EncodedSplit,
     pub eval_harmless: EncodedPrompts,
 }
 
@@ -136,13 +134,15 @@ impl EncodedSets {
     ///
     /// Template and tokenizer errors.
     pub fn new(text: &TextAssets, sets: &PromptSets) -> Result<EncodedSets> {
-        let encode = |p: &[Prompt]| EncodedPrompts::new(text, p, None);
         Ok(EncodedSets {
-            harmful: encode(&sets.harmful)?,
-            harmless: encode(&sets.harmless)?,
-            val_harmful: encode(&sets.val_harmful)?,
-            val_harmless: encode(&sets.val_harmless)?,
-            eval_harmless: encode(&sets.eval_harmless)?,
+            split: EncodedSplit::new(
+                text,
+                &sets.harmful,
+                &sets.harmless,
+                &sets.val_harmful,
+                &sets.val_harmless,
+            )?,
+            eval_harmless: EncodedPrompts::new(text, &sets.eval_harmless, None)?,
         })
     }
 }
@@ -189,7 +189,7 @@ impl FoundDirection {
 /// Pipeline errors; no candidate even under the fallback.
 pub fn find_direction(
     model: &Llama,
-    sets: &EncodedSets,
+    sets: &EncodedSplit,
     tokens: &RefusalTokens,
     settings: &FindSettings,
     bar: &mut StageBar,
@@ -309,10 +309,15 @@ pub fn compressed_model(
     match as_recipe {
         Ok(method) if !is_path => {
             let calibration = calibration()?;
-            eprintln!(
-                "compressing {} with {method} (calibration: {} {} from {})",
-                base.model, calibration.samples, calibration.kind, calibration.source
-            );
+            let calibrated = if calibration.samples == 0 {
+                "no calibration".to_owned()
+            } else {
+                format!(
+                    "calibration: {} {} from {}",
+                    calibration.samples, calibration.kind, calibration.source
+                )
+            };
+            eprintln!("compressing {} with {method} ({calibrated})", base.model);
             let compressed = compress_model(
                 base_model.clone(),
                 method,

@@ -27,7 +27,8 @@ use crate::source::BuiltinModel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
-    /// One prompt, side by side: none / ablate / actadd / orthogonalized.
+    /// One prompt, side by side: none / ablate / actadd / orthogonalized / compressed /
+    /// compressed+aird.
     Generate,
     Directions,
     Eval,

@@ -22,7 +22,7 @@ use faer::{Accum, Mat, MatRef, Side};
 use crate::model::{Llama, TokenBatch};
 
 use super::intervention::{check_width, unit};
-use super::{EncodedPrompts, OnProgress, PipelineError, Stage, read, report};
+use super::{EncodedPrompts, EncodedSplit, OnProgress, PipelineError, Stage, read, report};
 
 /// Ridge penalties tried, as multiples of the mean squared norm of the samples `a_C`.
 pub const LAMBDA_GRID: [f64; 6] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
@@ -359,6 +359,87 @@ pub async fn apply(
             density_after,
         },
     ))
+}
+
+/// A compressed model repaired by AIRD, with what the fit recorded.
+pub struct Repaired {
+    pub model: Llama,
+    pub fit: AirdFit,
+    pub densification: Densification,
+    /// The training prompts' samples (C's own direction at `l*` comes from their sums).
+    pub harmful: LayerSamples,
+    pub harmless: LayerSamples,
+}
+
+/// AIRD end to end: records B and C on the training and validation prompts of `prompts`,
+/// fits `u` (the penalty chosen on the validation prompts unless `settings` fixes one) and
+/// applies the update to `compressed`.
+///
+/// # Errors
+///
+/// Those of [`collect`], [`fit`] and [`apply`].
+pub async fn repair(
+    base: &Llama,
+    compressed: Llama,
+    base_direction: &[f32],
+    settings: AirdSettings,
+    prompts: &EncodedSplit,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Repaired, PipelineError> {
+    let (layer, bs) = (settings.layer, settings.batch_size);
+    let harmful = collect(
+        base,
+        &compressed,
+        base_direction,
+        layer,
+        &prompts.harmful,
+        bs,
+        on_progress,
+    )
+    .await?;
+    let harmless = collect(
+        base,
+        &compressed,
+        base_direction,
+        layer,
+        &prompts.harmless,
+        bs,
+        on_progress,
+    )
+    .await?;
+    let val_harmful = collect(
+        base,
+        &compressed,
+        base_direction,
+        layer,
+        &prompts.val_harmful,
+        bs,
+        on_progress,
+    )
+    .await?;
+    let val_harmless = collect(
+        base,
+        &compressed,
+        base_direction,
+        layer,
+        &prompts.val_harmless,
+        bs,
+        on_progress,
+    )
+    .await?;
+    let fit = fit(
+        &LayerSamples::join(&harmful, &harmless),
+        Some(&LayerSamples::join(&val_harmful, &val_harmless)),
+        settings,
+    )?;
+    let (model, densification) = apply(compressed, base_direction, &fit).await?;
+    Ok(Repaired {
+        model,
+        fit,
+        densification,
+        harmful,
+        harmless,
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use crate::load::TextAssets;
 
+use super::prompts::{builtin_harmful, builtin_harmless, hold_out};
 use super::{PipelineError, Prompt};
 
 /// Token ids of chat-formatted prompts.
@@ -86,6 +87,56 @@ impl EncodedPrompts {
     /// The id sequences of one batch.
     pub fn select(&self, indices: &[usize]) -> Vec<Vec<u32>> {
         indices.iter().map(|&i| self.ids[i].clone()).collect()
+    }
+}
+
+/// Training and validation prompts of both kinds, encoded: what directions are extracted from
+/// and what AIRD is fitted on.
+#[derive(Debug, Clone)]
+pub struct EncodedSplit {
+    pub harmful: EncodedPrompts,
+    pub harmless: EncodedPrompts,
+    pub val_harmful: EncodedPrompts,
+    pub val_harmless: EncodedPrompts,
+}
+
+impl EncodedSplit {
+    /// Encodes the four sets as user turns without a system prompt.
+    ///
+    /// # Errors
+    ///
+    /// Template and tokenizer errors.
+    pub fn new(
+        text: &TextAssets,
+        harmful: &[Prompt],
+        harmless: &[Prompt],
+        val_harmful: &[Prompt],
+        val_harmless: &[Prompt],
+    ) -> Result<EncodedSplit, PipelineError> {
+        let encode = |p: &[Prompt]| EncodedPrompts::new(text, p, None);
+        Ok(EncodedSplit {
+            harmful: encode(harmful)?,
+            harmless: encode(harmless)?,
+            val_harmful: encode(val_harmful)?,
+            val_harmless: encode(val_harmless)?,
+        })
+    }
+
+    /// `n_train` training and `n_val` validation prompts of each built-in set, held out as
+    /// [`hold_out`] does with `seed`.
+    ///
+    /// # Errors
+    ///
+    /// Template and tokenizer errors.
+    pub fn builtin(
+        text: &TextAssets,
+        n_train: usize,
+        n_val: usize,
+        seed: u64,
+    ) -> Result<EncodedSplit, PipelineError> {
+        let (harmful, val_harmful) = hold_out(builtin_harmful(), n_train, n_val, seed);
+        let (harmless, val_harmless) = hold_out(builtin_harmless(), n_train, n_val, seed);
+        EncodedSplit::new(text, &harmful, &harmless, &val_harmful, &val_harmless)
     }
 }
 

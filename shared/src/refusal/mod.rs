@@ -25,12 +25,12 @@ use std::ops::ControlFlow;
 use burn::tensor::Tensor;
 
 pub use directions::CandidateDirections;
-pub use encoding::EncodedPrompts;
+pub use encoding::{EncodedPrompts, EncodedSplit};
 pub use intervention::Intervention;
 pub use prompts::{Prompt, PromptFormat};
 pub use score::RefusalTokens;
 pub use select::{Selection, SelectionSettings};
-pub use variant::{Variant, VariantDirection};
+pub use variant::{Variant, VariantDirection, VariantModels};
 
 /// What a long computation is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -93,6 +93,8 @@ pub enum PipelineError {
     NoRefusalTokens,
     #[error("the `{0}` completion needs a direction")]
     NeedsDirection(&'static str),
+    #[error("the `{0}` completion needs a compressed model")]
+    NeedsCompressed(&'static str),
 }
 
 /// Reports progress and turns a cancel request into [`PipelineError::Cancelled`].

@@ -1,13 +1,16 @@
-//! The side-by-side completions of the playground (METHOD §5): the model as it is and under
-//! each intervention, one name per column. The CLI, the server and the browser engine all set
-//! a variant up through [`Variant::setup`], so their columns mean the same thing.
+//! The side-by-side completions of the playground: the model as it is and under each
+//! intervention of METHOD §5, and its compressed version (§8) before and after AIRD repair
+//! (§10), one name per column. The CLI, the server and the browser engine all set a variant
+//! up through [`Variant::setup`], so their columns mean the same thing.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use crate::generate::FinishReason;
 use crate::model::Llama;
 
 use super::PipelineError;
+use super::aird::AirdFit;
 use super::intervention::Intervention;
 use super::orthogonalize::orthogonalize;
 
@@ -23,6 +26,20 @@ pub enum Variant {
     Actadd,
     /// The ablation baked into the weights; reads like `Ablate`.
     Orthogonalized,
+    /// The compressed model as it is.
+    Compressed,
+    /// The compressed model repaired by AIRD toward the base model's direction.
+    #[serde(rename = "compressed+aird")]
+    CompressedAird,
+}
+
+/// The models the variants run on: the base, and for the compressed columns its compressed
+/// and repaired versions.
+#[derive(Clone, Copy)]
+pub struct VariantModels<'a> {
+    pub base: &'a Llama,
+    pub compressed: Option<&'a Llama>,
+    pub repaired: Option<&'a Llama>,
 }
 
 /// The direction the variants apply, and how activation addition uses it.
@@ -34,18 +51,21 @@ pub struct VariantDirection<'a> {
     pub coeff: f32,
 }
 
-/// What a variant runs: its own weights (only `Orthogonalized` has them) and its hook.
-pub struct VariantRun {
-    pub edited: Option<Llama>,
+/// What a variant runs: a model (the base, a compressed one, or weights edited for this
+/// variant alone) and its hook.
+pub struct VariantRun<'a> {
+    pub model: Cow<'a, Llama>,
     pub intervention: Intervention,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 6] = [
         Variant::None,
         Variant::Ablate,
         Variant::Actadd,
         Variant::Orthogonalized,
+        Variant::Compressed,
+        Variant::CompressedAird,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,34 +74,49 @@ impl Variant {
             Variant::Ablate => "ablate",
             Variant::Actadd => "actadd",
             Variant::Orthogonalized => "orthogonalized",
+            Variant::Compressed => "compressed",
+            Variant::CompressedAird => "compressed+aird",
         }
     }
 
-    /// The variants shown when none are asked for: every one given a direction, else the base.
-    pub fn defaults(has_direction: bool) -> Vec<Variant> {
-        if has_direction {
-            Variant::ALL.to_vec()
-        } else {
-            vec![Variant::None]
-        }
+    /// Whether the variant runs on the compressed model rather than the base.
+    pub fn is_compressed(self) -> bool {
+        matches!(self, Variant::Compressed | Variant::CompressedAird)
     }
 
-    /// Sets this variant up on `base` (cloned and orthogonalized for `Orthogonalized`).
+    /// The variants shown when none are asked for: the base; every intervention given a
+    /// direction; the compressed model given one, and its AIRD repair given both.
+    pub fn defaults(has_direction: bool, has_compressed: bool) -> Vec<Variant> {
+        Variant::ALL
+            .into_iter()
+            .filter(|v| match v {
+                Variant::None => true,
+                Variant::Ablate | Variant::Actadd | Variant::Orthogonalized => has_direction,
+                Variant::Compressed => has_compressed,
+                Variant::CompressedAird => has_direction && has_compressed,
+            })
+            .collect()
+    }
+
+    /// Sets this variant up on `models` (the base cloned and orthogonalized for
+    /// `Orthogonalized`).
     ///
     /// # Errors
     ///
-    /// [`PipelineError::NeedsDirection`] for an intervention without a direction, and the
+    /// [`PipelineError::NeedsDirection`] for an intervention without a direction,
+    /// [`PipelineError::NeedsCompressed`] for a compressed column without its model, and the
     /// errors of [`orthogonalize`] (width, degenerate direction).
-    pub fn setup(
+    pub fn setup<'a>(
         self,
-        base: &Llama,
+        models: VariantModels<'a>,
         direction: Option<&VariantDirection<'_>>,
-    ) -> Result<VariantRun, PipelineError> {
+    ) -> Result<VariantRun<'a>, PipelineError> {
         let needs = || PipelineError::NeedsDirection(self.name());
-        let (edited, intervention) = match self {
-            Variant::None => (None, Intervention::None),
+        let base = Cow::Borrowed(models.base);
+        let (model, intervention) = match self {
+            Variant::None => (base, Intervention::None),
             Variant::Ablate => (
-                None,
+                base,
                 Intervention::Ablate {
                     direction: direction.ok_or_else(needs)?.vector.to_vec(),
                 },
@@ -89,7 +124,7 @@ impl Variant {
             Variant::Actadd => {
                 let d = direction.ok_or_else(needs)?;
                 (
-                    None,
+                    base,
                     Intervention::ActAdd {
                         layer: d.actadd_layer,
                         vector: d.vector.to_vec(),
@@ -100,13 +135,22 @@ impl Variant {
             Variant::Orthogonalized => {
                 let d = direction.ok_or_else(needs)?;
                 (
-                    Some(orthogonalize(base.clone(), d.vector)?),
+                    Cow::Owned(orthogonalize(models.base.clone(), d.vector)?),
                     Intervention::None,
                 )
             }
+            Variant::Compressed | Variant::CompressedAird => {
+                let model = if self == Variant::Compressed {
+                    models.compressed
+                } else {
+                    models.repaired
+                };
+                let model = model.ok_or(PipelineError::NeedsCompressed(self.name()))?;
+                (Cow::Borrowed(model), Intervention::None)
+            }
         };
         Ok(VariantRun {
-            edited,
+            model,
             intervention,
         })
     }
@@ -152,7 +196,17 @@ pub struct GenerateReport<M> {
     pub seed: u64,
     /// The direction's layer and position, when one was given.
     pub direction: Option<DirectionUse>,
+    /// The compressed model of the compressed columns, when they were asked for.
+    pub compressed: Option<CompressedUse>,
     pub completions: Vec<Completion>,
+}
+
+/// The compressed columns' model and, for `compressed+aird`, how AIRD was fitted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CompressedUse {
+    /// A recipe (`wanda:0.5`) or the model it names.
+    pub spec: String,
+    pub aird: Option<AirdFit>,
 }
 
 /// Where the report's direction was read and how activation addition used it.
@@ -172,7 +226,8 @@ impl FromStr for Variant {
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| {
-                format!("unknown variant `{s}` (none, ablate, actadd or orthogonalized)")
+                let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+                format!("unknown variant `{s}` (one of {})", names.join(", "))
             })
     }
 }
@@ -190,11 +245,22 @@ mod tests {
         assert!("ablated".parse::<Variant>().is_err());
         let device = burn::tensor::Device::flex();
         let model = Llama::random(&ModelConfig::tiny(), 1, &device);
-        assert!(Variant::None.setup(&model, None).is_ok());
+        let base_only = VariantModels {
+            base: &model,
+            compressed: None,
+            repaired: None,
+        };
+        assert!(Variant::None.setup(base_only, None).is_ok());
         for v in [Variant::Ablate, Variant::Actadd, Variant::Orthogonalized] {
             assert!(matches!(
-                v.setup(&model, None),
+                v.setup(base_only, None),
                 Err(PipelineError::NeedsDirection(_))
+            ));
+        }
+        for v in [Variant::Compressed, Variant::CompressedAird] {
+            assert!(matches!(
+                v.setup(base_only, None),
+                Err(PipelineError::NeedsCompressed(_))
             ));
         }
         let r = vec![0.5; ModelConfig::tiny().d_model];
@@ -203,10 +269,10 @@ mod tests {
             actadd_layer: 1,
             coeff: 2.0,
         };
-        let run = Variant::Orthogonalized.setup(&model, Some(&d)).unwrap();
-        assert!(run.edited.is_some() && run.intervention == Intervention::None);
-        let run = Variant::Actadd.setup(&model, Some(&d)).unwrap();
-        assert!(run.edited.is_none());
+        let run = Variant::Orthogonalized.setup(base_only, Some(&d)).unwrap();
+        assert!(matches!(run.model, Cow::Owned(_)) && run.intervention == Intervention::None);
+        let run = Variant::Actadd.setup(base_only, Some(&d)).unwrap();
+        assert!(std::ptr::eq(run.model.as_ref(), &model));
         assert_eq!(
             run.intervention,
             Intervention::ActAdd {
@@ -214,6 +280,33 @@ mod tests {
                 vector: r.clone(),
                 coeff: 2.0
             }
+        );
+        let compressed = model.clone();
+        let repaired = model.clone();
+        let all = VariantModels {
+            base: &model,
+            compressed: Some(&compressed),
+            repaired: Some(&repaired),
+        };
+        let run = Variant::Compressed.setup(all, None).unwrap();
+        assert!(std::ptr::eq(run.model.as_ref(), &compressed));
+        let run = Variant::CompressedAird.setup(all, None).unwrap();
+        assert!(std::ptr::eq(run.model.as_ref(), &repaired));
+    }
+
+    #[test]
+    fn defaults_show_every_column_their_inputs_allow() {
+        use Variant::*;
+        assert_eq!(Variant::defaults(false, false), [None]);
+        assert_eq!(
+            Variant::defaults(true, false),
+            [None, Ablate, Actadd, Orthogonalized]
+        );
+        assert_eq!(Variant::defaults(false, true), [None, Compressed]);
+        assert_eq!(Variant::defaults(true, true), Variant::ALL);
+        assert_eq!(
+            serde_json::to_string(&CompressedAird).unwrap(),
+            "\"compressed+aird\""
         );
     }
 }
