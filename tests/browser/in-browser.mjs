@@ -7,21 +7,23 @@
 //   2. logits-cpu        tab; its logits for a prompt equal the native engine's (APP_EXPECTED)
 //   3. generate          with a direction file (from a server directions job), the four
 //                        columns equal the server's `generate` job token for token (same text)
-//   4. cancel            Cancel stops a long in-browser generation; the engine still answers
-//   5. share-static      Share packs the result into a #/s/ link; on a static host (no API)
+//   4. compressed        a recipe (2-bit RTN) compressed in the tab and repaired by AIRD: the
+//                        six columns equal the server's `generate --compressed` job's
+//   5. cancel            Cancel stops a long in-browser generation; the engine still answers
+//   6. share-static      Share packs the result into a #/s/ link; on a static host (no API)
 //                        the link shows the same texts; loading the model there from its URL
 //                        and re-running gives the same completions; a second load comes from
 //                        the Cache API
-//   6. directions        on a static host, the Directions page runs METHOD §3-6 in the tab: three
+//   7. directions        on a static host, the Directions page runs METHOD §3-6 in the tab: three
 //                        heatmaps with the chosen cell; its direction.safetensors equals the
 //                        CLI's for the same prompts; its #/s/ link shows the same selection;
 //                        "Use in the playground" gives four in-browser columns, and Learn
 //                        shows base and ablated in the tab after its content warning
-//   7. directions-cancel Cancel stops a directions run; the model is loaded again by itself;
+//   8. directions-cancel Cancel stops a directions run; the model is loaded again by itself;
 //                        scoring the last token only gives one candidate per layer
-//   8. drop-files        the tiny model's files dropped on the loader load and give native logits
-//   9. bad-file          a broken .gguf picked from disk gives an error naming the file
-//  10. static-pages      pages that need the server say so on a static host
+//   9. drop-files        the tiny model's files dropped on the loader load and give native logits
+//  10. bad-file          a broken .gguf picked from disk gives an error naming the file
+//  11. static-pages      pages that need the server say so on a static host
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
@@ -155,6 +157,7 @@ async function main() {
   const shot = (p, name) => checks.shot(p, name);
 
   let shared = null;
+  let directionId = null;
   try {
     for (const backend of ['webgpu', 'cpu']) {
       await record(`logits-${backend}`, async () => {
@@ -172,6 +175,7 @@ async function main() {
 
     await record('generate', async () => {
       const dir = await runJob(server.base, 'directions', { model: MODEL, 'n-train': 4, 'n-val': 2, select: '1:-1' });
+      directionId = dir.id;
       const st = await fetch(`${server.base}/api/results/${dir.id}/files/direction.safetensors`);
       check(st.ok, `direction.safetensors: ${st.status}`);
       const dirFile = path.join(scratch, 'direction.safetensors');
@@ -199,6 +203,36 @@ async function main() {
       check(/#\/s\/[A-Za-z0-9_-]+$/.test(shared.link), `the share link is ${shared.link}`);
       await shot(page, 'generate');
       return `4 columns equal the server's; share link of ${shared.link.length} characters`;
+    });
+
+    await record('compressed', async () => {
+      const prompt = 'Write a short poem about the sea';
+      const dirFile = path.join(scratch, 'direction.safetensors');
+      check(fs.existsSync(dirFile), 'no direction file from the generate test');
+      check(directionId, 'no direction from the generate test');
+      const args = { model: MODEL, prompt, direction: directionId, compressed: 'rtn:2:32', 'aird-prompts': 8, 'max-new-tokens': 8 };
+      const serverRun = await runJob(server.base, 'generate', args);
+      const want = Object.fromEntries(serverRun.report['generate.json'].completions.map((c) => [c.variant, c.completion]));
+      check(Object.keys(want).length === 6, `the server gave ${Object.keys(want)}`);
+
+      await setMaxTokens(page, 8);
+      await page.fill('#playground-form input[name=compressed]', 'rtn:2:32');
+      await page.dispatchEvent('#playground-form input[name=compressed]', 'input');
+      await page.fill('#playground-form input[name=aird-prompts]', '8');
+      await page.click('#playground-form button[type=submit]');
+      const end = await runEnd(page);
+      check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
+      const got = await columnTexts(page);
+      check(Object.keys(got).join() === Object.keys(want).join(), `columns ${Object.keys(got)}, the server's ${Object.keys(want)}`);
+      for (const v of Object.keys(want)) {
+        check(got[v] === want[v], `${v}: the browser wrote ${JSON.stringify(got[v])}, the server ${JSON.stringify(want[v])}`);
+      }
+      const about = await page.textContent('main .column[data-variant="compressed+aird"] .about');
+      check(/rtn:2:32/.test(about) && /AIRD at layer 1/.test(about), `the AIRD column says: ${about}`);
+      await shot(page, 'compressed');
+      await page.fill('#playground-form input[name=compressed]', '');
+      await page.dispatchEvent('#playground-form input[name=compressed]', 'input');
+      return `6 columns equal the server's (${JSON.stringify(got['compressed+aird'])} after AIRD)`;
     });
 
     await record('cancel', async () => {

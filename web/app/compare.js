@@ -6,9 +6,7 @@ import { h, field, message, JobPanel, shareBar } from './ui.js';
 import { modelPicker } from './playground.js';
 import { compareResult } from './compare-view.js';
 import { knownDirections, currentDirection } from './state.js';
-
-// Recipes the CLI compresses on the fly (see `refusal-lens compare --help`).
-const RECIPES = ['rtn:8:128', 'rtn:4:128', 'gguf:q4_0', 'gptq:4:128', 'wanda:0.5', 'wanda:2:4', 'sparsegpt:0.5', 'magnitude:0.5'];
+import { RECIPES } from './recipes.js';
 
 const ABOUT = {
   compare: ['Compressed vs base', 'Does a quantized or pruned model keep its refusal direction? Each compressed model gets its own direction, compared with the base’s layer by layer, and both are tested: ablating them (attack success on harmful prompts) and adding them (refusal of harmless prompts).'],

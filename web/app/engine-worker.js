@@ -6,6 +6,7 @@
 //   inspect {source}            what the checkpoint is and what memory it needs (headers only)
 //   load    {source, backend}   download + load; backend 'auto' | 'webgpu' | 'cpu'
 //   generate {request}          the playground's completions, streamed as token messages
+//                               (after progress messages while compressed columns are made)
 //   directions {request}        METHOD §3-6 on the built-in prompt sets, with progress messages
 //   logits  {prompt}            the chat-formatted prompt's last-position logits
 //   cancel                      stop the running generation (a load is stopped by terminating
@@ -282,10 +283,14 @@ async function load(source, backend, post) {
 
 async function generate(request, post) {
   cancelRequested = false;
+  const progress = progressPoster(post);
   return loaded().generate(JSON.stringify(request), async (variant, text) => {
     post('token', { variant, text });
     // A macrotask: the Cancel message is handled here.
     await new Promise((resolve) => setTimeout(resolve, 0));
+    return !cancelRequested;
+  }, (stage, done, total) => {
+    progress(stage, done, total);
     return !cancelRequested;
   });
 }

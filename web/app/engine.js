@@ -1,6 +1,7 @@
 // The in-browser engine as the pages see it: one Web Worker (engine-worker.js) per page, with
 // promise-returning calls, progress and token callbacks, and Cancel. A generation stops at its
-// next token (the worker awaits a macrotask there). Anything else is cancelled by terminating
+// next token (the worker awaits a macrotask there). Anything else (a generation's compressing
+// too, before its first token) is cancelled by terminating
 // the worker, because the wasm engine does not yield while it computes on the CPU; the model
 // is then loaded again from its source (the Cache API or the files picked), so the page keeps it.
 
@@ -44,6 +45,8 @@ class BrowserEngine {
       const call = this.pending.get(data.id);
       if (!call) return;
       if (data.type === 'progress' || data.type === 'token') {
+        // progress before tokens: the generation is still compressing, and never yields
+        call.computing = data.type === 'progress';
         call.onEvent?.(data);
         return;
       }
@@ -116,7 +119,7 @@ class BrowserEngine {
   cancel() {
     const calls = [...this.pending.values()];
     if (!calls.length) return;
-    if (calls.every((c) => c.type === 'generate')) {
+    if (calls.every((c) => c.type === 'generate' && !c.computing)) {
       this.worker.postMessage({ type: 'cancel' });
       return;
     }

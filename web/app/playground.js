@@ -1,11 +1,13 @@
 // Playground: one prompt, completions side by side (base, ablated, activation added,
-// orthogonalized), streamed token by token: from a `generate` job on the server, or from the
-// in-browser engine when the model chosen is the one loaded in this browser.
+// orthogonalized, compressed, compressed + AIRD), streamed token by token: from a `generate`
+// job on the server, or from the in-browser engine when the model chosen is the one loaded in
+// this browser (which then compresses the model in the tab).
 
 import { Job, getResult, jobKinds } from './api.js';
-import { h, field, message, JobPanel, shareBar, fragmentShareBar } from './ui.js';
+import { h, field, message, JobPanel, shareBar, fragmentShareBar, progressClock } from './ui.js';
 import { models$, hasServer, knownDirections, browserDirections, currentDirection, setCurrentDirection } from './state.js';
-import { completionColumns, VARIANTS } from './generate-view.js';
+import { completionColumns, VARIANTS, TITLES } from './generate-view.js';
+import { RECIPES } from './recipes.js';
 import { fmt } from './plot.js';
 import { engine, runInPanel } from './engine.js';
 import { modelChooser } from './browser-model.js';
@@ -13,7 +15,19 @@ import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
 
 /** generate's defaults when no server is there to ask. */
-const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1 };
+const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1, 'n-calib': 128, 'aird-prompts': 32 };
+
+/**
+ * Calibration and AIRD prompt counts for a tab, where one WebAssembly thread runs about 10x
+ * slower than the CLI on two cores.
+ */
+const IN_TAB = { 'n-calib': 32, 'aird-prompts': 16 };
+
+/** What each column needs besides the base model. */
+const NEEDS = {
+  none: [], ablate: ['direction'], actadd: ['direction'], orthogonalized: ['direction'],
+  compressed: ['compressed'], 'compressed+aird': ['direction', 'compressed'],
+};
 
 /** A model <select> from /api/models (downloaded models first choice). */
 export async function modelPicker(name = 'model', preferred) {
@@ -39,7 +53,10 @@ export async function render(root) {
   const server = await hasServer();
   const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('generate')) } : DEFAULTS;
   const serverModels = server ? await models$() : [];
-  const chooser = modelChooser(server ? await modelPicker('model') : null, serverModels, () => syncDirection());
+  const chooser = modelChooser(server ? await modelPicker('model') : null, serverModels, () => {
+    fitToMode();
+    syncDirection();
+  });
   const { select: model, loader, inBrowser } = chooser;
   const prompt = h('textarea', { name: 'prompt', rows: 3, required: true, placeholder: 'Type a prompt, e.g. an instruction the model might refuse' });
   const system = h('input', { name: 'system', placeholder: 'none' });
@@ -69,6 +86,23 @@ export async function render(root) {
   fillDirections();
 
   const variantBoxes = VARIANTS.map((v) => h('input', { type: 'checkbox', name: 'variant', value: v, checked: true }));
+
+  // the compressed columns: a recipe (compressed by the job, or in the tab) or a server model
+  const recipeList = h('datalist', { id: 'playground-recipes' },
+    [...RECIPES, ...serverModels.filter((m) => m.available).map((m) => m.id)].map((r) => h('option', { value: r })));
+  const compressed = h('input', { name: 'compressed', list: 'playground-recipes', placeholder: 'none, or a recipe: wanda:0.5, rtn:4:128…', autocomplete: 'off' });
+  const num = (name) => h('input', { name, type: 'number', min: 1, value: defaults[name] ?? DEFAULTS[name] });
+  const nCalib = num('n-calib');
+  const airdPrompts = num('aird-prompts');
+  /** Smaller calibration and AIRD sets in a tab; the server's sizes back on the server. */
+  const fitToMode = () => {
+    const tab = chooser.inBrowser();
+    for (const [input, name] of [[nCalib, 'n-calib'], [airdPrompts, 'aird-prompts']]) {
+      const full = defaults[name] ?? DEFAULTS[name];
+      if (tab && Number(input.value) === Number(full)) input.value = IN_TAB[name];
+      if (!tab && Number(input.value) === IN_TAB[name]) input.value = full;
+    }
+  };
   const coeff = h('input', { type: 'range', name: 'coeff', min: -2, max: 4, step: 0.1, value: defaults.coeff ?? 1 });
   const coeffOut = h('output', {}, fmt(Number(coeff.value)));
   coeff.addEventListener('input', () => { coeffOut.textContent = fmt(Number(coeff.value)); });
@@ -89,7 +123,10 @@ export async function render(root) {
     // Directions found in this browser only fit the in-browser engine.
     for (const o of direction.options) if (o.value.startsWith('local:')) o.disabled = !browser;
     if (!browser && direction.value.startsWith('local:')) direction.value = '';
-    for (const b of variantBoxes) b.disabled = !has || b.value === 'none';
+    const given = { direction: has, compressed: !!compressed.value.trim() };
+    for (const b of variantBoxes) b.disabled = b.value === 'none' || !NEEDS[b.value].every((n) => given[n]);
+    nCalib.disabled = !given.compressed;
+    airdPrompts.disabled = !given.compressed || !has;
     coeff.disabled = !has;
     layer.disabled = !has;
     if (direction.value) setCurrentDirection(direction.value);
@@ -97,6 +134,8 @@ export async function render(root) {
   direction.addEventListener('change', syncDirection);
   customDir.addEventListener('input', syncDirection);
   dirFile.addEventListener('change', syncDirection);
+  compressed.addEventListener('input', syncDirection);
+  fitToMode();
   syncDirection();
 
   const go = h('button', { type: 'submit' }, 'Generate');
@@ -114,14 +153,18 @@ export async function render(root) {
       h('div', { class: 'span2' }, field('Direction', direction, 'extract one on the Directions page')),
       idField, fileField,
       h('div', { class: 'wide' }, dirNote),
+      h('div', { class: 'span2' }, field('Compressed model', h('span', {}, compressed, recipeList),
+        'a recipe compressed for this run (in a tab: small models only), or a compressed model on the server')),
       h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
-        variantBoxes.map((b) => h('label', {}, b, { none: 'base', ablate: 'ablated', actadd: 'activation added', orthogonalized: 'orthogonalized' }[b.value]))))),
+        variantBoxes.map((b) => h('label', {}, b, TITLES[b.value].toLowerCase()))))),
       field('Activation-addition coefficient', h('div', { class: 'slider-row' }, coeff, coeffOut)),
       field('Addition layer', layer)),
     h('details', { class: 'more' }, h('summary', {}, 'Generation settings'),
       h('div', { class: 'form-grid' },
         h('div', { class: 'wide' }, field('System prompt', system)),
-        field('Max new tokens', maxTokens), field('Temperature', temperature, '0 decodes greedily'), field('Seed', seed))),
+        field('Max new tokens', maxTokens), field('Temperature', temperature, '0 decodes greedily'), field('Seed', seed),
+        field('Calibration prompts', nCalib, 'built-in harmless prompts that wanda, sparsegpt and gptq see'),
+        field('AIRD prompts', airdPrompts, 'built-in harmful and harmless prompts each that AIRD is fitted on'))),
     h('div', { class: 'actions' }, go, h('span', { class: 'hint' }, 'Variants are generated one after another.')));
 
   const withDirection = () => !!dirId() || (inBrowser() && dirFile.files.length > 0);
@@ -135,9 +178,17 @@ export async function render(root) {
     a.seed = Number(seed.value);
     if (withDirection()) {
       if (dirId()) a.direction = dirId();
-      a.variants = only || variantBoxes.filter((b) => b.checked).map((b) => b.value);
       a.coeff = Number(coeff.value);
       if (layer.value !== '') a.layer = Number(layer.value);
+    }
+    if (compressed.value.trim()) {
+      a.compressed = compressed.value.trim();
+      a['n-calib'] = Number(nCalib.value);
+      if (withDirection()) a['aird-prompts'] = Number(airdPrompts.value);
+    }
+    if (withDirection() || a.compressed) {
+      // the base is always shown; a column whose input is missing is left out
+      a.variants = only || variantBoxes.filter((b) => b.checked && (b.value === 'none' || !b.disabled)).map((b) => b.value);
     }
     return a;
   };
@@ -150,6 +201,11 @@ export async function render(root) {
     };
     if (a.system) req.system = a.system;
     if (a.layer !== undefined) req.layer = a.layer;
+    if (a.compressed) {
+      req.compressed = a.compressed;
+      req.n_calib = a['n-calib'];
+      if (a['aird-prompts']) req.aird_prompts = a['aird-prompts'];
+    }
     const local = browserDirections().find((d) => d.id === a.direction);
     if (dirFile.files.length) req.direction = parseDirection(await dirFile.files[0].arrayBuffer(), dirFile.files[0].name);
     else if (local) req.direction = { vector: local.vector, layer: local.layer, position: local.position };
@@ -185,7 +241,10 @@ export async function render(root) {
         const request = await browserRequest(a);
         if (only) request.variants = only;
         const variants = request.variants.length ? request.variants : ['none'];
-        const report = await engine.generate(request, tokenProgress(variants, request.max_new_tokens));
+        const onToken = tokenProgress(variants, request.max_new_tokens);
+        // compressing and fitting AIRD come first, with progress by stage
+        const onStage = progressClock(panel);
+        const report = await engine.generate(request, (e) => (e.type === 'token' ? onToken(e) : onStage(e)));
         columns.settle(report);
         share.replaceChildren(fragmentShareBar({ kind: 'generate', request, report }, fragmentLink));
       });
@@ -267,7 +326,7 @@ export async function render(root) {
 
   root.append(
     h('h1', {}, 'Playground'),
-    h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights. Text streams in as it is generated, on the server or in this browser.'),
+    h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights; and by a compressed copy of the model, before and after AIRD re-induces the direction. Text streams in as it is generated, on the server or in this browser.'),
     loader.el, form, errors, panel.el, share, out);
   return () => {
     job?.close();

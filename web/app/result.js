@@ -66,8 +66,9 @@ export async function render(root, { resultId, fragment }) {
       // For completions, stream the new text in beside the stored one.
       let cols = null;
       if (req.kind === 'generate') {
-        const variants = result.report?.['generate.json']?.completions?.map((c) => c.variant) || ['none'];
-        cols = completionColumns(variants, result.report?.['generate.json']?.direction);
+        const stored = result.report?.['generate.json'];
+        const variants = stored?.completions?.map((c) => c.variant) || ['none'];
+        cols = completionColumns(variants, stored?.direction, { compressed: stored?.compressed });
         live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
       }
       try {
@@ -153,9 +154,10 @@ async function renderFragment(root, packed) {
             browserDirectionsResult(again));
         } else {
           const variants = report.completions.map((c) => c.variant);
-          const cols = completionColumns(variants, report.direction);
+          const cols = completionColumns(variants, report.direction, { compressed: report.compressed });
           live.replaceChildren(h('h2', {}, 'Re-run'), cols.el);
-          again = await engine.generate(result.request, (e) => cols.append(e.variant, e.text));
+          const onStage = progressClock(panel);
+          again = await engine.generate(result.request, (e) => (e.type === 'token' ? cols.append(e.variant, e.text) : onStage(e)));
           cols.settle(again);
           const same = again.completions.every((c, i) => c.completion === report.completions[i]?.completion);
           live.append(message(same ? 'The re-run gave the same completions.' : 'The re-run differs from the shared completions (sampling, or another backend’s rounding).', same ? 'info' : 'warn'));

@@ -3,8 +3,6 @@
 //! position, their scores and the chosen one. The report has the fields of the CLI's
 //! `selection.json` and `direction.json`, so the app draws both alike.
 
-use std::ops::ControlFlow;
-
 use js_sys::Function;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::prompts::{
@@ -12,13 +10,13 @@ use refusal_core::refusal::prompts::{
 };
 use refusal_core::refusal::select::{CandidateScore, ChosenBy, select};
 use refusal_core::refusal::{
-    EncodedPrompts, PipelineError, Progress, RefusalTokens, Selection, SelectionSettings,
+    EncodedPrompts, PipelineError, RefusalTokens, Selection, SelectionSettings,
 };
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
 use crate::engine::{Engine, EngineInfo};
-use crate::js_error;
+use crate::{js_error, js_progress};
 
 /// One directions run (JSON): the browser's `refusal-lens directions` on the built-in sets.
 #[derive(Debug, Deserialize)]
@@ -136,21 +134,7 @@ impl Engine {
         let encode = |p: &[Prompt]| EncodedPrompts::new(text, p, None).map_err(js_error);
         let (harmful, harmless) = (encode(&harmful)?, encode(&harmless)?);
         let (val_harmful, val_harmless) = (encode(&val_harmful)?, encode(&val_harmless)?);
-        let mut progress = |p: Progress| {
-            let stage = serde_json::to_value(p.stage)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            match on_progress.call3(
-                &JsValue::NULL,
-                &stage.into(),
-                &p.done.into(),
-                &p.total.into(),
-            ) {
-                Ok(answer) if answer.as_bool() == Some(false) => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            }
-        };
+        let mut progress = js_progress(&on_progress);
         let failed = |e: PipelineError| js_error(e);
 
         let started = js_sys::Date::now();

@@ -1,6 +1,7 @@
 //! The in-browser engine: a model loaded from checkpoint bytes (one GGUF file, or a Hugging
 //! Face checkpoint's config.json, tokenizer.json and safetensors shards) on WebGPU or the CPU,
-//! answering one prompt side by side under each variant of METHOD §5.
+//! answering one prompt side by side under each variant of METHOD §5, and compressed by a
+//! recipe (with its AIRD repair) for the compressed columns.
 //!
 //! Every readback is awaited (WebGPU cannot block), and the token callback may return a
 //! Promise: the worker awaits a macrotask there, which is when it sees a Cancel message.
@@ -14,13 +15,14 @@ use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
 use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
-use refusal_core::refusal::{Variant, VariantDirection, read};
+use refusal_core::refusal::{Variant, VariantDirection, VariantModels, read};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+use crate::compressed::{Columns, CompressSettings, Kept};
 use crate::inspect::CheckpointInfo;
-use crate::{init_device, js_error};
+use crate::{init_device, js_error, js_progress};
 
 /// A loaded model and what the page shows about it.
 #[wasm_bindgen]
@@ -28,6 +30,7 @@ pub struct Engine {
     llama: Llama,
     text: TextAssets,
     info: EngineInfo,
+    kept: Kept,
 }
 
 /// The model as loaded (JSON of [`Engine::info`]).
@@ -65,6 +68,20 @@ pub struct GenerateRequest {
     /// Layer of the activation addition (default: the direction's).
     #[serde(default)]
     pub layer: Option<usize>,
+    /// The compressed columns' recipe (`rtn:4:128`, `wanda:0.5`), compressed in the tab.
+    #[serde(default)]
+    pub compressed: Option<String>,
+    /// Built-in harmless prompts that calibrated recipes see.
+    #[serde(default = "default_n_calib")]
+    pub n_calib: usize,
+    /// Training prompts of each built-in set that AIRD is fitted on.
+    #[serde(default = "default_aird_prompts")]
+    pub aird_prompts: usize,
+    #[serde(default = "default_coeff")]
+    pub aird_alpha: f32,
+    /// Prompts per forward pass while compressing and fitting AIRD.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
 }
 
 fn default_top_p() -> f32 {
@@ -73,6 +90,19 @@ fn default_top_p() -> f32 {
 
 fn default_coeff() -> f32 {
     1.0
+}
+
+// The CLI's defaults (`refusal-lens generate --help`).
+fn default_n_calib() -> usize {
+    128
+}
+
+fn default_aird_prompts() -> usize {
+    32
+}
+
+fn default_batch_size() -> usize {
+    8
 }
 
 /// A refusal direction and where it was read.
@@ -173,6 +203,10 @@ impl Engine {
         &self.info
     }
 
+    pub(crate) fn kept(&self) -> &Kept {
+        &self.kept
+    }
+
     fn load(
         files: &Files,
         device: &Device,
@@ -199,6 +233,7 @@ impl Engine {
                     backend,
                     checkpoint,
                 },
+                kept: Kept::default(),
             });
         }
         let config = files.required("config.json")?;
@@ -235,6 +270,7 @@ impl Engine {
                 backend,
                 checkpoint,
             },
+            kept: Kept::default(),
         })
     }
 
@@ -298,16 +334,49 @@ impl Engine {
     /// Generates every requested variant in turn (request: JSON [`GenerateRequest`]), calling
     /// `on_token(variant, text)` after each token (`text` may be empty while a character is
     /// incomplete). When it returns `false`, or a Promise of `false`, generation stops and
-    /// this rejects with "cancelled". Resolves with JSON [`Report`].
-    pub async fn generate(&self, request: String, on_token: Function) -> Result<String, JsValue> {
+    /// this rejects with "cancelled". The compressed columns' models are made first, calling
+    /// `on_progress(stage, done, total)` (`false` cancels). Resolves with JSON [`Report`].
+    pub async fn generate(
+        &self,
+        request: String,
+        on_token: Function,
+        on_progress: Function,
+    ) -> Result<String, JsValue> {
         let req: GenerateRequest = serde_json::from_str(&request)
             .map_err(|e| js_error(format!("invalid request: {e}")))?;
         if let Some(d) = &req.direction {
             self.check_direction(d).map_err(js_error)?;
         }
         let variants = match req.variants.as_slice() {
-            [] => Variant::defaults(req.direction.is_some()),
+            [] => Variant::defaults(req.direction.is_some(), req.compressed.is_some()),
             given => given.to_vec(),
+        };
+        let columns = match &req.compressed {
+            Some(recipe) if variants.iter().any(|v| v.is_compressed()) => {
+                let settings = CompressSettings {
+                    recipe: recipe.clone(),
+                    n_calib: req.n_calib,
+                    aird_prompts: req.aird_prompts,
+                    aird_alpha: req.aird_alpha,
+                    batch_size: req.batch_size,
+                };
+                let repair_toward = req
+                    .direction
+                    .as_ref()
+                    .filter(|_| variants.contains(&Variant::CompressedAird));
+                let mut progress = js_progress(&on_progress);
+                Some(
+                    self.compressed_columns(&settings, repair_toward, &mut progress)
+                        .await
+                        .map_err(js_error)?,
+                )
+            }
+            _ => None,
+        };
+        let models = VariantModels {
+            base: &self.llama,
+            compressed: columns.as_ref().map(|c| &c.compressed),
+            repaired: columns.as_ref().and_then(|c| c.repaired.as_ref()),
         };
         let (formatted, ids) = self.encode_prompt(&req.prompt, req.system.as_deref())?;
         let applied = req.direction.as_ref().map(|d| VariantDirection {
@@ -318,10 +387,8 @@ impl Engine {
         let sampling = Sampling::from_temperature(req.temperature, req.top_p, req.seed);
         let mut completions = Vec::with_capacity(variants.len());
         for variant in variants {
-            let run = variant
-                .setup(&self.llama, applied.as_ref())
-                .map_err(js_error)?;
-            let model = run.edited.as_ref().unwrap_or(&self.llama);
+            let run = variant.setup(models, applied.as_ref()).map_err(js_error)?;
+            let model = run.model.as_ref();
             let mut hook = run.intervention.hook(model).map_err(js_error)?;
             let settings = GenerationSettings {
                 max_new_tokens: req.max_new_tokens,
@@ -372,6 +439,7 @@ impl Engine {
                 actadd_layer: req.layer.unwrap_or(d.layer),
                 coeff: req.coeff,
             }),
+            compressed: columns.map(|c: Columns| c.used),
             completions,
         };
         serde_json::to_string(&report).map_err(js_error)

@@ -2,16 +2,22 @@
 //! Web Worker (`web/app/engine-worker.js`) on WebGPU or on the CPU.
 //!
 //! - [`engine`]: a model loaded from checkpoint bytes; completions side by side, logits.
+//! - [`compressed`]: the playground's compressed columns, compressed and repaired in the tab.
 //! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
 //! - [`inspect`]: what a checkpoint is and what memory it needs, from its header alone.
 //! - [`smoke`]: the seeded tiny model the browser smoke test compares with the native engine.
 
+pub mod compressed;
 pub mod directions;
 pub mod engine;
 pub mod inspect;
 pub mod smoke;
 
+use std::ops::ControlFlow;
+
 use burn::tensor::Device;
+use js_sys::Function;
+use refusal_core::refusal::Progress;
 use wasm_bindgen::prelude::*;
 
 /// Runs once when the module is instantiated: turn Rust panics into readable console errors
@@ -59,4 +65,24 @@ async fn init_webgpu() -> Result<Device, JsValue> {
 /// A Rust error as the JavaScript error the worker reports.
 pub(crate) fn js_error(e: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&e.to_string()).into()
+}
+
+/// The core's progress callback as a call of `on_progress(stage, done, total)`; a `false`
+/// answer cancels the computation.
+pub(crate) fn js_progress(on_progress: &Function) -> impl FnMut(Progress) -> ControlFlow<()> + '_ {
+    move |p: Progress| {
+        let stage = serde_json::to_value(p.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match on_progress.call3(
+            &JsValue::NULL,
+            &stage.into(),
+            &p.done.into(),
+            &p.total.into(),
+        ) {
+            Ok(answer) if answer.as_bool() == Some(false) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
 }

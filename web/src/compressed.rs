@@ -1,0 +1,216 @@
+//! The playground's compressed columns in the browser: the loaded model compressed in the tab
+//! by a recipe (METHOD §8, calibrated on the built-in harmless prompts, the CLI's default), and
+//! that model repaired by AIRD toward the request's direction (METHOD §10, fitted on the
+//! built-in sets as `refusal-lens generate --compressed` does). Compressing is the slow part,
+//! so both models are kept for the next run with the same recipe and direction.
+
+use std::cell::RefCell;
+
+use refusal_core::compress::{Method, compress};
+use refusal_core::model::Llama;
+use refusal_core::refusal::aird::{AirdFit, AirdSettings, repair};
+use refusal_core::refusal::prompts::builtin_harmless;
+use refusal_core::refusal::variant::CompressedUse;
+use refusal_core::refusal::{EncodedPrompts, EncodedSplit, OnProgress};
+
+use crate::engine::{DirectionInput, Engine};
+
+/// The most f32 weight memory a tab is asked to hold: the base model plus the compressed
+/// copy of its linear layers (WebAssembly memory ends at 4 GB).
+const TAB_MEMORY: u64 = 3_500_000_000;
+
+/// How the compressed columns are made (fields of the playground request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressSettings {
+    /// A recipe such as `rtn:4:128` or `wanda:0.5`.
+    pub recipe: String,
+    /// Built-in harmless prompts the calibrated methods see.
+    pub n_calib: usize,
+    /// Training prompts of each built-in set AIRD is fitted on (a quarter as many more,
+    /// held out, choose its penalty).
+    pub aird_prompts: usize,
+    pub aird_alpha: f32,
+    pub batch_size: usize,
+}
+
+/// The models kept from the last run.
+#[derive(Default)]
+pub(crate) struct Kept(RefCell<Option<KeptCompressed>>);
+
+struct KeptCompressed {
+    recipe: String,
+    n_calib: usize,
+    model: Llama,
+    repaired: Option<KeptRepair>,
+}
+
+struct KeptRepair {
+    direction: Vec<f32>,
+    layer: usize,
+    aird_prompts: usize,
+    alpha: f32,
+    model: Llama,
+    fit: AirdFit,
+}
+
+/// The models of the compressed columns for one request, and what the report says of them.
+pub(crate) struct Columns {
+    pub compressed: Llama,
+    pub repaired: Option<Llama>,
+    pub used: CompressedUse,
+}
+
+impl Engine {
+    /// The compressed model for `settings` (kept, or compressed now) and, when `direction`
+    /// is given, its AIRD repair at the direction's layer.
+    pub(crate) async fn compressed_columns(
+        &self,
+        settings: &CompressSettings,
+        direction: Option<&DirectionInput>,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Columns, String> {
+        let method: Method = settings.recipe.parse().map_err(|e| {
+            format!(
+                "`{}`: {e} (in this browser the compressed model is made by a recipe such as \
+                 rtn:4:128 or wanda:0.5)",
+                settings.recipe
+            )
+        })?;
+        let kept = self.kept_compressed(settings);
+        let compressed = match kept {
+            Some(model) => model,
+            None => {
+                self.forget_compressed();
+                self.check_memory()?;
+                let calibration = if method.needs_calibration() {
+                    let mut prompts = builtin_harmless();
+                    prompts.truncate(settings.n_calib);
+                    EncodedPrompts::new(self.text(), &prompts, None)
+                        .map_err(|e| e.to_string())?
+                        .ids
+                } else {
+                    Vec::new()
+                };
+                let model = compress(
+                    self.llama().clone(),
+                    method,
+                    &calibration,
+                    0,
+                    settings.batch_size,
+                    on_progress,
+                )
+                .await
+                .map_err(|e| format!("compressing with {method}: {e}"))?
+                .model;
+                *self.kept().0.borrow_mut() = Some(KeptCompressed {
+                    recipe: settings.recipe.clone(),
+                    n_calib: settings.n_calib,
+                    model: model.clone(),
+                    repaired: None,
+                });
+                model
+            }
+        };
+        let (repaired, fit) = match direction {
+            Some(d) => {
+                let (model, fit) = self.repaired(&compressed, settings, d, on_progress).await?;
+                (Some(model), Some(fit))
+            }
+            None => (None, None),
+        };
+        Ok(Columns {
+            compressed,
+            repaired,
+            used: CompressedUse {
+                spec: settings.recipe.clone(),
+                aird: fit,
+            },
+        })
+    }
+
+    fn kept_compressed(&self, settings: &CompressSettings) -> Option<Llama> {
+        let kept = self.kept().0.borrow();
+        let k = kept.as_ref()?;
+        (k.recipe == settings.recipe && k.n_calib == settings.n_calib).then(|| k.model.clone())
+    }
+
+    /// Drops the kept models before compressing anew, so that two compressed copies never
+    /// share the tab's memory.
+    fn forget_compressed(&self) {
+        self.kept().0.borrow_mut().take();
+    }
+
+    fn check_memory(&self) -> Result<(), String> {
+        let c = self.llama().config();
+        let [d, ff] = [c.d_model, c.d_ff].map(|v| v as u64);
+        let q = (c.n_heads * c.head_dim) as u64;
+        let kv = (c.n_kv_heads * c.head_dim) as u64;
+        let linears = c.n_layers as u64 * (2 * d * q + 2 * d * kv + 3 * d * ff);
+        let need = 4 * (c.n_params() + linears);
+        if need > TAB_MEMORY {
+            return Err(format!(
+                "compressing this model in the tab needs about {:.1} GB of f32 weights (the \
+                 model and a compressed copy of its linear layers), more than a tab can hold: \
+                 run it on the server",
+                need as f64 / 1e9
+            ));
+        }
+        Ok(())
+    }
+
+    /// `compressed` repaired by AIRD toward `direction` (kept, or fitted now).
+    async fn repaired(
+        &self,
+        compressed: &Llama,
+        settings: &CompressSettings,
+        direction: &DirectionInput,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<(Llama, AirdFit), String> {
+        let same = |r: &KeptRepair| {
+            r.direction == direction.vector
+                && r.layer == direction.layer
+                && r.aird_prompts == settings.aird_prompts
+                && r.alpha == settings.aird_alpha
+        };
+        if let Some(r) = self
+            .kept()
+            .0
+            .borrow()
+            .as_ref()
+            .and_then(|k| k.repaired.as_ref())
+            && same(r)
+        {
+            return Ok((r.model.clone(), r.fit.clone()));
+        }
+        let n_val = settings.aird_prompts.div_ceil(4);
+        let prompts = EncodedSplit::builtin(self.text(), settings.aird_prompts, n_val, 0)
+            .map_err(|e| e.to_string())?;
+        let aird = AirdSettings {
+            layer: direction.layer,
+            alpha: settings.aird_alpha,
+            lambda: None,
+            batch_size: settings.batch_size,
+        };
+        let repaired = repair(
+            self.llama(),
+            compressed.clone(),
+            &direction.vector,
+            aird,
+            &prompts,
+            on_progress,
+        )
+        .await
+        .map_err(|e| format!("repairing with AIRD: {e}"))?;
+        if let Some(k) = self.kept().0.borrow_mut().as_mut() {
+            k.repaired = Some(KeptRepair {
+                direction: direction.vector.clone(),
+                layer: direction.layer,
+                aird_prompts: settings.aird_prompts,
+                alpha: settings.aird_alpha,
+                model: repaired.model.clone(),
+                fit: repaired.fit.clone(),
+            });
+        }
+        Ok((repaired.model, repaired.fit))
+    }
+}
