@@ -99,6 +99,7 @@ fn stage_label(stage: Stage) -> &'static str {
         Stage::Generate => "generating (prompts)",
         Stage::CrossEntropy => "cross-entropy (tokens)",
         Stage::Compress => "compressing (blocks)",
+        Stage::Aird => "recording AIRD activations (prompts)",
     }
 }
 

@@ -21,7 +21,8 @@
 //                        shows base and ablated in the tab after its content warning
 //   8. directions-cancel Cancel stops a directions run; the model is loaded again by itself;
 //                        scoring the last token only gives one candidate per layer
-//   9. drop-files        the tiny model's files dropped on the loader load and give native logits
+//   9. drop-files        the tiny model's files dropped on the loader load and give native logits;
+//                        so does its folder picked whole (other files and subfolders left out)
 //  10. bad-file          a broken .gguf picked from disk gives an error naming the file
 //  11. static-pages      pages that need the server say so on a static host
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
@@ -428,7 +429,26 @@ async function main() {
       await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
       const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt);
       const worst = compareLogits(got, expected.logits);
-      return `${names.length} files dropped (${names.join(', ')}); logits within ${worst.toExponential(2)} of native`;
+
+      // The whole folder picked, with what a Hub folder also holds: a README and a subfolder
+      // with another export, whose model.safetensors must not count twice.
+      const folder = path.join(scratch, MODEL);
+      fs.cpSync(path.join(MODELS, MODEL), folder, { recursive: true });
+      fs.writeFileSync(path.join(folder, 'README.md'), '# tiny\n');
+      fs.mkdirSync(path.join(folder, 'other'));
+      fs.copyFileSync(path.join(folder, 'model.safetensors'), path.join(folder, 'other', 'model.safetensors'));
+      await open(page, `${staticBase}/#/playground`);
+      await page.selectOption('.browser-model select[name=source-kind]', 'files');
+      await page.setInputFiles('.browser-model input[name=model-folder]', folder);
+      await page.selectOption('.browser-model select[name=backend]', 'cpu');
+      await page.waitForFunction(() => [...document.querySelectorAll('.browser-model button')]
+        .some((b) => b.textContent === 'Download and load' && !b.disabled), null, { timeout: 60_000 });
+      await page.click('.browser-model button:text("Download and load")');
+      await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
+      const fromFolder = compareLogits(
+        await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt), expected.logits);
+      return `${names.length} files dropped (${names.join(', ')}); logits within ${worst.toExponential(2)} of native; `
+        + `the folder picked: within ${fromFolder.toExponential(2)}`;
     });
 
     await record('bad-file', async () => {

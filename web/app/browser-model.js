@@ -62,7 +62,8 @@ export function browserModelPanel(serverModels) {
   if (smallest) serverPick.value = smallest.id;
   const url = h('input', { name: 'model-url', type: 'url', placeholder: 'https://…/model.gguf, or a folder with config.json, tokenizer.json, model.safetensors' });
   const files = h('input', { name: 'model-files', type: 'file', multiple: true, accept: '.gguf,.json,.safetensors,.jinja' });
-  const drop = h('div', { class: 'drop-zone' }, 'Drop a .gguf file, or config.json + tokenizer.json + .safetensors, here');
+  const folder = h('input', { name: 'model-folder', type: 'file', webkitdirectory: true });
+  const drop = h('div', { class: 'drop-zone' }, 'Drop a .gguf file, a checkpoint folder, or config.json + tokenizer.json + .safetensors, here');
   const backend = h('select', { name: 'backend' },
     h('option', { value: 'auto' }, 'auto'), h('option', { value: 'webgpu' }, 'WebGPU'), h('option', { value: 'cpu' }, 'CPU (WebAssembly)'));
   const backendNote = h('span', { class: 'hint' });
@@ -83,7 +84,8 @@ export function browserModelPanel(serverModels) {
   const rows = {
     server: field('Model', serverPick),
     url: h('div', { class: 'wide' }, field('URL', url, 'the host must allow this page to read it (CORS)')),
-    files: h('div', { class: 'wide' }, field('Files', files), drop),
+    files: h('div', { class: 'wide' }, h('div', { class: 'form-grid' },
+      field('Files', files), field('or a folder', folder, 'a Hugging Face checkpoint folder')), drop),
   };
 
   const source = () => {
@@ -95,7 +97,8 @@ export function browserModelPanel(serverModels) {
       case 'url':
         return url.value.trim() ? urlSource(url.value) : null;
       default: {
-        const chosen = droppedFiles.length ? droppedFiles : [...files.files];
+        const picked = files.files.length ? [...files.files] : checkpointFiles([...folder.files]);
+        const chosen = droppedFiles.length ? droppedFiles : picked;
         const main = chosen.find((f) => /\.gguf$/i.test(f.name)) || chosen[0];
         return chosen.length ? { kind: 'files', label: main?.name, files: chosen } : null;
       }
@@ -158,6 +161,12 @@ export function browserModelPanel(serverModels) {
   url.addEventListener('change', check);
   files.addEventListener('change', () => {
     droppedFiles = [];
+    folder.value = '';
+    check();
+  });
+  folder.addEventListener('change', () => {
+    droppedFiles = [];
+    files.value = '';
     check();
   });
   drop.addEventListener('dragover', (e) => {
@@ -165,11 +174,16 @@ export function browserModelPanel(serverModels) {
     drop.classList.add('over');
   });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (e) => {
+  drop.addEventListener('drop', async (e) => {
     e.preventDefault();
     drop.classList.remove('over');
-    droppedFiles = [...e.dataTransfer.files];
-    drop.textContent = droppedFiles.map((f) => f.name).join(', ');
+    try {
+      droppedFiles = await droppedCheckpoint(e.dataTransfer);
+    } catch (err) {
+      errors.replaceChildren(message(`reading the dropped folder: ${err.message}`));
+      return;
+    }
+    drop.textContent = droppedFiles.map((f) => f.name).join(', ') || 'no checkpoint files in what was dropped';
     check();
   });
 
@@ -270,4 +284,48 @@ export function modelChooser(serverSelect, serverModels, onChange = () => {}) {
       loader.dispose();
     },
   };
+}
+
+/** The files of a checkpoint that the engine reads (others, e.g. README.md, are left out). */
+const CHECKPOINT_FILE = /(\.gguf|\.safetensors|^config\.json|^tokenizer\.json|^tokenizer_config\.json|^chat_template\.jinja)$/i;
+
+/**
+ * A picked folder's checkpoint files: those at its top level (a Hugging Face folder keeps
+ * other exports, e.g. onnx/model.onnx, in subfolders) that the engine reads.
+ */
+function checkpointFiles(picked) {
+  return picked.filter((f) => {
+    const parts = (f.webkitRelativePath || f.name).split('/');
+    return parts.length <= 2 && CHECKPOINT_FILE.test(parts[parts.length - 1]);
+  });
+}
+
+/**
+ * What was dropped, as checkpoint files: files as they are, and a folder's top-level
+ * checkpoint files (read through its FileSystemDirectoryEntry).
+ */
+async function droppedCheckpoint(dataTransfer) {
+  const entries = [...dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
+  if (!entries.some((e) => e.isDirectory)) return [...dataTransfer.files];
+  const out = [];
+  for (const entry of entries) {
+    const children = entry.isDirectory ? await readDirectory(entry) : [entry];
+    for (const child of children) {
+      if (child.isFile && CHECKPOINT_FILE.test(child.name)) {
+        out.push(await new Promise((resolve, reject) => child.file(resolve, reject)));
+      }
+    }
+  }
+  return out;
+}
+
+/** A directory entry's children (readEntries answers in batches until it gives none). */
+async function readDirectory(dir) {
+  const reader = dir.createReader();
+  const all = [];
+  for (;;) {
+    const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+    if (!batch.length) return all;
+    all.push(...batch);
+  }
 }

@@ -156,7 +156,7 @@ export async function render(root) {
       h('div', { class: 'span2' }, field('Compressed model', h('span', {}, compressed, recipeList),
         'a recipe compressed for this run (in a tab: small models only), or a compressed model on the server')),
       h('div', { class: 'wide' }, field('Completions', h('div', { class: 'checks' },
-        variantBoxes.map((b) => h('label', {}, b, TITLES[b.value].toLowerCase()))))),
+        variantBoxes.map((b) => h('label', {}, b, TITLES[b.value][0].toLowerCase() + TITLES[b.value].slice(1)))))),
       field('Activation-addition coefficient', h('div', { class: 'slider-row' }, coeff, coeffOut)),
       field('Addition layer', layer)),
     h('details', { class: 'more' }, h('summary', {}, 'Generation settings'),
@@ -317,7 +317,7 @@ export async function render(root) {
       coeffMirror(coeff)), rerunActadd);
     const dirLayer = [...knownDirections(), ...browserDirections()].find((d) => d.id === a.direction)?.layer;
     columns = completionColumns(variants, withDirection() ? { coeff: a.coeff, actadd_layer: a.layer ?? dirLayer } : null,
-      { actaddControls: slider });
+      { actaddControls: slider, compressed: a.compressed });
     out.replaceChildren(columns.el);
     share.replaceChildren();
     if (inBrowser()) runInBrowser(a);

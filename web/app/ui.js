@@ -47,6 +47,7 @@ const STAGES = {
   generate: 'generating',
   cross_entropy: 'cross-entropy',
   compress: 'compressing',
+  aird: 'recording AIRD activations',
 };
 
 /**

@@ -122,7 +122,7 @@ pub async fn collect(
     };
     let total = prompts.len();
     let mut done = 0;
-    report(on_progress, Stage::Extract, 0, total)?;
+    report(on_progress, Stage::Aird, 0, total)?;
     for batch in prompts.batches(batch_size.max(1)) {
         let tokens = TokenBatch::left_padded(&prompts.select(&batch), 0, &device);
         let [n, seq] = tokens.dims();
@@ -158,7 +158,7 @@ pub async fn collect(
             }
         }
         done += batch.len();
-        report(on_progress, Stage::Extract, done, total)?;
+        report(on_progress, Stage::Aird, done, total)?;
     }
     Ok(out)
 }

@@ -50,6 +50,8 @@ pub enum Stage {
     CrossEntropy,
     /// Compressing the linear layers, block by block.
     Compress,
+    /// Recording the base and compressed models' activations that AIRD is fitted on.
+    Aird,
 }
 
 /// Progress of one stage: `done` of `total` units (prompts, candidates or tokens).
