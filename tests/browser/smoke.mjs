@@ -111,12 +111,19 @@ async function openPage(flags, url, name, consoleLines) {
   page.on('pageerror', (e) => consoleLines.push(`[${name} pageerror] ${e.message}`));
   page.on('crash', () => consoleLines.push(`[${name}] page crashed`));
   await page.goto(url);
-  await page.waitForSelector('body[data-ready]', { timeout: LOAD_TIMEOUT_MS });
-  const ready = await page.evaluate(() => document.body.dataset.ready);
-  if (ready !== '1') {
-    const err = await page.evaluate(() => document.body.dataset.error);
-    throw new Error(`${name}: the page failed to load the wasm module: ${err}`);
-  }
+  await page.waitForSelector('body[data-app]', { timeout: LOAD_TIMEOUT_MS });
+  // The app loads the engine in its worker only; the smoke test drives the module directly.
+  const err = await page.evaluate(async () => {
+    try {
+      const refusal = await import('./refusal-web.js');
+      await refusal.default();
+      window.refusal = refusal;
+      return null;
+    } catch (e) {
+      return String((e && e.stack) || e);
+    }
+  });
+  if (err) throw new Error(`${name}: the page failed to load the wasm module: ${err}`);
   const adapter = await page.evaluate(async () => {
     if (!('gpu' in navigator)) return null;
     const a = await navigator.gpu.requestAdapter();
@@ -138,10 +145,6 @@ async function smokeForward(page, webgpu, what) {
   }
 }
 
-function note(page, text, cls) {
-  return page?.evaluate(([t, c]) => window.refusalLog?.(t, c), [text, cls]).catch(() => {});
-}
-
 // ------------------------------------------------------------------ main
 async function main() {
   if (!fs.existsSync(path.join(DIST, 'index.html'))) {
@@ -156,20 +159,14 @@ async function main() {
   const consoleLines = [];
   let passed = 0;
   let failed = 0;
-  // `pageOf` gives the page to log into (read after the test ran, so test 1 logs into its own).
-  const record = async (name, fn, pageOf) => {
-    let page = null;
+  const record = async (name, fn) => {
     try {
       const detail = await fn();
-      page = pageOf();
       passed++;
       log(`PASS ${name}${detail ? ': ' + detail : ''}`);
-      await note(page, `PASS ${name}${detail ? ': ' + detail : ''}`, 'pass');
     } catch (e) {
       failed++;
-      page = pageOf();
       log(`FAIL ${name}: ${e.message}`);
-      await note(page, `FAIL ${name}: ${e.message}`, 'fail');
     }
   };
 
@@ -211,7 +208,7 @@ async function main() {
       checkLogits(values, 'webgpu');
       gpuLogits = values;
       return `adapter ${adapter}, ${values.length} logits in ${seconds.toFixed(1)} s${vsNative(values, 'webgpu')}`;
-    }, () => gpuPage);
+    });
 
     // 2. A browser with no WebGPU adapter at all: the CPU path must start on its own.
     let cpuPage = null;
@@ -225,7 +222,7 @@ async function main() {
       let detail = `${adapter ? 'adapter ' + adapter : 'no WebGPU adapter'}, ${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
       return detail + vsNative(values, 'cpu');
-    }, () => gpuPage);
+    });
     // 3. Same CPU-only browser: asking for WebGPU must fail with a readable error (no panic,
     //    no "unreachable"), and the CPU path must keep working afterwards.
     await record('no-adapter-error', async () => {
@@ -245,7 +242,7 @@ async function main() {
       const { values } = await smokeForward(cpuPage, false, 'cpu after failed WebGPU init');
       checkLogits(values, 'cpu after failed WebGPU init');
       return `rejected with "${outcome.message.slice(0, 60)}…", CPU still runs`;
-    }, () => gpuPage);
+    });
     if (cpuPage) {
       await cpuPage.screenshot({ path: path.join(SHOTS, 'smoke-cpu-only.png') }).catch(() => {});
     }
@@ -258,11 +255,10 @@ async function main() {
       let detail = `${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
       return detail + vsNative(values, 'cpu');
-    }, () => gpuPage);
+    });
 
     const shotPage = gpuPage;
     if (shotPage) {
-      await note(shotPage, `browser: ${passed} passed, ${failed} failed`, failed ? 'fail' : 'pass');
       await shotPage.screenshot({ path: path.join(SHOTS, 'smoke.png'), fullPage: true });
       log(`screenshot: ${path.relative(ROOT, path.join(SHOTS, 'smoke.png'))}`);
     }

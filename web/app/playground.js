@@ -15,7 +15,7 @@ import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
 
 /** generate's defaults when no server is there to ask. */
-const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1, 'n-calib': 128, 'aird-prompts': 32 };
+const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1, 'n-calib': 128, 'aird-prompts': 32, 'aird-alpha': 1 };
 
 /**
  * Calibration and AIRD prompt counts for a tab, where one WebAssembly thread runs about 10x
@@ -94,6 +94,7 @@ export async function render(root) {
   const num = (name) => h('input', { name, type: 'number', min: 1, value: defaults[name] ?? DEFAULTS[name] });
   const nCalib = num('n-calib');
   const airdPrompts = num('aird-prompts');
+  const airdAlpha = h('input', { name: 'aird-alpha', type: 'number', min: 0, step: 0.5, value: defaults['aird-alpha'] ?? DEFAULTS['aird-alpha'] });
   /** Smaller calibration and AIRD sets in a tab; the server's sizes back on the server. */
   const fitToMode = () => {
     const tab = chooser.inBrowser();
@@ -127,6 +128,7 @@ export async function render(root) {
     for (const b of variantBoxes) b.disabled = b.value === 'none' || !NEEDS[b.value].every((n) => given[n]);
     nCalib.disabled = !given.compressed;
     airdPrompts.disabled = !given.compressed || !has;
+    airdAlpha.disabled = airdPrompts.disabled;
     coeff.disabled = !has;
     layer.disabled = !has;
     if (direction.value) setCurrentDirection(direction.value);
@@ -164,7 +166,8 @@ export async function render(root) {
         h('div', { class: 'wide' }, field('System prompt', system)),
         field('Max new tokens', maxTokens), field('Temperature', temperature, '0 decodes greedily'), field('Seed', seed),
         field('Calibration prompts', nCalib, 'built-in harmless prompts that wanda, sparsegpt and gptq see'),
-        field('AIRD prompts', airdPrompts, 'built-in harmful and harmless prompts each that AIRD is fitted on'))),
+        field('AIRD prompts', airdPrompts, 'built-in harmful and harmless prompts each that AIRD is fitted on'),
+        field('AIRD scale (α)', airdAlpha, '1 matches the base model’s projection; larger pushes further'))),
     h('div', { class: 'actions' }, go, h('span', { class: 'hint' }, 'Variants are generated one after another.')));
 
   const withDirection = () => !!dirId() || (inBrowser() && dirFile.files.length > 0);
@@ -184,7 +187,10 @@ export async function render(root) {
     if (compressed.value.trim()) {
       a.compressed = compressed.value.trim();
       a['n-calib'] = Number(nCalib.value);
-      if (withDirection()) a['aird-prompts'] = Number(airdPrompts.value);
+      if (withDirection()) {
+        a['aird-prompts'] = Number(airdPrompts.value);
+        a['aird-alpha'] = Number(airdAlpha.value);
+      }
     }
     if (withDirection() || a.compressed) {
       // the base is always shown; a column whose input is missing is left out
@@ -205,6 +211,7 @@ export async function render(root) {
       req.compressed = a.compressed;
       req.n_calib = a['n-calib'];
       if (a['aird-prompts']) req.aird_prompts = a['aird-prompts'];
+      if (a['aird-alpha'] !== undefined) req.aird_alpha = a['aird-alpha'];
     }
     const local = browserDirections().find((d) => d.id === a.direction);
     if (dirFile.files.length) req.direction = parseDirection(await dirFile.files[0].arrayBuffer(), dirFile.files[0].name);
