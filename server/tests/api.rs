@@ -350,6 +350,11 @@ fn invalid_requests_get_clear_4xx_errors() {
             "max-new-tokens",
         ),
         (
+            json!({"kind": "generate", "args": {"prompt": "x", "compressed": "wanda:0.5"}}),
+            413,
+            "`n-calib` 128: at most 8",
+        ),
+        (
             json!({"kind": "directions", "args": {"harmful": vec!["x"; 9]}}),
             413,
             "9 prompts; at most 8",

@@ -73,7 +73,8 @@ async function route() {
     if (page?.server && !(await hasServer())) {
       root.append(h('h1', {}, page.label), message('This page runs its work on the Refusal Lens server '
         + '(`scripts/run.sh` serves this app with it). Here, on a static host, the Playground runs models in '
-        + 'your browser.', 'info'));
+        + 'your browser, and compresses them there too: give it a recipe such as wanda:0.5 to see the '
+        + 'compressed model beside the base, before and after AIRD.', 'info'));
       document.body.dataset.app = 'ready';
       return;
     }

@@ -414,6 +414,13 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
                     limits.max_prompt_chars
                 )));
             }
+            // The compressed columns' prompt counts matter only when they are asked for.
+            if a.compressed.is_some() {
+                counts.push(("n-calib", a.calibration.n_calib));
+                if a.direction.is_some() {
+                    counts.push(("aird-prompts", a.aird_prompts));
+                }
+            }
         }
         Command::Directions(a) => {
             counts.extend([("n-train", a.splits.n_train), ("n-val", a.splits.n_val)]);
