@@ -8,7 +8,8 @@
 //   3. generate          with a direction file (from a server directions job), the four
 //                        columns equal the server's `generate` job token for token (same text)
 //   4. compressed        a recipe (2-bit RTN) compressed in the tab and repaired by AIRD: the
-//                        six columns equal the server's `generate --compressed` job's
+//                        six columns equal the server's `generate --compressed` job's; Cancel
+//                        while compressing ends the worker, and the model comes back
 //   5. cancel            Cancel stops a long in-browser generation; the engine still answers
 //   6. share-static      Share packs the result into a #/s/ link; on a static host (no API)
 //                        the link shows the same texts; loading the model there from its URL
@@ -233,7 +234,28 @@ async function main() {
       await shot(page, 'compressed');
       await page.fill('#playground-form input[name=compressed]', '');
       await page.dispatchEvent('#playground-form input[name=compressed]', 'input');
-      return `6 columns equal the server's (${JSON.stringify(got['compressed+aird'])} after AIRD)`;
+
+      // Cancel at the first progress message: the worker computes without yielding there, so
+      // the engine ends it and loads the model again.
+      const cancelled = await page.evaluate(async () => {
+        const e = window.refusalEngine;
+        const req = { prompt: 'Hi', max_new_tokens: 2, variants: ['compressed'], compressed: 'wanda:0.5', n_calib: 8 };
+        let reloading = null;
+        const outcome = await e.generate(req, (ev) => {
+          if (ev.type !== 'progress' || reloading) return;
+          e.cancel();
+          reloading = e.reloading;
+        }).then(() => 'finished', (err) => err.constructor.name);
+        const ended = !!reloading;
+        await reloading;
+        const again = await e.generate({ prompt: 'Hi', max_new_tokens: 2 }, () => {});
+        return { outcome, ended, loaded: !!e.info, again: again.completions.length };
+      });
+      check(cancelled.outcome === 'Cancelled', `the run ended: ${cancelled.outcome}`);
+      check(cancelled.ended, 'Cancel while compressing did not end the worker (it would wait for the first token)');
+      check(cancelled.loaded && cancelled.again === 1, `after Cancel: ${JSON.stringify(cancelled)}`);
+      return `6 columns equal the server's (${JSON.stringify(got['compressed+aird'])} after AIRD); `
+        + 'Cancel while compressing, then the model answered again';
     });
 
     await record('cancel', async () => {
