@@ -350,6 +350,11 @@ fn invalid_requests_get_clear_4xx_errors() {
             "max-new-tokens",
         ),
         (
+            json!({"kind": "generate", "args": {"prompt": "x", "compressed": "wanda:0.7:x"}}),
+            422,
+            "`wanda:0.7:x`",
+        ),
+        (
             json!({"kind": "generate", "args": {"prompt": "x", "compressed": "wanda:0.5"}}),
             413,
             "`n-calib` 128: at most 8",

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::compress::Method;
+use refusal_core::compress::recipe::looks_like_recipe;
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::directions::extract;
@@ -306,6 +307,12 @@ pub fn compressed_model(
 ) -> Result<CompressedModel> {
     let as_recipe = spec.parse::<Method>();
     let is_path = std::path::Path::new(spec).exists();
+    if let Err(e) = &as_recipe
+        && looks_like_recipe(spec)
+        && !is_path
+    {
+        bail!("{e}");
+    }
     match as_recipe {
         Ok(method) if !is_path => {
             let calibration = calibration()?;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
 use refusal_core::compress::Method;
+use refusal_core::compress::recipe::looks_like_recipe;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -255,13 +256,19 @@ pub fn prepare(
                             push(Registry::cli_value(&entry));
                         }
                         Err(LookupError::Io(e)) => return Err(e.into()),
-                        Err(_) if spec.parse::<Method>().is_ok() => push(spec),
-                        Err(_) => {
-                            return Err(invalid(format!(
-                                "`{flag}`: `{spec}` is neither a model id (GET /api/models) \
-                                 nor a compression recipe such as wanda:2:4 or rtn:4:128"
-                            )));
-                        }
+                        Err(_) => match spec.parse::<Method>() {
+                            Ok(_) => push(spec),
+                            // A mistyped recipe: what is wrong with it says more.
+                            Err(e) if looks_like_recipe(&spec) => {
+                                return Err(invalid(format!("`{flag}`: {e}")));
+                            }
+                            Err(_) => {
+                                return Err(invalid(format!(
+                                    "`{flag}`: `{spec}` is neither a model id (GET /api/models) \
+                                     nor a compression recipe such as wanda:2:4 or rtn:4:128"
+                                )));
+                            }
+                        },
                     }
                 }
             }

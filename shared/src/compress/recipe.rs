@@ -27,6 +27,16 @@ pub enum Method {
     SparseGpt(Sparsity),
 }
 
+/// The method names recipes start with.
+pub const METHOD_NAMES: [&str; 6] = ["rtn", "gguf", "gptq", "magnitude", "wanda", "sparsegpt"];
+
+/// Whether `spec` starts like a recipe (`wanda:…`): when it does not parse, its parse error
+/// says more than "no such model".
+pub fn looks_like_recipe(spec: &str) -> bool {
+    spec.split_once(':')
+        .is_some_and(|(m, _)| METHOD_NAMES.contains(&m.to_ascii_lowercase().as_str()))
+}
+
 /// The GGUF block formats `compress` writes.
 pub const GGML_TYPES: [GgmlType; 7] = [
     GgmlType::Q8_0,
@@ -131,7 +141,8 @@ impl FromStr for Method {
                 })
             }
             other => Err(bad(format!(
-                "unknown method `{other}`; one of rtn, gguf, gptq, magnitude, wanda, sparsegpt"
+                "unknown method `{other}`; one of {}",
+                METHOD_NAMES.join(", ")
             ))),
         }
     }
@@ -180,6 +191,16 @@ mod tests {
             let m: Method = text.parse().unwrap();
             assert_eq!(m.to_string(), canonical);
             assert_eq!(canonical.parse::<Method>().unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn recipes_are_told_from_model_names_by_their_method() {
+        for spec in ["wanda:0.7:x", "RTN:4", "gguf:q9_9"] {
+            assert!(looks_like_recipe(spec), "{spec}");
+        }
+        for spec in ["Qwen/Qwen2.5-0.5B-Instruct", "runs/model.gguf", "c:/models/x", "wanda"] {
+            assert!(!looks_like_recipe(spec), "{spec}");
         }
     }
 
