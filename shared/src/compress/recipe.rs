@@ -199,7 +199,12 @@ mod tests {
         for spec in ["wanda:0.7:x", "RTN:4", "gguf:q9_9"] {
             assert!(looks_like_recipe(spec), "{spec}");
         }
-        for spec in ["Qwen/Qwen2.5-0.5B-Instruct", "runs/model.gguf", "c:/models/x", "wanda"] {
+        for spec in [
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "runs/model.gguf",
+            "c:/models/x",
+            "wanda",
+        ] {
             assert!(!looks_like_recipe(spec), "{spec}");
         }
     }
