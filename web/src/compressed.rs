@@ -8,10 +8,10 @@ use std::cell::RefCell;
 
 use refusal_core::compress::{Method, compress};
 use refusal_core::model::Llama;
-use refusal_core::refusal::aird::{AirdFit, AirdSettings, repair};
+use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::prompts::builtin_harmless;
 use refusal_core::refusal::variant::CompressedUse;
-use refusal_core::refusal::{EncodedPrompts, EncodedSplit, OnProgress};
+use refusal_core::refusal::{EncodedPrompts, OnProgress};
 
 use crate::engine::{DirectionInput, Engine};
 
@@ -142,11 +142,7 @@ impl Engine {
 
     fn check_memory(&self) -> Result<(), String> {
         let c = self.llama().config();
-        let [d, ff] = [c.d_model, c.d_ff].map(|v| v as u64);
-        let q = (c.n_heads * c.head_dim) as u64;
-        let kv = (c.n_kv_heads * c.head_dim) as u64;
-        let linears = c.n_layers as u64 * (2 * d * q + 2 * d * kv + 3 * d * ff);
-        let need = 4 * (c.n_params() + linears);
+        let need = 4 * (c.n_params() + c.n_linear_params());
         if need > TAB_MEMORY {
             return Err(format!(
                 "compressing this model in the tab needs about {:.1} GB of f32 weights (the \
@@ -182,9 +178,8 @@ impl Engine {
         {
             return Ok((r.model.clone(), r.fit.clone()));
         }
-        let n_val = settings.aird_prompts.div_ceil(4);
-        let prompts = EncodedSplit::builtin(self.text(), settings.aird_prompts, n_val, 0)
-            .map_err(|e| e.to_string())?;
+        let prompts =
+            builtin_fit_prompts(self.text(), settings.aird_prompts).map_err(|e| e.to_string())?;
         let aird = AirdSettings {
             layer: direction.layer,
             alpha: settings.aird_alpha,

@@ -77,7 +77,7 @@ pub struct GenerateRequest {
     /// Training prompts of each built-in set that AIRD is fitted on.
     #[serde(default = "default_aird_prompts")]
     pub aird_prompts: usize,
-    #[serde(default = "default_coeff")]
+    #[serde(default = "default_aird_alpha")]
     pub aird_alpha: f32,
     /// Prompts per forward pass while compressing and fitting AIRD.
     #[serde(default = "default_batch_size")]
@@ -99,6 +99,10 @@ fn default_n_calib() -> usize {
 
 fn default_aird_prompts() -> usize {
     32
+}
+
+fn default_aird_alpha() -> f32 {
+    1.0
 }
 
 fn default_batch_size() -> usize {

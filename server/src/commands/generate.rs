@@ -12,9 +12,9 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use refusal_core::compress::Method;
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::Llama;
-use refusal_core::refusal::aird::AirdSettings;
+use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts};
 use refusal_core::refusal::variant::{Completion, CompressedUse, DirectionUse, GenerateReport};
-use refusal_core::refusal::{EncodedSplit, Variant, VariantDirection, VariantModels};
+use refusal_core::refusal::{Variant, VariantDirection, VariantModels};
 
 use super::compare::repair;
 use super::compress::{Calibration, CalibrationArgs};
@@ -101,17 +101,16 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
         given => given.to_vec(),
     };
     for &v in &variants {
-        if v != Variant::None && !v.is_compressed() && direction.is_none() {
-            bail!("--variants {} needs --direction", v.name());
-        }
         if v.is_compressed() && args.compressed.is_none() {
             bail!("--variants {} needs --compressed", v.name());
         }
-        if v == Variant::CompressedAird && direction.is_none() {
-            bail!(
-                "--variants {} needs --direction (AIRD restores it)",
-                v.name()
-            );
+        if v.needs_direction() && direction.is_none() {
+            let why = if v.is_compressed() {
+                " (AIRD restores it)"
+            } else {
+                ""
+            };
+            bail!("--variants {} needs --direction{why}", v.name());
         }
     }
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
@@ -287,8 +286,7 @@ fn compressed_columns(
     )?;
     let (repaired, fit) = match direction {
         Some(d) if variants.contains(&Variant::CompressedAird) => {
-            let n_val = args.aird_prompts.div_ceil(4);
-            let prompts = EncodedSplit::builtin(&loaded.text, args.aird_prompts, n_val, 0)?;
+            let prompts = builtin_fit_prompts(&loaded.text, args.aird_prompts)?;
             let settings = AirdSettings {
                 layer: d.meta.layer,
                 alpha: args.aird_alpha,

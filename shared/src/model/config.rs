@@ -188,13 +188,21 @@ impl ModelConfig {
     /// Number of parameters (a tied output head counted once; q/k/v biases only when
     /// `qkv_bias` requires them): what a model needs in memory, times the bytes per parameter.
     pub fn n_params(&self) -> u64 {
-        let [vocab, d, ff] = [self.vocab_size, self.d_model, self.d_ff].map(|v| v as u64);
+        let [vocab, d] = [self.vocab_size, self.d_model].map(|v| v as u64);
         let q = (self.n_heads * self.head_dim) as u64;
         let kv = (self.n_kv_heads * self.head_dim) as u64;
         let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
-        let block = d * q + 2 * d * kv + bias + q * d + 3 * d * ff + 2 * d;
         let head = if self.tied_embeddings { 0 } else { vocab * d };
-        vocab * d + head + self.n_layers as u64 * block + d
+        vocab * d + head + self.n_layers as u64 * (bias + 2 * d) + d + self.n_linear_params()
+    }
+
+    /// Weights of the blocks' linear layers (q, k, v, o, gate, up, down): what compression
+    /// rewrites.
+    pub fn n_linear_params(&self) -> u64 {
+        let [d, ff] = [self.d_model, self.d_ff].map(|v| v as u64);
+        let q = (self.n_heads * self.head_dim) as u64;
+        let kv = (self.n_kv_heads * self.head_dim) as u64;
+        self.n_layers as u64 * (2 * d * q + 2 * d * kv + 3 * d * ff)
     }
 
     /// Inverse frequencies of the rotary embedding, one per rotated pair, with Llama-3 scaling

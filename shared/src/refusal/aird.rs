@@ -19,6 +19,7 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Side};
 
+use crate::load::TextAssets;
 use crate::model::{Llama, TokenBatch};
 
 use super::intervention::{check_width, unit};
@@ -361,6 +362,19 @@ pub async fn apply(
     ))
 }
 
+/// The built-in prompts the playground fits AIRD on: `n_train` of each set, and a quarter as
+/// many more (rounded up), held out, to choose the penalty.
+///
+/// # Errors
+///
+/// Template and tokenizer errors.
+pub fn builtin_fit_prompts(
+    text: &TextAssets,
+    n_train: usize,
+) -> Result<EncodedSplit, PipelineError> {
+    EncodedSplit::builtin(text, n_train, n_train.div_ceil(4), 0)
+}
+
 /// A compressed model repaired by AIRD, with what the fit recorded.
 pub struct Repaired {
     pub model: Llama,
@@ -386,47 +400,23 @@ pub async fn repair(
     prompts: &EncodedSplit,
     on_progress: &mut OnProgress<'_>,
 ) -> Result<Repaired, PipelineError> {
-    let (layer, bs) = (settings.layer, settings.batch_size);
-    let harmful = collect(
-        base,
-        &compressed,
-        base_direction,
-        layer,
-        &prompts.harmful,
-        bs,
-        on_progress,
-    )
-    .await?;
-    let harmless = collect(
-        base,
-        &compressed,
-        base_direction,
-        layer,
-        &prompts.harmless,
-        bs,
-        on_progress,
-    )
-    .await?;
-    let val_harmful = collect(
-        base,
-        &compressed,
-        base_direction,
-        layer,
-        &prompts.val_harmful,
-        bs,
-        on_progress,
-    )
-    .await?;
-    let val_harmless = collect(
-        base,
-        &compressed,
-        base_direction,
-        layer,
-        &prompts.val_harmless,
-        bs,
-        on_progress,
-    )
-    .await?;
+    let mut record = async |set: &EncodedPrompts| {
+        let (layer, bs) = (settings.layer, settings.batch_size);
+        collect(
+            base,
+            &compressed,
+            base_direction,
+            layer,
+            set,
+            bs,
+            on_progress,
+        )
+        .await
+    };
+    let harmful = record(&prompts.harmful).await?;
+    let harmless = record(&prompts.harmless).await?;
+    let val_harmful = record(&prompts.val_harmful).await?;
+    let val_harmless = record(&prompts.val_harmless).await?;
     let fit = fit(
         &LayerSamples::join(&harmful, &harmless),
         Some(&LayerSamples::join(&val_harmful, &val_harmless)),

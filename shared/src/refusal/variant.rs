@@ -84,16 +84,18 @@ impl Variant {
         matches!(self, Variant::Compressed | Variant::CompressedAird)
     }
 
-    /// The variants shown when none are asked for: the base; every intervention given a
-    /// direction; the compressed model given one, and its AIRD repair given both.
+    /// Whether the variant needs a refusal direction: every intervention, and AIRD, which
+    /// restores it.
+    pub fn needs_direction(self) -> bool {
+        !matches!(self, Variant::None | Variant::Compressed)
+    }
+
+    /// The variants shown when none are asked for: every one whose inputs are given.
     pub fn defaults(has_direction: bool, has_compressed: bool) -> Vec<Variant> {
         Variant::ALL
             .into_iter()
-            .filter(|v| match v {
-                Variant::None => true,
-                Variant::Ablate | Variant::Actadd | Variant::Orthogonalized => has_direction,
-                Variant::Compressed => has_compressed,
-                Variant::CompressedAird => has_direction && has_compressed,
+            .filter(|v| {
+                (has_direction || !v.needs_direction()) && (has_compressed || !v.is_compressed())
             })
             .collect()
     }
@@ -112,6 +114,11 @@ impl Variant {
         direction: Option<&VariantDirection<'_>>,
     ) -> Result<VariantRun<'a>, PipelineError> {
         let needs = || PipelineError::NeedsDirection(self.name());
+        let compressed = |model: Option<&'a Llama>| {
+            model
+                .map(Cow::Borrowed)
+                .ok_or(PipelineError::NeedsCompressed(self.name()))
+        };
         let base = Cow::Borrowed(models.base);
         let (model, intervention) = match self {
             Variant::None => (base, Intervention::None),
@@ -139,15 +146,8 @@ impl Variant {
                     Intervention::None,
                 )
             }
-            Variant::Compressed | Variant::CompressedAird => {
-                let model = if self == Variant::Compressed {
-                    models.compressed
-                } else {
-                    models.repaired
-                };
-                let model = model.ok_or(PipelineError::NeedsCompressed(self.name()))?;
-                (Cow::Borrowed(model), Intervention::None)
-            }
+            Variant::Compressed => (compressed(models.compressed)?, Intervention::None),
+            Variant::CompressedAird => (compressed(models.repaired)?, Intervention::None),
         };
         Ok(VariantRun {
             model,
