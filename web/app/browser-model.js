@@ -252,6 +252,18 @@ export function browserModelPanel(serverModels) {
 export const IN_BROWSER = 'browser:';
 
 /**
+ * Smaller runs in a tab (one WebAssembly thread): each `[input, full, inTab]` goes from the
+ * server's size `full` to `inTab` when the page runs in the tab, and back when it does not,
+ * unless the user changed it.
+ */
+export function sizeForMode(tab, sizes) {
+  for (const [input, full, inTab] of sizes) {
+    if (tab && Number(input.value) === Number(full)) input.value = inTab;
+    if (!tab && Number(input.value) === Number(inTab)) input.value = full;
+  }
+}
+
+/**
  * Where a page's model runs: `select` (the server's models when `serverSelect` is given, plus
  * "In this browser") and the loader panel, shown while the browser is chosen. The header's
  * badge follows the choice. `onChange()` runs on every later change of choice or loaded model.

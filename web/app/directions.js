@@ -8,7 +8,7 @@ import { modelPicker, flagDefaults } from './playground.js';
 import { directionsResult, browserDirectionsResult } from './directions-view.js';
 import { models$, hasServer, rememberDirection, setCurrentDirection } from './state.js';
 import { engine, runInPanel } from './engine.js';
-import { modelChooser } from './browser-model.js';
+import { modelChooser, sizeForMode } from './browser-model.js';
 import { fragmentLink } from './fragment.js';
 
 /** The flags' defaults when no server is there to ask (the CLI's, but batches of 8). */
@@ -60,10 +60,7 @@ export async function render(root) {
   const fitToMode = () => {
     const tab = chooser.inBrowser();
     positionsField.hidden = !tab;
-    for (const [input, name] of [[nTrain, 'n-train'], [nVal, 'n-val']]) {
-      if (tab && Number(input.value) === Number(defaults[name])) input.value = IN_TAB[name];
-      if (!tab && Number(input.value) === IN_TAB[name]) input.value = defaults[name];
-    }
+    sizeForMode(tab, [nTrain, nVal].map((input) => [input, defaults[input.name], IN_TAB[input.name]]));
   };
 
   const go = h('button', { type: 'submit' }, 'Extract direction');

@@ -10,7 +10,7 @@ import { completionColumns, VARIANTS, TITLES } from './generate-view.js';
 import { RECIPES } from './recipes.js';
 import { fmt } from './plot.js';
 import { engine, runInPanel } from './engine.js';
-import { modelChooser } from './browser-model.js';
+import { modelChooser, sizeForMode } from './browser-model.js';
 import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
 
@@ -96,14 +96,8 @@ export async function render(root) {
   const airdPrompts = num('aird-prompts');
   const airdAlpha = h('input', { name: 'aird-alpha', type: 'number', min: 0, step: 0.5, value: defaults['aird-alpha'] ?? DEFAULTS['aird-alpha'] });
   /** Smaller calibration and AIRD sets in a tab; the server's sizes back on the server. */
-  const fitToMode = () => {
-    const tab = chooser.inBrowser();
-    for (const [input, name] of [[nCalib, 'n-calib'], [airdPrompts, 'aird-prompts']]) {
-      const full = defaults[name] ?? DEFAULTS[name];
-      if (tab && Number(input.value) === Number(full)) input.value = IN_TAB[name];
-      if (!tab && Number(input.value) === IN_TAB[name]) input.value = full;
-    }
-  };
+  const fitToMode = () => sizeForMode(chooser.inBrowser(), [nCalib, airdPrompts].map((input) =>
+    [input, defaults[input.name] ?? DEFAULTS[input.name], IN_TAB[input.name]]));
   const coeff = h('input', { type: 'range', name: 'coeff', min: -2, max: 4, step: 0.1, value: defaults.coeff ?? 1 });
   const coeffOut = h('output', {}, fmt(Number(coeff.value)));
   coeff.addEventListener('input', () => { coeffOut.textContent = fmt(Number(coeff.value)); });
