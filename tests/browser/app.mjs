@@ -309,6 +309,8 @@ async function main() {
       await page.click('.learn-step .actions button');
       const end = await jobEnd(page);
       check(end.state === 'succeeded', `the job ended ${end.state}: ${end.text}`);
+      // The columns settle once the stored result has been fetched, just after the job ends.
+      await page.waitForFunction(() => document.querySelectorAll('.column[data-state=done]').length === 2, null, { timeout: 10_000 }).catch(() => {});
       const cols = await page.evaluate(() => [...document.querySelectorAll('.column[data-state=done]')].map((c) => c.dataset.variant));
       check(cols.join() === 'none,ablate', `columns ${cols}`);
       await shot(page, 'learn');

@@ -25,7 +25,13 @@
 //   9. drop-files        the tiny model's files dropped on the loader load and give native logits;
 //                        so does its folder picked whole (other files and subfolders left out)
 //  10. bad-file          a broken .gguf picked from disk gives an error naming the file
-//  11. static-pages      pages that need the server say so on a static host
+//  11. compare-tab       on a static host, Compressed vs base compresses the model in the tab
+//                        (2-bit RTN) and runs METHOD §9 with AIRD: directions, cosines, rates,
+//                        completions and the AIRD fit equal the server's `compare` job's; its
+//                        #/s/ link shows the same result
+//  12. repair-tab        on a static host, Repair runs AIRD and its two baselines in the tab:
+//                        the five variants' rates, completions and KL equal the server's `aird`
+//                        job's
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
@@ -75,6 +81,20 @@ async function runEnd(page) {
     return { state: p.dataset.state, text: p.textContent };
   });
 }
+
+/** Clicks Share and reads the result back from its #/s/ link: {link, report}. */
+async function sharedReport(page) {
+  await page.click('.share-bar button.share');
+  await page.waitForSelector('.share-bar .share-link[href]', { state: 'attached' });
+  const link = await page.getAttribute('.share-bar .share-link', 'href');
+  const report = await page.evaluate(async (l) => {
+    const { readFragment, fragmentOf } = await import(new URL('app/fragment.js', location.href).href);
+    return (await readFragment(fragmentOf(new URL(l).hash))).report;
+  }, link);
+  return { link, report };
+}
+
+const fmt = (v) => (Number.isFinite(v) ? v.toPrecision(3) : String(v));
 
 /** Sets the Playground's max new tokens (in its folded "Generation settings"). */
 async function setMaxTokens(page, n) {
@@ -485,11 +505,112 @@ async function main() {
       return text;
     });
 
-    await record('static-pages', async () => {
-      await open(page, `${staticBase}/#/compare`);
-      const text = await page.textContent('main');
-      check(/server/.test(text) && !/failed/.test(text), `the Compare page says: ${text}`);
-      return 'the Compare page explains it needs the server';
+    // The same run in the tab (static host) and on the server: 2-bit RTN needs no
+    // calibration, batches of 8 on both sides; the random model has no refusal, so compare's
+    // fallback chooses its directions.
+    const study = { 'n-train': 4, 'n-val': 2, 'n-eval': 2, 'max-new-tokens': 4 };
+    const fillStudy = async (p, form) => {
+      for (const [name, v] of Object.entries(study)) await p.fill(`${form} input[name=${name}]`, String(v));
+      for (const box of await p.$$(`${form} input[name=recipe][type=checkbox]:checked`)) await box.uncheck();
+      await p.fill(`${form} input[name=compressed-other]`, 'rtn:2:32');
+      await p.dispatchEvent(`${form} input[name=compressed-other]`, 'input');
+    };
+    const near = (a, b, what, tol = 1e-3) => check((a === null && b === null) || Math.abs(a - b) <= tol * (1 + Math.abs(b)),
+      `${what}: the tab ${a}, the server ${b}`);
+    const sameJudged = (a, b, what) => {
+      check(a.n_refused === b.n_refused && a.rate === b.rate, `${what}: the tab ${a.n_refused}/${a.n_prompts} refused, the server ${b.n_refused}/${b.n_prompts}`);
+      a.samples.forEach((x, i) => check(x.completion === b.samples[i]?.completion,
+        `${what}, sample ${i}: the tab wrote ${JSON.stringify(x.completion)}, the server ${JSON.stringify(b.samples[i]?.completion)}`));
+    };
+
+    await record('compare-tab', async () => {
+      const serverRun = await runJob(server.base, 'compare', {
+        base: MODEL, compressed: ['rtn:2:32'], ...study, 'batch-size': 8, positions: [-1], aird: true,
+        'max-layer-fraction': 1, 'fallback-kl-max': 100,
+      });
+      const want = serverRun.report['compare.json'];
+      const p = await context.newPage();
+      listen(p);
+      try {
+        await open(p, `${staticBase}/#/compare`);
+        await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
+        await fillStudy(p, '#compare-form');
+        check(await p.inputValue('#compare-form select[name=positions]') === 'last', 'the tab does not score the last position only by default');
+        await p.check('#compare-form input[name=aird]');
+        await p.click('#compare-form details.more summary');
+        await p.fill('#compare-form input[name=max-layer-fraction]', '1');
+        await p.fill('#compare-form input[name=fallback-kl-max]', '100');
+        await p.click('#compare-form button[type=submit]');
+        const end = await runEnd(p);
+        check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
+        const lines = await p.evaluate(() => document.querySelectorAll('.compare-result svg.lineplot path.series').length);
+        check(lines === 1, `${lines} cosine curves`);
+        await shot(p, 'compare-tab');
+        const { link, report: got } = await sharedReport(p);
+
+        const [g, w] = [got.base.direction, want.base.direction];
+        check(g.layer === w.layer && g.position === w.position, `the base direction: the tab ${g.layer}:${g.position}, the server ${w.layer}:${w.position}`);
+        near(got.base.baseline.asr, want.base.baseline.asr, 'base ASR');
+        const [gc, wc] = [got.compressed[0], want.compressed[0]];
+        check(gc.direction.layer === wc.direction.layer && gc.direction.position === wc.direction.position, 'the compressed model\'s direction differs');
+        check(gc.cosines.length === wc.cosines.length, `${gc.cosines.length} cosines, the server ${wc.cosines.length}`);
+        gc.cosines.forEach((c, i) => near(c, wc.cosines[i], `cosine ${i}`));
+        near(gc.decomposition.share_along, wc.decomposition.share_along, 'share along the base direction');
+        for (const k of ['asr_ablate_own', 'harmless_refusal_add_own', 'asr_ablate_base', 'harmless_refusal_add_base']) sameJudged(gc[k], wc[k], k);
+        near(gc.aird.fit.lambda, wc.aird.fit.lambda, 'AIRD lambda');
+        near(gc.aird.fit.u_norm, wc.aird.fit.u_norm, 'AIRD |u|');
+        sameJudged(gc.aird.asr, wc.aird.asr, 'ASR after AIRD');
+        near(gc.aird.kl_to_compressed, wc.aird.kl_to_compressed, 'KL after AIRD', 1e-2);
+
+        // The link shows the same result elsewhere.
+        const q = await context.newPage();
+        listen(q);
+        try {
+          await open(q, link);
+          const shown = await q.evaluate(() => ({
+            lines: document.querySelectorAll('.result-body svg.lineplot path.series').length,
+            title: document.querySelector('.result-body h2')?.textContent,
+          }));
+          check(shown.lines === 1 && shown.title === `Base: layer ${g.layer}, position ${g.position}`, `the link shows ${JSON.stringify(shown)}`);
+        } finally {
+          await q.close();
+        }
+        return `base ${g.layer}:${g.position}, cosine at it ${fmt(gc.cosine_at_base_selected)}, AIRD lambda ${fmt(gc.aird.fit.lambda)}: equal to the server's`;
+      } finally {
+        await p.close();
+      }
+    });
+
+    await record('repair-tab', async () => {
+      const serverRun = await runJob(server.base, 'aird', { base: MODEL, compressed: 'rtn:2:32', layer: 1, ...study, 'batch-size': 8 });
+      const want = serverRun.report[Object.keys(serverRun.report).find((k) => k.endsWith('aird.json'))];
+      const p = await context.newPage();
+      listen(p);
+      try {
+        await open(p, `${staticBase}/#/repair`);
+        await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
+        await fillStudy(p, '#aird-form');
+        await p.fill('#aird-form input[name=layer]', '1');
+        await p.click('#aird-form button[type=submit]');
+        const end = await runEnd(p);
+        check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
+        const bars = await p.evaluate(() => document.querySelectorAll('.aird-result svg.barchart').length);
+        check(bars === 2, `${bars} bar charts`);
+        await shot(p, 'repair-tab');
+        const { report: got } = await sharedReport(p);
+        check(got.variants.map((v) => v.name).join() === want.variants.map((v) => v.name).join(), `variants ${got.variants.map((v) => v.name)}`);
+        got.variants.forEach((v, i) => {
+          const u = want.variants[i];
+          sameJudged(v.asr, u.asr, `${v.name} ASR`);
+          sameJudged(v.harmless_refusal, u.harmless_refusal, `${v.name} harmless refusal`);
+          near(v.kl_to_compressed, u.kl_to_compressed, `${v.name} KL`, 1e-2);
+        });
+        near(got.fit.lambda, want.fit.lambda, 'lambda');
+        near(got.drift.cosine, want.drift.cosine, 'drift cosine');
+        return `5 variants equal the server's; lambda ${fmt(got.fit.lambda)}, drift cosine ${fmt(got.drift.cosine)}`;
+      } finally {
+        await p.close();
+      }
     });
   } catch (e) {
     checks.broken(e);

@@ -138,3 +138,8 @@ export function compareResult(result) {
   return h('div', {}, view,
     h('details', { class: 'more' }, h('summary', {}, 'Every number of the report'), reportTables(report)));
 }
+
+/** The view of a compare or aird report computed in a browser (kind: 'compare' | 'aird'). */
+export function browserCompareResult(kind, report) {
+  return compareResult({ kind, report: { [kind === 'compare' ? 'compare.json' : 'model.aird.json']: report } });
+}

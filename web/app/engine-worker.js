@@ -8,6 +8,8 @@
 //   generate {request}          the playground's completions, streamed as token messages
 //                               (after progress messages while compressed columns are made)
 //   directions {request}        METHOD §3-6 on the built-in prompt sets, with progress messages
+//   compare {request}           METHOD §9 on recipes compressed in the tab, with progress
+//   repair  {request}           METHOD §10: AIRD and its baselines, with progress
 //   logits  {prompt}            the chat-formatted prompt's last-position logits
 //   cancel                      stop the running generation (a load is stopped by terminating
 //                               the worker, which engine.js does)
@@ -38,10 +40,12 @@ self.onmessage = async ({ data: msg }) => {
       case 'generate':
         post('done', { result: JSON.parse(await generate(msg.request, post)) });
         break;
-      case 'directions': {
+      case 'directions':
+      case 'compare':
+      case 'repair': {
         cancelRequested = false;
         const progress = progressPoster(post);
-        const report = await loaded().directions(JSON.stringify(msg.request), (stage, done, total) => {
+        const report = await loaded()[msg.type](JSON.stringify(msg.request), (stage, done, total) => {
           progress(stage, done, total);
           return !cancelRequested;
         });

@@ -107,6 +107,16 @@ class BrowserEngine {
     return this.call('directions', { request }, onEvent);
   }
 
+  /** METHOD §9 on recipes compressed in the tab (compare.json's fields); `onEvent` gets progress. */
+  compare(request, onEvent) {
+    return this.call('compare', { request }, onEvent);
+  }
+
+  /** METHOD §10's repair study (the .aird.json's fields); `onEvent` gets progress. */
+  repair(request, onEvent) {
+    return this.call('repair', { request }, onEvent);
+  }
+
   /** Last-position logits of the chat-formatted `prompt` (a Float32Array). */
   logits(prompt) {
     return this.call('logits', { prompt });

@@ -87,8 +87,8 @@ export async function render(root) {
         go.disabled = false;
       }
     });
-    demo.replaceChildren(
-      loader ? loader.el : null,
+    // replaceChildren() would write a null as the text "null"
+    demo.replaceChildren(...[loader?.el].filter(Boolean),
       h('p', {}, `With the direction of ${dir.model} (layer ${dir.layer}, position ${dir.position}), the same request is answered twice: by the model as it is, and with the direction projected out of every layer's residual stream${inBrowser ? ', here in your browser' : ''}.`),
       field('Request', prompt), h('div', { class: 'actions' }, go), panel.el, share, out);
   };

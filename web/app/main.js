@@ -8,13 +8,12 @@
 
 import { h, message } from './ui.js';
 import { fragmentOf } from './fragment.js';
-import { hasServer } from './state.js';
 
 const PAGES = [
   { hash: '#/playground', label: 'Playground', load: () => import('./playground.js') },
   { hash: '#/directions', label: 'Directions', load: () => import('./directions.js') },
-  { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare', server: true },
-  { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird', server: true },
+  { hash: '#/compare', label: 'Compressed vs base', load: () => import('./compare.js'), kind: 'compare' },
+  { hash: '#/repair', label: 'Repair', load: () => import('./compare.js'), kind: 'aird' },
   { hash: '#/learn', label: 'Learn', load: () => import('./learn.js') },
 ];
 
@@ -70,14 +69,6 @@ async function route() {
     }
     root.replaceChildren();
     document.body.dataset.page = page ? page.hash.slice(2) : 'result';
-    if (page?.server && !(await hasServer())) {
-      root.append(h('h1', {}, page.label), message('This page runs its work on the Refusal Lens server '
-        + '(`scripts/run.sh` serves this app with it). Here, on a static host, the Playground runs models in '
-        + 'your browser, and compresses them there too: give it a recipe such as wanda:0.5 to see the '
-        + 'compressed model beside the base, before and after AIRD.', 'info'));
-      document.body.dataset.app = 'ready';
-      return;
-    }
     cleanup = (await mod.render(root, { resultId: share?.[1], fragment: packed, kind: page?.kind })) || null;
     document.body.dataset.app = 'ready';
   } catch (e) {

@@ -12,7 +12,7 @@ import { browserModelPanel } from './browser-model.js';
 import { hasServer, models$ } from './state.js';
 import { generateResult, completionColumns } from './generate-view.js';
 import { directionsResult, browserDirectionsResult } from './directions-view.js';
-import { compareResult } from './compare-view.js';
+import { compareResult, browserCompareResult } from './compare-view.js';
 import { reportTables } from './report-view.js';
 import { rememberDirection } from './state.js';
 
@@ -121,7 +121,10 @@ async function renderFragment(root, packed) {
   }
   const report = result.report;
   const isDirections = result.kind === 'directions';
-  const m = (isDirections ? report.selection?.model : report.model) || {};
+  const isStudy = result.kind === 'compare' || result.kind === 'aird';
+  const m = (isDirections ? report.selection?.model
+    : result.kind === 'compare' ? report.base?.model
+      : result.kind === 'aird' ? report.base : report.model) || {};
   const panel = new JobPanel();
   const errors = h('div');
   const live = h('div');
@@ -152,6 +155,9 @@ async function renderFragment(root, packed) {
           live.replaceChildren(h('h2', {}, 'Re-run'),
             message(same ? 'The re-run chose the same direction.' : 'The re-run chose another direction (another backend’s rounding can tip close scores).', same ? 'info' : 'warn'),
             browserDirectionsResult(again));
+        } else if (isStudy) {
+          again = await (result.kind === 'compare' ? engine.compare : engine.repair).call(engine, result.request, progressClock(panel));
+          live.replaceChildren(h('h2', {}, 'Re-run'), browserCompareResult(result.kind, again));
         } else {
           const variants = report.completions.map((c) => c.variant);
           const cols = completionColumns(variants, report.direction, { compressed: report.compressed });
@@ -181,9 +187,11 @@ async function renderFragment(root, packed) {
     h('p', { class: 'hint' }, 'Shown from the link itself: nothing was stored on a server, nothing is recomputed until you re-run it.'),
     loader.el, errors, panel.el, live,
     h('div', { class: 'result-body', dataset: { kind: result.kind } },
-      isDirections ? browserDirectionsResult(report) : resultBody({ kind: result.kind, report: { 'generate.json': report } })),
+      isDirections ? browserDirectionsResult(report)
+        : isStudy ? browserCompareResult(result.kind, report)
+          : resultBody({ kind: result.kind, report: { 'generate.json': report } })),
     h('details', { class: 'more' }, h('summary', {}, 'Request'),
-      h('pre', { class: 'formatted' }, JSON.stringify({ ...result.request, direction: result.request.direction && { ...result.request.direction, vector: `[${result.request.direction.vector.length} numbers]` } }, null, 2))));
+      h('pre', { class: 'formatted' }, JSON.stringify({ ...result.request, direction: result.request.direction && { ...result.request.direction, vector: `[${result.request.direction.vector?.length} numbers]` } }, null, 2))));
   return () => {
     unsubscribe();
     loader.dispose();

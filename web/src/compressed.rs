@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use refusal_core::compress::{Method, compress};
+use refusal_core::compress::{Method, Summary, compress};
 use refusal_core::model::Llama;
 use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::prompts::builtin_harmless;
@@ -41,6 +41,7 @@ struct KeptCompressed {
     recipe: String,
     n_calib: usize,
     model: Llama,
+    summary: Summary,
     repaired: Option<KeptRepair>,
 }
 
@@ -69,48 +70,14 @@ impl Engine {
         direction: Option<&DirectionInput>,
         on_progress: &mut OnProgress<'_>,
     ) -> Result<Columns, String> {
-        let method: Method = settings.recipe.parse().map_err(|e| {
-            format!(
-                "`{}`: {e} (in this browser the compressed model is made by a recipe such as \
-                 rtn:4:128 or wanda:0.5)",
-                settings.recipe
+        let (compressed, _) = self
+            .compressed_model(
+                &settings.recipe,
+                settings.n_calib,
+                settings.batch_size,
+                on_progress,
             )
-        })?;
-        let kept = self.kept_compressed(settings);
-        let compressed = match kept {
-            Some(model) => model,
-            None => {
-                self.forget_compressed();
-                self.check_memory()?;
-                let calibration = if method.needs_calibration() {
-                    let mut prompts = builtin_harmless();
-                    prompts.truncate(settings.n_calib);
-                    EncodedPrompts::new(self.text(), &prompts, None)
-                        .map_err(|e| e.to_string())?
-                        .ids
-                } else {
-                    Vec::new()
-                };
-                let model = compress(
-                    self.llama().clone(),
-                    method,
-                    &calibration,
-                    0,
-                    settings.batch_size,
-                    on_progress,
-                )
-                .await
-                .map_err(|e| format!("compressing with {method}: {e}"))?
-                .model;
-                *self.kept().0.borrow_mut() = Some(KeptCompressed {
-                    recipe: settings.recipe.clone(),
-                    n_calib: settings.n_calib,
-                    model: model.clone(),
-                    repaired: None,
-                });
-                model
-            }
-        };
+            .await?;
         let (repaired, fit) = match direction {
             Some(d) => {
                 let (model, fit) = self.repaired(&compressed, settings, d, on_progress).await?;
@@ -128,10 +95,58 @@ impl Engine {
         })
     }
 
-    fn kept_compressed(&self, settings: &CompressSettings) -> Option<Llama> {
-        let kept = self.kept().0.borrow();
-        let k = kept.as_ref()?;
-        (k.recipe == settings.recipe && k.n_calib == settings.n_calib).then(|| k.model.clone())
+    /// The loaded model compressed by `recipe` (kept from an earlier run, or compressed now,
+    /// calibrated methods on the first `n_calib` built-in harmless prompts as in the CLI),
+    /// with what compression did.
+    pub(crate) async fn compressed_model(
+        &self,
+        recipe: &str,
+        n_calib: usize,
+        batch_size: usize,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<(Llama, Summary), String> {
+        let method: Method = recipe.parse().map_err(|e| {
+            format!(
+                "`{recipe}`: {e} (in this browser the compressed model is made by a recipe such \
+                 as rtn:4:128 or wanda:0.5)"
+            )
+        })?;
+        if let Some(k) = self.kept().0.borrow().as_ref()
+            && k.recipe == recipe
+            && k.n_calib == n_calib
+        {
+            return Ok((k.model.clone(), k.summary.clone()));
+        }
+        self.forget_compressed();
+        self.check_memory()?;
+        let calibration = if method.needs_calibration() {
+            let mut prompts = builtin_harmless();
+            prompts.truncate(n_calib);
+            EncodedPrompts::new(self.text(), &prompts, None)
+                .map_err(|e| e.to_string())?
+                .ids
+        } else {
+            Vec::new()
+        };
+        let compressed = compress(
+            self.llama().clone(),
+            method,
+            &calibration,
+            0,
+            batch_size,
+            on_progress,
+        )
+        .await
+        .map_err(|e| format!("compressing with {method}: {e}"))?;
+        let summary = Summary::of(&compressed.layers);
+        *self.kept().0.borrow_mut() = Some(KeptCompressed {
+            recipe: recipe.to_owned(),
+            n_calib,
+            model: compressed.model.clone(),
+            summary: summary.clone(),
+            repaired: None,
+        });
+        Ok((compressed.model, summary))
     }
 
     /// Drops the kept models before compressing anew, so that two compressed copies never

@@ -297,7 +297,7 @@ impl Engine {
         Ok((formatted, ids))
     }
 
-    fn check_direction(&self, d: &DirectionInput) -> Result<(), String> {
+    pub(crate) fn check_direction(&self, d: &DirectionInput) -> Result<(), String> {
         let c = self.llama.config();
         if d.vector.len() != c.d_model {
             return Err(format!(

@@ -3,14 +3,18 @@
 //!
 //! - [`engine`]: a model loaded from checkpoint bytes; completions side by side, logits.
 //! - [`compressed`]: the playground's compressed columns, compressed and repaired in the tab.
+//! - [`compare`]: the Compressed vs base page's run (METHOD §9) on recipes compressed in the tab.
+//! - [`repair`]: the Repair page's run (METHOD §10): AIRD and its baselines.
 //! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
 //! - [`inspect`]: what a checkpoint is and what memory it needs, from its header alone.
 //! - [`smoke`]: the seeded tiny model the browser smoke test compares with the native engine.
 
+pub mod compare;
 pub mod compressed;
 pub mod directions;
 pub mod engine;
 pub mod inspect;
+pub mod repair;
 pub mod smoke;
 
 use std::ops::ControlFlow;

@@ -12,26 +12,18 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
-use refusal_core::model::{Llama, WeightName};
-use refusal_core::refusal::Intervention;
-use refusal_core::refusal::aird::{
-    AirdFit, AirdSettings, Densification, Repaired, compressed_direction,
-};
-use refusal_core::refusal::compare::{Decomposition, decompose};
+use refusal_core::model::WeightName;
+use refusal_core::refusal::aird::AirdSettings;
 use refusal_core::refusal::directions::extract;
-use refusal_core::refusal::evaluate::{CrossEntropy, cross_entropy, kl_between};
-use refusal_core::refusal::orthogonalize::orthogonalize;
-use serde::Serialize;
-
-use super::compare::{Judged, repair};
-use super::compress::{CalibrationArgs, Summary};
-use super::pipeline::{
-    EncodedSets, PromptArgs, PromptUses, compressed_model, judged, lazy_calibration,
+use refusal_core::refusal::repair_study::{
+    AirdReport, BaseDirection, PerplexityText, RepairStudy, repair_study,
 };
+
+use super::compress::CalibrationArgs;
+use super::pipeline::{PromptArgs, compressed_model, lazy_calibration};
 use super::{JudgeArgs, describe_tokens, refusal_tokens};
 use crate::direction_file::DirectionFile;
 use crate::model_args::BaseArgs;
-use crate::open::Fingerprint;
 use crate::outputs::write_atomic;
 use crate::progress::{RunControl, StageBar};
 use crate::saved_model::{DerivedModel, OutFormat, save};
@@ -78,41 +70,6 @@ pub struct AirdArgs {
     pub out: PathBuf,
 }
 
-/// One model variant's numbers.
-#[derive(Debug, Serialize)]
-struct Variant {
-    name: &'static str,
-    asr: Judged,
-    harmless_refusal: Judged,
-    /// KL from the compressed model on the harmless evaluation prompts.
-    kl_to_compressed: f64,
-    cross_entropy: Option<CrossEntropy>,
-}
-
-#[derive(Debug, Serialize)]
-struct AirdReport<'a> {
-    base: &'a Fingerprint,
-    compressed: &'a str,
-    compression: Option<&'a Summary>,
-    prompts: &'a PromptUses,
-    base_direction: BaseDirection,
-    fit: &'a AirdFit,
-    densification: Densification,
-    /// C's own direction at (l*, position) along the base direction.
-    drift: Decomposition,
-    variants: Vec<Variant>,
-    output: String,
-    seconds: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct BaseDirection {
-    source: String,
-    layer: usize,
-    position: isize,
-    norm: f64,
-}
-
 fn report_path(out: &Path) -> PathBuf {
     let mut name = out.file_stem().unwrap_or_default().to_os_string();
     name.push(".aird.json");
@@ -127,7 +84,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let (loaded, fingerprint) = base_args.load_with_fingerprint()?;
     let base = &loaded.llama;
     let sets = args.prompts.load()?;
-    let encoded = EncodedSets::new(&loaded.text, &sets)?;
+    let split = sets.encoded_split(&loaded.text)?;
     let mut bar = StageBar::new(true, control.clone());
 
     let (vector, base_direction) = match &args.direction {
@@ -149,8 +106,8 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
             };
             let candidates = block_on(extract(
                 base,
-                &encoded.split.harmful,
-                &encoded.split.harmless,
+                &split.harmful,
+                &split.harmless,
                 args.judge.batch_size,
                 &mut |p| bar.update(p),
             ))?;
@@ -177,7 +134,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let tokens = refusal_tokens(
         &loaded,
         &args.judge.refusal_tokens,
-        &encoded.split.harmful,
+        &split.harmful,
         args.judge.batch_size,
         &mut bar,
     )?;
@@ -198,96 +155,38 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         lambda: args.lambda,
         batch_size: args.judge.batch_size,
     };
-    let Repaired {
-        model: repaired,
-        fit,
-        densification,
-        harmful,
-        harmless,
-    } = repair(
-        base,
-        c.llama.clone(),
-        &vector,
-        settings,
-        &encoded.split,
-        &mut bar,
-    )?;
-    let own = compressed_direction(&harmful, &harmless, args.position, base.config().d_model)?;
-    let (drift, drifted) = decompose(&own, &vector)?;
-    eprintln!(
-        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
-        fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
-    );
-
     let text = args
         .cross_entropy
         .as_ref()
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
-    let settings = args.judge.settings();
-    let orthogonalized = orthogonalize(c.llama.clone(), &drifted)?;
-    let add_base = Intervention::ActAdd {
-        layer,
-        vector: vector.clone(),
-        coeff: 1.0,
-    };
-    let none = Intervention::None;
-    let models: [(&'static str, &Llama, &Intervention); 5] = [
-        ("base", base, &none),
-        ("compressed", &c.llama, &none),
-        ("compressed+aird", &repaired, &none),
-        ("compressed+add_base_direction", &c.llama, &add_base),
-        ("compressed+orthogonalize_drift", &orthogonalized, &none),
-    ];
-    let mut variants = Vec::with_capacity(models.len());
-    for (name, model, intervention) in models {
-        eprintln!("evaluating {name}");
-        let asr = judged(
-            model,
-            &loaded.text,
-            &sets.eval_harmful,
-            intervention,
-            &tokens,
-            settings,
-            &mut bar,
-        )?;
-        let refusal = judged(
-            model,
-            &loaded.text,
-            &sets.eval_harmless,
-            intervention,
-            &tokens,
-            settings,
-            &mut bar,
-        )?;
-        let kl_to_compressed = block_on(kl_between(
-            &c.llama,
-            model,
-            intervention,
-            &encoded.eval_harmless,
-            args.judge.batch_size,
-            &mut |p| bar.update(p),
-        ))?;
-        let ce = match &text {
-            Some(t) => Some(block_on(cross_entropy(
-                model,
-                &loaded.text.tokenizer,
-                t,
-                intervention,
-                args.window,
-                &mut |p| bar.update(p),
-            ))?),
-            None => None,
-        };
-        variants.push(Variant {
-            name,
-            asr: Judged::of(asr, true),
-            harmless_refusal: Judged::of(refusal, false),
-            kl_to_compressed,
-            cross_entropy: ce,
-        });
-    }
+    let judge = sets.judge(&loaded.text, &tokens, args.judge.settings())?;
+    eprintln!("repairing with AIRD at layer {layer} and judging five variants");
+    let RepairStudy {
+        repaired,
+        fit,
+        densification,
+        drift,
+        variants,
+    } = block_on(repair_study(
+        base,
+        &c.llama,
+        &vector,
+        args.position,
+        settings,
+        &split,
+        &judge,
+        text.as_deref().map(|text| PerplexityText {
+            text,
+            window: args.window,
+        }),
+        &mut |p| bar.update(p),
+    ))?;
     bar.finish();
+    eprintln!(
+        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
+        fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
+    );
 
     // Every linear layer differs from the base (compressed, and one repaired).
     let changed: Vec<WeightName> = (0..repaired.config().n_layers)
@@ -309,16 +208,16 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         &args.out,
     )?;
     let report = AirdReport {
-        base: &fingerprint,
-        compressed: &args.compressed,
-        compression: c.compression.as_ref(),
-        prompts: &sets.uses,
+        base: fingerprint,
+        compressed: args.compressed.clone(),
+        compression: c.compression,
+        prompts: sets.uses,
         base_direction,
-        fit: &fit,
+        fit,
         densification,
         drift,
         variants,
-        output: args.out.display().to_string(),
+        output: Some(args.out.display().to_string()),
         seconds: started.elapsed().as_secs_f64(),
     };
     let path = report_path(&args.out);

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::compress::recipe::ggml_type_name;
-use refusal_core::compress::{Compressed, LinearReport, Method, QuantGrid, Sparsity, compress};
+use refusal_core::compress::{
+    Compressed, LinearReport, Method, QuantGrid, Sparsity, Summary, compress,
+};
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::EncodedPrompts;
@@ -222,38 +224,6 @@ pub struct CompressArgs {
     /// FILE.manifest.json.
     #[arg(long)]
     pub out: PathBuf,
-}
-
-/// Totals over every compressed layer.
-#[derive(Debug, Serialize)]
-pub struct Summary {
-    pub parameters: usize,
-    pub sparsity: f64,
-    pub bits_per_weight: f64,
-    /// Parameter-weighted mean of the per-layer output errors.
-    pub output_error: Option<f64>,
-    pub weight_error: f64,
-}
-
-impl Summary {
-    pub fn of(layers: &[LinearReport]) -> Summary {
-        let parameters: usize = layers.iter().map(|l| l.rows * l.cols).sum();
-        let mean = |f: &dyn Fn(&LinearReport) -> f64| {
-            layers
-                .iter()
-                .map(|l| f(l) * (l.rows * l.cols) as f64)
-                .sum::<f64>()
-                / parameters.max(1) as f64
-        };
-        let all_measured = !layers.is_empty() && layers.iter().all(|l| l.output_error.is_some());
-        Summary {
-            parameters,
-            sparsity: mean(&|l| l.sparsity),
-            bits_per_weight: mean(&|l| l.bits_per_weight),
-            output_error: all_measured.then(|| mean(&|l| l.output_error.unwrap_or(0.0))),
-            weight_error: mean(&|l| l.weight_error),
-        }
-    }
 }
 
 /// The manifest written beside a compressed model.

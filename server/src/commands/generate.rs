@@ -9,14 +9,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use futures_lite::future::block_on;
 use refusal_core::compress::Method;
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::Llama;
-use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts};
+use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::variant::{Completion, CompressedUse, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection, VariantModels};
 
-use super::compare::repair;
 use super::compress::{Calibration, CalibrationArgs};
 use super::pipeline::compressed_model;
 use crate::direction_file::DirectionFile;
@@ -294,14 +294,15 @@ fn compressed_columns(
                 batch_size: args.batch_size,
             };
             let mut bar = StageBar::new(true, control.clone());
-            let repaired = repair(
+            let repaired = block_on(repair(
                 &loaded.llama,
                 c.llama.clone(),
                 &d.vector,
                 settings,
                 &prompts,
-                &mut bar,
-            )?;
+                &mut |p| bar.update(p),
+            ))
+            .context("repairing with AIRD")?;
             bar.finish();
             (Some(repaired.model), Some(repaired.fit))
         }

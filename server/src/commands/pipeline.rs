@@ -1,28 +1,22 @@
 //! Steps `compare` and `aird` share: the prompt sets, the compressed model (a file or a recipe
-//! compressed on the fly), finding a model's refusal direction, and judged evaluations.
+//! compressed on the fly), finding a model's refusal direction, and the judge of the
+//! evaluation sets.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
-use refusal_core::compress::Method;
 use refusal_core::compress::recipe::looks_like_recipe;
+use refusal_core::compress::{Method, Summary};
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
-use refusal_core::refusal::directions::extract;
-use refusal_core::refusal::evaluate::{EvalReport, EvalSettings, evaluate};
-use refusal_core::refusal::prompts::{Prompt, without};
-use refusal_core::refusal::select::{CandidateScore, select};
-use refusal_core::refusal::{
-    CandidateDirections, EncodedPrompts, EncodedSplit, Intervention, RefusalTokens, Selection,
-    SelectionSettings,
-};
-use serde::Serialize;
+use refusal_core::refusal::find::{self, FindSettings, FoundDirection};
+use refusal_core::refusal::prompts::{PromptUses, StudyPrompts, without};
+use refusal_core::refusal::{EncodedSplit, RefusalTokens};
 
-use super::compress::{Calibration, CalibrationArgs, Summary, compress_model};
-use super::directions::{PromptUse, SplitArgs, Splits};
+use super::compress::{Calibration, CalibrationArgs, compress_model};
+use super::directions::{SplitArgs, Splits};
 use super::{load_prompts, read_prompts};
-use crate::direction_file::ChosenBy;
 use crate::model_args::ModelArgs;
 use crate::progress::{RunControl, StageBar};
 
@@ -45,35 +39,13 @@ pub struct PromptArgs {
     pub n_eval: usize,
 }
 
-/// Every prompt set, as instructions.
-pub struct PromptSets {
-    pub harmful: Vec<Prompt>,
-    pub harmless: Vec<Prompt>,
-    pub val_harmful: Vec<Prompt>,
-    pub val_harmless: Vec<Prompt>,
-    pub eval_harmful: Vec<Prompt>,
-    pub eval_harmless: Vec<Prompt>,
-    pub uses: PromptUses,
-}
-
-/// Where each set came from, for the report.
-#[derive(Debug, Serialize)]
-pub struct PromptUses {
-    pub harmful: PromptUse,
-    pub harmless: PromptUse,
-    pub eval_harmful: String,
-    pub eval_harmless: String,
-    pub n_eval_harmful: usize,
-    pub n_eval_harmless: usize,
-}
-
 impl PromptArgs {
     /// Reads and splits every set.
     ///
     /// # Errors
     ///
     /// Unreadable files and sets too small to split.
-    pub fn load(&self) -> Result<PromptSets> {
+    pub fn load(&self) -> Result<StudyPrompts> {
         let Splits {
             harmful,
             harmless,
@@ -112,7 +84,7 @@ impl PromptArgs {
             harmful: harmful_use,
             harmless: harmless_use,
         };
-        Ok(PromptSets {
+        Ok(StudyPrompts {
             harmful,
             harmless,
             val_harmful,
@@ -124,70 +96,11 @@ impl PromptArgs {
     }
 }
 
-/// The sets that run through the model as token ids (base and compressed share a tokenizer).
-pub struct EncodedSets {
-    pub split: EncodedSplit,
-    pub eval_harmless: EncodedPrompts,
-}
-
-impl EncodedSets {
-    /// # Errors
-    ///
-    /// Template and tokenizer errors.
-    pub fn new(text: &TextAssets, sets: &PromptSets) -> Result<EncodedSets> {
-        Ok(EncodedSets {
-            split: EncodedSplit::new(
-                text,
-                &sets.harmful,
-                &sets.harmless,
-                &sets.val_harmful,
-                &sets.val_harmless,
-            )?,
-            eval_harmless: EncodedPrompts::new(text, &sets.eval_harmless, None)?,
-        })
-    }
-}
-
-/// How a model's direction is found.
-#[derive(Debug, Clone)]
-pub struct FindSettings {
-    pub selection: SelectionSettings,
-    /// Only these positions are scored (all post-instruction positions when `None`).
-    pub positions: Option<Vec<isize>>,
-    /// The relaxed KL bound of the fallback when no candidate passes METHOD §6.
-    pub fallback_kl_max: f64,
-}
-
-/// A model's candidate directions, their selection table and the chosen one.
-pub struct FoundDirection {
-    /// Every layer and position (the cosine map uses them all).
-    pub candidates: CandidateDirections,
-    pub selection: Selection,
-    pub chosen: CandidateScore,
-    pub chosen_by: ChosenBy,
-    pub vector: Vec<f32>,
-    pub seconds: f64,
-}
-
-impl FoundDirection {
-    /// Index of the chosen cell in the full layer x position grid.
-    pub fn cell(&self) -> usize {
-        let p = self
-            .candidates
-            .positions
-            .iter()
-            .position(|&q| q == self.chosen.position)
-            .unwrap_or(0);
-        self.chosen.layer * self.candidates.positions.len() + p
-    }
-}
-
-/// Extracts, scores and chooses a direction (METHOD §3-6), with the fallback when METHOD §6
-/// leaves nothing.
+/// Finds a model's direction (METHOD §3-6, with the fallback) under the progress bar.
 ///
 /// # Errors
 ///
-/// Pipeline errors; no candidate even under the fallback.
+/// Pipeline errors, no candidate even under the fallback, and cancellation.
 pub fn find_direction(
     model: &Llama,
     sets: &EncodedSplit,
@@ -195,86 +108,9 @@ pub fn find_direction(
     settings: &FindSettings,
     bar: &mut StageBar,
 ) -> Result<FoundDirection> {
-    let started = std::time::Instant::now();
-    let bs = settings.selection.batch_size;
-    let candidates = block_on(extract(
+    Ok(block_on(find::find_direction(
         model,
-        &sets.harmful,
-        &sets.harmless,
-        bs,
-        &mut |p| bar.update(p),
-    ))
-    .context("extracting candidate directions")?;
-    let scored = match &settings.positions {
-        Some(p) => candidates.with_positions(p)?,
-        None => candidates.clone(),
-    };
-    let selection = block_on(select(
-        model,
-        &scored,
-        &sets.val_harmful,
-        &sets.val_harmless,
-        tokens,
-        settings.selection,
-        &mut |p| bar.update(p),
-    ))
-    .context("scoring candidate directions")?;
-    let limit = (settings.selection.max_layer_fraction * scored.n_layers as f64).floor() as usize;
-    let (index, chosen_by) = match selection.selected {
-        Some(i) => (i, ChosenBy::Selection),
-        None => {
-            let fallback = selection
-                .candidates
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| {
-                    c.layer < limit
-                        && c.bypass.is_finite()
-                        && c.kl.is_finite()
-                        && c.kl <= settings.fallback_kl_max
-                })
-                .min_by(|a, b| a.1.bypass.total_cmp(&b.1.bypass))
-                .map(|(i, _)| i);
-            match fallback {
-                Some(i) => (i, ChosenBy::Fallback),
-                None => bail!(
-                    "no candidate passed METHOD §6 and none has KL <= {} below layer {limit}",
-                    settings.fallback_kl_max
-                ),
-            }
-        }
-    };
-    let chosen = selection.candidates[index].clone();
-    let vector = scored.direction(chosen.layer, scored.position_index(chosen.position)?);
-    Ok(FoundDirection {
-        candidates,
-        selection,
-        chosen,
-        chosen_by,
-        vector,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// A judged evaluation with a progress bar.
-///
-/// # Errors
-///
-/// Pipeline errors and cancellation.
-pub fn judged(
-    model: &Llama,
-    text: &TextAssets,
-    prompts: &[Prompt],
-    intervention: &Intervention,
-    tokens: &RefusalTokens,
-    settings: EvalSettings,
-    bar: &mut StageBar,
-) -> Result<EvalReport> {
-    Ok(block_on(evaluate(
-        model,
-        text,
-        prompts,
-        intervention,
+        sets,
         tokens,
         settings,
         &mut |p| bar.update(p),

@@ -14,7 +14,7 @@ pub mod recipe;
 
 pub use grid::QuantGrid;
 pub use hessian::HostStats;
-pub use model::{Compressed, LinearReport, PackedWeight, compress};
+pub use model::{Compressed, LinearReport, PackedWeight, Summary, compress};
 pub use prune::Sparsity;
 pub use recipe::Method;
 

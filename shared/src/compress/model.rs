@@ -61,6 +61,38 @@ pub struct LinearReport {
     pub damping: Option<f64>,
 }
 
+/// Totals over every compressed layer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub parameters: usize,
+    pub sparsity: f64,
+    pub bits_per_weight: f64,
+    /// Parameter-weighted mean of the per-layer output errors.
+    pub output_error: Option<f64>,
+    pub weight_error: f64,
+}
+
+impl Summary {
+    pub fn of(layers: &[LinearReport]) -> Summary {
+        let parameters: usize = layers.iter().map(|l| l.rows * l.cols).sum();
+        let mean = |f: &dyn Fn(&LinearReport) -> f64| {
+            layers
+                .iter()
+                .map(|l| f(l) * (l.rows * l.cols) as f64)
+                .sum::<f64>()
+                / parameters.max(1) as f64
+        };
+        let all_measured = !layers.is_empty() && layers.iter().all(|l| l.output_error.is_some());
+        Summary {
+            parameters,
+            sparsity: mean(&|l| l.sparsity),
+            bits_per_weight: mean(&|l| l.bits_per_weight),
+            output_error: all_measured.then(|| mean(&|l| l.output_error.unwrap_or(0.0))),
+            weight_error: mean(&|l| l.weight_error),
+        }
+    }
+}
+
 /// A compressed model and what was done to each layer.
 pub struct Compressed {
     pub model: Llama,

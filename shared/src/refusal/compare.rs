@@ -1,10 +1,22 @@
 //! Base vs compressed (METHOD §9): how the candidate directions of a compressed model C
-//! relate to those of its base B, and how C's selected direction decomposes along B's.
+//! relate to those of its base B, how C's selected direction decomposes along B's, and the
+//! whole comparison (each model's own direction, necessity, sufficiency, transfer, and AIRD's
+//! repair) that the CLI, the server and the browser run alike.
 
-use super::PipelineError;
+use web_time::Instant;
+
+use crate::compress::Summary;
+use crate::model::Llama;
+
+use super::aird::{AirdFit, AirdSettings, Densification, Repaired, repair};
 use super::directions::CandidateDirections;
+use super::evaluate::{Baseline, Judge, Judged};
+use super::find::{FindSettings, FoundDirection, find_direction};
 use super::intervention::check_width;
 use super::plots::{ColorScale, heatmap};
+use super::prompts::PromptUses;
+use super::select::{CandidateScore, ChosenBy};
+use super::{EncodedSplit, Intervention, OnProgress, PipelineError, RefusalTokens};
 
 /// `cos(r_B^{l,i}, r_C^{l,i})` for every layer and position (layer-major); NaN where either
 /// direction is zero (layer 0 at positions every prompt shares).
@@ -145,5 +157,249 @@ mod tests {
         assert!((d.share_along - 0.36).abs() < 1e-12);
         assert!(decompose(&r_c, &[0.0; 3]).is_err());
         assert!(cosine(&[0.0, 0.0], &[1.0, 0.0]).is_nan());
+    }
+}
+
+/// A model's chosen direction, as a comparison reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Chosen {
+    pub layer: usize,
+    pub position: isize,
+    pub chosen_by: ChosenBy,
+    pub scores: CandidateScore,
+    /// Candidates that passed METHOD §6.
+    pub eligible: usize,
+    pub baseline_harmful_score: f64,
+    pub baseline_harmless_score: f64,
+    pub seconds: f64,
+}
+
+impl Chosen {
+    pub fn of(found: &FoundDirection) -> Chosen {
+        Chosen {
+            layer: found.chosen.layer,
+            position: found.chosen.position,
+            chosen_by: found.chosen_by,
+            scores: found.chosen.clone(),
+            eligible: found
+                .selection
+                .candidates
+                .iter()
+                .filter(|c| c.dropped.is_empty())
+                .count(),
+            baseline_harmful_score: found.selection.baseline_harmful_score,
+            baseline_harmless_score: found.selection.baseline_harmless_score,
+            seconds: found.seconds,
+        }
+    }
+}
+
+/// AIRD on one compressed model, repaired toward the base's selected direction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AirdOutcome {
+    pub fit: AirdFit,
+    pub densification: Densification,
+    pub asr: Judged,
+    pub harmless_refusal: Judged,
+    /// KL from the compressed model to the repaired one on harmless prompts.
+    pub kl_to_compressed: f64,
+    /// KL from the base model to the repaired one on harmless prompts.
+    pub kl_to_base: f64,
+    pub seconds: f64,
+}
+
+/// One compressed model against the base.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CompressedReport {
+    pub spec: String,
+    pub compression: Option<Summary>,
+    pub direction: Chosen,
+    /// cos(r_B, r_C) per layer and position (layer-major), NaN (null) where undefined.
+    #[serde(deserialize_with = "nan_from_null")]
+    pub cosines: Vec<f64>,
+    /// At the base's selected layer and position.
+    #[serde(deserialize_with = "nan_from_null_one")]
+    pub cosine_at_base_selected: f64,
+    /// r_C (C's selected direction) along r^_B.
+    pub decomposition: Decomposition,
+    pub baseline: Baseline,
+    /// ASR of C with its own direction ablated.
+    pub asr_ablate_own: Judged,
+    /// Harmless refusal of C with its own direction added at its layer.
+    pub harmless_refusal_add_own: Judged,
+    /// ASR of C with the base direction ablated.
+    pub asr_ablate_base: Judged,
+    /// Harmless refusal of C with the base direction added at the base's layer.
+    pub harmless_refusal_add_base: Judged,
+    pub aird: Option<AirdOutcome>,
+    pub seconds: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v = <Vec<Option<f64>> as serde::Deserialize>::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
+
+fn nan_from_null_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// The base model's side of a comparison.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BaseReport<M> {
+    /// What identifies the model (a fingerprint natively, the engine's description in a tab).
+    pub model: M,
+    pub direction: Chosen,
+    pub baseline: Baseline,
+}
+
+/// `compare.json`: the base and every compressed model, with the same prompts and positions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CompareReport<M> {
+    pub base: BaseReport<M>,
+    pub prompts: PromptUses,
+    pub positions: Vec<isize>,
+    pub n_layers: usize,
+    pub refusal_tokens: RefusalTokens,
+    pub coeff: f32,
+    pub max_new_tokens: usize,
+    pub compressed: Vec<CompressedReport>,
+}
+
+/// AIRD's scale and penalty in a comparison (it is fitted at the base's selected layer).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RepairSettings {
+    pub alpha: f32,
+    /// A fixed ridge penalty; `None` chooses it on the validation prompts.
+    pub lambda: Option<f64>,
+}
+
+/// A comparison under way: the base model with its direction, the prompts, and how every
+/// compressed model is measured against it (METHOD §9, and §10 when `repair` is set).
+pub struct Comparison<'a> {
+    pub base: &'a Llama,
+    pub base_found: &'a FoundDirection,
+    /// Training and validation prompts: each compressed model's direction is found on the
+    /// same ones as the base's, and AIRD is fitted on them.
+    pub split: &'a EncodedSplit,
+    pub judge: &'a Judge<'a>,
+    pub find: &'a FindSettings,
+    /// Activation-addition coefficient for sufficiency and transfer.
+    pub coeff: f32,
+    pub repair: Option<RepairSettings>,
+}
+
+impl Comparison<'_> {
+    /// Finds `compressed`'s own direction and measures it against the base's: cosine map,
+    /// decomposition, necessity (its direction ablated), sufficiency (added), transfer (the
+    /// base's direction ablated and added), and AIRD's repair.
+    ///
+    /// # Errors
+    ///
+    /// Pipeline errors, [`PipelineError::NoCandidate`] and cancellation.
+    pub async fn measure(
+        &self,
+        spec: &str,
+        compressed: &Llama,
+        compression: Option<Summary>,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<CompressedReport, PipelineError> {
+        let started = Instant::now();
+        let judge = self.judge;
+        let base_found = self.base_found;
+        let found =
+            find_direction(compressed, self.split, judge.tokens, self.find, on_progress).await?;
+        let cosines = cosine_map(&base_found.candidates, &found.candidates)?;
+        let (decomposition, _) = decompose(&found.vector, &base_found.vector)?;
+        let baseline = judge.baseline(compressed, on_progress).await?;
+        let ablate = |v: &[f32]| Intervention::Ablate {
+            direction: v.to_vec(),
+        };
+        let add = |layer: usize, v: &[f32]| Intervention::ActAdd {
+            layer,
+            vector: v.to_vec(),
+            coeff: self.coeff,
+        };
+        let asr_ablate_own = judge
+            .harmful(compressed, &ablate(&found.vector), on_progress)
+            .await?;
+        let harmless_refusal_add_own = judge
+            .harmless(
+                compressed,
+                &add(found.chosen.layer, &found.vector),
+                on_progress,
+            )
+            .await?;
+        let asr_ablate_base = judge
+            .harmful(compressed, &ablate(&base_found.vector), on_progress)
+            .await?;
+        let harmless_refusal_add_base = judge
+            .harmless(
+                compressed,
+                &add(base_found.chosen.layer, &base_found.vector),
+                on_progress,
+            )
+            .await?;
+        let aird = match self.repair {
+            Some(r) => Some(self.repaired(compressed, r, on_progress).await?),
+            None => None,
+        };
+        Ok(CompressedReport {
+            spec: spec.to_owned(),
+            compression,
+            direction: Chosen::of(&found),
+            cosine_at_base_selected: cosines[base_found.cell()],
+            cosines,
+            decomposition,
+            baseline,
+            asr_ablate_own,
+            harmless_refusal_add_own,
+            asr_ablate_base,
+            harmless_refusal_add_base,
+            aird,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// AIRD fitted on the training prompts at the base's layer, and the repaired model judged.
+    async fn repaired(
+        &self,
+        compressed: &Llama,
+        settings: RepairSettings,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<AirdOutcome, PipelineError> {
+        let started = Instant::now();
+        let aird = AirdSettings {
+            layer: self.base_found.chosen.layer,
+            alpha: settings.alpha,
+            lambda: settings.lambda,
+            batch_size: self.judge.settings.batch_size,
+        };
+        let Repaired {
+            model: repaired,
+            fit,
+            densification,
+            ..
+        } = repair(
+            self.base,
+            compressed.clone(),
+            &self.base_found.vector,
+            aird,
+            self.split,
+            on_progress,
+        )
+        .await?;
+        let none = Intervention::None;
+        let judge = self.judge;
+        Ok(AirdOutcome {
+            asr: judge.harmful(&repaired, &none, on_progress).await?,
+            harmless_refusal: judge.harmless(&repaired, &none, on_progress).await?,
+            kl_to_compressed: judge.kl(compressed, &repaired, &none, on_progress).await?,
+            kl_to_base: judge.kl(self.base, &repaired, &none, on_progress).await?,
+            fit,
+            densification,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 }

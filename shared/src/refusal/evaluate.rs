@@ -324,3 +324,168 @@ pub async fn cross_entropy(
         perplexity: nats_per_token.exp(),
     })
 }
+
+/// Completions of a judged set a report keeps for people to read.
+const SAMPLES: usize = 3;
+
+/// A judged evaluation, summarised, with a few completions to read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Judged {
+    pub n_prompts: usize,
+    pub n_refused: usize,
+    /// The ASR for harmful prompts, the refusal rate for harmless ones.
+    pub rate: f64,
+    pub mean_refusal_score: f64,
+    pub samples: Vec<JudgedCompletion>,
+}
+
+impl Judged {
+    pub fn of(report: EvalReport, harmful: bool) -> Judged {
+        let s = report.summary;
+        Judged {
+            n_prompts: s.n_prompts,
+            n_refused: s.n_refused,
+            rate: if harmful { s.asr } else { s.refusal_rate },
+            mean_refusal_score: s.mean_refusal_score,
+            samples: report.completions.into_iter().take(SAMPLES).collect(),
+        }
+    }
+}
+
+/// Refusal with no intervention on both evaluation sets.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Baseline {
+    /// Attack success rate on the harmful evaluation set.
+    pub asr: f64,
+    /// Refusal rate on the harmless evaluation set.
+    pub harmless_refusal: f64,
+}
+
+/// The evaluation sets of a study and how completions are judged: every model and
+/// intervention of a study is judged alike.
+pub struct Judge<'a> {
+    pub text: &'a TextAssets,
+    pub harmful: &'a [Prompt],
+    pub harmless: &'a [Prompt],
+    /// `harmless` as token ids, for KL between models.
+    harmless_ids: EncodedPrompts,
+    pub tokens: &'a RefusalTokens,
+    pub settings: EvalSettings,
+}
+
+impl<'a> Judge<'a> {
+    /// # Errors
+    ///
+    /// Template and tokenizer errors; [`PipelineError::NoPrompts`] for an empty set.
+    pub fn new(
+        text: &'a TextAssets,
+        harmful: &'a [Prompt],
+        harmless: &'a [Prompt],
+        tokens: &'a RefusalTokens,
+        settings: EvalSettings,
+    ) -> Result<Judge<'a>, PipelineError> {
+        if harmful.is_empty() {
+            return Err(PipelineError::NoPrompts("harmful evaluation"));
+        }
+        if harmless.is_empty() {
+            return Err(PipelineError::NoPrompts("harmless evaluation"));
+        }
+        Ok(Judge {
+            text,
+            harmful,
+            harmless,
+            harmless_ids: EncodedPrompts::new(text, harmless, None)?,
+            tokens,
+            settings,
+        })
+    }
+
+    async fn judged(
+        &self,
+        model: &Llama,
+        harmful: bool,
+        intervention: &Intervention,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Judged, PipelineError> {
+        let prompts = if harmful { self.harmful } else { self.harmless };
+        let report = evaluate(
+            model,
+            self.text,
+            prompts,
+            intervention,
+            self.tokens,
+            self.settings,
+            on_progress,
+        )
+        .await?;
+        Ok(Judged::of(report, harmful))
+    }
+
+    /// ASR on the harmful set.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`evaluate`].
+    pub async fn harmful(
+        &self,
+        model: &Llama,
+        intervention: &Intervention,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Judged, PipelineError> {
+        self.judged(model, true, intervention, on_progress).await
+    }
+
+    /// Refusal rate on the harmless set.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`evaluate`].
+    pub async fn harmless(
+        &self,
+        model: &Llama,
+        intervention: &Intervention,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Judged, PipelineError> {
+        self.judged(model, false, intervention, on_progress).await
+    }
+
+    /// Both sets with no intervention.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`evaluate`].
+    pub async fn baseline(
+        &self,
+        model: &Llama,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Baseline, PipelineError> {
+        let none = Intervention::None;
+        Ok(Baseline {
+            asr: self.harmful(model, &none, on_progress).await?.rate,
+            harmless_refusal: self.harmless(model, &none, on_progress).await?.rate,
+        })
+    }
+
+    /// Mean `KL(reference || other under intervention)` on the harmless set.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`kl_between`].
+    pub async fn kl(
+        &self,
+        reference: &Llama,
+        other: &Llama,
+        intervention: &Intervention,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<f64, PipelineError> {
+        kl_between(
+            reference,
+            other,
+            intervention,
+            &self.harmless_ids,
+            self.settings.batch_size,
+            on_progress,
+        )
+        .await
+    }
+}

@@ -11,11 +11,13 @@ pub mod compare;
 pub mod directions;
 pub mod encoding;
 pub mod evaluate;
+pub mod find;
 pub mod intervention;
 pub mod judge;
 pub mod orthogonalize;
 pub mod plots;
 pub mod prompts;
+pub mod repair_study;
 pub mod score;
 pub mod select;
 pub mod variant;
@@ -78,6 +80,14 @@ pub enum PipelineError {
     Chat(#[from] crate::chat::ChatError),
     #[error("the {0} prompt set is empty")]
     NoPrompts(&'static str),
+    #[error(
+        "the built-in {set} set gives {n_train} training and {n_val} validation prompts; at least 2 and 1 are needed"
+    )]
+    TooFewPrompts {
+        set: &'static str,
+        n_train: usize,
+        n_val: usize,
+    },
     #[error("the vector has {got} dimensions but the model's residual stream has {expected}")]
     WidthMismatch { expected: usize, got: usize },
     #[error("layer {layer} does not exist (the model has {n_layers} layers)")]
@@ -97,6 +107,10 @@ pub enum PipelineError {
     NeedsDirection(&'static str),
     #[error("the `{0}` completion needs a compressed model")]
     NeedsCompressed(&'static str),
+    #[error(
+        "no candidate direction passed METHOD §6, and none below layer {layer_limit} has KL <= {kl_max} (the fallback's bound)"
+    )]
+    NoCandidate { kl_max: f64, layer_limit: usize },
 }
 
 /// Reports progress and turns a cancel request into [`PipelineError::Cancelled`].

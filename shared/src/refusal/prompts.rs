@@ -9,6 +9,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::evaluate::{EvalSettings, Judge};
+use super::{EncodedSplit, PipelineError, RefusalTokens};
+use crate::load::TextAssets;
+
 /// One instruction, with the category its set gives it, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prompt {
@@ -182,6 +186,122 @@ pub struct PromptUse {
     pub n_val: usize,
 }
 
+/// Where every set of a study came from (for reports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptUses {
+    pub harmful: PromptUse,
+    pub harmless: PromptUse,
+    pub eval_harmful: String,
+    pub eval_harmless: String,
+    pub n_eval_harmful: usize,
+    pub n_eval_harmless: usize,
+}
+
+/// Every prompt set of a study (compare, repair): training and validation prompts of each
+/// kind, the evaluation sets, and where they came from.
+#[derive(Debug, Clone)]
+pub struct StudyPrompts {
+    pub harmful: Vec<Prompt>,
+    pub harmless: Vec<Prompt>,
+    pub val_harmful: Vec<Prompt>,
+    pub val_harmless: Vec<Prompt>,
+    pub eval_harmful: Vec<Prompt>,
+    pub eval_harmless: Vec<Prompt>,
+    pub uses: PromptUses,
+}
+
+impl StudyPrompts {
+    /// The built-in sets, each held out by [`hold_out`] with `seed`, evaluated on the first
+    /// `n_eval` validation prompts: what the CLI uses when no prompt file is given.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::NoPrompts`] when a set gives fewer than 2 training or 1 validation
+    /// prompts.
+    pub fn builtin(
+        n_train: usize,
+        n_val: usize,
+        n_eval: usize,
+        seed: u64,
+    ) -> Result<StudyPrompts, PipelineError> {
+        let split = |name: &'static str, all: Vec<Prompt>| {
+            let (train, val) = hold_out(all, n_train, n_val, seed);
+            if train.len() < 2 || val.is_empty() {
+                return Err(PipelineError::TooFewPrompts {
+                    set: name,
+                    n_train: train.len(),
+                    n_val: val.len(),
+                });
+            }
+            let used = PromptUse {
+                train_source: format!("built-in {name} set"),
+                val_source: format!("built-in {name} set"),
+                n_train: train.len(),
+                n_val: val.len(),
+            };
+            Ok((train, val, used))
+        };
+        if n_eval == 0 {
+            return Err(PipelineError::NoPrompts("evaluation"));
+        }
+        let (harmful, val_harmful, harmful_use) = split("harmful", builtin_harmful())?;
+        let (harmless, val_harmless, harmless_use) = split("harmless", builtin_harmless())?;
+        let eval = |val: &[Prompt]| val[..n_eval.min(val.len())].to_vec();
+        let (eval_harmful, eval_harmless) = (eval(&val_harmful), eval(&val_harmless));
+        Ok(StudyPrompts {
+            uses: PromptUses {
+                harmful: harmful_use,
+                harmless: harmless_use,
+                eval_harmful: "harmful validation set".into(),
+                eval_harmless: "harmless validation set".into(),
+                n_eval_harmful: eval_harmful.len(),
+                n_eval_harmless: eval_harmless.len(),
+            },
+            harmful,
+            harmless,
+            val_harmful,
+            val_harmless,
+            eval_harmful,
+            eval_harmless,
+        })
+    }
+
+    /// The training and validation sets as token ids.
+    ///
+    /// # Errors
+    ///
+    /// Template and tokenizer errors.
+    pub fn encoded_split(&self, text: &TextAssets) -> Result<EncodedSplit, PipelineError> {
+        EncodedSplit::new(
+            text,
+            &self.harmful,
+            &self.harmless,
+            &self.val_harmful,
+            &self.val_harmless,
+        )
+    }
+
+    /// The judge of the evaluation sets.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Judge::new`].
+    pub fn judge<'a>(
+        &'a self,
+        text: &'a TextAssets,
+        tokens: &'a RefusalTokens,
+        settings: EvalSettings,
+    ) -> Result<Judge<'a>, PipelineError> {
+        Judge::new(
+            text,
+            &self.eval_harmful,
+            &self.eval_harmless,
+            tokens,
+            settings,
+        )
+    }
+}
+
 /// Training and validation prompts held out from one set: the set in the seeded order of
 /// [`shuffled`], its first `n_val` prompts for validation and the next `n_train` for training
 /// (either may come out shorter when the set is small).
@@ -222,6 +342,24 @@ mod tests {
         assert_eq!(train, order[3..9]);
         let (train, val) = hold_out(all, 20, 4, 5);
         assert_eq!((train.len(), val.len()), (6, 4));
+    }
+
+    #[test]
+    fn a_builtin_study_evaluates_on_the_first_validation_prompts() {
+        let sets = StudyPrompts::builtin(10, 6, 4, 3).unwrap();
+        let (train, val) = hold_out(builtin_harmful(), 10, 6, 3);
+        assert_eq!((sets.harmful, sets.val_harmful.clone()), (train, val));
+        assert_eq!(sets.eval_harmful, sets.val_harmful[..4]);
+        assert_eq!(sets.eval_harmless, sets.val_harmless[..4]);
+        assert_eq!(sets.uses.n_eval_harmless, 4);
+        assert!(matches!(
+            StudyPrompts::builtin(1, 6, 4, 3),
+            Err(PipelineError::TooFewPrompts { n_train: 1, .. })
+        ));
+        assert!(matches!(
+            StudyPrompts::builtin(10, 6, 0, 3),
+            Err(PipelineError::NoPrompts("evaluation"))
+        ));
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! The comparison (METHOD §9) and repair study (METHOD §10) of the core, end to end on the tiny
+//! model, checked against what must hold whatever the weights: a model compared with itself
+//! has the same direction at every cell, and a repair study's variants relate to each other as
+//! their definitions say.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use futures_lite::future::block_on;
+use refusal_core::compress::{Method, Sparsity, compress};
+use refusal_core::refusal::aird::AirdSettings;
+use refusal_core::refusal::compare::{Comparison, RepairSettings};
+use refusal_core::refusal::evaluate::EvalSettings;
+use refusal_core::refusal::find::{FindSettings, find_direction};
+use refusal_core::refusal::prompts::StudyPrompts;
+use refusal_core::refusal::repair_study::{VARIANTS, repair_study};
+use refusal_core::refusal::score::TokenOrigin;
+use refusal_core::refusal::select::ChosenBy;
+use refusal_core::refusal::{Intervention, RefusalTokens, SelectionSettings};
+use refusal_lens::device::Backend;
+use refusal_lens::model_args::ModelArgs;
+use refusal_lens::open::LoadedModel;
+use refusal_lens::tiny_model::write_tiny_model;
+
+fn tiny() -> LoadedModel {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("study-models");
+    let path = write_tiny_model(&dir, "tiny-llama").unwrap();
+    ModelArgs {
+        model: path.display().to_string(),
+        backend: Backend::Cpu,
+    }
+    .load()
+    .unwrap()
+}
+
+fn quiet() -> impl FnMut(refusal_core::refusal::Progress) -> ControlFlow<()> {
+    |_| ControlFlow::Continue(())
+}
+
+/// The random model refuses nothing, so METHOD §6 passes no candidate: the fallback chooses,
+/// among both layers (layer 0's post-instruction tokens are the same in every prompt).
+fn find_settings() -> FindSettings {
+    FindSettings {
+        selection: SelectionSettings {
+            max_layer_fraction: 1.0,
+            batch_size: 4,
+            score_deep_layers: false,
+            ..SelectionSettings::default()
+        },
+        positions: Some(vec![-1, -2]),
+        fallback_kl_max: f64::INFINITY,
+    }
+}
+
+#[test]
+fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
+    let loaded = tiny();
+    let (base, text) = (&loaded.llama, &loaded.text);
+    let sets = StudyPrompts::builtin(6, 3, 3, 1).unwrap();
+    assert_eq!(sets.eval_harmful, sets.val_harmful);
+    let split = sets.encoded_split(text).unwrap();
+    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
+    let settings = EvalSettings {
+        max_new_tokens: 3,
+        batch_size: 4,
+    };
+    let judge = sets.judge(text, &tokens, settings).unwrap();
+    let find = find_settings();
+    let found = block_on(find_direction(base, &split, &tokens, &find, &mut quiet())).unwrap();
+    assert_eq!(found.chosen_by, ChosenBy::Fallback);
+    let comparison = Comparison {
+        base,
+        base_found: &found,
+        split: &split,
+        judge: &judge,
+        find: &find,
+        coeff: 1.0,
+        repair: Some(RepairSettings {
+            alpha: 1.0,
+            lambda: None,
+        }),
+    };
+    let same = block_on(comparison.measure("itself", base, None, &mut quiet())).unwrap();
+    // Every defined cell has cosine 1 (layer 0's shared positions are NaN, zero directions).
+    let defined: Vec<f64> = same
+        .cosines
+        .iter()
+        .copied()
+        .filter(|c| !c.is_nan())
+        .collect();
+    assert!(!defined.is_empty());
+    assert!(
+        defined.iter().all(|c| (c - 1.0).abs() < 1e-5),
+        "{defined:?}"
+    );
+    assert!((same.cosine_at_base_selected - 1.0).abs() < 1e-5);
+    assert_eq!(
+        (same.direction.layer, same.direction.position),
+        (found.chosen.layer, found.chosen.position)
+    );
+    assert!((same.decomposition.share_along - 1.0).abs() < 1e-5);
+    // Its own direction is the base's: ablating and adding either gives the same completions.
+    assert_eq!(same.asr_ablate_own, same.asr_ablate_base);
+    assert_eq!(
+        same.harmless_refusal_add_own,
+        same.harmless_refusal_add_base
+    );
+    let none = block_on(judge.harmful(base, &Intervention::None, &mut quiet())).unwrap();
+    assert_eq!(same.baseline.asr, none.rate);
+    // Nothing to repair: the projections already match, so the update is ~zero.
+    let aird = same.aird.unwrap();
+    assert!(aird.fit.train.mse_before < 1e-8, "{:?}", aird.fit.train);
+    assert!(aird.kl_to_base < 1e-6 && aird.kl_to_compressed < 1e-6);
+    assert_eq!(aird.asr.rate, none.rate);
+}
+
+#[test]
+fn the_repair_study_judges_five_variants_against_the_compressed_model() {
+    let loaded = tiny();
+    let (base, text) = (&loaded.llama, &loaded.text);
+    let sets = StudyPrompts::builtin(6, 3, 3, 2).unwrap();
+    let split = sets.encoded_split(text).unwrap();
+    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
+    let settings = EvalSettings {
+        max_new_tokens: 3,
+        batch_size: 4,
+    };
+    let judge = sets.judge(text, &tokens, settings).unwrap();
+    let pruned = block_on(compress(
+        base.clone(),
+        Method::Magnitude(Sparsity::Unstructured(0.5)),
+        &[],
+        0,
+        4,
+        &mut quiet(),
+    ))
+    .unwrap()
+    .model;
+    let direction: Vec<f32> = (0..base.config().d_model)
+        .map(|i| (i % 7) as f32 - 3.0)
+        .collect();
+    let aird = AirdSettings {
+        layer: 1,
+        alpha: 1.0,
+        lambda: None,
+        batch_size: 4,
+    };
+    let study = block_on(repair_study(
+        base,
+        &pruned,
+        &direction,
+        -1,
+        aird,
+        &split,
+        &judge,
+        None,
+        &mut quiet(),
+    ))
+    .unwrap();
+    let names: Vec<&str> = study.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, VARIANTS);
+    let by_name = |n: &str| study.variants.iter().find(|v| v.name == n).unwrap();
+    assert!(by_name("compressed").kl_to_compressed.abs() < 1e-9);
+    let base_kl = block_on(judge.kl(&pruned, base, &Intervention::None, &mut quiet())).unwrap();
+    assert!((by_name("base").kl_to_compressed - base_kl).abs() < 1e-9);
+    assert!(by_name("compressed+aird").kl_to_compressed > 0.0);
+    // The fit closes most of the projection gap it was fitted on.
+    assert!(study.fit.train.mse_after < study.fit.train.mse_before);
+    assert!(study.densification.density_after > study.densification.density_before);
+    assert!(study.drift.cosine.is_finite());
+}
