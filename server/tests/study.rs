@@ -13,7 +13,7 @@ use refusal_core::refusal::compare::{Comparison, RepairSettings};
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::find::{FindSettings, find_direction};
 use refusal_core::refusal::prompts::StudyPrompts;
-use refusal_core::refusal::repair_study::{VARIANTS, repair_study};
+use refusal_core::refusal::repair_study::{AlphaGrid, AlphaSearch, VARIANTS, repair_study};
 use refusal_core::refusal::score::TokenOrigin;
 use refusal_core::refusal::select::ChosenBy;
 use refusal_core::refusal::{Intervention, RefusalTokens, SelectionSettings};
@@ -73,11 +73,13 @@ fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
         base_found: &found,
         split: &split,
         judge: &judge,
+        validation: &judge,
         find: &find,
         coeff: 1.0,
         repair: Some(RepairSettings {
             alpha: 1.0,
             lambda: None,
+            alpha_grid: None,
         }),
     };
     let same = block_on(comparison.measure("itself", base, None, &mut quiet())).unwrap();
@@ -154,6 +156,7 @@ fn the_repair_study_judges_five_variants_against_the_compressed_model() {
         &split,
         &judge,
         None,
+        None,
         &mut quiet(),
     ))
     .unwrap();
@@ -168,4 +171,69 @@ fn the_repair_study_judges_five_variants_against_the_compressed_model() {
     assert!(study.fit.train.mse_after < study.fit.train.mse_before);
     assert!(study.densification.density_after > study.densification.density_before);
     assert!(study.drift.cosine.is_finite());
+}
+
+#[test]
+fn alpha_searched_on_validation_prompts_is_the_one_applied() {
+    let loaded = tiny();
+    let (base, text) = (&loaded.llama, &loaded.text);
+    let sets = StudyPrompts::builtin(6, 3, 3, 3).unwrap();
+    let split = sets.encoded_split(text).unwrap();
+    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
+    let settings = EvalSettings {
+        max_new_tokens: 3,
+        batch_size: 4,
+    };
+    let judge = sets.judge(text, &tokens, settings).unwrap();
+    let validation = sets.validation_judge(text, &tokens, settings).unwrap();
+    let pruned = block_on(compress(
+        base.clone(),
+        Method::Magnitude(Sparsity::Unstructured(0.5)),
+        &[],
+        0,
+        4,
+        &mut quiet(),
+    ))
+    .unwrap()
+    .model;
+    let direction: Vec<f32> = (0..base.config().d_model)
+        .map(|i| (i % 5) as f32 - 2.0)
+        .collect();
+    let grid = AlphaGrid {
+        candidates: vec![4.0, 0.0, 1.0, 4.0],
+        max_harmless_increase: 0.05,
+    };
+    let study = block_on(repair_study(
+        base,
+        &pruned,
+        &direction,
+        -1,
+        AirdSettings {
+            layer: 1,
+            alpha: 1.0,
+            lambda: None,
+            batch_size: 4,
+        },
+        &split,
+        &judge,
+        None,
+        Some(AlphaSearch {
+            grid: &grid,
+            validation: &validation,
+        }),
+        &mut quiet(),
+    ))
+    .unwrap();
+    let selection = study.alpha_selection.unwrap();
+    let tried: Vec<f32> = selection.scores.iter().map(|s| s.alpha).collect();
+    assert_eq!(tried, [0.0, 1.0, 4.0]);
+    // Gibberish is never judged a refusal: every alpha ties, and the smallest wins.
+    assert!(selection.scores.iter().all(|s| s.allowed && s.asr == 1.0));
+    assert_eq!((selection.alpha, study.fit.settings.alpha), (0.0, 0.0));
+    let kl =
+        block_on(judge.kl(&pruned, &study.repaired, &Intervention::None, &mut quiet())).unwrap();
+    assert!(
+        kl.abs() < 1e-9,
+        "alpha 0 must leave the compressed model as it is: KL {kl}"
+    );
 }

@@ -10,6 +10,7 @@ use refusal_core::refusal::compare::{
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::find::{FindSettings, find_direction};
 use refusal_core::refusal::prompts::StudyPrompts;
+use refusal_core::refusal::repair_study::AlphaGrid;
 use refusal_core::refusal::{EncodedPrompts, OnProgress, RefusalTokens, SelectionSettings};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -48,6 +49,11 @@ pub struct CompareRequest {
     pub alpha: f32,
     #[serde(default)]
     pub lambda: Option<f64>,
+    /// Choose α on the validation prompts among these instead (`--alpha-grid`).
+    #[serde(default)]
+    pub alpha_grid: Option<Vec<f32>>,
+    #[serde(default = "default_max_harmless_increase")]
+    pub max_harmless_increase: f64,
 }
 
 /// Prompts, calibration and judging, shared by the compare and repair requests.
@@ -72,6 +78,10 @@ fn default_fallback_kl_max() -> f64 {
     0.3
 }
 
+fn default_max_harmless_increase() -> f64 {
+    0.05
+}
+
 fn default_one() -> f32 {
     1.0
 }
@@ -86,6 +96,14 @@ fn default_max_new_tokens() -> usize {
 
 fn default_batch_size() -> usize {
     8
+}
+
+/// The α grid a request asks for, if any.
+pub(crate) fn alpha_grid(grid: &Option<Vec<f32>>, max_harmless_increase: f64) -> Option<AlphaGrid> {
+    grid.as_ref().map(|candidates| AlphaGrid {
+        candidates: candidates.clone(),
+        max_harmless_increase,
+    })
 }
 
 impl StudyRequest {
@@ -144,6 +162,9 @@ impl Engine {
         let judge = sets
             .judge(self.text(), &tokens, study.eval_settings())
             .map_err(js_error)?;
+        let validation = sets
+            .validation_judge(self.text(), &tokens, study.eval_settings())
+            .map_err(js_error)?;
         let defaults = SelectionSettings::default();
         let find = FindSettings {
             selection: SelectionSettings {
@@ -171,11 +192,13 @@ impl Engine {
             base_found: &base_found,
             split: &split,
             judge: &judge,
+            validation: &validation,
             find: &find,
             coeff: req.coeff,
-            repair: req.aird.then_some(RepairSettings {
+            repair: req.aird.then(|| RepairSettings {
                 alpha: req.alpha,
                 lambda: req.lambda,
+                alpha_grid: alpha_grid(&req.alpha_grid, req.max_harmless_increase),
             }),
         };
         let mut compressed = Vec::with_capacity(req.compressed.len());

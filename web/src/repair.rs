@@ -6,11 +6,13 @@
 use js_sys::Function;
 use refusal_core::refusal::aird::AirdSettings;
 use refusal_core::refusal::directions::extract;
-use refusal_core::refusal::repair_study::{AirdReport, BaseDirection, RepairStudy, repair_study};
+use refusal_core::refusal::repair_study::{
+    AirdReport, AlphaSearch, BaseDirection, RepairStudy, repair_study,
+};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use crate::compare::StudyRequest;
+use crate::compare::{StudyRequest, alpha_grid};
 use crate::engine::{DirectionInput, Engine, EngineInfo};
 use crate::{js_error, js_progress};
 
@@ -35,6 +37,15 @@ pub struct RepairRequest {
     pub alpha: f32,
     #[serde(default)]
     pub lambda: Option<f64>,
+    /// Choose α on the validation prompts among these instead (`--alpha-grid`).
+    #[serde(default)]
+    pub alpha_grid: Option<Vec<f32>>,
+    #[serde(default = "default_max_harmless_increase")]
+    pub max_harmless_increase: f64,
+}
+
+fn default_max_harmless_increase() -> f64 {
+    0.05
 }
 
 fn default_position() -> isize {
@@ -108,6 +119,10 @@ impl Engine {
         let judge = sets
             .judge(self.text(), &tokens, study.eval_settings())
             .map_err(js_error)?;
+        let validation = sets
+            .validation_judge(self.text(), &tokens, study.eval_settings())
+            .map_err(js_error)?;
+        let grid = alpha_grid(&req.alpha_grid, req.max_harmless_increase);
         let (compressed, summary) = self
             .compressed_model(
                 &req.compressed,
@@ -125,6 +140,7 @@ impl Engine {
         };
         let RepairStudy {
             fit,
+            alpha_selection,
             densification,
             drift,
             variants,
@@ -138,6 +154,10 @@ impl Engine {
             &split,
             &judge,
             None,
+            grid.as_ref().map(|grid| AlphaSearch {
+                grid,
+                validation: &validation,
+            }),
             &mut progress,
         )
         .await
@@ -149,6 +169,7 @@ impl Engine {
             prompts: sets.uses.clone(),
             base_direction,
             fit,
+            alpha_selection,
             densification,
             drift,
             variants,

@@ -16,11 +16,11 @@ use refusal_core::model::WeightName;
 use refusal_core::refusal::aird::AirdSettings;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::repair_study::{
-    AirdReport, BaseDirection, PerplexityText, RepairStudy, repair_study,
+    AirdReport, AlphaSearch, BaseDirection, PerplexityText, RepairStudy, repair_study,
 };
 
 use super::compress::CalibrationArgs;
-use super::pipeline::{PromptArgs, compressed_model, lazy_calibration};
+use super::pipeline::{AlphaArgs, PromptArgs, compressed_model, lazy_calibration};
 use super::{JudgeArgs, describe_tokens, refusal_tokens};
 use crate::direction_file::DirectionFile;
 use crate::model_args::BaseArgs;
@@ -47,8 +47,8 @@ pub struct AirdArgs {
     /// baseline), counted from the end.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub position: isize,
-    #[arg(long, default_value_t = 1.0)]
-    pub alpha: f32,
+    #[command(flatten)]
+    pub alpha: AlphaArgs,
     /// Ridge penalty (default: chosen on the validation prompts).
     #[arg(long)]
     pub lambda: Option<f64>,
@@ -151,7 +151,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     )?;
     let settings = AirdSettings {
         layer,
-        alpha: args.alpha,
+        alpha: args.alpha.alpha,
         lambda: args.lambda,
         batch_size: args.judge.batch_size,
     };
@@ -161,10 +161,13 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let judge = sets.judge(&loaded.text, &tokens, args.judge.settings())?;
+    let validation = sets.validation_judge(&loaded.text, &tokens, args.judge.settings())?;
+    let grid = args.alpha.grid();
     eprintln!("repairing with AIRD at layer {layer} and judging five variants");
     let RepairStudy {
         repaired,
         fit,
+        alpha_selection,
         densification,
         drift,
         variants,
@@ -180,6 +183,10 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
             text,
             window: args.window,
         }),
+        grid.as_ref().map(|grid| AlphaSearch {
+            grid,
+            validation: &validation,
+        }),
         &mut |p| bar.update(p),
     ))?;
     bar.finish();
@@ -187,6 +194,23 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
         fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
     );
+    if let Some(sel) = &alpha_selection {
+        eprintln!(
+            "alpha chosen on the validation prompts: {} (compressed model's harmless refusal {:.1}%, bound +{:.1} points)",
+            sel.alpha,
+            100.0 * sel.compressed_harmless_refusal,
+            100.0 * sel.grid.max_harmless_increase
+        );
+        for a in &sel.scores {
+            eprintln!(
+                "  alpha {:<5} ASR {:>5.1}%  harmless refusal {:>5.1}%{}",
+                a.alpha,
+                100.0 * a.asr,
+                100.0 * a.harmless_refusal,
+                if a.allowed { "" } else { "  (over the bound)" }
+            );
+        }
+    }
 
     // Every linear layer differs from the base (compressed, and one repaired).
     let changed: Vec<WeightName> = (0..repaired.config().n_layers)
@@ -194,7 +218,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         .collect();
     let note = format!(
         "{} repaired by AIRD at layer {layer} (alpha {}, lambda {:.3e})",
-        args.compressed, args.alpha, fit.lambda
+        args.compressed, fit.settings.alpha, fit.lambda
     );
     save(
         &DerivedModel {
@@ -214,6 +238,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         prompts: sets.uses,
         base_direction,
         fit,
+        alpha_selection,
         densification,
         drift,
         variants,

@@ -15,7 +15,7 @@ use refusal_core::refusal::plots::layer_curves;
 
 use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;
-use super::pipeline::{PromptArgs, compressed_model, find_direction, lazy_calibration};
+use super::pipeline::{AlphaArgs, PromptArgs, compressed_model, find_direction, lazy_calibration};
 use super::{JudgeArgs, describe_tokens, refusal_tokens};
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
@@ -56,9 +56,8 @@ pub struct CompareArgs {
     /// Also repair every compressed model with AIRD (METHOD §10) and evaluate the repair.
     #[arg(long)]
     pub aird: bool,
-    /// AIRD's update scale.
-    #[arg(long, default_value_t = 1.0)]
-    pub alpha: f32,
+    #[command(flatten)]
+    pub alpha: AlphaArgs,
     /// AIRD's ridge penalty (default: chosen on the validation prompts).
     #[arg(long)]
     pub lambda: Option<f64>,
@@ -89,6 +88,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
         fallback_kl_max: args.fallback_kl_max,
     };
     let judge = sets.judge(&loaded.text, &tokens, args.judge.settings())?;
+    let validation = sets.validation_judge(&loaded.text, &tokens, args.judge.settings())?;
 
     eprintln!(
         "base model {}: finding its refusal direction",
@@ -111,11 +111,13 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
         base_found: &base_found,
         split: &split,
         judge: &judge,
+        validation: &validation,
         find: &find,
         coeff: args.coeff,
-        repair: args.aird.then_some(RepairSettings {
-            alpha: args.alpha,
+        repair: args.aird.then(|| RepairSettings {
+            alpha: args.alpha.alpha,
             lambda: args.lambda,
+            alpha_grid: args.alpha.grid(),
         }),
     };
 

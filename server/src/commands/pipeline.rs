@@ -12,6 +12,7 @@ use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::find::{self, FindSettings, FoundDirection};
 use refusal_core::refusal::prompts::{PromptUses, StudyPrompts, without};
+use refusal_core::refusal::repair_study::AlphaGrid;
 use refusal_core::refusal::{EncodedSplit, RefusalTokens};
 
 use super::compress::{Calibration, CalibrationArgs, compress_model};
@@ -92,6 +93,33 @@ impl PromptArgs {
             eval_harmful,
             eval_harmless,
             uses,
+        })
+    }
+}
+
+/// AIRD's scale α: given, or chosen on the validation prompts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AlphaArgs {
+    /// AIRD's update scale (1 matches the base projection on the training prompts).
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// Choose α on the validation prompts among these (comma-separated, e.g. 1,2,4,8): the
+    /// lowest validation ASR whose harmless refusal stays within --max-harmless-increase of
+    /// the compressed model's. Replaces --alpha.
+    #[arg(long, value_delimiter = ',')]
+    pub alpha_grid: Vec<f32>,
+    /// The bound of --alpha-grid: the largest rise in harmless refusal rate allowed (0.05 is
+    /// five points).
+    #[arg(long, default_value_t = 0.05)]
+    pub max_harmless_increase: f64,
+}
+
+impl AlphaArgs {
+    /// The grid to search, when one was given.
+    pub fn grid(&self) -> Option<AlphaGrid> {
+        (!self.alpha_grid.is_empty()).then(|| AlphaGrid {
+            candidates: self.alpha_grid.clone(),
+            max_harmless_increase: self.max_harmless_increase,
         })
     }
 }

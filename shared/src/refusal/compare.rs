@@ -8,13 +8,14 @@ use web_time::Instant;
 use crate::compress::Summary;
 use crate::model::Llama;
 
-use super::aird::{AirdFit, AirdSettings, Densification, Repaired, repair};
+use super::aird::{AirdFit, AirdSettings, Densification, Repaired};
 use super::directions::CandidateDirections;
 use super::evaluate::{Baseline, Judge, Judged};
 use super::find::{FindSettings, FoundDirection, find_direction};
 use super::intervention::check_width;
 use super::plots::{ColorScale, heatmap};
 use super::prompts::PromptUses;
+use super::repair_study::{AlphaGrid, AlphaSearch, AlphaSelection, repair_with_alpha};
 use super::select::{CandidateScore, ChosenBy};
 use super::{EncodedSplit, Intervention, OnProgress, PipelineError, RefusalTokens};
 
@@ -198,6 +199,9 @@ impl Chosen {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AirdOutcome {
     pub fit: AirdFit,
+    /// How α was chosen, when it was searched on the validation prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_selection: Option<AlphaSelection>,
     pub densification: Densification,
     pub asr: Judged,
     pub harmless_refusal: Judged,
@@ -268,11 +272,14 @@ pub struct CompareReport<M> {
 }
 
 /// AIRD's scale and penalty in a comparison (it is fitted at the base's selected layer).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RepairSettings {
     pub alpha: f32,
     /// A fixed ridge penalty; `None` chooses it on the validation prompts.
     pub lambda: Option<f64>,
+    /// When set, α is chosen on the validation prompts instead.
+    #[serde(default)]
+    pub alpha_grid: Option<AlphaGrid>,
 }
 
 /// A comparison under way: the base model with its direction, the prompts, and how every
@@ -284,6 +291,8 @@ pub struct Comparison<'a> {
     /// same ones as the base's, and AIRD is fitted on them.
     pub split: &'a EncodedSplit,
     pub judge: &'a Judge<'a>,
+    /// Judges the validation prompts (AIRD's α search).
+    pub validation: &'a Judge<'a>,
     pub find: &'a FindSettings,
     /// Activation-addition coefficient for sufficiency and transfer.
     pub coeff: f32,
@@ -341,7 +350,7 @@ impl Comparison<'_> {
                 on_progress,
             )
             .await?;
-        let aird = match self.repair {
+        let aird = match &self.repair {
             Some(r) => Some(self.repaired(compressed, r, on_progress).await?),
             None => None,
         };
@@ -366,7 +375,7 @@ impl Comparison<'_> {
     async fn repaired(
         &self,
         compressed: &Llama,
-        settings: RepairSettings,
+        settings: &RepairSettings,
         on_progress: &mut OnProgress<'_>,
     ) -> Result<AirdOutcome, PipelineError> {
         let started = Instant::now();
@@ -376,17 +385,25 @@ impl Comparison<'_> {
             lambda: settings.lambda,
             batch_size: self.judge.settings.batch_size,
         };
-        let Repaired {
-            model: repaired,
-            fit,
-            densification,
-            ..
-        } = repair(
+        let search = settings.alpha_grid.as_ref().map(|grid| AlphaSearch {
+            grid,
+            validation: self.validation,
+        });
+        let (
+            Repaired {
+                model: repaired,
+                fit,
+                densification,
+                ..
+            },
+            alpha_selection,
+        ) = repair_with_alpha(
             self.base,
-            compressed.clone(),
+            compressed,
             &self.base_found.vector,
             aird,
             self.split,
+            search,
             on_progress,
         )
         .await?;
@@ -398,6 +415,7 @@ impl Comparison<'_> {
             kl_to_compressed: judge.kl(compressed, &repaired, &none, on_progress).await?,
             kl_to_base: judge.kl(self.base, &repaired, &none, on_progress).await?,
             fit,
+            alpha_selection,
             densification,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -111,6 +111,8 @@ pub enum PipelineError {
         "no candidate direction passed METHOD §6, and none below layer {layer_limit} has KL <= {kl_max} (the fallback's bound)"
     )]
     NoCandidate { kl_max: f64, layer_limit: usize },
+    #[error("no AIRD scale alpha to choose from")]
+    NoAlpha,
 }
 
 /// Reports progress and turns a cancel request into [`PipelineError::Cancelled`].

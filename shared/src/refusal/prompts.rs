@@ -281,6 +281,27 @@ impl StudyPrompts {
         )
     }
 
+    /// The judge of the validation sets (choices made on them, such as AIRD's scale, are
+    /// then measured on the evaluation sets).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Judge::new`].
+    pub fn validation_judge<'a>(
+        &'a self,
+        text: &'a TextAssets,
+        tokens: &'a RefusalTokens,
+        settings: EvalSettings,
+    ) -> Result<Judge<'a>, PipelineError> {
+        Judge::new(
+            text,
+            &self.val_harmful,
+            &self.val_harmless,
+            tokens,
+            settings,
+        )
+    }
+
     /// The judge of the evaluation sets.
     ///
     /// # Errors

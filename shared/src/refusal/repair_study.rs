@@ -1,12 +1,16 @@
 //! AIRD against its two baselines (METHOD §10): a compressed model repaired by AIRD, and the
 //! same model with the base direction added at `l*`, or orthogonalized against the part of its
 //! own direction that drifted away from the base's, each judged like the base and the
-//! compressed model themselves.
+//! compressed model themselves. AIRD's scale can also be chosen on the validation prompts:
+//! the α that answers the fewest harmful prompts without refusing more harmless ones than the
+//! compressed model does, by more than a bound.
 
 use crate::compress::Summary;
 use crate::model::Llama;
 
-use super::aird::{AirdFit, AirdSettings, Densification, Repaired, compressed_direction, repair};
+use super::aird::{
+    AirdFit, AirdSettings, Densification, Repaired, apply, compressed_direction, repair,
+};
 use super::compare::{Decomposition, decompose};
 use super::evaluate::{CrossEntropy, Judge, Judged, cross_entropy};
 use super::orthogonalize::orthogonalize;
@@ -55,6 +59,8 @@ pub struct PerplexityText<'a> {
 pub struct RepairStudy {
     pub repaired: Llama,
     pub fit: AirdFit,
+    /// How α was chosen, when it was searched.
+    pub alpha_selection: Option<AlphaSelection>,
     pub densification: Densification,
     /// C's own direction at (`l*`, position) along the base direction.
     pub drift: Decomposition,
@@ -72,6 +78,8 @@ pub struct AirdReport<M> {
     pub prompts: PromptUses,
     pub base_direction: BaseDirection,
     pub fit: AirdFit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_selection: Option<AlphaSelection>,
     pub densification: Densification,
     pub drift: Decomposition,
     pub variants: Vec<VariantOutcome>,
@@ -79,6 +87,161 @@ pub struct AirdReport<M> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     pub seconds: f64,
+}
+
+/// The scales α tried on the validation prompts, and how much more harmless refusal than the
+/// compressed model's is acceptable.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlphaGrid {
+    pub candidates: Vec<f32>,
+    /// The largest rise in harmless refusal rate allowed (0.05: five points).
+    pub max_harmless_increase: f64,
+}
+
+/// One α on the validation prompts.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlphaScore {
+    pub alpha: f32,
+    pub asr: f64,
+    pub harmless_refusal: f64,
+    /// Within the harmless-refusal bound.
+    pub allowed: bool,
+}
+
+/// The α chosen on the validation prompts, and every α tried.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlphaSelection {
+    pub alpha: f32,
+    pub grid: AlphaGrid,
+    /// The compressed model's harmless refusal on the validation prompts (the bound's base).
+    pub compressed_harmless_refusal: f64,
+    pub scores: Vec<AlphaScore>,
+}
+
+/// Chooses α for the fitted update on the validation prompts judged by `validation`: the
+/// lowest ASR among the α whose harmless refusal stays within the bound (the smallest such α
+/// on ties); when none does, the one with the least harmless refusal. Returns the choice and
+/// `compressed` repaired with it.
+///
+/// # Errors
+///
+/// Pipeline errors and cancellation; [`PipelineError::NoAlpha`] for an empty grid.
+pub async fn choose_alpha(
+    compressed: &Llama,
+    base_direction: &[f32],
+    fit: &AirdFit,
+    grid: &AlphaGrid,
+    validation: &Judge<'_>,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<(AlphaSelection, Llama), PipelineError> {
+    let none = Intervention::None;
+    let reference = validation
+        .harmless(compressed, &none, on_progress)
+        .await?
+        .rate;
+    let mut candidates = grid.candidates.clone();
+    candidates.sort_by(f32::total_cmp);
+    candidates.dedup();
+    let mut scores = Vec::with_capacity(candidates.len());
+    let mut models = Vec::with_capacity(candidates.len());
+    for alpha in candidates {
+        let scaled = AirdFit {
+            settings: AirdSettings {
+                alpha,
+                ..fit.settings.clone()
+            },
+            ..fit.clone()
+        };
+        let (model, _) = apply(compressed.clone(), base_direction, &scaled).await?;
+        let harmless_refusal = validation.harmless(&model, &none, on_progress).await?.rate;
+        scores.push(AlphaScore {
+            alpha,
+            asr: validation.harmful(&model, &none, on_progress).await?.rate,
+            harmless_refusal,
+            allowed: harmless_refusal <= reference + grid.max_harmless_increase + 1e-9,
+        });
+        models.push(model);
+    }
+    let best = best_alpha(&scores).ok_or(PipelineError::NoAlpha)?;
+    let (chosen, model) = (scores[best], models.swap_remove(best));
+    Ok((
+        AlphaSelection {
+            alpha: chosen.alpha,
+            grid: grid.clone(),
+            compressed_harmless_refusal: reference,
+            scores,
+        },
+        model,
+    ))
+}
+
+/// The index of the best α: the lowest ASR among those within the bound, else the least
+/// harmless refusal; the first (smallest α, in a sorted grid) on ties.
+fn best_alpha(scores: &[AlphaScore]) -> Option<usize> {
+    let allowed: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].allowed).collect();
+    let key = |i: &usize| {
+        if allowed.is_empty() {
+            scores[*i].harmless_refusal
+        } else {
+            scores[*i].asr
+        }
+    };
+    let pool = if allowed.is_empty() {
+        (0..scores.len()).collect()
+    } else {
+        allowed.clone()
+    };
+    pool.into_iter()
+        .min_by(|a, b| key(a).total_cmp(&key(b)).then(a.cmp(b)))
+}
+
+/// AIRD fitted on `split`, at the scale `settings` gives or chosen on the validation prompts
+/// when `search` is set.
+///
+/// # Errors
+///
+/// Those of [`repair`] and [`choose_alpha`].
+pub async fn repair_with_alpha(
+    base: &Llama,
+    compressed: &Llama,
+    base_direction: &[f32],
+    settings: AirdSettings,
+    split: &EncodedSplit,
+    search: Option<AlphaSearch<'_>>,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<(Repaired, Option<AlphaSelection>), PipelineError> {
+    let mut repaired = repair(
+        base,
+        compressed.clone(),
+        base_direction,
+        settings,
+        split,
+        on_progress,
+    )
+    .await?;
+    let Some(search) = search else {
+        return Ok((repaired, None));
+    };
+    let (selection, model) = choose_alpha(
+        compressed,
+        base_direction,
+        &repaired.fit,
+        search.grid,
+        search.validation,
+        on_progress,
+    )
+    .await?;
+    repaired.fit.settings.alpha = selection.alpha;
+    repaired.model = model;
+    Ok((repaired, Some(selection)))
+}
+
+/// α searched on the validation prompts.
+#[derive(Clone, Copy)]
+pub struct AlphaSearch<'a> {
+    pub grid: &'a AlphaGrid,
+    /// Judges the validation prompts.
+    pub validation: &'a Judge<'a>,
 }
 
 /// Repairs `compressed` by AIRD toward `base_direction` (fitted on `split`) and judges the
@@ -97,21 +260,26 @@ pub async fn repair_study(
     split: &EncodedSplit,
     judge: &Judge<'_>,
     perplexity: Option<PerplexityText<'_>>,
+    search: Option<AlphaSearch<'_>>,
     on_progress: &mut OnProgress<'_>,
 ) -> Result<RepairStudy, PipelineError> {
     let layer = settings.layer;
-    let Repaired {
-        model: repaired,
-        fit,
-        densification,
-        harmful,
-        harmless,
-    } = repair(
+    let (
+        Repaired {
+            model: repaired,
+            fit,
+            densification,
+            harmful,
+            harmless,
+        },
+        alpha_selection,
+    ) = repair_with_alpha(
         base,
-        compressed.clone(),
+        compressed,
         base_direction,
         settings,
         split,
+        search,
         on_progress,
     )
     .await?;
@@ -160,8 +328,40 @@ pub async fn repair_study(
     Ok(RepairStudy {
         repaired,
         fit,
+        alpha_selection,
         densification,
         drift,
         variants,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(alpha: f32, asr: f64, harmless_refusal: f64, allowed: bool) -> AlphaScore {
+        AlphaScore {
+            alpha,
+            asr,
+            harmless_refusal,
+            allowed,
+        }
+    }
+
+    #[test]
+    fn the_best_alpha_has_the_lowest_asr_within_the_bound() {
+        let scores = [
+            score(1.0, 0.75, 0.09, true),
+            score(2.0, 0.56, 0.09, true),
+            score(4.0, 0.40, 0.25, false),
+        ];
+        assert_eq!(best_alpha(&scores), Some(1));
+        // Ties go to the smaller alpha.
+        let tied = [score(1.0, 0.5, 0.0, true), score(2.0, 0.5, 0.0, true)];
+        assert_eq!(best_alpha(&tied), Some(0));
+        // None within the bound: the least harmless refusal.
+        let over = [score(1.0, 0.2, 0.3, false), score(2.0, 0.1, 0.2, false)];
+        assert_eq!(best_alpha(&over), Some(1));
+        assert_eq!(best_alpha(&[]), None);
+    }
 }
