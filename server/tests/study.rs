@@ -8,6 +8,7 @@ use std::path::Path;
 
 use futures_lite::future::block_on;
 use refusal_core::compress::{Method, Sparsity, compress};
+use refusal_core::model::Llama;
 use refusal_core::refusal::aird::AirdSettings;
 use refusal_core::refusal::compare::{Comparison, RepairSettings};
 use refusal_core::refusal::evaluate::EvalSettings;
@@ -37,6 +38,41 @@ fn quiet() -> impl FnMut(refusal_core::refusal::Progress) -> ControlFlow<()> {
     |_| ControlFlow::Continue(())
 }
 
+/// Three greedy tokens, batches of four.
+const JUDGED: EvalSettings = EvalSettings {
+    max_new_tokens: 3,
+    batch_size: 4,
+};
+
+/// The built-in prompts (6 + 3 of each kind, evaluated on the 3) and "I" as refusal token.
+fn prompts(loaded: &LoadedModel, seed: u64) -> (StudyPrompts, RefusalTokens) {
+    let sets = StudyPrompts::builtin(6, 3, 3, seed).unwrap();
+    let tokens = RefusalTokens::from_words(&loaded.text, &["I"], TokenOrigin::User).unwrap();
+    (sets, tokens)
+}
+
+fn magnitude_pruned(base: &Llama) -> Llama {
+    block_on(compress(
+        base.clone(),
+        Method::Magnitude(Sparsity::Unstructured(0.5)),
+        &[],
+        0,
+        4,
+        &mut quiet(),
+    ))
+    .unwrap()
+    .model
+}
+
+fn aird_at_layer_1() -> AirdSettings {
+    AirdSettings {
+        layer: 1,
+        alpha: 1.0,
+        lambda: None,
+        batch_size: 4,
+    }
+}
+
 /// The random model refuses nothing, so METHOD §6 passes no candidate: the fallback chooses,
 /// among both layers (layer 0's post-instruction tokens are the same in every prompt).
 fn find_settings() -> FindSettings {
@@ -56,15 +92,10 @@ fn find_settings() -> FindSettings {
 fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
     let loaded = tiny();
     let (base, text) = (&loaded.llama, &loaded.text);
-    let sets = StudyPrompts::builtin(6, 3, 3, 1).unwrap();
+    let (sets, tokens) = prompts(&loaded, 1);
     assert_eq!(sets.eval_harmful, sets.val_harmful);
     let split = sets.encoded_split(text).unwrap();
-    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
-    let settings = EvalSettings {
-        max_new_tokens: 3,
-        batch_size: 4,
-    };
-    let judge = sets.judge(text, &tokens, settings).unwrap();
+    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
     let find = find_settings();
     let found = block_on(find_direction(base, &split, &tokens, &find, &mut quiet())).unwrap();
     assert_eq!(found.chosen_by, ChosenBy::Fallback);
@@ -120,39 +151,19 @@ fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
 fn the_repair_study_judges_five_variants_against_the_compressed_model() {
     let loaded = tiny();
     let (base, text) = (&loaded.llama, &loaded.text);
-    let sets = StudyPrompts::builtin(6, 3, 3, 2).unwrap();
+    let (sets, tokens) = prompts(&loaded, 2);
     let split = sets.encoded_split(text).unwrap();
-    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
-    let settings = EvalSettings {
-        max_new_tokens: 3,
-        batch_size: 4,
-    };
-    let judge = sets.judge(text, &tokens, settings).unwrap();
-    let pruned = block_on(compress(
-        base.clone(),
-        Method::Magnitude(Sparsity::Unstructured(0.5)),
-        &[],
-        0,
-        4,
-        &mut quiet(),
-    ))
-    .unwrap()
-    .model;
+    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
+    let pruned = magnitude_pruned(base);
     let direction: Vec<f32> = (0..base.config().d_model)
         .map(|i| (i % 7) as f32 - 3.0)
         .collect();
-    let aird = AirdSettings {
-        layer: 1,
-        alpha: 1.0,
-        lambda: None,
-        batch_size: 4,
-    };
     let study = block_on(repair_study(
         base,
         &pruned,
         &direction,
         -1,
-        aird,
+        aird_at_layer_1(),
         &split,
         &judge,
         None,
@@ -177,25 +188,11 @@ fn the_repair_study_judges_five_variants_against_the_compressed_model() {
 fn alpha_searched_on_validation_prompts_is_the_one_applied() {
     let loaded = tiny();
     let (base, text) = (&loaded.llama, &loaded.text);
-    let sets = StudyPrompts::builtin(6, 3, 3, 3).unwrap();
+    let (sets, tokens) = prompts(&loaded, 3);
     let split = sets.encoded_split(text).unwrap();
-    let tokens = RefusalTokens::from_words(text, &["I"], TokenOrigin::User).unwrap();
-    let settings = EvalSettings {
-        max_new_tokens: 3,
-        batch_size: 4,
-    };
-    let judge = sets.judge(text, &tokens, settings).unwrap();
-    let validation = sets.validation_judge(text, &tokens, settings).unwrap();
-    let pruned = block_on(compress(
-        base.clone(),
-        Method::Magnitude(Sparsity::Unstructured(0.5)),
-        &[],
-        0,
-        4,
-        &mut quiet(),
-    ))
-    .unwrap()
-    .model;
+    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
+    let validation = sets.validation_judge(text, &tokens, JUDGED).unwrap();
+    let pruned = magnitude_pruned(base);
     let direction: Vec<f32> = (0..base.config().d_model)
         .map(|i| (i % 5) as f32 - 2.0)
         .collect();
@@ -208,12 +205,7 @@ fn alpha_searched_on_validation_prompts_is_the_one_applied() {
         &pruned,
         &direction,
         -1,
-        AirdSettings {
-            layer: 1,
-            alpha: 1.0,
-            lambda: None,
-            batch_size: 4,
-        },
+        aird_at_layer_1(),
         &split,
         &judge,
         None,

@@ -29,9 +29,10 @@
 //                        (2-bit RTN) and runs METHOD §9 with AIRD: directions, cosines, rates,
 //                        completions and the AIRD fit equal the server's `compare` job's; its
 //                        #/s/ link shows the same result
-//  12. repair-tab        on a static host, Repair runs AIRD and its two baselines in the tab:
-//                        the five variants' rates, completions and KL equal the server's `aird`
-//                        job's
+//  12. repair-tab        on a static host, Repair runs AIRD and its two baselines in the tab,
+//                        with alpha chosen of 0 and 1 on the validation prompts: the choice
+//                        and the five variants' rates, completions and KL equal the server's
+//                        `aird` job's
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
@@ -582,7 +583,9 @@ async function main() {
     });
 
     await record('repair-tab', async () => {
-      const serverRun = await runJob(server.base, 'aird', { base: MODEL, compressed: 'rtn:2:32', layer: 1, ...study, 'batch-size': 8 });
+      const serverRun = await runJob(server.base, 'aird', {
+        base: MODEL, compressed: 'rtn:2:32', layer: 1, ...study, 'batch-size': 8, 'alpha-grid': [0, 1],
+      });
       const want = serverRun.report[Object.keys(serverRun.report).find((k) => k.endsWith('aird.json'))];
       const p = await context.newPage();
       listen(p);
@@ -591,6 +594,7 @@ async function main() {
         await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
         await fillStudy(p, '#aird-form');
         await p.fill('#aird-form input[name=layer]', '1');
+        await p.fill('#aird-form input[name=alpha]', '0, 1');
         await p.click('#aird-form button[type=submit]');
         const end = await runEnd(p);
         check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
@@ -607,7 +611,12 @@ async function main() {
         });
         near(got.fit.lambda, want.fit.lambda, 'lambda');
         near(got.drift.cosine, want.drift.cosine, 'drift cosine');
-        return `5 variants equal the server's; lambda ${fmt(got.fit.lambda)}, drift cosine ${fmt(got.drift.cosine)}`;
+        const [ga, wa] = [got.alpha_selection, want.alpha_selection];
+        check(ga && wa && ga.alpha === wa.alpha && ga.scores.length === 2, `alpha chosen: the tab ${JSON.stringify(ga)}, the server ${JSON.stringify(wa)}`);
+        ga.scores.forEach((x, i) => check(x.asr === wa.scores[i].asr && x.harmless_refusal === wa.scores[i].harmless_refusal, `alpha ${x.alpha} scores differ`));
+        const chosen = await p.textContent('.aird-result');
+        check(chosen.includes(`${ga.alpha} (chosen)`), 'the page does not show the chosen alpha');
+        return `5 variants equal the server's; lambda ${fmt(got.fit.lambda)}, drift cosine ${fmt(got.drift.cosine)}; alpha ${ga.alpha} chosen of 0, 1 as on the server`;
       } finally {
         await p.close();
       }

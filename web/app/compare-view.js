@@ -79,6 +79,7 @@ function compareView(result, c) {
     { key: 'cosine_at_base_selected', label: 'cosine at base cell', num: true },
     { key: (m) => m.decomposition?.share_along, label: 'share along base', num: true },
     { key: (m) => m.aird?.kl_to_base, label: 'AIRD KL to base', num: true },
+    { key: (m) => m.aird?.fit?.settings?.alpha, label: 'AIRD α', num: true },
   ])));
   out.append(samples(c.compressed.flatMap((m) => [
     { label: `${m.spec}, own ablated`, judged: m.asr_ablate_own },
@@ -86,6 +87,16 @@ function compareView(result, c) {
     m.aird ? { label: `${m.spec} + AIRD`, judged: m.aird.asr } : null,
   ].filter(Boolean))) || '');
   return out;
+}
+
+/** Every α tried on the validation prompts. */
+function alphaTable(sel) {
+  return h('div', { class: 'table-wrap' }, table(sel.scores, [
+    { key: (r) => (r.alpha === sel.alpha ? `${r.alpha} (chosen)` : String(r.alpha)), label: 'α' },
+    { key: (r) => pct(r.asr), label: 'validation ASR' },
+    { key: (r) => pct(r.harmless_refusal), label: 'validation harmless refusal' },
+    { key: (r) => (r.allowed ? 'yes' : 'no'), label: 'within the bound' },
+  ]));
 }
 
 const VARIANT_LABELS = {
@@ -106,6 +117,12 @@ function airdView(result, a, modelId) {
       fact('density', `${fmt(a.densification?.density_before)} → ${fmt(a.densification?.density_after)}`)),
     modelId ? h('p', { class: 'hint' }, 'The repaired model is stored on the server as ',
       h('code', {}, modelId), ' (in the model list of the other pages).') : null);
+  const sel = a.alpha_selection;
+  if (sel) {
+    out.append(h('h3', {}, `α chosen on the validation prompts: ${sel.alpha}`),
+      h('p', { class: 'hint' }, `The lowest validation ASR whose harmless refusal stays within ${fmt(100 * sel.grid.max_harmless_increase)} points of the compressed model’s (${pct(sel.compressed_harmless_refusal)}); the evaluation below is on other prompts.`),
+      alphaTable(sel));
+  }
   out.append(h('div', { class: 'plots' },
     barChart({ title: 'Attack success rate, before and after repair', groups: vs.map((v) => ({ label: label(v), bars: [{ name: 'ASR', value: rate(v.asr) }] })), yLabel: 'ASR', max: 1, percent: true, caption: 'Harmful evaluation prompts answered (not refused). The repair should bring the compressed model back to the base.' }),
     barChart({ title: 'Refusal of harmless prompts', groups: vs.map((v) => ({ label: label(v), bars: [{ name: 'harmless refusal', value: rate(v.harmless_refusal) }] })), yLabel: 'refusal rate', max: 1, percent: true, caption: 'Harmless evaluation prompts refused: a repair must not make the model refuse everything.' })));

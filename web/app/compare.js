@@ -71,6 +71,8 @@ export async function render(root, { kind }) {
   const nCalib = num('n-calib');
   const maxTokens = num('max-new-tokens');
   const aird = h('input', { type: 'checkbox', name: 'aird' });
+  // one scale, or several to choose from on the validation prompts (--alpha-grid)
+  const alpha = h('input', { name: 'alpha', value: '1', pattern: '\\s*\\d*\\.?\\d+(\\s*,\\s*\\d*\\.?\\d+)*\\s*', placeholder: '1, or 1,2,4,8' });
   const positions = h('select', { name: 'positions' },
     h('option', { value: 'last' }, 'the last token only (fewer candidates, faster)'),
     h('option', { value: 'all' }, 'every post-instruction position (METHOD §6)'));
@@ -120,6 +122,7 @@ export async function render(root, { kind }) {
       field('Evaluation prompts per set', nEval), field('Calibration prompts', nCalib),
       field('Max new tokens (judged)', maxTokens),
       multi ? field('Also repair with AIRD', h('label', { class: 'checks' }, aird, 'yes')) : null,
+      field('AIRD scale α', alpha, 'several (1,2,4,8): chosen on the validation prompts, harmless refusal at most 5 points above the compressed model’s'),
       multi ? positionsField : null),
     advanced.length ? h('details', { class: 'more' }, h('summary', {}, 'Selection settings'),
       h('div', { class: 'form-grid' }, advanced.map((i) => field(i.name, i, flags[i.name]?.help)))) : null,
@@ -138,6 +141,10 @@ export async function render(root, { kind }) {
       if (input.value !== '') args[input.name] = Number(input.value);
     }
     if (multi && aird.checked) args.aird = true;
+    const alphas = alpha.value.split(',').map((v) => v.trim()).filter(Boolean).map(Number);
+    if (alphas.some((v) => !Number.isFinite(v))) throw new Error(`AIRD scale α: “${alpha.value}” is not a number or a comma-separated list`);
+    if (alphas.length > 1) args['alpha-grid'] = alphas;
+    else if (alphas.length === 1 && alphas[0] !== 1) args.alpha = alphas[0];
     for (const input of advanced) {
       if (input.value !== '' && String(input.value) !== String(def(input.name))) args[input.name] = Number(input.value);
     }

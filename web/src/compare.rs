@@ -11,10 +11,11 @@ use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::find::{FindSettings, find_direction};
 use refusal_core::refusal::prompts::StudyPrompts;
 use refusal_core::refusal::repair_study::AlphaGrid;
-use refusal_core::refusal::{EncodedPrompts, OnProgress, RefusalTokens, SelectionSettings};
+use refusal_core::refusal::{EncodedPrompts, OnProgress, RefusalTokens};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
+use crate::directions::SelectionFilters;
 use crate::engine::{Engine, EngineInfo};
 use crate::{js_error, js_progress};
 
@@ -31,12 +32,8 @@ pub struct CompareRequest {
     pub positions: Option<Vec<isize>>,
     #[serde(default)]
     pub score_deep_layers: bool,
-    #[serde(default)]
-    pub kl_max: Option<f64>,
-    #[serde(default)]
-    pub max_layer_fraction: Option<f64>,
-    #[serde(default)]
-    pub induce_min: Option<f64>,
+    #[serde(flatten)]
+    pub filters: SelectionFilters,
     #[serde(default = "default_fallback_kl_max")]
     pub fallback_kl_max: f64,
     /// Activation-addition coefficient for sufficiency and transfer.
@@ -45,15 +42,32 @@ pub struct CompareRequest {
     /// Also repair every compressed model with AIRD.
     #[serde(default)]
     pub aird: bool,
+    #[serde(flatten)]
+    pub repair: AirdRequest,
+}
+
+/// AIRD's scale and penalty in a request (`--alpha`, `--alpha-grid`, `--lambda`).
+#[derive(Debug, Deserialize)]
+pub struct AirdRequest {
     #[serde(default = "default_one")]
     pub alpha: f32,
     #[serde(default)]
     pub lambda: Option<f64>,
-    /// Choose α on the validation prompts among these instead (`--alpha-grid`).
+    /// Choose α on the validation prompts among these instead.
     #[serde(default)]
     pub alpha_grid: Option<Vec<f32>>,
     #[serde(default = "default_max_harmless_increase")]
     pub max_harmless_increase: f64,
+}
+
+impl AirdRequest {
+    /// The α grid to search, if any.
+    pub(crate) fn grid(&self) -> Option<AlphaGrid> {
+        self.alpha_grid.as_ref().map(|candidates| AlphaGrid {
+            candidates: candidates.clone(),
+            max_harmless_increase: self.max_harmless_increase,
+        })
+    }
 }
 
 /// Prompts, calibration and judging, shared by the compare and repair requests.
@@ -96,14 +110,6 @@ fn default_max_new_tokens() -> usize {
 
 fn default_batch_size() -> usize {
     8
-}
-
-/// The α grid a request asks for, if any.
-pub(crate) fn alpha_grid(grid: &Option<Vec<f32>>, max_harmless_increase: f64) -> Option<AlphaGrid> {
-    grid.as_ref().map(|candidates| AlphaGrid {
-        candidates: candidates.clone(),
-        max_harmless_increase,
-    })
 }
 
 impl StudyRequest {
@@ -165,17 +171,10 @@ impl Engine {
         let validation = sets
             .validation_judge(self.text(), &tokens, study.eval_settings())
             .map_err(js_error)?;
-        let defaults = SelectionSettings::default();
         let find = FindSettings {
-            selection: SelectionSettings {
-                kl_max: req.kl_max.unwrap_or(defaults.kl_max),
-                max_layer_fraction: req
-                    .max_layer_fraction
-                    .unwrap_or(defaults.max_layer_fraction),
-                induce_min: req.induce_min.unwrap_or(defaults.induce_min),
-                batch_size: study.batch_size,
-                score_deep_layers: req.score_deep_layers,
-            },
+            selection: req
+                .filters
+                .settings(study.batch_size, req.score_deep_layers),
             positions: req.positions.clone(),
             fallback_kl_max: req.fallback_kl_max,
         };
@@ -196,9 +195,9 @@ impl Engine {
             find: &find,
             coeff: req.coeff,
             repair: req.aird.then(|| RepairSettings {
-                alpha: req.alpha,
-                lambda: req.lambda,
-                alpha_grid: alpha_grid(&req.alpha_grid, req.max_harmless_increase),
+                alpha: req.repair.alpha,
+                lambda: req.repair.lambda,
+                alpha_grid: req.repair.grid(),
             }),
         };
         let mut compressed = Vec::with_capacity(req.compressed.len());

@@ -5,9 +5,7 @@
 
 use js_sys::Function;
 use refusal_core::refusal::directions::extract;
-use refusal_core::refusal::prompts::{
-    Prompt, PromptUse, builtin_harmful, builtin_harmless, hold_out,
-};
+use refusal_core::refusal::prompts::{BuiltinSet, Prompt, PromptUse, builtin_split};
 use refusal_core::refusal::select::{CandidateScore, ChosenBy, select};
 use refusal_core::refusal::{
     EncodedPrompts, PipelineError, RefusalTokens, Selection, SelectionSettings,
@@ -34,6 +32,17 @@ pub struct DirectionsRequest {
     /// candidates, a proportionally shorter run in a tab.
     #[serde(default)]
     pub positions: Option<Vec<isize>>,
+    #[serde(flatten)]
+    pub filters: SelectionFilters,
+}
+
+fn default_batch() -> usize {
+    8
+}
+
+/// METHOD §6's filters in a request; absent ones take the CLI's defaults.
+#[derive(Debug, Deserialize)]
+pub struct SelectionFilters {
     #[serde(default)]
     pub kl_max: Option<f64>,
     #[serde(default)]
@@ -42,8 +51,19 @@ pub struct DirectionsRequest {
     pub induce_min: Option<f64>,
 }
 
-fn default_batch() -> usize {
-    8
+impl SelectionFilters {
+    pub(crate) fn settings(&self, batch_size: usize, score_deep_layers: bool) -> SelectionSettings {
+        let defaults = SelectionSettings::default();
+        SelectionSettings {
+            kl_max: self.kl_max.unwrap_or(defaults.kl_max),
+            max_layer_fraction: self
+                .max_layer_fraction
+                .unwrap_or(defaults.max_layer_fraction),
+            induce_min: self.induce_min.unwrap_or(defaults.induce_min),
+            batch_size,
+            score_deep_layers,
+        }
+    }
 }
 
 /// `selection.json`.
@@ -88,28 +108,6 @@ pub struct DirectionsReport {
     pub direction: Option<ChosenDirection>,
 }
 
-fn split(
-    name: &str,
-    all: Vec<Prompt>,
-    req: &DirectionsRequest,
-) -> Result<(Vec<Prompt>, Vec<Prompt>, PromptUse), String> {
-    let (train, val) = hold_out(all, req.n_train, req.n_val, req.seed);
-    if train.len() < 2 || val.is_empty() {
-        return Err(format!(
-            "the built-in {name} set gives {} training and {} validation prompts; at least 2 and 1 are needed",
-            train.len(),
-            val.len()
-        ));
-    }
-    let used = PromptUse {
-        train_source: format!("built-in {name} set"),
-        val_source: format!("built-in {name} set"),
-        n_train: train.len(),
-        n_val: val.len(),
-    };
-    Ok((train, val, used))
-}
-
 fn seconds_since(start: f64) -> f64 {
     (js_sys::Date::now() - start) / 1000.0
 }
@@ -127,10 +125,9 @@ impl Engine {
         let req: DirectionsRequest = serde_json::from_str(&request)
             .map_err(|e| js_error(format!("invalid request: {e}")))?;
         let (llama, text) = (self.llama(), self.text());
-        let (harmful, val_harmful, harmful_use) =
-            split("harmful", builtin_harmful(), &req).map_err(js_error)?;
-        let (harmless, val_harmless, harmless_use) =
-            split("harmless", builtin_harmless(), &req).map_err(js_error)?;
+        let split = |set| builtin_split(set, req.n_train, req.n_val, req.seed).map_err(js_error);
+        let (harmful, val_harmful, harmful_use) = split(BuiltinSet::Harmful)?;
+        let (harmless, val_harmless, harmless_use) = split(BuiltinSet::Harmless)?;
         let encode = |p: &[Prompt]| EncodedPrompts::new(text, p, None).map_err(js_error);
         let (harmful, harmless) = (encode(&harmful)?, encode(&harmless)?);
         let (val_harmful, val_harmless) = (encode(&val_harmful)?, encode(&val_harmless)?);
@@ -148,16 +145,7 @@ impl Engine {
             .await
             .map_err(failed)?;
         let t_extract = seconds_since(started);
-        let defaults = SelectionSettings::default();
-        let settings = SelectionSettings {
-            kl_max: req.kl_max.unwrap_or(defaults.kl_max),
-            max_layer_fraction: req
-                .max_layer_fraction
-                .unwrap_or(defaults.max_layer_fraction),
-            induce_min: req.induce_min.unwrap_or(defaults.induce_min),
-            batch_size: req.batch_size,
-            score_deep_layers: true,
-        };
+        let settings = req.filters.settings(req.batch_size, true);
         let subset = match &req.positions {
             Some(positions) => Some(candidates.with_positions(positions).map_err(failed)?),
             None => None,

@@ -12,7 +12,7 @@ use refusal_core::refusal::repair_study::{
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use crate::compare::{StudyRequest, alpha_grid};
+use crate::compare::{AirdRequest, StudyRequest};
 use crate::engine::{DirectionInput, Engine, EngineInfo};
 use crate::{js_error, js_progress};
 
@@ -33,27 +33,12 @@ pub struct RepairRequest {
     /// Where C's own direction is read for the drift (and the base direction without one).
     #[serde(default = "default_position")]
     pub position: isize,
-    #[serde(default = "default_alpha")]
-    pub alpha: f32,
-    #[serde(default)]
-    pub lambda: Option<f64>,
-    /// Choose α on the validation prompts among these instead (`--alpha-grid`).
-    #[serde(default)]
-    pub alpha_grid: Option<Vec<f32>>,
-    #[serde(default = "default_max_harmless_increase")]
-    pub max_harmless_increase: f64,
-}
-
-fn default_max_harmless_increase() -> f64 {
-    0.05
+    #[serde(flatten)]
+    pub repair: AirdRequest,
 }
 
 fn default_position() -> isize {
     -1
-}
-
-fn default_alpha() -> f32 {
-    1.0
 }
 
 #[wasm_bindgen]
@@ -122,7 +107,7 @@ impl Engine {
         let validation = sets
             .validation_judge(self.text(), &tokens, study.eval_settings())
             .map_err(js_error)?;
-        let grid = alpha_grid(&req.alpha_grid, req.max_harmless_increase);
+        let grid = req.repair.grid();
         let (compressed, summary) = self
             .compressed_model(
                 &req.compressed,
@@ -134,8 +119,8 @@ impl Engine {
             .map_err(js_error)?;
         let settings = AirdSettings {
             layer: base_direction.layer,
-            alpha: req.alpha,
-            lambda: req.lambda,
+            alpha: req.repair.alpha,
+            lambda: req.repair.lambda,
             batch_size: study.batch_size,
         };
         let RepairStudy {

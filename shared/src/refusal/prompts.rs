@@ -197,6 +197,59 @@ pub struct PromptUses {
     pub n_eval_harmless: usize,
 }
 
+/// One of the built-in sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinSet {
+    Harmful,
+    Harmless,
+}
+
+impl BuiltinSet {
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinSet::Harmful => "harmful",
+            BuiltinSet::Harmless => "harmless",
+        }
+    }
+
+    pub fn prompts(self) -> Vec<Prompt> {
+        match self {
+            BuiltinSet::Harmful => builtin_harmful(),
+            BuiltinSet::Harmless => builtin_harmless(),
+        }
+    }
+}
+
+/// Training and validation prompts held out from a built-in set by [`hold_out`], and their
+/// use for a report.
+///
+/// # Errors
+///
+/// [`PipelineError::TooFewPrompts`] for fewer than 2 training or 1 validation prompts.
+pub fn builtin_split(
+    set: BuiltinSet,
+    n_train: usize,
+    n_val: usize,
+    seed: u64,
+) -> Result<(Vec<Prompt>, Vec<Prompt>, PromptUse), PipelineError> {
+    let (train, val) = hold_out(set.prompts(), n_train, n_val, seed);
+    if train.len() < 2 || val.is_empty() {
+        return Err(PipelineError::TooFewPrompts {
+            set: set.name(),
+            n_train: train.len(),
+            n_val: val.len(),
+        });
+    }
+    let source = format!("built-in {} set", set.name());
+    let used = PromptUse {
+        train_source: source.clone(),
+        val_source: source,
+        n_train: train.len(),
+        n_val: val.len(),
+    };
+    Ok((train, val, used))
+}
+
 /// Every prompt set of a study (compare, repair): training and validation prompts of each
 /// kind, the evaluation sets, and where they came from.
 #[derive(Debug, Clone)]
@@ -224,28 +277,12 @@ impl StudyPrompts {
         n_eval: usize,
         seed: u64,
     ) -> Result<StudyPrompts, PipelineError> {
-        let split = |name: &'static str, all: Vec<Prompt>| {
-            let (train, val) = hold_out(all, n_train, n_val, seed);
-            if train.len() < 2 || val.is_empty() {
-                return Err(PipelineError::TooFewPrompts {
-                    set: name,
-                    n_train: train.len(),
-                    n_val: val.len(),
-                });
-            }
-            let used = PromptUse {
-                train_source: format!("built-in {name} set"),
-                val_source: format!("built-in {name} set"),
-                n_train: train.len(),
-                n_val: val.len(),
-            };
-            Ok((train, val, used))
-        };
         if n_eval == 0 {
             return Err(PipelineError::NoPrompts("evaluation"));
         }
-        let (harmful, val_harmful, harmful_use) = split("harmful", builtin_harmful())?;
-        let (harmless, val_harmless, harmless_use) = split("harmless", builtin_harmless())?;
+        let split = |set| builtin_split(set, n_train, n_val, seed);
+        let (harmful, val_harmful, harmful_use) = split(BuiltinSet::Harmful)?;
+        let (harmless, val_harmless, harmless_use) = split(BuiltinSet::Harmless)?;
         let eval = |val: &[Prompt]| val[..n_eval.min(val.len())].to_vec();
         let (eval_harmful, eval_harmless) = (eval(&val_harmful), eval(&val_harmless));
         Ok(StudyPrompts {
