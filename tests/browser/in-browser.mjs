@@ -593,6 +593,8 @@ async function main() {
         await open(p, `${staticBase}/#/repair`);
         await loadInBrowser(p, { kind: 'url', value: `${staticBase}/models/${MODEL}/`, backend: 'cpu' });
         await fillStudy(p, '#aird-form');
+        // the difference in means at layer 1, as the server job computes it
+        await p.selectOption('#aird-form select[name=direction]', '');
         await p.fill('#aird-form input[name=layer]', '1');
         await p.fill('#aird-form input[name=alpha]', '0, 1');
         await p.click('#aird-form button[type=submit]');

@@ -116,7 +116,7 @@ function airdView(result, a, modelId) {
       fact('drift cosine', fmt(a.drift?.cosine), 'cosine of the compressed model’s direction with the base’s'),
       fact('density', `${fmt(a.densification?.density_before)} → ${fmt(a.densification?.density_after)}`)),
     modelId ? h('p', { class: 'hint' }, 'The repaired model is stored on the server as ',
-      h('code', {}, modelId), ' (in the model list of the other pages).') : null);
+      h('code', {}, modelId), ' (in the model list of the other pages).') : '');
   const sel = a.alpha_selection;
   if (sel) {
     out.append(h('h3', {}, `α chosen on the validation prompts: ${sel.alpha}`),
