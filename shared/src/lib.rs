@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod compress;
+pub mod defaults;
 pub mod export;
 pub mod generate;
 pub mod gguf;

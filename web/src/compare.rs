@@ -4,6 +4,7 @@
 //! `refusal-lens compare`, and the report is its `compare.json`, so the app draws both alike.
 
 use js_sys::Function;
+use refusal_core::defaults;
 use refusal_core::refusal::compare::{
     BaseReport, Chosen, CompareReport, Comparison, RepairSettings,
 };
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::directions::SelectionFilters;
-use crate::engine::{Engine, EngineInfo};
+use crate::engine::{Engine, EngineInfo, default_aird_alpha, default_batch_size, default_n_calib};
 use crate::{js_error, js_progress};
 
 /// One comparison (JSON): the browser's `refusal-lens compare` on the built-in sets. Absent
@@ -37,7 +38,7 @@ pub struct CompareRequest {
     #[serde(default = "default_fallback_kl_max")]
     pub fallback_kl_max: f64,
     /// Activation-addition coefficient for sufficiency and transfer.
-    #[serde(default = "default_one")]
+    #[serde(default = "default_coeff")]
     pub coeff: f32,
     /// Also repair every compressed model with AIRD.
     #[serde(default)]
@@ -49,7 +50,7 @@ pub struct CompareRequest {
 /// AIRD's scale and penalty in a request (`--alpha`, `--alpha-grid`, `--lambda`).
 #[derive(Debug, Deserialize)]
 pub struct AirdRequest {
-    #[serde(default = "default_one")]
+    #[serde(default = "default_aird_alpha")]
     pub alpha: f32,
     #[serde(default)]
     pub lambda: Option<f64>,
@@ -89,27 +90,19 @@ pub struct StudyRequest {
 
 // The CLI's defaults (`refusal-lens compare --help`), but batches of 8 as in every tab run.
 fn default_fallback_kl_max() -> f64 {
-    0.3
+    defaults::FALLBACK_KL_MAX
 }
 
 fn default_max_harmless_increase() -> f64 {
-    0.05
+    defaults::MAX_HARMLESS_INCREASE
 }
 
-fn default_one() -> f32 {
-    1.0
-}
-
-fn default_n_calib() -> usize {
-    128
+fn default_coeff() -> f32 {
+    defaults::ACTADD_COEFF
 }
 
 fn default_max_new_tokens() -> usize {
-    64
-}
-
-fn default_batch_size() -> usize {
-    8
+    defaults::JUDGED_TOKENS
 }
 
 impl StudyRequest {

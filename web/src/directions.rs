@@ -13,7 +13,7 @@ use refusal_core::refusal::{
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, EngineInfo};
+use crate::engine::{Engine, EngineInfo, default_batch_size};
 use crate::{js_error, js_progress};
 
 /// One directions run (JSON): the browser's `refusal-lens directions` on the built-in sets.
@@ -23,7 +23,7 @@ pub struct DirectionsRequest {
     pub n_val: usize,
     #[serde(default)]
     pub seed: u64,
-    #[serde(default = "default_batch")]
+    #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// `[layer, position]` chosen by the user instead of METHOD §6.
     #[serde(default)]
@@ -34,10 +34,6 @@ pub struct DirectionsRequest {
     pub positions: Option<Vec<isize>>,
     #[serde(flatten)]
     pub filters: SelectionFilters,
-}
-
-fn default_batch() -> usize {
-    8
 }
 
 /// METHOD §6's filters in a request; absent ones take the CLI's defaults.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use js_sys::{Array, Function, Promise, Uint8Array};
 use refusal_core::chat::FormattedPrompt;
+use refusal_core::defaults;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
@@ -84,28 +85,28 @@ pub struct GenerateRequest {
     pub batch_size: usize,
 }
 
+// The CLI's defaults (`refusal-lens generate --help`), but batches of 8 as in every tab run.
 fn default_top_p() -> f32 {
-    0.9
+    defaults::TOP_P
 }
 
 fn default_coeff() -> f32 {
-    1.0
+    defaults::ACTADD_COEFF
 }
 
-// The CLI's defaults (`refusal-lens generate --help`).
-fn default_n_calib() -> usize {
-    128
+pub(crate) fn default_n_calib() -> usize {
+    defaults::N_CALIB
 }
 
 fn default_aird_prompts() -> usize {
-    32
+    defaults::AIRD_FIT_PROMPTS
 }
 
-fn default_aird_alpha() -> f32 {
-    1.0
+pub(crate) fn default_aird_alpha() -> f32 {
+    defaults::AIRD_ALPHA
 }
 
-fn default_batch_size() -> usize {
+pub(crate) fn default_batch_size() -> usize {
     8
 }
 

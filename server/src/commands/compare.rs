@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use futures_lite::future::block_on;
+use refusal_core::defaults;
 use refusal_core::refusal::compare::{
     BaseReport, Chosen, CompareReport, Comparison, CompressedReport, RepairSettings, cosine_figure,
 };
@@ -46,10 +47,10 @@ pub struct CompareArgs {
     pub filters: SelectionArgs,
     /// When no candidate passes METHOD §6: the lowest bypass score among candidates with KL
     /// at most this (and below the layer limit).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = defaults::FALLBACK_KL_MAX)]
     pub fallback_kl_max: f64,
     /// Activation-addition coefficient for sufficiency and transfer.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::ACTADD_COEFF)]
     pub coeff: f32,
     #[command(flatten)]
     pub judge: JudgeArgs,

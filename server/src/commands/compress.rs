@@ -11,6 +11,7 @@ use refusal_core::compress::recipe::ggml_type_name;
 use refusal_core::compress::{
     Compressed, LinearReport, Method, QuantGrid, Sparsity, Summary, compress,
 };
+use refusal_core::defaults;
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::EncodedPrompts;
@@ -119,7 +120,7 @@ pub struct CalibrationArgs {
     #[arg(long)]
     pub calib_text: Option<PathBuf>,
     /// At most this many calibration prompts or windows.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::N_CALIB)]
     pub n_calib: usize,
     /// Tokens per window of --calib-text.
     #[arg(long, default_value_t = 256)]

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
 use refusal_core::compress::Method;
+use refusal_core::defaults;
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::Llama;
 use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts, repair};
@@ -39,7 +40,7 @@ pub struct GenerateArgs {
     /// 0 decodes greedily.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = defaults::TOP_P)]
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -60,16 +61,16 @@ pub struct GenerateArgs {
     pub calibration: CalibrationArgs,
     /// Training prompts of each built-in set that AIRD is fitted on, at the direction's layer
     /// (a quarter as many more, held out, choose its ridge penalty).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::AIRD_FIT_PROMPTS)]
     pub aird_prompts: usize,
     /// Scale of the AIRD update.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::AIRD_ALPHA)]
     pub aird_alpha: f32,
     /// Prompts per forward pass while compressing and fitting AIRD.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Activation-addition coefficient.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::ACTADD_COEFF)]
     pub coeff: f32,
     /// Layer of the activation addition (default: the direction's layer).
     #[arg(long)]

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use futures_lite::future::block_on;
+use refusal_core::defaults;
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{
     self, Prompt, PromptFormat, builtin_harmful, builtin_harmless,
@@ -29,7 +30,7 @@ use crate::progress::StageBar;
 #[derive(Debug, Clone, clap::Args)]
 pub struct JudgeArgs {
     /// Greedy tokens per completion.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::JUDGED_TOKENS)]
     pub max_new_tokens: usize,
     /// Prompts per forward pass.
     #[arg(long, default_value_t = 16)]

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::compress::recipe::looks_like_recipe;
 use refusal_core::compress::{Method, Summary};
+use refusal_core::defaults;
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::refusal::find::{self, FindSettings, FoundDirection};
@@ -101,7 +102,7 @@ impl PromptArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AlphaArgs {
     /// AIRD's update scale (1 matches the base projection on the training prompts).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::AIRD_ALPHA)]
     pub alpha: f32,
     /// Choose α on the validation prompts among these (comma-separated, e.g. 1,2,4,8): the
     /// lowest validation ASR whose harmless refusal stays within --max-harmless-increase of
@@ -110,7 +111,7 @@ pub struct AlphaArgs {
     pub alpha_grid: Vec<f32>,
     /// The bound of --alpha-grid: the largest rise in harmless refusal rate allowed (0.05 is
     /// five points).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = defaults::MAX_HARMLESS_INCREASE)]
     pub max_harmless_increase: f64,
 }
 
