@@ -12,7 +12,9 @@
 #   when METHOD §6 leaves nothing (it does on this model), the lowest bypass score with KL <= 0.3;
 # - ASR on held-out AdvBench (advbench.json minus harmful_train.json, first N_EVAL), harmless
 #   refusal on harmless_val.json (first N_EVAL), MAX_NEW greedy tokens, substring judge;
-# - AIRD at the base's selected layer, penalty chosen on the validation prompts.
+# - AIRD at the base's selected layer, penalty chosen on the validation prompts; its scale is
+#   ALPHA (default 1, the README's table), or with ALPHA_GRID (e.g. 1,2,4,8) chosen on the
+#   validation prompts under a 5-point harmless-refusal bound.
 # Writes OUT/compare.json, figures, and OUT/summary.txt (the table the README quotes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +28,7 @@ BIN="${REFUSAL_LENS_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/refusal-lens/target}/r
 RECIPES="${RECIPES:-rtn:8:128 rtn:4:128 gguf:q4_0 wanda:0.5 wanda:2:4 sparsegpt:0.5 magnitude:0.5}"
 N_TRAIN="${N_TRAIN:-64}" N_VAL="${N_VAL:-16}" N_EVAL="${N_EVAL:-32}" MAX_NEW="${MAX_NEW:-32}"
 POSITIONS="${POSITIONS:--1}"
+if [ -n "${ALPHA_GRID:-}" ]; then alpha=(--alpha-grid "$ALPHA_GRID"); else alpha=(--alpha "${ALPHA:-1}"); fi
 compressed=()
 for r in $RECIPES; do compressed+=(--compressed "$r"); done
 set -x
@@ -34,4 +37,4 @@ set -x
     --n-train "$N_TRAIN" --n-val "$N_VAL" \
     --eval-harmful "$DATA/advbench.json" --exclude "$DATA/harmful_train.json" \
     --eval-harmless "$DATA/harmless_val.json" --n-eval "$N_EVAL" \
-    --positions="$POSITIONS" --max-new-tokens "$MAX_NEW" --aird --out "$OUT"
+    --positions="$POSITIONS" --max-new-tokens "$MAX_NEW" --aird "${alpha[@]}" --out "$OUT"
