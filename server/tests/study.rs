@@ -222,6 +222,11 @@ fn alpha_searched_on_validation_prompts_is_the_one_applied() {
     // Gibberish is never judged a refusal: every alpha ties, and the smallest wins.
     assert!(selection.scores.iter().all(|s| s.allowed && s.asr == 1.0));
     assert_eq!((selection.alpha, study.fit.settings.alpha), (0.0, 0.0));
+    // What is reported is the update applied: at alpha 0 it adds no weight.
+    assert_eq!(
+        study.densification.density_after,
+        study.densification.density_before
+    );
     let kl =
         block_on(judge.kl(&pruned, &study.repaired, &Intervention::None, &mut quiet())).unwrap();
     assert!(

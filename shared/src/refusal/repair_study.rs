@@ -12,6 +12,7 @@ use super::aird::{
     AirdFit, AirdSettings, Densification, Repaired, apply, compressed_direction, repair,
 };
 use super::compare::{Decomposition, decompose};
+use super::directions::extract;
 use super::evaluate::{CrossEntropy, Judge, Judged, cross_entropy};
 use super::orthogonalize::orthogonalize;
 use super::prompts::PromptUses;
@@ -45,6 +46,47 @@ pub struct BaseDirection {
     pub layer: usize,
     pub position: isize,
     pub norm: f64,
+}
+
+impl BaseDirection {
+    /// The base direction as the difference in means of the training prompts of `split` at
+    /// `layer` and `position`, when no direction file is given.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::LayerOutOfRange`], [`PipelineError::PositionOutOfRange`], and those of
+    /// [`extract`].
+    pub async fn difference_in_means(
+        model: &Llama,
+        split: &EncodedSplit,
+        layer: usize,
+        position: isize,
+        batch_size: usize,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<(Vec<f32>, BaseDirection), PipelineError> {
+        let candidates = extract(
+            model,
+            &split.harmful,
+            &split.harmless,
+            batch_size,
+            on_progress,
+        )
+        .await?;
+        if layer >= candidates.n_layers {
+            return Err(PipelineError::LayerOutOfRange {
+                layer,
+                n_layers: candidates.n_layers,
+            });
+        }
+        let p = candidates.position_index(position)?;
+        let described = BaseDirection {
+            source: "difference in means of the training prompts".into(),
+            layer,
+            position,
+            norm: candidates.norm(layer, p),
+        };
+        Ok((candidates.direction(layer, p), described))
+    }
 }
 
 /// A text whose perplexity every variant is measured on.
@@ -120,8 +162,8 @@ pub struct AlphaSelection {
 
 /// Chooses α for the fitted update on the validation prompts judged by `validation`: the
 /// lowest ASR among the α whose harmless refusal stays within the bound (the smallest such α
-/// on ties); when none does, the one with the least harmless refusal. Returns the choice and
-/// `compressed` repaired with it.
+/// on ties); when none does, the one with the least harmless refusal. Returns the choice, and
+/// `compressed` repaired with it and the density that repair added.
 ///
 /// # Errors
 ///
@@ -133,7 +175,7 @@ pub async fn choose_alpha(
     grid: &AlphaGrid,
     validation: &Judge<'_>,
     on_progress: &mut OnProgress<'_>,
-) -> Result<(AlphaSelection, Llama), PipelineError> {
+) -> Result<(AlphaSelection, Llama, Densification), PipelineError> {
     let none = Intervention::None;
     let reference = validation
         .harmless(compressed, &none, on_progress)
@@ -152,7 +194,7 @@ pub async fn choose_alpha(
             },
             ..fit.clone()
         };
-        let (model, _) = apply(compressed.clone(), base_direction, &scaled).await?;
+        let (model, density) = apply(compressed.clone(), base_direction, &scaled).await?;
         let harmless_refusal = validation.harmless(&model, &none, on_progress).await?.rate;
         scores.push(AlphaScore {
             alpha,
@@ -160,10 +202,10 @@ pub async fn choose_alpha(
             harmless_refusal,
             allowed: harmless_refusal <= reference + grid.max_harmless_increase + 1e-9,
         });
-        models.push(model);
+        models.push((model, density));
     }
     let best = best_alpha(&scores).ok_or(PipelineError::NoAlpha)?;
-    let (chosen, model) = (scores[best], models.swap_remove(best));
+    let (chosen, (model, density)) = (scores[best], models.swap_remove(best));
     Ok((
         AlphaSelection {
             alpha: chosen.alpha,
@@ -172,27 +214,25 @@ pub async fn choose_alpha(
             scores,
         },
         model,
+        density,
     ))
 }
 
 /// The index of the best α: the lowest ASR among those within the bound, else the least
 /// harmless refusal; the first (smallest α, in a sorted grid) on ties.
 fn best_alpha(scores: &[AlphaScore]) -> Option<usize> {
-    let allowed: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].allowed).collect();
-    let key = |i: &usize| {
-        if allowed.is_empty() {
-            scores[*i].harmless_refusal
+    let any_allowed = scores.iter().any(|s| s.allowed);
+    let key = |s: &AlphaScore| {
+        if any_allowed {
+            s.asr
         } else {
-            scores[*i].asr
+            s.harmless_refusal
         }
     };
-    let pool = if allowed.is_empty() {
-        (0..scores.len()).collect()
-    } else {
-        allowed.clone()
-    };
-    pool.into_iter()
-        .min_by(|a, b| key(a).total_cmp(&key(b)).then(a.cmp(b)))
+    // `min_by` keeps the first of equal minima.
+    (0..scores.len())
+        .filter(|&i| scores[i].allowed || !any_allowed)
+        .min_by(|&a, &b| key(&scores[a]).total_cmp(&key(&scores[b])))
 }
 
 /// AIRD fitted on `split`, at the scale `settings` gives or chosen on the validation prompts
@@ -222,7 +262,7 @@ pub async fn repair_with_alpha(
     let Some(search) = search else {
         return Ok((repaired, None));
     };
-    let (selection, model) = choose_alpha(
+    let (selection, model, densification) = choose_alpha(
         compressed,
         base_direction,
         &repaired.fit,
@@ -233,6 +273,7 @@ pub async fn repair_with_alpha(
     .await?;
     repaired.fit.settings.alpha = selection.alpha;
     repaired.model = model;
+    repaired.densification = densification;
     Ok((repaired, Some(selection)))
 }
 
