@@ -5,7 +5,6 @@
 
 use js_sys::Function;
 use refusal_core::refusal::aird::AirdSettings;
-use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::repair_study::{
     AirdReport, AlphaSearch, BaseDirection, RepairStudy, repair_study,
 };
@@ -73,29 +72,16 @@ impl Engine {
                         "give the base direction (from the Directions page) or the layer l*",
                     ));
                 };
-                let candidates = extract(
+                BaseDirection::difference_in_means(
                     base,
-                    &split.harmful,
-                    &split.harmless,
+                    &split,
+                    layer,
+                    req.position,
                     study.batch_size,
                     &mut progress,
                 )
                 .await
-                .map_err(js_error)?;
-                if layer >= candidates.n_layers {
-                    return Err(js_error(format!(
-                        "layer {layer}: the model has {} layers",
-                        candidates.n_layers
-                    )));
-                }
-                let p = candidates.position_index(req.position).map_err(js_error)?;
-                let described = BaseDirection {
-                    source: "difference in means of the training prompts".into(),
-                    layer,
-                    position: req.position,
-                    norm: candidates.norm(layer, p),
-                };
-                (candidates.direction(layer, p), described)
+                .map_err(js_error)?
             }
         };
         let tokens = self

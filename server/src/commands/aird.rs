@@ -14,7 +14,6 @@ use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
 use refusal_core::model::WeightName;
 use refusal_core::refusal::aird::AirdSettings;
-use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::repair_study::{
     AirdReport, AlphaSearch, BaseDirection, PerplexityText, RepairStudy, repair_study,
 };
@@ -104,27 +103,15 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
             let Some(layer) = args.layer else {
                 bail!("give the base direction (--direction, from `directions`) or --layer");
             };
-            let candidates = block_on(extract(
+            block_on(BaseDirection::difference_in_means(
                 base,
-                &split.harmful,
-                &split.harmless,
+                &split,
+                layer,
+                args.position,
                 args.judge.batch_size,
                 &mut |p| bar.update(p),
-            ))?;
-            if layer >= candidates.n_layers {
-                bail!(
-                    "--layer {layer}: the model has {} layers",
-                    candidates.n_layers
-                );
-            }
-            let p = candidates.position_index(args.position)?;
-            let described = BaseDirection {
-                source: "difference in means of the training prompts".into(),
-                layer,
-                position: args.position,
-                norm: candidates.norm(layer, p),
-            };
-            (candidates.direction(layer, p), described)
+            ))
+            .with_context(|| format!("--layer {layer} --position {}", args.position))?
         }
     };
     if vector.len() != base.config().d_model {

@@ -16,7 +16,7 @@ use super::intervention::check_width;
 use super::plots::{ColorScale, heatmap};
 use super::prompts::PromptUses;
 use super::repair_study::{AlphaGrid, AlphaSearch, AlphaSelection, repair_with_alpha};
-use super::select::{CandidateScore, ChosenBy};
+use super::select::{CandidateScore, ChosenBy, nan_from_null};
 use super::{EncodedSplit, Intervention, OnProgress, PipelineError, RefusalTokens};
 
 /// `cos(r_B^{l,i}, r_C^{l,i})` for every layer and position (layer-major); NaN where either
@@ -142,25 +142,6 @@ pub fn cosine_figure(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decomposition_splits_the_norm() {
-        let r_b = [2.0, 0.0, 0.0];
-        let r_c = [3.0, 4.0, 0.0];
-        let (d, perp) = decompose(&r_c, &r_b).unwrap();
-        assert_eq!(d.along, 3.0);
-        assert_eq!(perp, [0.0, 4.0, 0.0]);
-        assert_eq!((d.norm, d.perp_norm), (5.0, 4.0));
-        assert!((d.cosine - 0.6).abs() < 1e-12);
-        assert!((d.share_along - 0.36).abs() < 1e-12);
-        assert!(decompose(&r_c, &[0.0; 3]).is_err());
-        assert!(cosine(&[0.0, 0.0], &[1.0, 0.0]).is_nan());
-    }
-}
-
 /// A model's chosen direction, as a comparison reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Chosen {
@@ -219,10 +200,10 @@ pub struct CompressedReport {
     pub compression: Option<Summary>,
     pub direction: Chosen,
     /// cos(r_B, r_C) per layer and position (layer-major), NaN (null) where undefined.
-    #[serde(deserialize_with = "nan_from_null")]
+    #[serde(deserialize_with = "nans_from_nulls")]
     pub cosines: Vec<f64>,
     /// At the base's selected layer and position.
-    #[serde(deserialize_with = "nan_from_null_one")]
+    #[serde(deserialize_with = "nan_from_null")]
     pub cosine_at_base_selected: f64,
     /// r_C (C's selected direction) along r^_B.
     pub decomposition: Decomposition,
@@ -239,14 +220,10 @@ pub struct CompressedReport {
     pub seconds: f64,
 }
 
-/// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
-fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+/// [`nan_from_null`] for every element of a list.
+fn nans_from_nulls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     let v = <Vec<Option<f64>> as serde::Deserialize>::deserialize(d)?;
     Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
-}
-
-fn nan_from_null_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The base model's side of a comparison.
@@ -419,5 +396,24 @@ impl Comparison<'_> {
             densification,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decomposition_splits_the_norm() {
+        let r_b = [2.0, 0.0, 0.0];
+        let r_c = [3.0, 4.0, 0.0];
+        let (d, perp) = decompose(&r_c, &r_b).unwrap();
+        assert_eq!(d.along, 3.0);
+        assert_eq!(perp, [0.0, 4.0, 0.0]);
+        assert_eq!((d.norm, d.perp_norm), (5.0, 4.0));
+        assert!((d.cosine - 0.6).abs() < 1e-12);
+        assert!((d.share_along - 0.36).abs() < 1e-12);
+        assert!(decompose(&r_c, &[0.0; 3]).is_err());
+        assert!(cosine(&[0.0, 0.0], &[1.0, 0.0]).is_nan());
     }
 }

@@ -38,9 +38,7 @@ impl FoundDirection {
     pub fn cell(&self) -> usize {
         let p = self
             .candidates
-            .positions
-            .iter()
-            .position(|&q| q == self.chosen.position)
+            .position_index(self.chosen.position)
             .unwrap_or(0);
         self.chosen.layer * self.candidates.positions.len() + p
     }
@@ -59,8 +57,7 @@ pub fn choose_or_fall_back(
     if let Some(i) = selection.selected {
         return Ok((i, ChosenBy::Selection));
     }
-    let limit =
-        (selection.settings.max_layer_fraction * selection.n_layers as f64).floor() as usize;
+    let limit = selection.settings.layer_limit(selection.n_layers);
     selection
         .candidates
         .iter()

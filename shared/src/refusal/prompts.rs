@@ -269,8 +269,8 @@ impl StudyPrompts {
     ///
     /// # Errors
     ///
-    /// [`PipelineError::NoPrompts`] when a set gives fewer than 2 training or 1 validation
-    /// prompts.
+    /// [`PipelineError::TooFewPrompts`] when a set gives fewer than 2 training or 1
+    /// validation prompts; [`PipelineError::NoPrompts`] for `n_eval == 0`.
     pub fn builtin(
         n_train: usize,
         n_val: usize,

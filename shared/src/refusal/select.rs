@@ -27,6 +27,13 @@ pub struct SelectionSettings {
     pub score_deep_layers: bool,
 }
 
+impl SelectionSettings {
+    /// `floor(max_layer_fraction * n_layers)`: candidates at this layer and deeper are dropped.
+    pub fn layer_limit(&self, n_layers: usize) -> usize {
+        (self.max_layer_fraction * n_layers as f64).floor() as usize
+    }
+}
+
 fn score_every_layer() -> bool {
     true
 }
@@ -83,7 +90,7 @@ pub struct CandidateScore {
 }
 
 /// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
-fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+pub(crate) fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
@@ -237,7 +244,7 @@ pub async fn select(
 
     let n_positions = candidates.positions.len();
     let total = candidates.n_layers * n_positions;
-    let layer_limit = (settings.max_layer_fraction * candidates.n_layers as f64).floor() as usize;
+    let layer_limit = settings.layer_limit(candidates.n_layers);
     let mut scores = Vec::with_capacity(total);
     report(on_progress, Stage::Select, 0, total)?;
     for layer in 0..candidates.n_layers {
