@@ -4,7 +4,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::model::{Capture, HookPoint, KvCache, Llama, TokenBatch};
+use crate::model::{Llama, TokenBatch};
 
 use super::{EncodedPrompts, OnProgress, PipelineError, Stage, read, report};
 
@@ -148,20 +148,25 @@ pub async fn extract(
 }
 
 /// `resid_pre` of every layer at the last `n_positions` positions of each prompt in a batch.
+/// The last block runs no further than its input: its output is no layer's `resid_pre`, and
+/// neither the final norm nor a cache is needed.
 ///
 /// # Shapes
 /// → `[n_layers, batch, n_positions, d_model]`
 pub(crate) fn capture_batch(model: &Llama, ids: &[Vec<u32>], n_positions: usize) -> Tensor<4> {
     let n_layers = model.config().n_layers;
     let batch = TokenBatch::left_padded(ids, 0, &model.device());
-    let mut capture = Capture::every_layer(
-        n_layers,
-        HookPoint::ResidPre,
-        (1..=n_positions).rev().collect(),
-    );
-    model.hidden(&batch, &mut KvCache::new(), &mut capture);
-    let captured = capture.into_captured();
-    Tensor::stack(captured.into_values().collect(), 0)
+    let (mut x, ctx) = model.embed(&batch);
+    let [_, seq, _] = x.dims();
+    let mut captured = Vec::with_capacity(n_layers);
+    for block in &model.blocks {
+        captured.push(x.clone().narrow(1, seq - n_positions, n_positions));
+        if captured.len() == n_layers {
+            break;
+        }
+        x = block.forward_prompt(x, &ctx);
+    }
+    Tensor::stack(captured, 0)
 }
 
 /// Mean activations `[layer][position][d_model]` over all prompts, summed in f64.
@@ -252,7 +257,7 @@ pub async fn projections(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ModelConfig, read_f32};
+    use crate::model::{Capture, HookPoint, KvCache, ModelConfig, read_f32};
     use crate::refusal::RefusalTokens;
     use crate::refusal::score::TokenOrigin;
     use crate::refusal::select::{SelectionSettings, select};
