@@ -7,12 +7,13 @@
 //! so a 16-bit matrix is widened where it is used.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
+use super::swiglu::swiglu;
 
 /// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
 /// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
@@ -288,7 +289,7 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → `[batch, seq, d_ff]`
     pub fn activation(&self, x: Tensor<3>) -> Tensor<3> {
-        silu(self.gate.forward(x.clone())) * self.up.forward(x)
+        swiglu(self.gate.forward(x.clone()), self.up.forward(x))
     }
 }
 

@@ -4,6 +4,7 @@ pub mod config;
 pub mod hooks;
 pub mod llama;
 pub mod random;
+pub mod swiglu;
 pub mod weights;
 
 pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, RopePairing};
