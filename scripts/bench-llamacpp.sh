@@ -15,7 +15,7 @@
 #   LLAMACPP_VENV      venv for llama-cpp-python (default ~/.cache/refusal-lens/llamacpp-venv)
 #   LLAMA_CPP_PYTHON_VERSION  the pinned llama-cpp-python (default 0.3.36, see PIN below)
 #   LLAMACPP_AMX=1     build llama.cpp with AMX kernels (off by default: GCC 12 miscompiles them)
-#   BENCH_REPEATS      llama.cpp runs per measurement, the median is reported (default 3)
+#   BENCH_REPEATS      runs per measurement on both sides, the medians are compared (default 3)
 #   LLAMACPP_THREADS   give llama.cpp this many threads instead of our bench's `threads`
 #   BENCH_NICE         run both benches under `nice -n BENCH_NICE` (e.g. -10 as root on a shared
 #                      machine: llama.cpp's spinning threads collapse when the CPUs are oversubscribed)
@@ -119,7 +119,7 @@ for model in "${MODELS[@]}"; do
         EXTRACT=(--extract-prompts "${BENCH_EXTRACT:-128}" --harmful "$DATA/harmful_train.json"
             --harmless "$DATA/harmless_train.json")
     fi
-    if ! "${RUN[@]}" "$BIN" bench --model "$model" "${EXTRACT[@]}" --json >"$ours.tmp"; then
+    if ! "${RUN[@]}" "$BIN" bench --model "$model" "${EXTRACT[@]}" --repeats "${BENCH_REPEATS:-3}" --json >"$ours.tmp"; then
         rm -f "$ours.tmp"
         die "refusal-lens bench --model $model failed (is the model available? see its message above)"
     fi

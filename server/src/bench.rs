@@ -41,6 +41,9 @@ pub struct BenchOptions {
     /// Harmless prompts for the extraction measurement (default: the built-in set).
     #[arg(long)]
     pub harmless: Option<PathBuf>,
+    /// Runs of each measurement; the median is reported (every run is in the JSON).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeats: u32,
 }
 
 /// Instructions for the prefill batch: everyday requests of varied length, in our own words.
@@ -98,7 +101,9 @@ pub struct Extraction {
     pub prompts_per_set: usize,
     pub batch_size: usize,
     pub tokens: usize,
+    /// The median of `runs_seconds`.
     pub seconds: f64,
+    pub runs_seconds: Vec<f64>,
     pub tokens_per_s: f64,
     /// Harmful prompts then harmless, as fed to the model.
     pub token_ids: Vec<Vec<u32>>,
@@ -124,15 +129,17 @@ fn extraction(loaded: &LoadedModel, options: &BenchOptions) -> Result<Extraction
     };
     let harmful = set(&options.harmful, builtin_harmful, "harmful")?;
     let harmless = set(&options.harmless, builtin_harmless, "harmless")?;
-    let start = Instant::now();
-    block_on(extract(
-        &loaded.llama,
-        &harmful,
-        &harmless,
-        EXTRACT_BATCH,
-        &mut |_| ControlFlow::Continue(()),
-    ))?;
-    let seconds = start.elapsed().as_secs_f64();
+    let (seconds, runs_seconds) = repeated(options.repeats, || {
+        let start = Instant::now();
+        block_on(extract(
+            &loaded.llama,
+            &harmful,
+            &harmless,
+            EXTRACT_BATCH,
+            &mut |_| ControlFlow::Continue(()),
+        ))?;
+        Ok(start.elapsed().as_secs_f64())
+    })?;
     let token_ids: Vec<Vec<u32>> = harmful.ids.into_iter().chain(harmless.ids).collect();
     let tokens = token_ids.iter().map(Vec::len).sum();
     Ok(Extraction {
@@ -140,16 +147,36 @@ fn extraction(loaded: &LoadedModel, options: &BenchOptions) -> Result<Extraction
         batch_size: EXTRACT_BATCH,
         tokens,
         seconds,
+        runs_seconds,
         tokens_per_s: tokens as f64 / seconds,
         token_ids,
     })
+}
+
+/// Runs `measure` `repeats` times (at least once): the median of the seconds it returns (the
+/// mean of the middle two for an even count, as Python's `statistics.median`), and every run.
+fn repeated(repeats: u32, mut measure: impl FnMut() -> Result<f64>) -> Result<(f64, Vec<f64>)> {
+    let runs = (0..repeats.max(1))
+        .map(|_| measure())
+        .collect::<Result<Vec<f64>>>()?;
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    };
+    Ok((median, runs))
 }
 
 #[derive(Debug, Serialize)]
 pub struct Prefill {
     pub prompts: usize,
     pub tokens: usize,
+    /// The median of `runs_seconds`.
     pub seconds: f64,
+    pub runs_seconds: Vec<f64>,
     pub tokens_per_s: f64,
     pub token_ids: Vec<Vec<u32>>,
 }
@@ -158,7 +185,9 @@ pub struct Prefill {
 pub struct Decode {
     pub prompt_ids: Vec<u32>,
     pub tokens: usize,
+    /// The median of `runs_seconds`.
     pub seconds: f64,
+    pub runs_seconds: Vec<f64>,
     pub tokens_per_s: f64,
 }
 
@@ -201,9 +230,11 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
     ));
 
     let batch = TokenBatch::left_padded(&token_ids, 0, &device);
-    let start = Instant::now();
-    read_f32(model.last_logits(&batch, &mut NoHook));
-    let prefill_s = start.elapsed().as_secs_f64();
+    let (prefill_s, prefill_runs) = repeated(options.repeats, || {
+        let start = Instant::now();
+        read_f32(model.last_logits(&batch, &mut NoHook));
+        Ok(start.elapsed().as_secs_f64())
+    })?;
     let tokens: usize = token_ids.iter().map(Vec::len).sum();
 
     let prompt_ids = token_ids[0].clone();
@@ -212,19 +243,24 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
         sampling: Sampling::Greedy,
         stop_ids: Vec::new(),
     };
-    let mut decoder = Decoder::new(model, std::slice::from_ref(&prompt_ids), 0, settings);
-    // The prompt's own forward is prefill, not decode: run it before the clock starts.
-    if let Some(logits) = decoder.forward(&mut NoHook) {
-        decoder.accept(&read_f32(logits));
-    }
-    let start = Instant::now();
-    let mut decoded = 1;
-    while let Some(logits) = decoder.forward(&mut NoHook) {
-        decoded += decoder.accept(&read_f32(logits)).len();
-    }
-    let decode_s = start.elapsed().as_secs_f64();
-    // The first token came from the prompt's forward; only the rest were timed.
-    let timed = decoded.saturating_sub(1);
+    // Greedy decoding makes every run the same tokens.
+    let mut timed = 0;
+    let (decode_s, decode_runs) = repeated(options.repeats, || {
+        let settings = settings.clone();
+        let mut decoder = Decoder::new(model, std::slice::from_ref(&prompt_ids), 0, settings);
+        // The prompt's own forward is prefill, not decode: run it before the clock starts.
+        if let Some(logits) = decoder.forward(&mut NoHook) {
+            decoder.accept(&read_f32(logits));
+        }
+        let start = Instant::now();
+        let mut decoded = 1;
+        while let Some(logits) = decoder.forward(&mut NoHook) {
+            decoded += decoder.accept(&read_f32(logits)).len();
+        }
+        // The first token came from the prompt's forward; only the rest were timed.
+        timed = decoded.saturating_sub(1);
+        Ok(start.elapsed().as_secs_f64())
+    })?;
 
     let extraction = (options.extract_prompts > 0)
         .then(|| extraction(loaded, options))
@@ -238,6 +274,7 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
             prompts: token_ids.len(),
             tokens,
             seconds: prefill_s,
+            runs_seconds: prefill_runs,
             tokens_per_s: tokens as f64 / prefill_s,
             token_ids,
         },
@@ -245,6 +282,7 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
             prompt_ids,
             tokens: timed,
             seconds: decode_s,
+            runs_seconds: decode_runs,
             tokens_per_s: timed as f64 / decode_s,
         },
         extraction,
@@ -257,6 +295,10 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(s, "model     {}", self.model);
         let _ = writeln!(s, "threads   {}", self.threads);
+        let runs = self.prefill.runs_seconds.len();
+        if runs > 1 {
+            let _ = writeln!(s, "runs      {runs} of each, medians below");
+        }
         let _ = writeln!(
             s,
             "prefill   {} prompts, {} tokens in {:.2} s: {:.1} tokens/s",
