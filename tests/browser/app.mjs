@@ -4,7 +4,8 @@
 //   node tests/browser/app.mjs     (scripts/test-browser.sh runs it after the smoke test)
 //
 //   1. directions        the Directions page runs a job end to end: progress, three heatmaps
-//                        with the selected cell marked, per-layer plots, download links
+//                        with the selected cell marked, per-layer plots, download links;
+//                        durations as its progress panel writes them ("2 min 0 s")
 //   2. playground        the chosen direction is the playground's; a generate job streams
 //                        tokens into 4 columns (base, ablated, activation added, orthogonalized);
 //                        the coefficient slider re-runs the activation-added column alone
@@ -98,6 +99,12 @@ async function main() {
       check(info.lines === 2, `${info.lines} line plots, expected 2`);
       check(info.files.includes('direction.safetensors'), `no direction.safetensors link (files: ${info.files})`);
       check(info.zip, 'no zip export link');
+      // The progress panel rounds a duration before splitting it into minutes and seconds.
+      const durations = await page.evaluate(async () => {
+        const { duration } = await import('./app/ui.js');
+        return [59.6, 119.6, 125.2].map(duration);
+      });
+      check(durations.join() === '1 min 0 s,2 min 0 s,2 min 5 s', `durations ${durations.join(' | ')}`);
       check(/^[0-9a-f]{32}$/.test(info.share || ''), 'no share bar with the result id');
       const res = await fetch(`${server.base}/api/results/${info.share}/files/direction.safetensors`);
       check(res.ok, `direction.safetensors: ${res.status}`);

@@ -32,11 +32,13 @@ export function message(text, kind = 'error') {
   return h('div', { class: `message ${kind}`, role: kind === 'error' ? 'alert' : 'status' }, text);
 }
 
-function duration(s) {
+/** Seconds as "42 s" or "2 min 5 s", rounded to the second before splitting (119.6 s is
+ * "2 min 0 s", not "1 min 60 s"). */
+export function duration(s) {
   if (!Number.isFinite(s)) return '';
-  if (s < 60) return `${Math.round(s)} s`;
-  const m = Math.floor(s / 60);
-  return `${m} min ${Math.round(s - m * 60)} s`;
+  const total = Math.round(s);
+  if (total < 60) return `${total} s`;
+  return `${Math.floor(total / 60)} min ${total % 60} s`;
 }
 
 const STAGES = {
