@@ -4,7 +4,7 @@ pub mod config;
 pub mod hooks;
 pub mod llama;
 pub mod random;
-pub mod swiglu;
+mod swiglu;
 pub mod weights;
 
 pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, RopePairing};

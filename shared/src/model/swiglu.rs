@@ -18,8 +18,7 @@ use burn::tensor::{DType, DataError, Device, Tensor};
 /// - `gate`, `up`: `[batch, seq, d_ff]` → same
 pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     let device = gate.device();
-    let fused = device == Device::flex() && gate.dtype() == DType::F32;
-    if !fused || up.dtype() != DType::F32 {
+    if device != Device::flex() || gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
         return silu(gate) * up;
     }
     assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up shapes differ");
