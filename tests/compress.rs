@@ -85,7 +85,15 @@ fn gguf_quantization_round_trips_bit_exactly() {
     let name = path.display().to_string();
     let file = load::gguf::parse(&name, &bytes).unwrap();
     let device = burn::tensor::Device::flex();
-    let model = load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {}).unwrap();
+    let model = load::gguf_model(
+        &name,
+        &file,
+        &bytes,
+        &device,
+        Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let compressed = block_on(compress(
         model,
         Method::Ggml(GgmlType::Q4_0),
@@ -107,7 +115,15 @@ fn gguf_quantization_round_trips_bit_exactly() {
             p.bytes.as_slice()
         );
     }
-    let reloaded = load::gguf_model("written", &reread, &written, &device, &mut |_, _| {}).unwrap();
+    let reloaded = load::gguf_model(
+        "written",
+        &reread,
+        &written,
+        &device,
+        Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let prompts = calibration();
     let batch = TokenBatch::left_padded(&prompts[..4], 0, &device);
     let a = read_f32(compressed.model.last_logits(&batch, &mut NoHook));

@@ -12,6 +12,7 @@ fn load_bytes(bytes: &[u8]) -> Result<(), LoadError> {
         &file,
         bytes,
         &burn::tensor::Device::flex(),
+        Default::default(),
         &mut |_, _| {},
     )
     .map(|_| ())

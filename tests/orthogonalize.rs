@@ -44,7 +44,15 @@ fn check(model: BuiltinModel) {
     let name = path.display().to_string();
     let file = load::gguf::parse(&name, &bytes).unwrap();
     let device = burn::tensor::Device::flex();
-    let original = load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {}).unwrap();
+    let original = load::gguf_model(
+        &name,
+        &file,
+        &bytes,
+        &device,
+        Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
 
     let prompts: Vec<Vec<u32>> = reference
         .cases
@@ -90,6 +98,7 @@ fn check(model: BuiltinModel) {
         &reparsed,
         &exported,
         &device,
+        Default::default(),
         &mut |_, _| {},
     )
     .unwrap();

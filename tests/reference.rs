@@ -5,9 +5,9 @@
 //! `../shared/fixtures/README.md`. Nothing here was produced by this project.
 
 use refusal_core::chat::{Message, Role};
-use refusal_core::model::{Capture, HookPoint, Llama, NoHook, TokenBatch, read_f32};
+use refusal_core::model::{Capture, HookPoint, Llama, NoHook, TokenBatch, WeightStorage, read_f32};
 use refusal_lens::source::BuiltinModel;
-use refusal_tests::{fixture, load_builtin};
+use refusal_tests::{fixture, load_builtin_as};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -27,9 +27,18 @@ struct Case {
     greedy24_reference: String,
 }
 
-/// Logits: f32 accumulation over ~900-wide dot products against a float32 reference that sums
-/// in another order; 2e-2 absolute is what the issue asks for and leaves room for that only.
+/// Logits of the f32 weights: f32 accumulation over ~900-wide dot products against a float32
+/// reference that sums in another order; 2e-2 absolute is what the issue asks for and leaves
+/// room for that only.
 const LOGIT_TOL: f64 = 2e-2;
+/// Logits of the weights kept as GGML blocks. Prompt batches are multiplied in f32 as above,
+/// but a product of at most a few rows (the head on one prompt's last position, every step of
+/// decoding) quantizes its activations to 8 bits per block, as llama.cpp does. Each activation
+/// then moves by up to 1/254 of its block's largest magnitude; over the head's 576- and
+/// 896-wide dot products that measured up to 0.14 on the two models' top-10 logits (logsumexp:
+/// up to 0.065), against 2e-5 for prompt batches. 0.25 leaves room for prompts we do not test;
+/// the greedy completions below must still equal the reference's token for token.
+const QUANTIZED_LOGIT_TOL: f64 = 0.25;
 /// Residual norms grow to a few hundred in late layers; compare relatively.
 const NORM_REL_TOL: f64 = 1e-3;
 
@@ -42,18 +51,18 @@ fn logsumexp(row: &[f32]) -> f64 {
         .ln()
 }
 
-fn check_logits(case: &Case, row: &[f32], what: &str) {
+fn check_logits(case: &Case, row: &[f32], what: &str, tol: f64) {
     for (&id, &want) in case.top10_ids.iter().zip(&case.top10_logits) {
         let got = row[id] as f64;
         assert!(
-            (got - want).abs() <= LOGIT_TOL,
+            (got - want).abs() <= tol,
             "{what} `{}`: logit of token {id} is {got}, reference {want}",
             case.instruction
         );
     }
     let lse = logsumexp(row);
     assert!(
-        (lse - case.logsumexp).abs() <= LOGIT_TOL,
+        (lse - case.logsumexp).abs() <= tol,
         "{what} `{}`: logsumexp {lse}, reference {}",
         case.instruction,
         case.logsumexp
@@ -66,9 +75,13 @@ fn check_logits(case: &Case, row: &[f32], what: &str) {
     );
 }
 
-fn check_model(model: BuiltinModel, fixture_name: &str) {
+fn check_model(model: BuiltinModel, fixture_name: &str, storage: WeightStorage) {
     let reference: Reference = fixture(fixture_name);
-    let llama = load_builtin(model);
+    let llama = load_builtin_as(model, storage);
+    let tol = match storage {
+        WeightStorage::F32 => LOGIT_TOL,
+        WeightStorage::AsStored => QUANTIZED_LOGIT_TOL,
+    };
     let device = llama.device();
     let n_layers = llama.config().n_layers;
     let vocab = llama.config().vocab_size;
@@ -77,7 +90,7 @@ fn check_model(model: BuiltinModel, fixture_name: &str) {
         let batch = TokenBatch::left_padded(std::slice::from_ref(&case.token_ids), 0, &device);
         let mut capture = Capture::every_layer(n_layers, HookPoint::ResidPre, vec![1]);
         let row = read_f32(llama.last_logits(&batch, &mut capture));
-        check_logits(case, &row, "alone");
+        check_logits(case, &row, "alone", tol);
         assert_eq!(case.resid_pre_norm_last.len(), n_layers);
         for (l, &want) in case.resid_pre_norm_last.iter().enumerate() {
             let x = read_f32(
@@ -104,7 +117,7 @@ fn check_model(model: BuiltinModel, fixture_name: &str) {
     let logits =
         read_f32(llama.last_logits(&TokenBatch::left_padded(&prompts, 0, &device), &mut NoHook));
     for (case, row) in reference.cases.iter().zip(logits.chunks_exact(vocab)) {
-        check_logits(case, row, "batched");
+        check_logits(case, row, "batched", tol);
     }
     check_tokens_and_greedy(&llama, model, &reference);
 }
@@ -164,15 +177,28 @@ fn check_tokens_and_greedy(llama: &Llama, model: BuiltinModel, reference: &Refer
     }
 }
 
+const SMOLLM2: (BuiltinModel, &str) = (BuiltinModel::SmolLm2_135m, "smollm2-135m.reference.json");
+const QWEN: (BuiltinModel, &str) = (
+    BuiltinModel::Qwen25Coder0_5b,
+    "qwen2.5-coder-0.5b.reference.json",
+);
+
 #[test]
-fn smollm2_matches_the_float_reference() {
-    check_model(BuiltinModel::SmolLm2_135m, "smollm2-135m.reference.json");
+fn smollm2_quantized_matches_the_float_reference() {
+    check_model(SMOLLM2.0, SMOLLM2.1, WeightStorage::AsStored);
 }
 
 #[test]
-fn qwen25_coder_matches_the_float_reference() {
-    check_model(
-        BuiltinModel::Qwen25Coder0_5b,
-        "qwen2.5-coder-0.5b.reference.json",
-    );
+fn qwen25_coder_quantized_matches_the_float_reference() {
+    check_model(QWEN.0, QWEN.1, WeightStorage::AsStored);
+}
+
+#[test]
+fn smollm2_f32_matches_the_float_reference() {
+    check_model(SMOLLM2.0, SMOLLM2.1, WeightStorage::F32);
+}
+
+#[test]
+fn qwen25_coder_f32_matches_the_float_reference() {
+    check_model(QWEN.0, QWEN.1, WeightStorage::F32);
 }

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::load::{self, TextAssets};
-use refusal_core::model::{Llama, NoHook};
+use refusal_core::model::{Llama, NoHook, WeightStorage};
 use refusal_core::tokenizer::Tokenizer;
 use refusal_lens::fetch::Cache;
 use refusal_lens::source::BuiltinModel;
@@ -39,12 +39,21 @@ fn map_builtin(model: BuiltinModel) -> (String, memmap2::Mmap) {
     (path.display().to_string(), bytes)
 }
 
-/// Loads a built-in model on the CPU.
+/// Loads a built-in model on the CPU, its GGML blocks kept as they are (the default).
 pub fn load_builtin(model: BuiltinModel) -> Llama {
+    load_builtin_as(model, WeightStorage::AsStored)
+}
+
+/// Loads a built-in model on the CPU with its matrices kept as `storage` says.
+pub fn load_builtin_as(model: BuiltinModel, storage: WeightStorage) -> Llama {
     let (name, bytes) = map_builtin(model);
     let file = load::gguf::parse(&name, &bytes).unwrap_or_else(|e| panic!("{e}"));
     let device = burn::tensor::Device::flex();
-    load::gguf_model(&name, &file, &bytes, &device, &mut |_, _| {})
+    let options = load::LoadOptions {
+        storage,
+        release: None,
+    };
+    load::gguf_model(&name, &file, &bytes, &device, options, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -1,19 +1,21 @@
-//! `--model` and `--backend`, shared by every command that runs a model.
+//! `--model`, `--backend` and `--weights`, shared by every command that runs a model.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
+use refusal_core::model::WeightStorage;
 
 use crate::device::Backend;
 use crate::fetch::Cache;
-use crate::open::{Fingerprint, LoadedModel, fingerprint, open};
+use crate::open::{Fingerprint, LoadedModel, fingerprint, open_as};
 use crate::source::{BuiltinModel, ModelSource, ResolvedModel, size_and_mtime};
 
 /// A model as loaded, and what identifies its files then.
 struct Kept {
-    key: (PathBuf, u64, i64, Backend),
+    key: (PathBuf, u64, i64, Backend, Weights),
     loaded: LoadedModel,
     fingerprint: Option<Fingerprint>,
 }
@@ -30,6 +32,26 @@ pub fn keep_last_model() {
     KEEP_LAST_MODEL.store(true, Ordering::SeqCst);
 }
 
+/// How the model's large matrices are kept in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Weights {
+    /// As the checkpoint stores them: GGUF blocks (Q4_K, Q8_0, ...) stay quantized and are
+    /// multiplied as they are on the CPU, 16-bit floats stay 16-bit.
+    #[default]
+    Stored,
+    /// Dequantized to f32: the reference for numerical checks, at several times the memory.
+    F32,
+}
+
+impl Weights {
+    pub fn storage(self) -> WeightStorage {
+        match self {
+            Weights::Stored => WeightStorage::AsStored,
+            Weights::F32 => WeightStorage::F32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// A built-in alias (qwen2.5-coder-0.5b, smollm2-135m), a .gguf file, a Hugging Face
@@ -39,6 +61,9 @@ pub struct ModelArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// How the weights are kept.
+    #[arg(long, value_enum, default_value_t = Weights::Stored)]
+    pub weights: Weights,
 }
 
 impl ModelArgs {
@@ -67,7 +92,7 @@ impl ModelArgs {
         };
         let load = || -> Result<LoadedModel> {
             let device = self.backend.device()?;
-            open(&resolved, &device, true)
+            open_as(&resolved, &device, self.weights.storage(), true)
                 .with_context(|| format!("loading model `{}`", self.model))
         };
         if !KEEP_LAST_MODEL.load(Ordering::SeqCst) {
@@ -76,7 +101,7 @@ impl ModelArgs {
         }
         let (ResolvedModel::Gguf(path) | ResolvedModel::HfDir(path)) = &resolved;
         let (size, mtime) = size_and_mtime(path)?;
-        let key = (path.clone(), size, mtime, self.backend);
+        let key = (path.clone(), size, mtime, self.backend, self.weights);
         // Held while loading, so concurrent jobs on one model load it once.
         let mut last = LAST_MODEL.lock().unwrap_or_else(|e| e.into_inner());
         match last.as_mut() {
@@ -113,6 +138,9 @@ pub struct BaseArgs {
     /// Where the models run.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// How the weights are kept.
+    #[arg(long, value_enum, default_value_t = Weights::Stored)]
+    pub weights: Weights,
 }
 
 impl BaseArgs {
@@ -120,6 +148,7 @@ impl BaseArgs {
         ModelArgs {
             model: self.base.clone(),
             backend: self.backend,
+            weights: self.weights,
         }
     }
 }

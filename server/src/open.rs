@@ -12,7 +12,7 @@ use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
 use refusal_core::gguf::GgufFile;
-use refusal_core::load::{self, HfLoadOptions, TextAssets};
+use refusal_core::load::{self, LoadOptions, TextAssets};
 use refusal_core::model::{Llama, ModelConfig, WeightStorage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -243,7 +243,19 @@ impl Checkpoint {
     ) -> Result<Llama> {
         Ok(match self {
             Checkpoint::Gguf { path, bytes, file } => {
-                load::gguf_model(&path.display().to_string(), file, bytes, device, progress)?
+                let mut release = |_: usize, range: Range<usize>| drop_pages(bytes, range);
+                let options = LoadOptions {
+                    storage,
+                    release: Some(&mut release),
+                };
+                load::gguf_model(
+                    &path.display().to_string(),
+                    file,
+                    bytes,
+                    device,
+                    options,
+                    progress,
+                )?
             }
             Checkpoint::Hf {
                 config_json,
@@ -254,7 +266,7 @@ impl Checkpoint {
                     shards.iter().map(|(n, m)| (n.clone(), &m[..])).collect();
                 let mut release =
                     |shard: usize, bytes: Range<usize>| drop_pages(&shards[shard].1, bytes);
-                let options = HfLoadOptions {
+                let options = LoadOptions {
                     storage,
                     release: Some(&mut release),
                 };

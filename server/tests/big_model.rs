@@ -240,11 +240,11 @@ fn a_bf16_checkpoint_gives_the_logits_of_its_f32_load() {
     let kept = load(dir.path(), WeightStorage::AsStored);
     let widened = load(dir.path(), WeightStorage::F32);
     assert_eq!(
-        kept.llama.blocks[1].mlp.down.weight.val().dtype(),
+        kept.llama.blocks[1].mlp.down.weight_values().dtype(),
         burn::tensor::DType::BF16
     );
     assert_eq!(
-        widened.llama.blocks[1].mlp.down.weight.val().dtype(),
+        widened.llama.blocks[1].mlp.down.weight_values().dtype(),
         burn::tensor::DType::F32
     );
     let prompts = [vec![3, 1, 4, 1, 5, 9, 2, 6], vec![4000, 27, 18]];

@@ -29,6 +29,7 @@ fn tiny() -> LoadedModel {
     ModelArgs {
         model: path.display().to_string(),
         backend: Backend::Cpu,
+        weights: Default::default(),
     }
     .load()
     .unwrap()

@@ -60,11 +60,11 @@ impl Held {
 
 fn held(model: &Llama, name: WeightName) -> Option<Held> {
     // Linear layers multiply `[d_in, d_out]`; files hold the transpose.
-    let weight = |l: &Linear| Held::Matrix(l.weight.val().transpose());
+    let weight = |l: &Linear| Held::Matrix(l.weight_values().transpose());
     let bias = |l: &Linear| l.bias.as_ref().map(|b| Held::Vector(b.val()));
     Some(match name {
-        WeightName::TokenEmbedding => Held::Matrix(model.embedding.val()),
-        WeightName::OutputHead => Held::Matrix(model.head.as_ref()?.val()),
+        WeightName::TokenEmbedding => Held::Matrix(model.embedding_values()),
+        WeightName::OutputHead => Held::Matrix(model.head_values()?),
         WeightName::FinalNorm => Held::Vector(model.norm.weight.val()),
         WeightName::Block(l, w) => {
             let b = model.blocks.get(l)?;
@@ -357,7 +357,7 @@ mod tests {
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],
             &device,
-            crate::load::HfLoadOptions::default(),
+            crate::load::LoadOptions::default(),
             &mut |_, _| {},
         )
         .unwrap();
@@ -382,7 +382,7 @@ mod tests {
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],
             &device,
-            crate::load::HfLoadOptions::default(),
+            crate::load::LoadOptions::default(),
             &mut |_, _| {},
         )
         .unwrap();

@@ -12,4 +12,5 @@ pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod refusal;
+mod threads;
 pub mod tokenizer;

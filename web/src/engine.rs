@@ -13,7 +13,7 @@ use js_sys::{Array, Function, Promise, Uint8Array};
 use refusal_core::chat::FormattedPrompt;
 use refusal_core::defaults;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
-use refusal_core::load::{self, HfLoadOptions, TextAssets, gguf};
+use refusal_core::load::{self, LoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
 use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection, VariantModels, read};
@@ -222,8 +222,9 @@ impl Engine {
         if let Some((name, bytes)) = files.gguf() {
             let file = gguf::parse(name, bytes).map_err(|e| e.to_string())?;
             let text = load::gguf_text_assets(name, &file).map_err(|e| e.to_string())?;
-            let llama = load::gguf_model(name, &file, bytes, device, progress)
-                .map_err(|e| e.to_string())?;
+            let llama =
+                load::gguf_model(name, &file, bytes, device, LoadOptions::default(), progress)
+                    .map_err(|e| e.to_string())?;
             let model_name = file
                 .get("general.name")
                 .and_then(|v| v.as_str())
@@ -263,7 +264,7 @@ impl Engine {
                 .as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        let llama = load::hf_model(config, &shards, device, HfLoadOptions::default(), progress)
+        let llama = load::hf_model(config, &shards, device, LoadOptions::default(), progress)
             .map_err(|e| e.to_string())?;
         let checkpoint = CheckpointInfo::new(llama.config(), None);
         Ok(Engine {

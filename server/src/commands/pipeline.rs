@@ -208,6 +208,7 @@ pub fn compressed_model(
             let args = ModelArgs {
                 model: spec.to_owned(),
                 backend: base.backend,
+                weights: base.weights,
             };
             let loaded = args.load().with_context(|| {
                 format!("`{spec}` is neither a model nor a recipe such as wanda:0.5 or rtn:4:128")

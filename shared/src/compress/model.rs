@@ -3,12 +3,12 @@
 //! calibrated on the inputs it will really see; within a block all seven linear layers are
 //! measured on one pass of the block as loaded. Embedding, norms and head are left as they are.
 
-use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::gguf::{GgmlType, dequantize, fits_rows, quantize};
 use crate::load::names;
-use crate::model::llama::{Block, Linear};
+use crate::model::llama::{Block, Linear, Weight};
+use crate::model::quantized::QuantizedMatrix;
 use crate::model::weights::transposed;
 use crate::model::{BlockContext, BlockWeight, HostTensor, Llama, TokenBatch, WeightName};
 use crate::refusal::{OnProgress, PipelineError, Stage, read, report};
@@ -95,6 +95,9 @@ impl Summary {
 
 /// A compressed model and what was done to each layer.
 pub struct Compressed {
+    /// On the CPU, layers packed in a block type are kept as those blocks and multiplied from
+    /// them; every other compressed weight is dense, in the type the weight had (f32 for a
+    /// quantized one).
     pub model: Llama,
     pub layers: Vec<LinearReport>,
     /// The GGUF bytes of every linear layer, for [`Method::Ggml`] (empty otherwise).
@@ -183,6 +186,13 @@ pub async fn compress(
             let stats = host[input_of(w)].as_ref();
             let mut compressed = original.clone();
             let outcome = compress_matrix(&mut compressed, method, stats, &tensor)?;
+            let blocks = outcome.packed.as_ref().and_then(|(ty, bytes)| {
+                // On the CPU the model multiplies the packed blocks themselves.
+                let [rows, cols] = [original.rows, original.cols];
+                (device == burn::tensor::Device::flex())
+                    .then(|| QuantizedMatrix::new(*ty, rows, cols, bytes.clone()).ok())
+                    .flatten()
+            });
             if let Some((ty, bytes)) = outcome.packed {
                 packed.push(PackedWeight { name, ty, bytes });
             }
@@ -198,7 +208,10 @@ pub async fn compress(
                 damping: outcome.damping,
                 tensor,
             });
-            set_rows(linear, compressed, &device);
+            match blocks {
+                Some(q) => linear.weight = Weight::Quantized(q),
+                None => set_rows(linear, compressed, &device),
+            }
         }
 
         let block = &model.blocks[l];
@@ -386,7 +399,7 @@ pub fn storage_type(ty: GgmlType, cols: usize) -> GgmlType {
 
 /// A linear layer's weight as files store it, `[d_out, d_in]`.
 async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
-    let w = linear.weight.val();
+    let w = linear.weight_values();
     let [d_in, d_out] = w.dims();
     let stored = read(w).await?;
     let mut data = vec![0.0f32; stored.len()];
@@ -406,12 +419,12 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
 /// 16-bit model stays 16-bit, its compressed values rounded to that type (the packed GGUF
 /// blocks and the manifest's errors are computed from the unrounded values).
 fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
-    let dtype = linear.weight.val().dtype();
+    let dtype = linear.weight_values().dtype();
     let rows = HostTensor {
         shape: vec![w.rows, w.cols],
         data: w.data,
     };
-    linear.weight = Param::from_tensor(transposed(rows, device).cast(dtype));
+    linear.set_weight(transposed(rows, device).cast(dtype));
 }
 
 #[cfg(test)]
@@ -482,7 +495,9 @@ mod tests {
             let WeightName::Block(l, w) = name else {
                 unreachable!("only block linears are compressed")
             };
-            let dtype = linear_mut(&mut c.model.blocks[l], w).weight.val().dtype();
+            let dtype = linear_mut(&mut c.model.blocks[l], w)
+                .weight_values()
+                .dtype();
             assert_eq!(dtype, burn::tensor::DType::BF16);
             // Zero is exact in bf16: the 2:4 pattern survives the rounding.
             let host = host_weight(&c.model, name).unwrap();

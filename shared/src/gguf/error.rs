@@ -162,6 +162,13 @@ pub enum GgufError {
         block_size: u64,
     },
 
+    /// A float type was given where the quantized kernels need a block type.
+    #[error("{ty} is not a block type: the quantized kernels multiply Q4_0..Q8_0 and Q2_K..Q6_K")]
+    UnsupportedKernel {
+        /// Type name.
+        ty: &'static str,
+    },
+
     /// [`dequantize`](super::dequantize) got a byte slice of the wrong length.
     #[error("{n_elements} elements of {ty} take {expected} bytes, got {actual}")]
     DataSizeMismatch {

@@ -6,6 +6,7 @@
 //! bit-identically to gguf-py, and [`quantize`] is its inverse. [`GgufWriter`] writes files the
 //! reader reads back.
 
+pub mod dot;
 pub mod error;
 pub mod quant;
 pub mod quantize;

@@ -20,7 +20,7 @@ use half::slice::HalfFloatSliceExt;
 use super::GgufError;
 
 /// Elements per block of the k-quants (ggml's `QK_K`).
-const QK_K: usize = 256;
+pub(super) const QK_K: usize = 256;
 
 /// The GGML tensor types this reader can dequantize.
 ///
@@ -153,16 +153,16 @@ impl fmt::Display for GgmlType {
 }
 
 // Block sizes in bytes, from ggml's block structs.
-const Q4_0_BYTES: usize = 2 + 16;
-const Q4_1_BYTES: usize = 2 + 2 + 16;
-const Q5_0_BYTES: usize = 2 + 4 + 16;
-const Q5_1_BYTES: usize = 2 + 2 + 4 + 16;
-const Q8_0_BYTES: usize = 2 + 32;
-const Q2K_BYTES: usize = QK_K / 16 + QK_K / 4 + 2 + 2;
-const Q3K_BYTES: usize = QK_K / 8 + QK_K / 4 + 12 + 2;
-const Q4K_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
-const Q5K_BYTES: usize = 2 + 2 + 12 + QK_K / 8 + QK_K / 2;
-const Q6K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
+pub(super) const Q4_0_BYTES: usize = 2 + 16;
+pub(super) const Q4_1_BYTES: usize = 2 + 2 + 16;
+pub(super) const Q5_0_BYTES: usize = 2 + 4 + 16;
+pub(super) const Q5_1_BYTES: usize = 2 + 2 + 4 + 16;
+pub(super) const Q8_0_BYTES: usize = 2 + 32;
+pub(super) const Q2K_BYTES: usize = QK_K / 16 + QK_K / 4 + 2 + 2;
+pub(super) const Q3K_BYTES: usize = QK_K / 8 + QK_K / 4 + 12 + 2;
+pub(super) const Q4K_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
+pub(super) const Q5K_BYTES: usize = 2 + 2 + 12 + QK_K / 8 + QK_K / 2;
+pub(super) const Q6K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
 /// Dequantizes `n_elements` values of type `ty` from `data`, which must hold exactly that many.
 ///
@@ -263,7 +263,7 @@ fn f16_to_f32(data: &[u8], out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn f16_at(lo: u8, hi: u8) -> f32 {
+pub(super) fn f16_at(lo: u8, hi: u8) -> f32 {
     f16::from_le_bytes([lo, hi]).to_f32()
 }
 
@@ -332,7 +332,7 @@ fn q8_0(b: &[u8; Q8_0_BYTES], o: &mut [f32; 32]) {
 /// 32 bytes: element `128*h + 32*s + l` is bits `2s..2s+2` of byte `32*h + l`. Group `g` of 16
 /// elements therefore reads 16 bytes from the returned start at the returned shift.
 #[inline(always)]
-const fn two_bit_group(g: usize) -> (usize, usize) {
+pub(super) const fn two_bit_group(g: usize) -> (usize, usize) {
     let h = g / 8;
     let s = (g / 2) % 4;
     (32 * h + (g % 2) * 16, 2 * s)
@@ -389,7 +389,7 @@ fn q3_k(b: &[u8; Q3K_BYTES], o: &mut [f32; QK_K]) {
 /// low 6 bits of scales 0..4, bytes 4..8 those of mins 0..4, and bytes 8..12 the low nibbles
 /// of scales/mins 4..8, whose top 2 bits sit in the top bits of bytes 0..8.
 #[inline(always)]
-fn k_scale_min(s: &[u8; 12], j: usize) -> (u8, u8) {
+pub(super) fn k_scale_min(s: &[u8; 12], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 0x3F, s[j + 4] & 0x3F)
     } else {
@@ -402,7 +402,7 @@ fn k_scale_min(s: &[u8; 12], j: usize) -> (u8, u8) {
 
 /// The 12 scale bytes of a Q4_K/Q5_K block, which start at byte 4.
 #[inline(always)]
-fn k_scales<const N: usize>(b: &[u8; N]) -> [u8; 12] {
+pub(super) fn k_scales<const N: usize>(b: &[u8; N]) -> [u8; 12] {
     let mut s = [0u8; 12];
     for (i, v) in s.iter_mut().enumerate() {
         *v = b[4 + i];

@@ -1,15 +1,19 @@
-//! GGUF checkpoints: model config from the metadata, weights dequantized to f32.
+//! GGUF checkpoints: model config from the metadata, weights in the file's types (GGML blocks
+//! stay blocks, 16-bit floats stay 16-bit) or dequantized to f32.
 //!
 //! llama.cpp's converter permutes the q/k rows of Llama checkpoints so that RoPE pairs adjacent
 //! dimensions, and leaves Qwen2 checkpoints as Hugging Face stores them (NeoX pairing); the
 //! config records which pairing the file's rows expect.
 
-use crate::gguf::{GgufError, GgufFile, MetadataValue};
+use half::{bf16, f16};
+
+use crate::gguf::{GgmlType, GgufError, GgufFile, MetadataValue};
 use crate::model::{
-    Architecture, BlockWeight, ConfigError, HostTensor, ModelConfig, RopePairing, WeightError,
-    WeightName, WeightSource,
+    Architecture, BlockWeight, ConfigError, HostTensor, ModelConfig, RopePairing, StoredTensor,
+    StoredValues, WeightError, WeightName, WeightSource,
 };
 
+use super::hf::ReleaseBytes;
 use super::{LoadError, names};
 
 /// The model configuration stored in a GGUF file's metadata (`{arch}.*` keys).
@@ -83,6 +87,45 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
 pub struct GgufWeights<'a> {
     pub file: &'a GgufFile,
     pub bytes: &'a [u8],
+    /// Told the byte range of each tensor once it is copied (the file is the only shard: its
+    /// index is 0), so that a memory-mapped file need not stay resident beside the model.
+    pub release: Option<ReleaseBytes<'a>>,
+}
+
+impl<'a> GgufWeights<'a> {
+    /// The tensor's bytes and row-major shape, `None` if the file lacks it.
+    fn raw(&self, key: &str) -> Result<Option<(GgmlType, &'a [u8], Vec<usize>)>, WeightError> {
+        let Some(info) = self.file.tensor(key) else {
+            return Ok(None);
+        };
+        let data = self
+            .file
+            .tensor_bytes(self.bytes, info)
+            .map_err(|e| source(key, e))?;
+        // GGUF lists the fastest-varying dimension first; row-major shapes list it last.
+        let shape = info
+            .dims
+            .iter()
+            .rev()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
+        Ok(Some((info.ggml_type, data, shape)))
+    }
+
+    fn released(&mut self, data: &[u8]) {
+        if let Some(release) = self.release.as_mut() {
+            // `data` is a sub-slice of `bytes`, so the subtraction cannot underflow.
+            let start = data.as_ptr() as usize - self.bytes.as_ptr() as usize;
+            release(0, start..start + data.len());
+        }
+    }
+}
+
+fn source(key: &str, e: GgufError) -> WeightError {
+    WeightError::Source {
+        tensor: key.to_owned(),
+        source: Box::new(e),
+    }
 }
 
 impl WeightSource for GgufWeights<'_> {
@@ -92,22 +135,46 @@ impl WeightSource for GgufWeights<'_> {
 
     fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
         let key = names::gguf(name);
-        let Some(info) = self.file.tensor(&key) else {
+        let Some((_, _, shape)) = self.raw(&key)? else {
             return Ok(None);
         };
-        let source = |e: GgufError| WeightError::Source {
-            tensor: key.clone(),
-            source: Box::new(e),
-        };
-        let data = self.file.tensor_f32(self.bytes, &key).map_err(source)?;
-        // GGUF lists the fastest-varying dimension first; row-major shapes list it last.
-        let shape = info
-            .dims
-            .iter()
-            .rev()
-            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-            .collect();
+        let data = self
+            .file
+            .tensor_f32(self.bytes, &key)
+            .map_err(|e| source(&key, e))?;
         Ok(Some(HostTensor { shape, data }))
+    }
+
+    /// The tensor in the file's type: blocks as they are, 16-bit floats as 16-bit values.
+    fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
+        let key = names::gguf(name);
+        let Some((ty, data, shape)) = self.raw(&key)? else {
+            return Ok(None);
+        };
+        let values = match ty {
+            GgmlType::F32 => StoredValues::F32(
+                self.file
+                    .tensor_f32(self.bytes, &key)
+                    .map_err(|e| source(&key, e))?,
+            ),
+            GgmlType::F16 => StoredValues::F16(
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|b| f16::from_le_bytes(*b))
+                    .collect(),
+            ),
+            GgmlType::BF16 => StoredValues::BF16(
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|b| bf16::from_le_bytes(*b))
+                    .collect(),
+            ),
+            _ => StoredValues::Blocks(ty, data.to_vec()),
+        };
+        self.released(data);
+        Ok(Some(StoredTensor { shape, values }))
     }
 }
 

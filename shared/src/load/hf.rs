@@ -241,7 +241,7 @@ mod tests {
     use safetensors::tensor::TensorView;
 
     use super::*;
-    use crate::load::{HfLoadOptions, LoadError, hf_model};
+    use crate::load::{LoadError, LoadOptions, hf_model};
     use crate::model::random::RandomWeights;
     use crate::model::{BlockWeight, Llama, NoHook, TokenBatch, WeightStorage, read_f32, weights};
 
@@ -355,7 +355,7 @@ mod tests {
             &config_json(config),
             shards,
             &Device::flex(),
-            HfLoadOptions::default(),
+            LoadOptions::default(),
             &mut |_, _| {},
         )
     }
@@ -403,7 +403,7 @@ mod tests {
             &config_json(&config),
             &shards,
             &Device::flex(),
-            HfLoadOptions {
+            LoadOptions {
                 storage: WeightStorage::AsStored,
                 release: Some(&mut release),
             },
@@ -412,10 +412,10 @@ mod tests {
         .expect("loads");
         let block = &kept.blocks[0];
         for m in [
-            kept.embedding.val(),
-            kept.head.as_ref().expect("untied").val(),
-            block.attn.q.weight.val(),
-            block.mlp.down.weight.val(),
+            kept.embedding_values(),
+            kept.head_values().expect("untied"),
+            block.attn.q.weight_values(),
+            block.mlp.down.weight_values(),
         ] {
             assert_eq!(m.dtype(), DType::BF16);
         }
@@ -444,14 +444,17 @@ mod tests {
             &config_json(&config),
             &shards,
             &Device::flex(),
-            HfLoadOptions {
+            LoadOptions {
                 storage: WeightStorage::F32,
                 release: None,
             },
             &mut |_, _| {},
         )
         .expect("loads");
-        assert_eq!(widened.blocks[0].mlp.down.weight.val().dtype(), DType::F32);
+        assert_eq!(
+            widened.blocks[0].mlp.down.weight_values().dtype(),
+            DType::F32
+        );
         // bf16 values widen exactly, and every product is computed in f32 either way.
         assert_eq!(logits(&kept), logits(&widened));
     }

@@ -108,36 +108,42 @@ pub fn hf_text_assets(
     Ok(TextAssets { tokenizer, chat })
 }
 
+/// How a checkpoint is loaded.
+#[derive(Default)]
+pub struct LoadOptions<'a> {
+    /// The type of the large matrices (default: the checkpoint's; GGML blocks stay blocks on
+    /// the CPU).
+    pub storage: WeightStorage,
+    /// Told which file bytes each weight came from once they are copied (see
+    /// [`hf::SafetensorsWeights::releasing`]).
+    pub release: Option<hf::ReleaseBytes<'a>>,
+}
+
 /// Loads the decoder of a GGUF file (parsed with [`gguf::parse`] from `bytes`), calling
 /// `progress(done, total)` per weight.
-pub fn gguf_model(
+pub fn gguf_model<'a>(
     file_name: &str,
-    file: &GgufFile,
-    bytes: &[u8],
+    file: &'a GgufFile,
+    bytes: &'a [u8],
     device: &Device,
+    options: LoadOptions<'a>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, LoadError> {
     let config = gguf::config(file).map_err(|source| LoadError::Config {
         file: file_name.into(),
         source,
     })?;
-    let mut source = gguf::GgufWeights { file, bytes };
-    weights::build(config, &mut source, device, WeightStorage::F32, progress).map_err(|source| {
+    let mut source = gguf::GgufWeights {
+        file,
+        bytes,
+        release: options.release,
+    };
+    weights::build(config, &mut source, device, options.storage, progress).map_err(|source| {
         LoadError::Weights {
             file: file_name.into(),
             source,
         }
     })
-}
-
-/// How a Hugging Face checkpoint is loaded.
-#[derive(Default)]
-pub struct HfLoadOptions<'a> {
-    /// The type of the large matrices on the device (default: the checkpoint's, if 16-bit).
-    pub storage: WeightStorage,
-    /// Told which shard bytes each weight came from once they are copied (see
-    /// [`hf::SafetensorsWeights::releasing`]).
-    pub release: Option<hf::ReleaseBytes<'a>>,
 }
 
 /// Loads the decoder of a Hugging Face checkpoint from `config.json` and its safetensors
@@ -146,7 +152,7 @@ pub fn hf_model<'a>(
     config_json: &[u8],
     shards: &[(String, &'a [u8])],
     device: &Device,
-    options: HfLoadOptions<'a>,
+    options: LoadOptions<'a>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, LoadError> {
     let mut config = hf::parse_config("config.json", config_json)?;

@@ -3,8 +3,9 @@
 //!
 //! Weights live in Burn modules with no backend type parameter: the backend is whatever
 //! [`Device`] the tensors were created on (flex CPU, wgpu/WebGPU, CUDA). The large matrices may
-//! be stored in f16 or bf16 (see [`super::weights::WeightStorage`]); every computation is f32,
-//! so a 16-bit matrix is widened where it is used.
+//! be stored in f16 or bf16, or on the CPU as GGML blocks (see
+//! [`super::weights::WeightStorage`]); every computation is f32, so a 16-bit matrix is widened
+//! where it is used and a quantized one multiplied from its blocks.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
@@ -13,6 +14,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
+use super::quantized::QuantizedMatrix;
 use super::swiglu::swiglu;
 
 /// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
@@ -96,11 +98,52 @@ impl KvCache {
     }
 }
 
-/// `y = x W + b` with `W` stored `[d_in, d_out]`.
+/// One of the model's large matrices: a device tensor, or GGML blocks on the CPU.
+#[derive(Module, Debug)]
+pub enum Weight {
+    /// f32, f16 or bf16 (widened to f32 for each use, a transient copy), in the layout its
+    /// holder documents.
+    Dense(Param<Tensor<2>>),
+    /// `[rows, cols]` as the file stores it (`[d_out, d_in]`), multiplied from its blocks.
+    Quantized(QuantizedMatrix),
+}
+
+impl Weight {
+    /// The device the model runs on (quantized matrices only exist on the CPU backend).
+    pub fn device(&self) -> Device {
+        match self {
+            Weight::Dense(w) => w.val().device(),
+            Weight::Quantized(_) => Device::flex(),
+        }
+    }
+
+    /// The type the values are kept in, as GGUF names it (`F32`, `BF16`, `Q4_K`, ...).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Weight::Dense(w) => match w.val().dtype() {
+                DType::F16 => "F16",
+                DType::BF16 => "BF16",
+                _ => "F32",
+            },
+            Weight::Quantized(q) => q.ty().name(),
+        }
+    }
+
+    /// The values in file layout `[rows, cols]` for a matrix kept that way (the embedding and
+    /// the head): the stored tensor, or the blocks dequantized to f32.
+    fn file_layout(&self) -> Tensor<2> {
+        match self {
+            Weight::Dense(w) => w.val(),
+            Weight::Quantized(q) => q.to_tensor(&Device::flex()),
+        }
+    }
+}
+
+/// `y = x W + b`, with `W` `[d_in, d_out]` when dense.
 #[derive(Module, Debug)]
 pub struct Linear {
-    /// `[d_in, d_out]`; f32, f16 or bf16 (widened to f32 for each use, a transient copy).
-    pub weight: Param<Tensor<2>>,
+    /// Dense: `[d_in, d_out]`. Quantized: `[d_out, d_in]` blocks.
+    pub weight: Weight,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<1>>>,
 }
@@ -109,9 +152,37 @@ impl Linear {
     /// # Shapes
     /// - `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // A no-op for f32 weights.
-        let weight = self.weight.val().cast(FloatDType::F32);
-        linear(x, weight, self.bias.as_ref().map(Param::val))
+        let bias = self.bias.as_ref().map(Param::val);
+        match &self.weight {
+            // The cast is a no-op for f32 weights.
+            Weight::Dense(w) => linear(x, w.val().cast(FloatDType::F32), bias),
+            Weight::Quantized(q) => {
+                let dims = x.dims();
+                let [d_out, d_in] = q.dims();
+                let rows = dims[..D - 1].iter().product();
+                let mut out_dims = dims;
+                out_dims[D - 1] = d_out;
+                let y: Tensor<D> = q.matmul(x.reshape([rows, d_in])).reshape(out_dims);
+                match bias {
+                    Some(b) => y + b.unsqueeze(),
+                    None => y,
+                }
+            }
+        }
+    }
+
+    /// The weight's values, `[d_in, d_out]`: the stored tensor, or the blocks dequantized to
+    /// f32 (for edits, which then store a dense weight).
+    pub fn weight_values(&self) -> Tensor<2> {
+        match &self.weight {
+            Weight::Dense(w) => w.val(),
+            Weight::Quantized(q) => q.to_tensor(&Device::flex()).transpose(),
+        }
+    }
+
+    /// Replaces the weight by dense values `[d_in, d_out]`.
+    pub fn set_weight(&mut self, values: Tensor<2>) {
+        self.weight = Weight::Dense(Param::from_tensor(values));
     }
 }
 
@@ -367,13 +438,12 @@ impl Block {
 /// A Llama-family decoder.
 #[derive(Module, Debug)]
 pub struct Llama {
-    /// `[vocab, d_model]`; f32, f16 or bf16 (the rows looked up are widened to f32).
-    pub embedding: Param<Tensor<2>>,
+    /// `[vocab, d_model]`; f32, f16, bf16 or blocks (the rows looked up are widened to f32).
+    pub embedding: Weight,
     pub blocks: Vec<Block>,
     pub norm: RmsNorm,
-    /// Output head, `[vocab, d_model]` in the embedding's type; `None` when tied to the
-    /// embedding.
-    pub head: Option<Param<Tensor<2>>>,
+    /// Output head, `[vocab, d_model]`; `None` when tied to the embedding.
+    pub head: Option<Weight>,
     #[module(skip)]
     pub config: ModelConfig,
 }
@@ -384,7 +454,17 @@ impl Llama {
     }
 
     pub fn device(&self) -> Device {
-        self.embedding.val().device()
+        self.embedding.device()
+    }
+
+    /// The token embedding's values, `[vocab, d_model]` (dequantized to f32 if quantized).
+    pub fn embedding_values(&self) -> Tensor<2> {
+        self.embedding.file_layout()
+    }
+
+    /// The untied head's values, `[vocab, d_model]`; `None` when tied to the embedding.
+    pub fn head_values(&self) -> Option<Tensor<2>> {
+        self.head.as_ref().map(Weight::file_layout)
     }
 
     /// Runs the prompt (or the next tokens, when `cache` already holds a prefix) through every
@@ -462,11 +542,11 @@ impl Llama {
     /// # Shapes
     /// - `ids`: `[batch * seq]` → `[batch, seq, d_model]`
     fn embed_tokens(&self, ids: Tensor<1, Int>, [n, seq]: [usize; 2]) -> Tensor<3> {
-        self.embedding
-            .val()
-            .select(0, ids)
-            .cast(FloatDType::F32)
-            .reshape([n, seq, self.config.d_model])
+        let rows = match &self.embedding {
+            Weight::Dense(e) => e.val().select(0, ids).cast(FloatDType::F32),
+            Weight::Quantized(q) => q.select_rows(ids),
+        };
+        rows.reshape([n, seq, self.config.d_model])
     }
 
     /// Vocabulary logits of final hidden states.
@@ -476,7 +556,10 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         // `head @ hidden^T` reads the `[vocab, d_model]` matrix as stored, so a tied embedding
         // needs no transposed copy of the largest matrix in the model.
-        let head = self.head.as_ref().unwrap_or(&self.embedding).val();
+        let head = match self.head.as_ref().unwrap_or(&self.embedding) {
+            Weight::Dense(head) => head.val(),
+            Weight::Quantized(q) => return q.matmul(hidden),
+        };
         if head.dtype() == DType::F32 {
             return head.matmul(hidden.transpose()).transpose();
         }

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod hooks;
 pub mod llama;
+pub mod quantized;
 pub mod random;
 mod swiglu;
 pub mod weights;
@@ -11,7 +12,8 @@ pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, Rope
 pub use hooks::{
     ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
 };
-pub use llama::{BlockContext, KvCache, LinearInputs, Llama, TokenBatch};
+pub use llama::{BlockContext, KvCache, Linear, LinearInputs, Llama, TokenBatch, Weight};
+pub use quantized::QuantizedMatrix;
 pub use weights::{
     BlockWeight, HostTensor, StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
     WeightStorage,

@@ -15,7 +15,9 @@ use half::{bf16, f16};
 use thiserror::Error;
 
 use super::config::ModelConfig;
-use super::llama::{Attention, Block, Linear, Llama, Mlp, RmsNorm};
+use super::llama::{Attention, Block, Linear, Llama, Mlp, RmsNorm, Weight};
+use super::quantized::QuantizedMatrix;
+use crate::gguf::{GgmlType, dequantize};
 
 /// A weight of the decoder, named independently of any file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +98,9 @@ pub enum StoredValues {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// GGML blocks of a block type (GGUF's Q4_0, Q4_K, ...), as the file stores them; the
+    /// byte count has been checked against the tensor's shape.
+    Blocks(GgmlType, Vec<u8>),
 }
 
 impl StoredValues {
@@ -104,6 +109,7 @@ impl StoredValues {
             StoredValues::F32(v) => v.len(),
             StoredValues::F16(v) => v.len(),
             StoredValues::BF16(v) => v.len(),
+            StoredValues::Blocks(ty, bytes) => bytes.len() / ty.type_size() * ty.block_size(),
         }
     }
 
@@ -111,18 +117,25 @@ impl StoredValues {
         self.len() == 0
     }
 
-    /// The values widened to f32 (exactly: every f16 and bf16 is an f32).
+    /// The values widened to f32 (exactly: every f16 and bf16 is an f32, and blocks are
+    /// dequantized as gguf-py does).
     pub fn into_f32(self) -> Vec<f32> {
         match self {
             StoredValues::F32(v) => v,
             StoredValues::F16(v) => v.into_iter().map(f16::to_f32).collect(),
             StoredValues::BF16(v) => v.into_iter().map(bf16::to_f32).collect(),
+            StoredValues::Blocks(ty, bytes) => {
+                let n = bytes.len() / ty.type_size() * ty.block_size();
+                dequantize(ty, &bytes, n)
+                    .unwrap_or_else(|e| unreachable!("whole blocks, by construction: {e}"))
+            }
         }
     }
 
+    /// The device type of dense values; blocks are widened to f32 when made dense.
     fn dtype(&self) -> DType {
         match self {
-            StoredValues::F32(_) => DType::F32,
+            StoredValues::F32(_) | StoredValues::Blocks(..) => DType::F32,
             StoredValues::F16(_) => DType::F16,
             StoredValues::BF16(_) => DType::BF16,
         }
@@ -134,6 +147,9 @@ impl StoredValues {
             StoredValues::F32(v) => StoredValues::F32(transpose(&v, rows, cols)),
             StoredValues::F16(v) => StoredValues::F16(transpose(&v, rows, cols)),
             StoredValues::BF16(v) => StoredValues::BF16(transpose(&v, rows, cols)),
+            blocks @ StoredValues::Blocks(..) => {
+                StoredValues::F32(transpose(&blocks.into_f32(), rows, cols))
+            }
         }
     }
 
@@ -142,6 +158,7 @@ impl StoredValues {
             StoredValues::F32(v) => TensorData::new(v, shape),
             StoredValues::F16(v) => TensorData::new(v, shape),
             StoredValues::BF16(v) => TensorData::new(v, shape),
+            blocks @ StoredValues::Blocks(..) => TensorData::new(blocks.into_f32(), shape),
         }
     }
 }
@@ -164,19 +181,21 @@ impl From<HostTensor> for StoredTensor {
 }
 
 /// In which type the large matrices (token embedding, output head and the seven linear layers
-/// of every block) are kept on the device. Norm gains and biases are always f32, and every
-/// forward pass computes in f32: a 16-bit matrix is widened to f32 where it is used (one
-/// matrix at a time).
+/// of every block) are kept. Norm gains and biases are always f32, and every forward pass
+/// computes in f32: a 16-bit matrix is widened to f32 where it is used (one matrix at a time),
+/// and a quantized one is multiplied from its blocks (see [`super::quantized`]).
 ///
 /// Edits of a 16-bit model (orthogonalization, compression, AIRD) are computed in f32 and
-/// rounded to the matrix's type when written back.
+/// rounded to the matrix's type when written back; edits of a quantized matrix leave it f32.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightStorage {
-    /// The checkpoint's type when it is f16 or bf16 and the device supports that type; f32
-    /// otherwise (GGUF files, which are dequantized to f32, and f32 checkpoints).
+    /// The checkpoint's type: GGML blocks stay blocks on the CPU backend (other devices get
+    /// them dequantized to f32), f16 and bf16 stay 16-bit where the device supports that type,
+    /// f32 stays f32.
     #[default]
     AsStored,
-    /// f32 whatever the checkpoint stores: twice the memory of a 16-bit checkpoint.
+    /// f32 whatever the checkpoint stores: the reference for numerical checks, at four times
+    /// the memory of a 16-bit checkpoint and about eight times that of a 4-bit one.
     F32,
 }
 
@@ -271,15 +290,14 @@ pub fn build(
         eps: config.rms_norm_eps,
     };
     let linear = |w: StoredTensor, b: Option<StoredTensor>| Linear {
-        weight: Param::from_tensor(transposed_stored(w, device, storage)),
+        weight: match quantized(w, device, storage) {
+            Ok(q) => Weight::Quantized(q),
+            Err(w) => Weight::Dense(Param::from_tensor(transposed_stored(w, device, storage))),
+        },
         bias: b.map(|b| Param::from_tensor(vector(b, device))),
     };
 
-    let embedding = Param::from_tensor(matrix(
-        f.required(WeightName::TokenEmbedding)?,
-        device,
-        storage,
-    ));
+    let embedding = matrix(f.required(WeightName::TokenEmbedding)?, device, storage);
     let mut blocks = Vec::with_capacity(config.n_layers);
     for l in 0..config.n_layers {
         let w = |b: BlockWeight| WeightName::Block(l, b);
@@ -331,11 +349,7 @@ pub fn build(
     let head = if config.tied_embeddings {
         None
     } else {
-        Some(Param::from_tensor(matrix(
-            f.required(WeightName::OutputHead)?,
-            device,
-            storage,
-        )))
+        Some(matrix(f.required(WeightName::OutputHead)?, device, storage))
     };
     Ok(Llama {
         embedding,
@@ -353,6 +367,27 @@ fn vector(t: StoredTensor, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(data, [n]), device)
 }
 
+/// The blocks of a GGML-typed matrix (`[d_out, d_in]`) if `storage` keeps them, which it
+/// does only on the CPU backend, whose kernels read host memory; otherwise `t` back.
+fn quantized(
+    t: StoredTensor,
+    device: &Device,
+    storage: WeightStorage,
+) -> Result<QuantizedMatrix, StoredTensor> {
+    let keep = storage == WeightStorage::AsStored && *device == Device::flex();
+    match t.values {
+        StoredValues::Blocks(ty, bytes) if keep && t.shape[1].is_multiple_of(ty.block_size()) => {
+            // The byte count was checked against the shape when the tensor was read.
+            QuantizedMatrix::new(ty, t.shape[0], t.shape[1], bytes)
+                .map_err(|e| unreachable!("blocks checked against their shape: {e}"))
+        }
+        values => Err(StoredTensor {
+            shape: t.shape,
+            values,
+        }),
+    }
+}
+
 /// The values a matrix keeps on the device: 16-bit ones stay 16-bit if `storage` and the device
 /// allow it.
 fn kept(values: StoredValues, device: &Device, storage: WeightStorage) -> StoredValues {
@@ -361,6 +396,7 @@ fn kept(values: StoredValues, device: &Device, storage: WeightStorage) -> Stored
         StoredValues::F16(_) | StoredValues::BF16(_) => {
             storage == WeightStorage::AsStored && device.supports_dtype(values.dtype())
         }
+        StoredValues::Blocks(..) => false,
     };
     if keep {
         values
@@ -375,9 +411,19 @@ fn placed(values: StoredValues, shape: [usize; 2], device: &Device) -> Tensor<2>
     Tensor::from_data(values.into_data(shape), (device, dtype))
 }
 
-fn matrix(t: StoredTensor, device: &Device, storage: WeightStorage) -> Tensor<2> {
-    let shape = [t.shape[0], t.shape[1]];
-    placed(kept(t.values, device, storage), shape, device)
+/// A matrix kept in file layout (the embedding and the head).
+fn matrix(t: StoredTensor, device: &Device, storage: WeightStorage) -> Weight {
+    match quantized(t, device, storage) {
+        Ok(q) => Weight::Quantized(q),
+        Err(t) => {
+            let shape = [t.shape[0], t.shape[1]];
+            Weight::Dense(Param::from_tensor(placed(
+                kept(t.values, device, storage),
+                shape,
+                device,
+            )))
+        }
+    }
 }
 
 /// `[d_out, d_in]` as files store it → `[d_in, d_out]` as [`Linear`] multiplies it. Done once

@@ -13,7 +13,6 @@
 //! The regression is solved in its dual form, `u = A^T (A A^T + lambda I)^-1 t`, because there
 //! are fewer samples (prompts x positions) than down-projection inputs.
 
-use burn::module::Param;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
@@ -343,7 +342,7 @@ pub async fn apply(
     let r = unit(base_direction)?;
     let down = &mut model.blocks[layer - 1].mlp.down;
     // Stored `[d_ff, d_model]` (input-major): the update is `alpha u r^T` in this layout.
-    let w = down.weight.val();
+    let w = down.weight_values();
     let density = |v: &[f32]| v.iter().filter(|x| **x != 0.0).count() as f64 / v.len() as f64;
     let density_before = density(&read(w.clone()).await?);
     let u = Tensor::<2>::from_data(TensorData::new(fit.u.clone(), [config.d_ff, 1]), &device);
@@ -352,7 +351,7 @@ pub async fn apply(
     let dtype = w.dtype();
     let updated = (w.cast(FloatDType::F32) + u.matmul(r) * fit.settings.alpha).cast(dtype);
     let density_after = density(&read(updated.clone()).await?);
-    down.weight = Param::from_tensor(updated);
+    down.set_weight(updated);
     Ok((
         model,
         Densification {

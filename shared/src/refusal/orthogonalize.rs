@@ -5,7 +5,7 @@
 use burn::module::Param;
 use burn::tensor::{FloatDType, Tensor};
 
-use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
+use crate::model::{BlockWeight, Llama, ModelConfig, Weight, WeightName};
 
 use super::PipelineError;
 use super::intervention::{check_width, unit, vector};
@@ -51,14 +51,17 @@ pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, Pipel
     };
 
     if model.head.is_none() {
-        model.head = Some(Param::from_tensor(model.embedding.val()));
+        model.head = Some(model.embedding.clone());
         model.config.tied_embeddings = false;
     }
-    model.embedding = Param::from_tensor(remove_rows(model.embedding.val(), &unit));
+    model.embedding = Weight::Dense(Param::from_tensor(remove_rows(
+        model.embedding_values(),
+        &unit,
+    )));
     for block in &mut model.blocks {
         for linear in [&mut block.attn.o, &mut block.mlp.down] {
             // Linear weights are `[d_in, d_model]`: each row is written into the stream.
-            linear.weight = Param::from_tensor(remove_rows(linear.weight.val(), &unit));
+            linear.set_weight(remove_rows(linear.weight_values(), &unit));
             if let Some(bias) = linear.bias.take() {
                 linear.bias = Some(Param::from_tensor(edit_bias(bias.val())));
             }
@@ -133,10 +136,10 @@ mod tests {
         let hooked = read_f32(model.last_logits(&batch, &mut ablation));
         let edited = orthogonalize(model, &r).unwrap();
         for w in [
-            edited.embedding.val(),
-            edited.head.as_ref().expect("untied").val(),
-            edited.blocks[1].attn.o.weight.val(),
-            edited.blocks[1].mlp.down.weight.val(),
+            edited.embedding_values(),
+            edited.head_values().expect("untied"),
+            edited.blocks[1].attn.o.weight_values(),
+            edited.blocks[1].mlp.down.weight_values(),
         ] {
             assert_eq!(w.dtype(), burn::tensor::DType::BF16);
         }

@@ -1,0 +1,736 @@
+//! `x · Wᵀ` straight from GGML blocks, with the activations quantized to 8 bits as llama.cpp
+//! does: per 32 values (Q8_0, with Q8_1's block sum) for the 32-element types, per 256 (Q8_K,
+//! with sums per 16) for the k-quants. Each weight block is unpacked once into small integers
+//! (and, for k-quants, their group scales folded in) and dotted with every activation row in
+//! integers; only the per-block scales are floats.
+//!
+//! The portable loops here are plain Rust (what the wasm build runs, vectorised by the compiler
+//! where it can with SIMD128); on x86-64 the kernels of [`x86`] unpack blocks into bytes and
+//! multiply them with AVX2, or with AVX-512 VNNI's byte dot product, picked at run time. Q2_K
+//! and Q3_K, rare in checkpoints, always take the portable loops. Integer sums are exact and
+//! the float steps are the same expressions in every variant, so all give the same bits.
+//!
+//! Accuracy: the weights are used exactly; the error is the activations' 8-bit rounding, as in
+//! llama.cpp (relative error of a dot product about 1e-2 / sqrt(block) at worst, in practice
+//! far smaller than the weights' own quantization error).
+
+use half::f16;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::GgmlType;
+use super::quant::{
+    Q2K_BYTES, Q3K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q4K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5K_BYTES,
+    Q6K_BYTES, Q8_0_BYTES, QK_K, f16_at, k_scale_min, k_scales, two_bit_group,
+};
+use crate::threads::for_each_chunk;
+
+/// Elements per block of the 32-element types.
+const QK: usize = 32;
+
+/// Whether [`matmul`] multiplies blocks of this type directly (every block type this crate
+/// reads; the float types are multiplied as dense matrices).
+pub const fn has_kernel(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// Instruction sets the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 with AVX-512 VNNI (F/BW/VL/VNNI) for the byte dot products.
+    Avx512Vnni,
+    /// AVX2 with FMA.
+    Avx2,
+    /// No extension: plain loops (wasm SIMD128 where the compiler vectorises them).
+    Portable,
+}
+
+impl Isa {
+    /// The widest this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512Vnni;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every variant this CPU runs, widest first (for tests that compare them).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|isa| *isa as u8 >= Isa::detect() as u8)
+            .collect()
+    }
+}
+
+/// One 32-element weight block unpacked: `value = d * vals + m`.
+struct Small {
+    vals: [i16; QK],
+    d: f32,
+    m: f32,
+}
+
+/// One 256-element k-quant block unpacked: `value = d * w - dmin * mins[group of 16]`, the
+/// group scales already multiplied into `w`.
+struct Super {
+    w: [i16; QK_K],
+    mins: [i16; QK_K / 16],
+    d: f32,
+    dmin: f32,
+}
+
+/// Activation rows quantized per 32 values: `x ≈ d * qs`, and `s = d * Σ qs` (Q8_1's sum,
+/// which the types with a minimum need).
+struct SmallActs {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Activation rows quantized per 256 values (Q8_K): `x ≈ d * qs`, with the sum of every 16.
+struct SuperActs {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    bsums: Vec<i16>,
+}
+
+fn f16_round(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// llama.cpp's `quantize_row_q8_1_ref` (and Q8_0, which is the same without the sum).
+fn quantize_small(x: &[f32]) -> SmallActs {
+    let n = x.len() / QK;
+    let mut acts = SmallActs {
+        qs: vec![0; x.len()],
+        d: Vec::with_capacity(n),
+        s: Vec::with_capacity(n),
+    };
+    for (xb, qb) in x.chunks_exact(QK).zip(acts.qs.chunks_exact_mut(QK)) {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+            sum += i32::from(*q);
+        }
+        acts.d.push(f16_round(d));
+        acts.s.push(f16_round(sum as f32 * d));
+    }
+    acts
+}
+
+/// llama.cpp's `quantize_row_q8_K_ref`: the scale is signed so that the largest magnitude maps
+/// to -127 exactly, and values are rounded to nearest, ties to even.
+fn quantize_super(x: &[f32]) -> SuperActs {
+    let n = x.len() / QK_K;
+    let mut acts = SuperActs {
+        qs: vec![0; x.len()],
+        d: Vec::with_capacity(n),
+        bsums: Vec::with_capacity(n * QK_K / 16),
+    };
+    for (xb, qb) in x.chunks_exact(QK_K).zip(acts.qs.chunks_exact_mut(QK_K)) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            acts.d.push(0.0);
+            acts.bsums.extend([0; QK_K / 16]);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        }
+        for g in qb.chunks_exact(16) {
+            acts.bsums.push(g.iter().map(|&q| i16::from(q)).sum());
+        }
+        acts.d.push(1.0 / iscale);
+    }
+    acts
+}
+
+#[inline(always)]
+fn unpack_q4_0(b: &[u8; Q4_0_BYTES], u: &mut Small) {
+    u.d = f16_at(b[0], b[1]);
+    u.m = 0.0;
+    for j in 0..16 {
+        let q = b[2 + j];
+        u.vals[j] = i16::from(q & 0x0F) - 8;
+        u.vals[j + 16] = i16::from(q >> 4) - 8;
+    }
+}
+
+#[inline(always)]
+fn unpack_q4_1(b: &[u8; Q4_1_BYTES], u: &mut Small) {
+    u.d = f16_at(b[0], b[1]);
+    u.m = f16_at(b[2], b[3]);
+    for j in 0..16 {
+        let q = b[4 + j];
+        u.vals[j] = i16::from(q & 0x0F);
+        u.vals[j + 16] = i16::from(q >> 4);
+    }
+}
+
+#[inline(always)]
+fn unpack_q5_0(b: &[u8; Q5_0_BYTES], u: &mut Small) {
+    u.d = f16_at(b[0], b[1]);
+    u.m = 0.0;
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..16 {
+        let q = u32::from(b[6 + j]);
+        let lo = (q & 0x0F) | ((qh >> j) & 1) << 4;
+        let hi = (q >> 4) | ((qh >> (j + 16)) & 1) << 4;
+        u.vals[j] = lo as i16 - 16;
+        u.vals[j + 16] = hi as i16 - 16;
+    }
+}
+
+#[inline(always)]
+fn unpack_q5_1(b: &[u8; Q5_1_BYTES], u: &mut Small) {
+    u.d = f16_at(b[0], b[1]);
+    u.m = f16_at(b[2], b[3]);
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for j in 0..16 {
+        let q = u32::from(b[8 + j]);
+        let lo = (q & 0x0F) | ((qh >> j) & 1) << 4;
+        let hi = (q >> 4) | ((qh >> (j + 16)) & 1) << 4;
+        u.vals[j] = lo as i16;
+        u.vals[j + 16] = hi as i16;
+    }
+}
+
+#[inline(always)]
+fn unpack_q8_0(b: &[u8; Q8_0_BYTES], u: &mut Small) {
+    u.d = f16_at(b[0], b[1]);
+    u.m = 0.0;
+    for j in 0..QK {
+        u.vals[j] = i16::from(b[2 + j] as i8);
+    }
+}
+
+#[inline(always)]
+fn unpack_q2_k(b: &[u8; Q2K_BYTES], u: &mut Super) {
+    const QS: usize = QK_K / 16;
+    const D: usize = QS + QK_K / 4;
+    u.d = f16_at(b[D], b[D + 1]);
+    u.dmin = f16_at(b[D + 2], b[D + 3]);
+    for g in 0..16 {
+        let sc = i16::from(b[g] & 0x0F);
+        u.mins[g] = i16::from(b[g] >> 4);
+        let (start, shift) = two_bit_group(g);
+        for l in 0..16 {
+            u.w[16 * g + l] = i16::from((b[QS + start + l] >> shift) & 3) * sc;
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack_q3_k(b: &[u8; Q3K_BYTES], u: &mut Super) {
+    const QS: usize = QK_K / 8;
+    const SCALES: usize = QS + QK_K / 4;
+    const D: usize = SCALES + 12;
+    u.d = f16_at(b[D], b[D + 1]);
+    u.dmin = 0.0;
+    u.mins = [0; QK_K / 16];
+    for g in 0..16 {
+        let lo = if g < 8 {
+            b[SCALES + g] & 0x0F
+        } else {
+            b[SCALES + g - 8] >> 4
+        };
+        let hi = (b[SCALES + 8 + g % 4] >> (2 * (g / 4))) & 3;
+        let sc = i16::from(lo | hi << 4) - 32;
+        let (start, shift) = two_bit_group(g);
+        let hshift = g / 2;
+        for l in 0..16 {
+            let low = i16::from((b[QS + start + l] >> shift) & 3);
+            let high_set = (b[(g % 2) * 16 + l] >> hshift) & 1 != 0;
+            let q = if high_set { low } else { low - 4 };
+            u.w[16 * g + l] = q * sc;
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack_q4_k(b: &[u8; Q4K_BYTES], u: &mut Super) {
+    const QS: usize = 16;
+    u.d = f16_at(b[0], b[1]);
+    u.dmin = f16_at(b[2], b[3]);
+    let scales = k_scales(b);
+    for j in 0..8 {
+        let (sc, m) = k_scale_min(&scales, j);
+        let sc = i16::from(sc);
+        u.mins[2 * j] = i16::from(m);
+        u.mins[2 * j + 1] = i16::from(m);
+        let base = QS + 32 * (j / 2);
+        let shift = 4 * (j % 2);
+        for l in 0..32 {
+            u.w[32 * j + l] = i16::from((b[base + l] >> shift) & 0x0F) * sc;
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack_q5_k(b: &[u8; Q5K_BYTES], u: &mut Super) {
+    const QH: usize = 16;
+    const QS: usize = QH + QK_K / 8;
+    u.d = f16_at(b[0], b[1]);
+    u.dmin = f16_at(b[2], b[3]);
+    let scales = k_scales(b);
+    for j in 0..8 {
+        let (sc, m) = k_scale_min(&scales, j);
+        let sc = i16::from(sc);
+        u.mins[2 * j] = i16::from(m);
+        u.mins[2 * j + 1] = i16::from(m);
+        let base = QS + 32 * (j / 2);
+        let shift = 4 * (j % 2);
+        for l in 0..32 {
+            let q = ((b[base + l] >> shift) & 0x0F) | ((b[QH + l] >> j) & 1) << 4;
+            u.w[32 * j + l] = i16::from(q) * sc;
+        }
+    }
+}
+
+#[inline(always)]
+fn unpack_q6_k(b: &[u8; Q6K_BYTES], u: &mut Super) {
+    const QH: usize = QK_K / 2;
+    const SCALES: usize = QH + QK_K / 4;
+    const D: usize = SCALES + QK_K / 16;
+    u.d = f16_at(b[D], b[D + 1]);
+    u.dmin = 0.0;
+    u.mins = [0; QK_K / 16];
+    for g in 0..16 {
+        let sc = i16::from(b[SCALES + g] as i8);
+        let h = g / 8;
+        let r0 = (g % 8) * 16;
+        let ql_base = 64 * h + r0 % 64;
+        let ql_shift = 4 * (r0 / 64);
+        let qh_base = QH + 32 * h + r0 % 32;
+        let qh_shift = 2 * (r0 / 32);
+        for l in 0..16 {
+            let low = (b[ql_base + l] >> ql_shift) & 0x0F;
+            let high = (b[qh_base + l] >> qh_shift) & 3;
+            u.w[16 * g + l] = (i16::from(low | high << 4) - 32) * sc;
+        }
+    }
+}
+
+#[inline(always)]
+fn dot_i16_i8<const N: usize>(w: &[i16; N], q: &[i8; N]) -> i32 {
+    let mut sum = 0i32;
+    for i in 0..N {
+        sum += i32::from(w[i]) * i32::from(q[i]);
+    }
+    sum
+}
+
+/// The eight lanes a 32-element block's integer dot product is split into: lane `k` sums
+/// elements `4k..4k + 4`, as the x86 byte dot products do.
+const LANES: usize = 8;
+
+/// The sum of a row's lane accumulators, in the order every kernel uses.
+#[inline(always)]
+fn lane_sum(acc: &[f32; LANES]) -> f32 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// Output rows `out.len() / n` of a matrix of 32-element blocks (`w`: those rows' bytes),
+/// against `n` activation rows; `out` is `[rows, n]`.
+///
+/// Each (row, activation) pair sums its blocks in eight float lanes, `acc[k] += (d_w d_a) ·
+/// lane_k` (a multiplication, then an addition: no fused multiply-add, which not every target
+/// has), then [`lane_sum`]; types with a minimum (`MIN`) add `Σ m_w s_a` last.
+#[inline(always)]
+fn small_rows<const N: usize, const MIN: bool>(
+    w: &[u8],
+    blocks_per_row: usize,
+    acts: &SmallActs,
+    n: usize,
+    out: &mut [f32],
+    unpack: impl Fn(&[u8; N], &mut Small),
+) {
+    let mut u = Small {
+        vals: [0; QK],
+        d: 0.0,
+        m: 0.0,
+    };
+    let (qs, _) = acts.qs.as_chunks::<QK>();
+    let (blocks, _) = w.as_chunks::<N>();
+    for (row, o) in blocks
+        .chunks_exact(blocks_per_row)
+        .zip(out.chunks_exact_mut(n))
+    {
+        for (i, out) in o.iter_mut().enumerate() {
+            let mut acc = [0.0f32; LANES];
+            let mut min_sum = 0.0f32;
+            for (b, block) in row.iter().enumerate() {
+                unpack(block, &mut u);
+                let a = i * blocks_per_row + b;
+                let scale = u.d * acts.d[a];
+                for (k, lane) in acc.iter_mut().enumerate() {
+                    let isum: i32 = (4 * k..4 * k + 4)
+                        .map(|j| i32::from(u.vals[j]) * i32::from(qs[a][j]))
+                        .sum();
+                    *lane += scale * isum as f32;
+                }
+                if MIN {
+                    min_sum += u.m * acts.s[a];
+                }
+            }
+            *out = if MIN {
+                lane_sum(&acc) + min_sum
+            } else {
+                lane_sum(&acc)
+            };
+        }
+    }
+}
+
+/// [`small_rows`] for k-quant blocks.
+#[inline(always)]
+fn super_rows<const N: usize>(
+    w: &[u8],
+    blocks_per_row: usize,
+    acts: &SuperActs,
+    n: usize,
+    out: &mut [f32],
+    unpack: impl Fn(&[u8; N], &mut Super),
+) {
+    let mut u = Super {
+        w: [0; QK_K],
+        mins: [0; QK_K / 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
+    let (qs, _) = acts.qs.as_chunks::<QK_K>();
+    let (bsums, _) = acts.bsums.as_chunks::<{ QK_K / 16 }>();
+    let (blocks, _) = w.as_chunks::<N>();
+    for (row, o) in blocks
+        .chunks_exact(blocks_per_row)
+        .zip(out.chunks_exact_mut(n))
+    {
+        for (i, acc) in o.iter_mut().enumerate() {
+            *acc = 0.0;
+            for (b, block) in row.iter().enumerate() {
+                unpack(block, &mut u);
+                let a = i * blocks_per_row + b;
+                let isum = dot_i16_i8(&u.w, &qs[a]);
+                let msum: i32 = u
+                    .mins
+                    .iter()
+                    .zip(&bsums[a])
+                    .map(|(&m, &s)| i32::from(m) * i32::from(s))
+                    .sum();
+                let da = acts.d[a];
+                *acc += u.d * da * isum as f32 - u.dmin * da * msum as f32;
+            }
+        }
+    }
+}
+
+/// The activations of one call, in the format the weight type is dotted with.
+enum Acts {
+    Small(SmallActs),
+    Super(SuperActs),
+}
+
+/// One chunk of output rows: `w` holds exactly those rows' blocks, `out` is `[rows, n]`.
+#[inline(always)]
+fn chunk(ty: GgmlType, w: &[u8], cols: usize, acts: &Acts, n: usize, out: &mut [f32]) {
+    let bpr = cols / ty.block_size();
+    match (ty, acts) {
+        (GgmlType::Q4_0, Acts::Small(a)) => small_rows::<_, false>(w, bpr, a, n, out, unpack_q4_0),
+        (GgmlType::Q4_1, Acts::Small(a)) => small_rows::<_, true>(w, bpr, a, n, out, unpack_q4_1),
+        (GgmlType::Q5_0, Acts::Small(a)) => small_rows::<_, false>(w, bpr, a, n, out, unpack_q5_0),
+        (GgmlType::Q5_1, Acts::Small(a)) => small_rows::<_, true>(w, bpr, a, n, out, unpack_q5_1),
+        (GgmlType::Q8_0, Acts::Small(a)) => small_rows::<_, false>(w, bpr, a, n, out, unpack_q8_0),
+        (GgmlType::Q2K, Acts::Super(a)) => super_rows(w, bpr, a, n, out, unpack_q2_k),
+        (GgmlType::Q3K, Acts::Super(a)) => super_rows(w, bpr, a, n, out, unpack_q3_k),
+        (GgmlType::Q4K, Acts::Super(a)) => super_rows(w, bpr, a, n, out, unpack_q4_k),
+        (GgmlType::Q5K, Acts::Super(a)) => super_rows(w, bpr, a, n, out, unpack_q5_k),
+        (GgmlType::Q6K, Acts::Super(a)) => super_rows(w, bpr, a, n, out, unpack_q6_k),
+        _ => unreachable!("{ty} weights with {} activations", acts.kind()),
+    }
+}
+
+impl Acts {
+    fn kind(&self) -> &'static str {
+        match self {
+            Acts::Small(_) => "Q8_0",
+            Acts::Super(_) => "Q8_K",
+        }
+    }
+}
+
+/// One chunk of output rows on `isa`; see [`chunk`].
+fn chunk_on(isa: Isa, ty: GgmlType, w: &[u8], cols: usize, acts: &Acts, n: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: `Isa::detect` (or `available`) found `isa`'s features on this CPU.
+        if unsafe { chunk_x86(isa, ty, w, cols / ty.block_size(), acts, n, out) } {
+            return;
+        }
+    }
+    chunk(ty, w, cols, acts, n, out);
+}
+
+/// [`chunk`] with the x86 kernels; `false` for the types they do not cover.
+///
+/// # Safety
+///
+/// The CPU must have `isa`'s features.
+#[cfg(target_arch = "x86_64")]
+unsafe fn chunk_x86(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    bpr: usize,
+    acts: &Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    macro_rules! on {
+        ($m:ident) => {
+            match (ty, acts) {
+                (GgmlType::Q4_0, Acts::Small(a)) => x86::$m::q4_0(w, bpr, a, n, out),
+                (GgmlType::Q4_1, Acts::Small(a)) => x86::$m::q4_1(w, bpr, a, n, out),
+                (GgmlType::Q5_0, Acts::Small(a)) => x86::$m::q5_0(w, bpr, a, n, out),
+                (GgmlType::Q5_1, Acts::Small(a)) => x86::$m::q5_1(w, bpr, a, n, out),
+                (GgmlType::Q8_0, Acts::Small(a)) => x86::$m::q8_0(w, bpr, a, n, out),
+                (GgmlType::Q4K, Acts::Super(a)) => x86::$m::q4_k(w, bpr, a, n, out),
+                (GgmlType::Q5K, Acts::Super(a)) => x86::$m::q5_k(w, bpr, a, n, out),
+                (GgmlType::Q6K, Acts::Super(a)) => x86::$m::q6_k(w, bpr, a, n, out),
+                _ => return false,
+            }
+        };
+    }
+    // SAFETY: the caller guarantees the features each module is compiled for.
+    unsafe {
+        match isa {
+            Isa::Avx512Vnni => on!(vnni),
+            Isa::Avx2 => on!(avx2),
+            Isa::Portable => return false,
+        }
+    }
+    true
+}
+
+/// Output rows per task: enough work to outweigh scheduling, small enough to share out.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out = x · Wᵀ`: `w` is a `[rows, cols]` matrix of `ty` blocks (row-major, as GGUF stores
+/// it), `x` is `[n, cols]` and `out` `[n, rows]`. Runs on every thread of the pool natively.
+///
+/// The caller guarantees the sizes (a [`crate::model::QuantizedMatrix`] checks them once), and
+/// that `ty` [`has_kernel`]; `cols` is a multiple of the block size.
+pub fn matmul(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let n = x.len() / cols;
+    assert!(
+        has_kernel(ty) && cols.is_multiple_of(ty.block_size()),
+        "{ty} rows of {cols}"
+    );
+    assert_eq!(
+        w.len(),
+        rows * cols / ty.block_size() * ty.type_size(),
+        "{ty} bytes"
+    );
+    assert_eq!(out.len(), n * rows, "output size");
+    let acts = if ty.block_size() == QK_K {
+        Acts::Super(quantize_super(x))
+    } else {
+        Acts::Small(quantize_small(x))
+    };
+    let row_bytes = cols / ty.block_size() * ty.type_size();
+    let task = |(t, o): (usize, &mut [f32])| {
+        let first = t * ROWS_PER_TASK;
+        let count = o.len() / n;
+        let bytes = &w[first * row_bytes..(first + count) * row_bytes];
+        chunk_on(isa, ty, bytes, cols, &acts, n, o);
+    };
+    if n == 1 {
+        for_each_chunk(out, ROWS_PER_TASK, task);
+        return;
+    }
+    // Computed `[rows, n]` so that each task writes one contiguous piece.
+    let mut by_row = vec![0.0f32; rows * n];
+    for_each_chunk(&mut by_row, ROWS_PER_TASK * n, task);
+    for (r, row) in by_row.chunks_exact(n).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            out[i * rows + r] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{dequantize, quantize};
+
+    /// Deterministic values with the spread of real weights and activations, and a few
+    /// outliers (which decide the per-block scales).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if i % 97 == 0 { 8.0 * u } else { u }
+            })
+            .collect()
+    }
+
+    const ALL: [GgmlType; 10] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
+    /// `x · Wᵀ` in f64 over the dequantized weights: the reference the kernels approximate.
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f64> {
+        let n = x.len() / cols;
+        let mut out = vec![0.0; n * rows];
+        for i in 0..n {
+            for r in 0..rows {
+                out[i * rows + r] = (0..cols)
+                    .map(|c| f64::from(x[i * cols + c]) * f64::from(w[r * cols + c]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn case(ty: GgmlType, rows: usize, cols: usize, n: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let packed = quantize(ty, &values(rows * cols, 1)).expect("quantizes");
+        let dense = dequantize(ty, &packed, rows * cols).expect("dequantizes");
+        (packed, dense, values(n * cols, 2))
+    }
+
+    /// The kernels against the dequantized matrix times the f32 activations. The error is the
+    /// activations' 8-bit rounding: each dot product is within 1% of the size of its terms
+    /// (`Σ |x_i w_i|`), which bounds the rounding of every element by half a step, 1/254 of the
+    /// block's largest value, with room for the blocks' f16 scales.
+    #[test]
+    fn every_type_matches_the_dequantized_product() {
+        for ty in ALL {
+            let (rows, cols, n) = (37, 512, 3);
+            let (packed, dense, x) = case(ty, rows, cols, n);
+            let want = reference(&dense, rows, cols, &x);
+            let mut got = vec![0.0f32; n * rows];
+            matmul(Isa::detect(), ty, &packed, rows, cols, &x, &mut got);
+            let abs: Vec<f64> = reference(
+                &dense.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                rows,
+                cols,
+                &x.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+            );
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-2 * abs[k],
+                    "{ty} element {k}: {g} vs {w} (scale {})",
+                    abs[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        for ty in ALL {
+            let (rows, cols, n) = (19, 768, 2);
+            let (packed, _, x) = case(ty, rows, cols, n);
+            let runs: Vec<Vec<u32>> = Isa::available()
+                .into_iter()
+                .map(|isa| {
+                    let mut out = vec![0.0f32; n * rows];
+                    matmul(isa, ty, &packed, rows, cols, &x, &mut out);
+                    out.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            assert!(runs.windows(2).all(|w| w[0] == w[1]), "{ty}");
+        }
+    }
+
+    #[test]
+    fn each_row_of_a_batch_equals_that_row_alone() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q6K] {
+            let (rows, cols, n) = (40, 256, 5);
+            let (packed, _, x) = case(ty, rows, cols, n);
+            let mut batch = vec![0.0f32; n * rows];
+            matmul(Isa::detect(), ty, &packed, rows, cols, &x, &mut batch);
+            for i in 0..n {
+                let mut alone = vec![0.0f32; rows];
+                matmul(
+                    Isa::detect(),
+                    ty,
+                    &packed,
+                    rows,
+                    cols,
+                    &x[i * cols..][..cols],
+                    &mut alone,
+                );
+                assert_eq!(alone, batch[i * rows..][..rows], "{ty} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn activations_follow_llama_cpp() {
+        // A block whose largest magnitude is negative: Q8_K maps it to -127 exactly.
+        let mut x = vec![0.25f32; QK_K];
+        x[3] = -2.0;
+        x[4] = 1.0;
+        let a = quantize_super(&x);
+        assert_eq!(a.qs[3], -127);
+        assert_eq!(a.d[0], 1.0 / (127.0 / 2.0));
+        // 0.25 * 63.5 = 15.875 rounds to 16; 1.0 * 63.5 = 63.5 rounds to even, 64.
+        assert_eq!((a.qs[0], a.qs[4]), (16, 64));
+        assert_eq!(a.bsums[0], 16 * 3 - 127 + 64 + 16 * 11);
+        let zero = quantize_super(&[0.0; QK_K]);
+        assert_eq!((zero.d[0], zero.qs.iter().all(|&q| q == 0)), (0.0, true));
+
+        let mut x = vec![0.5f32; QK];
+        x[0] = -1.27;
+        let a = quantize_small(&x);
+        assert_eq!(a.qs[0], -127);
+        // 0.5 / 0.01 = 50 (ties never arise here); s = d * Σq with d rounded to f16 after.
+        assert_eq!(a.qs[1], 50);
+        assert_eq!(a.d[0], f16_round(0.01));
+        assert_eq!(a.s[0], f16_round((31 * 50 - 127) as f32 * 0.01));
+    }
+}

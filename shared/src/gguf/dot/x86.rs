@@ -1,0 +1,364 @@
+//! The x86-64 kernels: weight blocks unpacked into bytes in 256-bit registers and multiplied
+//! with `vpmaddubsw` + `vpmaddwd` (AVX2), or `vpdpbusd` (AVX-512 VNNI) for the 32-element
+//! types, as llama.cpp does. Each block's integer sum is exactly the portable kernels' sum, and
+//! the float steps after it are the same expressions, so the results have the same bits.
+//!
+//! The row loops are written once in [`rows!`] and compiled for each feature set, because an
+//! intrinsic only inlines into a function compiled with its feature.
+
+use std::arch::x86_64::*;
+
+use super::{LANES, QK, SmallActs, SuperActs, lane_sum};
+use crate::gguf::quant::{
+    Q4_0_BYTES, Q4_1_BYTES, Q4K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES,
+    QK_K, f16_at, k_scale_min, k_scales,
+};
+
+/// A 32-element block as signed bytes, with its scale and minimum: `value = d * v + m`.
+struct SmallBlock {
+    v: __m256i,
+    d: f32,
+    m: f32,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load(b: &[u8; 32]) -> __m256i {
+    // SAFETY: `b` holds the 32 bytes read; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// Low nibbles of the 16 bytes in bytes 0..16, high nibbles in bytes 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn nibbles(b: &[u8; 16]) -> __m256i {
+    // SAFETY: `b` holds the 16 bytes read; unaligned loads are allowed.
+    let x = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(x, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Byte `i` is 0xFF where bit `i` of `bits` is set, 0 elsewhere.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    let select = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), select);
+    // Every bit but bit `i % 8` set in byte `i`: all ones exactly where that bit is set.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
+}
+
+fn sub<const S: usize, const N: usize>(b: &[u8; N], at: usize) -> &[u8; S] {
+    b[at..at + S]
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{S} bytes at {at} of a {N}-byte block"))
+}
+
+fn word(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q4_0(b: &[u8; Q4_0_BYTES]) -> SmallBlock {
+    SmallBlock {
+        v: _mm256_sub_epi8(nibbles(sub(b, 2)), _mm256_set1_epi8(8)),
+        d: f16_at(b[0], b[1]),
+        m: 0.0,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q4_1(b: &[u8; Q4_1_BYTES]) -> SmallBlock {
+    SmallBlock {
+        v: nibbles(sub(b, 4)),
+        d: f16_at(b[0], b[1]),
+        m: f16_at(b[2], b[3]),
+    }
+}
+
+/// The low nibbles with bit `i` of `qh` as the fifth bit of element `i`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn five_bits(qs: &[u8; 16], qh: u32) -> __m256i {
+    let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles(qs), high)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q5_0(b: &[u8; Q5_0_BYTES]) -> SmallBlock {
+    SmallBlock {
+        v: _mm256_sub_epi8(five_bits(sub(b, 6), word(b, 2)), _mm256_set1_epi8(16)),
+        d: f16_at(b[0], b[1]),
+        m: 0.0,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q5_1(b: &[u8; Q5_1_BYTES]) -> SmallBlock {
+    SmallBlock {
+        v: five_bits(sub(b, 8), word(b, 4)),
+        d: f16_at(b[0], b[1]),
+        m: f16_at(b[2], b[3]),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q8_0(b: &[u8; Q8_0_BYTES]) -> SmallBlock {
+    SmallBlock {
+        v: load(sub(b, 2)),
+        d: f16_at(b[0], b[1]),
+        m: 0.0,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `Σ u·q` over 32 bytes in eight i32 lanes, `u` unsigned (at most 63 here, so the pairwise
+/// i16 sums cannot saturate) and `q` signed.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dot_u8_i8(u: __m256i, q: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1))
+}
+
+/// `Σ u·q` with each pair's i16 sum scaled by `scales` (i16 lanes) before the i32 sum.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scaled_dot(u: __m256i, q: __m256i, scales: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), scales)
+}
+
+/// A k-quant block's integer sums: `isum` = Σ (group scale · value · q), and the scalar
+/// parts: `d`, `dmin`, and `msum` = Σ (group minimum · group sum of q).
+struct SuperSums {
+    isum: i32,
+    msum: i32,
+    d: f32,
+    dmin: f32,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q4_k(b: &[u8; Q4K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
+    let scales = k_scales(b);
+    let mask = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut msum) = (_mm256_setzero_si256(), 0i32);
+    for c in 0..4 {
+        let x = load(sub(b, 16 + 32 * c));
+        let halves = [
+            _mm256_and_si256(x, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
+        ];
+        for (h, v) in halves.into_iter().enumerate() {
+            let j = 2 * c + h;
+            let (sc, m) = k_scale_min(&scales, j);
+            let qv = load(sub_i8(q, 32 * j));
+            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, _mm256_set1_epi16(i16::from(sc))));
+            msum += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+        }
+    }
+    SuperSums {
+        isum: hsum(acc),
+        msum,
+        d: f16_at(b[0], b[1]),
+        dmin: f16_at(b[2], b[3]),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
+    let scales = k_scales(b);
+    let mask = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let qh = load(sub(b, 16));
+    let (mut acc, mut msum) = (_mm256_setzero_si256(), 0i32);
+    for c in 0..4 {
+        let x = load(sub(b, 48 + 32 * c));
+        let halves = [
+            _mm256_and_si256(x, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
+        ];
+        for (h, low) in halves.into_iter().enumerate() {
+            let j = 2 * c + h;
+            // Bit `j` of every qh byte (a 16-bit shift moves no bit into a byte's bit 0 from
+            // its neighbour once masked), as 0x10.
+            let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+            let v = _mm256_or_si256(low, _mm256_slli_epi16::<4>(bit));
+            let (sc, m) = k_scale_min(&scales, j);
+            let qv = load(sub_i8(q, 32 * j));
+            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, _mm256_set1_epi16(i16::from(sc))));
+            msum += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+        }
+    }
+    SuperSums {
+        isum: hsum(acc),
+        msum,
+        d: f16_at(b[0], b[1]),
+        dmin: f16_at(b[2], b[3]),
+    }
+}
+
+/// Q6_K: the unsigned 6-bit values `v` (the stored `v - 32` is restored by subtracting
+/// 32 · Σ scale · group sum).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
+    const QH: usize = QK_K / 2;
+    const SCALES: usize = QH + QK_K / 4;
+    const D: usize = SCALES + QK_K / 16;
+    let sc = |g: usize| i16::from(b[SCALES + g] as i8);
+    let mask = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_si256();
+    for h in 0..2 {
+        let ql = [load(sub(b, 64 * h)), load(sub(b, 64 * h + 32))];
+        let qh = load(sub(b, QH + 32 * h));
+        for k in 0..4 {
+            let low = if k < 2 {
+                _mm256_and_si256(ql[k], mask)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql[k - 2]), mask)
+            };
+            let top =
+                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), three);
+            let v = _mm256_or_si256(low, _mm256_slli_epi16::<4>(top));
+            let g = 8 * h + 2 * k;
+            let scales = _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
+            let qv = load(sub_i8(q, 128 * h + 32 * k));
+            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, scales));
+        }
+    }
+    let offset: i32 = (0..16)
+        .map(|g| i32::from(sc(g)) * i32::from(bsums[g]))
+        .sum();
+    SuperSums {
+        isum: hsum(acc) - 32 * offset,
+        msum: 0,
+        d: f16_at(b[D], b[D + 1]),
+        dmin: 0.0,
+    }
+}
+
+fn sub_i8(q: &[i8; QK_K], at: usize) -> &[u8; 32] {
+    let bytes: &[i8; 32] = q[at..at + 32]
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("32 activations at {at}"));
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { &*(bytes as *const [i8; 32]).cast::<[u8; 32]>() }
+}
+
+/// A module of row loops compiled for one feature set, one function per block type:
+/// `fn TYPE(w, blocks_per_row, acts, n, out)` computes `out` (`[rows, n]`) for the rows whose
+/// blocks are `w`, against `n` activation rows. `$dot` is the dot product of 32 unsigned and
+/// 32 signed bytes into eight i32 lanes.
+macro_rules! rows {
+    ($m:ident, $features:literal, $dot:ident) => {
+        pub(super) mod $m {
+            use super::*;
+            rows!(@small $features, $dot, q4_0 Q4_0_BYTES false, q4_1 Q4_1_BYTES true,
+                q5_0 Q5_0_BYTES false, q5_1 Q5_1_BYTES true, q8_0 Q8_0_BYTES false);
+            rows!(@super $features, q4_k Q4K_BYTES, q5_k Q5K_BYTES, q6_k Q6K_BYTES);
+        }
+    };
+    (@small $features:literal, $dot:ident, $($ty:ident $bytes:ident $min:literal),*) => {$(
+        #[target_feature(enable = $features)]
+        pub(in super::super) fn $ty(
+            w: &[u8],
+            blocks_per_row: usize,
+            acts: &SmallActs,
+            n: usize,
+            out: &mut [f32],
+        ) {
+            let (qs, _) = acts.qs.as_chunks::<QK>();
+            let (blocks, _) = w.as_chunks::<$bytes>();
+            for (row, o) in blocks.chunks_exact(blocks_per_row).zip(out.chunks_exact_mut(n)) {
+                for (i, out) in o.iter_mut().enumerate() {
+                    let mut acc = _mm256_setzero_ps();
+                    let mut min_sum = 0.0f32;
+                    for (b, block) in row.iter().enumerate() {
+                        let u = super::$ty(block);
+                        let a = i * blocks_per_row + b;
+                        // SAFETY: the chunk holds 32 bytes; unaligned loads are allowed.
+                        let q = unsafe { _mm256_loadu_si256(qs[a].as_ptr().cast()) };
+                        // |v| with the sign moved onto q: the product stays v·q, and the
+                        // unsigned operand that the byte multiplications need is |v|.
+                        let lanes = $dot(_mm256_sign_epi8(u.v, u.v), _mm256_sign_epi8(q, u.v));
+                        let scale = _mm256_set1_ps(u.d * acts.d[a]);
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(lanes)));
+                        if $min {
+                            min_sum += u.m * acts.s[a];
+                        }
+                    }
+                    let mut lanes = [0.0f32; LANES];
+                    // SAFETY: `lanes` holds eight f32; unaligned stores are allowed.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                    *out = if $min {
+                        lane_sum(&lanes) + min_sum
+                    } else {
+                        lane_sum(&lanes)
+                    };
+                }
+            }
+        }
+    )*};
+    (@super $features:literal, $($ty:ident $bytes:ident),*) => {$(
+        #[target_feature(enable = $features)]
+        pub(in super::super) fn $ty(
+            w: &[u8],
+            blocks_per_row: usize,
+            acts: &SuperActs,
+            n: usize,
+            out: &mut [f32],
+        ) {
+            let (qs, _) = acts.qs.as_chunks::<QK_K>();
+            let (bsums, _) = acts.bsums.as_chunks::<{ QK_K / 16 }>();
+            let (blocks, _) = w.as_chunks::<$bytes>();
+            for (row, o) in blocks.chunks_exact(blocks_per_row).zip(out.chunks_exact_mut(n)) {
+                for (i, acc) in o.iter_mut().enumerate() {
+                    *acc = 0.0;
+                    for (b, block) in row.iter().enumerate() {
+                        let a = i * blocks_per_row + b;
+                        let s = super::$ty(block, &qs[a], &bsums[a]);
+                        let da = acts.d[a];
+                        *acc += s.d * da * s.isum as f32 - s.dmin * da * s.msum as f32;
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+/// [`dot_u8_i8`] in VNNI's one instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_vnni(u: __m256i, q: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
+}
+
+rows!(avx2, "avx2,fma", dot_u8_i8);
+rows!(
+    vnni,
+    "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+    dot_vnni
+);
