@@ -268,6 +268,18 @@ fn sub_i8(q: &[i8; QK_K], at: usize) -> &[u8; 32] {
     unsafe { &*(bytes as *const [i8; 32]).cast::<[u8; 32]>() }
 }
 
+/// How far ahead of the block in use weights are fetched into the cache: the hardware
+/// prefetcher alone left the 32-element kernels waiting on memory for half their time.
+const PREFETCH_BYTES: usize = 4096;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn prefetch<T>(block: &T) {
+    let ahead = (block as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    // Prefetching is a hint: an address past the weights is never dereferenced.
+    _mm_prefetch::<_MM_HINT_T0>(ahead);
+}
+
 /// A module of row loops compiled for one feature set, one function per block type:
 /// `fn TYPE(w, blocks_per_row, acts, n, out)` computes `out` (`[rows, n]`) for the rows whose
 /// blocks are `w`, against `n` activation rows. `$dot` is the dot product of 32 unsigned and
@@ -297,6 +309,7 @@ macro_rules! rows {
                     let mut acc = _mm256_setzero_ps();
                     let mut min_sum = 0.0f32;
                     for (b, block) in row.iter().enumerate() {
+                        prefetch(block);
                         let u = super::$ty(block);
                         let a = i * blocks_per_row + b;
                         // SAFETY: the chunk holds 32 bytes; unaligned loads are allowed.
@@ -338,6 +351,7 @@ macro_rules! rows {
                 for (i, acc) in o.iter_mut().enumerate() {
                     *acc = 0.0;
                     for (b, block) in row.iter().enumerate() {
+                        prefetch(block);
                         let a = i * blocks_per_row + b;
                         let s = super::$ty(block, &qs[a], &bsums[a]);
                         let da = acts.d[a];
