@@ -87,6 +87,12 @@ pub struct BenchReport {
     pub model: String,
     pub gguf: Option<PathBuf>,
     pub threads: usize,
+    /// Loading the weights (from the page cache when the file was read recently).
+    pub load_seconds: f64,
+    /// The matrices as kept, with their count: `Q5_0 x133, Q8_0 x13, ...`.
+    pub weights: String,
+    /// The weights' bytes in memory as kept.
+    pub weight_bytes: u64,
     pub prefill: Prefill,
     pub decode: Decode,
     /// Candidate-direction extraction, when asked for.
@@ -208,7 +214,7 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> {
+pub fn run(loaded: &LoadedModel, options: &BenchOptions, load_seconds: f64) -> Result<BenchReport> {
     if options.batch == 0 || options.batch > INSTRUCTIONS.len() {
         bail!("--batch must be between 1 and {}", INSTRUCTIONS.len());
     }
@@ -270,6 +276,14 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions) -> Result<BenchReport> 
         model: loaded.info.path.display().to_string(),
         gguf: (loaded.info.format == "gguf").then(|| loaded.info.path.clone()),
         threads: threads(),
+        load_seconds,
+        weights: model
+            .weight_types()
+            .iter()
+            .map(|(ty, n)| format!("{ty} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        weight_bytes: model.weight_bytes(),
         prefill: Prefill {
             prompts: token_ids.len(),
             tokens,
@@ -295,6 +309,13 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(s, "model     {}", self.model);
         let _ = writeln!(s, "threads   {}", self.threads);
+        let _ = writeln!(
+            s,
+            "weights   {} ({:.0} MiB), loaded in {:.1} s",
+            self.weights,
+            self.weight_bytes as f64 / (1024.0 * 1024.0),
+            self.load_seconds
+        );
         let runs = self.prefill.runs_seconds.len();
         if runs > 1 {
             let _ = writeln!(s, "runs      {runs} of each, medians below");

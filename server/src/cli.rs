@@ -111,8 +111,10 @@ impl Cli {
                 options,
                 json,
             } => {
+                let start = std::time::Instant::now();
                 let loaded = model.load()?;
-                let report = bench::run(&loaded, &options)?;
+                let load_seconds = start.elapsed().as_secs_f64();
+                let report = bench::run(&loaded, &options, load_seconds)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {

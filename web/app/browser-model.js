@@ -41,7 +41,8 @@ async function adapterNote() {
   if (!navigator.gpu) return 'this browser has no WebGPU: the CPU (WebAssembly) runs the model';
   try {
     const adapter = await navigator.gpu.requestAdapter();
-    return adapter ? 'WebGPU adapter found: auto uses it' : 'no WebGPU adapter: auto uses the CPU';
+    return adapter ? 'WebGPU adapter found: auto uses it, except for a quantized GGUF, which the CPU multiplies as it is'
+      : 'no WebGPU adapter: auto uses the CPU';
   } catch {
     return 'no WebGPU adapter: auto uses the CPU';
   }
@@ -133,14 +134,17 @@ export function browserModelPanel(serverModels) {
       needs.replaceChildren(
         h('strong', {}, `${c.name || src.label || inspection.files[0]} · ${c.architecture} · ${c.n_layers} layers × ${c.d_model} · ${(c.n_params / 1e6).toFixed(0)} M parameters`),
         h('br'),
-        `${dl} · the weights need about ${bytes(c.f32_bytes)} of memory (f32), on the GPU or in this tab`);
-      needs.dataset.needs = String(c.f32_bytes);
+        c.quantized
+          ? `${dl} · the weights need about ${bytes(c.cpu_bytes)} of memory, kept quantized on this tab's CPU (${bytes(c.f32_bytes)} as f32 on the GPU)`
+          : `${dl} · the weights need about ${bytes(c.f32_bytes)} of memory (f32), on the GPU or in this tab`);
+      const need = c.quantized ? c.cpu_bytes : c.f32_bytes;
+      needs.dataset.needs = String(need);
       const deviceGb = navigator.deviceMemory; // Chromium rounds to at most 8
-      if (c.f32_bytes > 3.5e9) {
+      if (need > 3.5e9) {
         needs.append(h('br'), h('span', { class: 'warn' }, 'More than a browser tab can hold (4 GB): run this model on the server.'));
         return;
       }
-      if (deviceGb && c.f32_bytes > deviceGb * 1e9 / 2) {
+      if (deviceGb && need > deviceGb * 1e9 / 2) {
         needs.append(h('br'), h('span', { class: 'warn' }, `This device reports about ${deviceGb} GB of memory: loading may fail.`));
       }
       loadButton.disabled = false;

@@ -250,6 +250,16 @@ async function readAll(source, post) {
 
 // ------------------------------------------------------------------ running the engine
 
+function quantizedGguf(names, bytes) {
+  const i = names.findIndex((n) => n.toLowerCase().endsWith('.gguf'));
+  if (i < 0) return false;
+  try {
+    return !!JSON.parse(inspect_gguf(bytes[i])).checkpoint?.quantized;
+  } catch {
+    return false; // loading reports what is wrong with the file
+  }
+}
+
 async function hasAdapter() {
   try {
     return !!(self.navigator.gpu && (await navigator.gpu.requestAdapter()));
@@ -264,7 +274,10 @@ async function load(source, backend, post) {
   const started = performance.now();
   const { names, bytes, fromCache } = await readAll(source, post);
   const downloaded = performance.now();
-  const webgpu = backend === 'webgpu' || (backend === 'auto' && (await hasAdapter()));
+  // A quantized GGUF runs on the CPU unless WebGPU is asked for: the CPU engine multiplies its
+  // blocks as they are, while WebGPU holds the weights as f32 (four to eight times the memory).
+  const webgpu = backend === 'webgpu'
+    || (backend === 'auto' && !quantizedGguf(names, bytes) && (await hasAdapter()));
   const progress = progressPoster(post);
   const onWeights = (done, total) => progress('load', done, total);
   let fellBack = null;

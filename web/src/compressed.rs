@@ -15,8 +15,8 @@ use refusal_core::refusal::{EncodedPrompts, OnProgress};
 
 use crate::engine::{DirectionInput, Engine};
 
-/// The most f32 weight memory a tab is asked to hold: the base model plus the compressed
-/// copy of its linear layers (WebAssembly memory ends at 4 GB).
+/// The most weight memory a tab is asked to hold: the base model plus the compressed copy of
+/// its linear layers (WebAssembly memory ends at 4 GB).
 const TAB_MEMORY: u64 = 3_500_000_000;
 
 /// How the compressed columns are made (fields of the playground request).
@@ -118,7 +118,7 @@ impl Engine {
             return Ok((k.model.clone(), k.summary.clone()));
         }
         self.forget_compressed();
-        self.check_memory()?;
+        self.check_memory(method)?;
         let calibration = if method.needs_calibration() {
             let mut prompts = builtin_harmless();
             prompts.truncate(n_calib);
@@ -155,14 +155,23 @@ impl Engine {
         self.kept().0.borrow_mut().take();
     }
 
-    fn check_memory(&self) -> Result<(), String> {
-        let c = self.llama().config();
-        let need = 4 * (c.n_params() + c.n_linear_params());
+    /// The model as kept plus its compressed linear layers: packed blocks where the CPU
+    /// engine keeps them (GGUF block types on a quantized model), f32 otherwise.
+    fn check_memory(&self, method: Method) -> Result<(), String> {
+        let llama = self.llama();
+        let linears = llama.config().n_linear_params();
+        let compressed = match method {
+            Method::Ggml(ty) if llama.has_quantized_weights() => {
+                linears * ty.type_size() as u64 / ty.block_size() as u64
+            }
+            _ => 4 * linears,
+        };
+        let need = llama.weight_bytes() + compressed;
         if need > TAB_MEMORY {
             return Err(format!(
-                "compressing this model in the tab needs about {:.1} GB of f32 weights (the \
-                 model and a compressed copy of its linear layers), more than a tab can hold: \
-                 run it on the server",
+                "compressing this model in the tab needs about {:.1} GB of weights (the model \
+                 and a compressed copy of its linear layers), more than a tab can hold: run it \
+                 on the server",
                 need as f64 / 1e9
             ));
         }

@@ -229,7 +229,7 @@ impl Engine {
                 .get("general.name")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned);
-            let checkpoint = CheckpointInfo::new(llama.config(), model_name);
+            let checkpoint = CheckpointInfo::of_gguf(llama.config(), &file, model_name);
             return Ok(Engine {
                 llama,
                 text,

@@ -2,7 +2,7 @@
 //! before it downloads the weights (GGUF: the first megabytes, read with a Range request;
 //! Hugging Face: config.json).
 
-use refusal_core::gguf::{GgufError, GgufFile};
+use refusal_core::gguf::{GgufError, GgufFile, dot};
 use refusal_core::load::{gguf, hf};
 use refusal_core::model::ModelConfig;
 use serde::Serialize;
@@ -18,9 +18,14 @@ pub struct CheckpointInfo {
     pub d_model: usize,
     pub vocab_size: usize,
     pub n_params: u64,
-    /// The weights in f32, as the engine holds a GGUF model (dequantized) and at most what it
-    /// holds of a 16-bit checkpoint.
+    /// The weights in f32: what the engine holds of a GGUF model on WebGPU (dequantized), and
+    /// at most what it holds of a 16-bit checkpoint.
     pub f32_bytes: u64,
+    /// Whether the weights are GGML blocks (a quantized GGUF), which the CPU engine multiplies
+    /// as they are.
+    pub quantized: bool,
+    /// The weights as the CPU engine keeps them: a GGUF's tensors as stored, otherwise f32.
+    pub cpu_bytes: u64,
     /// The model's own name, when its metadata has one.
     pub name: Option<String>,
 }
@@ -43,7 +48,20 @@ impl CheckpointInfo {
             vocab_size: config.vocab_size,
             n_params: config.n_params(),
             f32_bytes: config.n_params() * 4,
+            quantized: false,
+            cpu_bytes: config.n_params() * 4,
             name,
+        }
+    }
+
+    /// [`CheckpointInfo::new`] for a GGUF file, whose tensor table gives the stored sizes.
+    pub fn of_gguf(config: &ModelConfig, file: &GgufFile, name: Option<String>) -> Self {
+        let quantized = file.tensors.iter().any(|t| dot::has_kernel(t.ggml_type));
+        let stored: u64 = file.tensors.iter().filter_map(|t| t.n_bytes().ok()).sum();
+        CheckpointInfo {
+            quantized,
+            cpu_bytes: stored,
+            ..CheckpointInfo::new(config, name)
         }
     }
 }
@@ -65,7 +83,9 @@ pub fn gguf_header(prefix: &[u8]) -> Result<Inspection, String> {
         .get("general.name")
         .and_then(|v| v.as_str())
         .map(str::to_owned);
-    Ok(Inspection::Checkpoint(CheckpointInfo::new(&config, name)))
+    Ok(Inspection::Checkpoint(CheckpointInfo::of_gguf(
+        &config, &file, name,
+    )))
 }
 
 /// [`gguf_header`] for JavaScript: JSON `{"checkpoint": {...}}` or `"need_more"`.

@@ -129,6 +129,21 @@ impl Weight {
         }
     }
 
+    /// Values and bytes as kept: blocks as stored, dense tensors at their type's size.
+    fn size(&self) -> (u64, u64) {
+        match self {
+            Weight::Dense(w) => {
+                let w = w.val();
+                let n = w.shape().num_elements() as u64;
+                (n, n * w.dtype().size() as u64)
+            }
+            Weight::Quantized(q) => {
+                let [rows, cols] = q.dims();
+                ((rows * cols) as u64, q.bytes().len() as u64)
+            }
+        }
+    }
+
     /// The values in file layout `[rows, cols]` for a matrix kept that way (the embedding and
     /// the head): the stored tensor, or the blocks dequantized to f32.
     fn file_layout(&self) -> Tensor<2> {
@@ -455,6 +470,49 @@ impl Llama {
 
     pub fn device(&self) -> Device {
         self.embedding.device()
+    }
+
+    /// The matrices as they are kept, and how many of each type, e.g. `[("F32", 2),
+    /// ("Q5_0", 133), ...]` (sorted by name): what `bench` and the server report.
+    pub fn weight_types(&self) -> Vec<(&'static str, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for w in self.matrices() {
+            *counts.entry(w.type_name()).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Bytes the weights take in memory as kept: blocks as stored, dense matrices at their
+    /// type's size, norm gains and biases in f32.
+    pub fn weight_bytes(&self) -> u64 {
+        let (values, bytes) = self
+            .matrices()
+            .map(Weight::size)
+            .fold((0, 0), |(v, b), (n, s)| (v + n, b + s));
+        bytes + 4 * self.config.n_params().saturating_sub(values)
+    }
+
+    /// Whether any matrix is kept as GGML blocks (a quantized model on the CPU).
+    pub fn has_quantized_weights(&self) -> bool {
+        self.matrices().any(|w| matches!(w, Weight::Quantized(_)))
+    }
+
+    fn matrices(&self) -> impl Iterator<Item = &Weight> {
+        let blocks = self.blocks.iter().flat_map(|b| {
+            [
+                &b.attn.q,
+                &b.attn.k,
+                &b.attn.v,
+                &b.attn.o,
+                &b.mlp.gate,
+                &b.mlp.up,
+                &b.mlp.down,
+            ]
+            .map(|l| &l.weight)
+        });
+        std::iter::once(&self.embedding)
+            .chain(self.head.as_ref())
+            .chain(blocks)
     }
 
     /// The token embedding's values, `[vocab, d_model]` (dequantized to f32 if quantized).

@@ -182,17 +182,13 @@ impl QuantizedMatrix {
     /// [`Self::matmul`] through dequantized tiles of rows and f32 matrix multiplication.
     fn matmul_tiled(&self, x: Tensor<2>, tile_rows: usize) -> Tensor<2> {
         let device = x.device();
-        let mut tile = Vec::new();
         let parts: Vec<Tensor<2>> = (0..self.rows)
             .step_by(tile_rows)
             .map(|start| {
                 let count = tile_rows.min(self.rows - start);
-                tile.resize(count * self.cols, 0.0);
+                let mut tile = vec![0.0f32; count * self.cols];
                 self.dequantize_rows(start, &mut tile);
-                let w = Tensor::<2>::from_data(
-                    TensorData::new(std::mem::take(&mut tile), [count, self.cols]),
-                    &device,
-                );
+                let w = Tensor::<2>::from_data(TensorData::new(tile, [count, self.cols]), &device);
                 x.clone().matmul(w.transpose())
             })
             .collect();

@@ -275,7 +275,9 @@ const PREFETCH_BYTES: usize = 4096;
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn prefetch<T>(block: &T) {
-    let ahead = (block as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    let ahead = (block as *const T)
+        .cast::<i8>()
+        .wrapping_add(PREFETCH_BYTES);
     // Prefetching is a hint: an address past the weights is never dereferenced.
     _mm_prefetch::<_MM_HINT_T0>(ahead);
 }
