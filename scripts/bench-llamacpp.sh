@@ -22,6 +22,11 @@
 #   BENCH_EXTRACT      harmful and harmless prompts each for the direction-extraction measurement
 #                      (default 128; 0 skips it), read from BENCH_DATA (default ../shared/data
 #                      beside the repository: harmful_train.json, harmless_train.json)
+#   BENCH_7B=1         also measure a GGUF with Llama-2-7B's shapes and random Q4_K_M-type
+#                      weights (3.9 GB, written once to BENCH_7B_FILE, default
+#                      ~/.cache/refusal-lens/bench/llama2-7b-shaped.gguf, by the test-support
+#                      binary write-7b-gguf): load time, peak RSS, prefill of 4 prompts and 16
+#                      decoded tokens, once, with no extraction
 #
 # The venv is made on first use: `pip install llama-cpp-python==PIN` from PyPI compiles llama.cpp
 # from source (CPU only, -march=native minus AMX, under `nice -n 19`; ~13 min on 2 busy cores),
@@ -105,6 +110,18 @@ setup_venv
 RUN=()
 [ -n "${BENCH_NICE:-}" ] && RUN=(nice -n "$BENCH_NICE")
 
+SEVEN_B=""
+if [ "${BENCH_7B:-0}" = 1 ]; then
+    SEVEN_B="${BENCH_7B_FILE:-$HOME/.cache/refusal-lens/bench/llama2-7b-shaped.gguf}"
+    if [ ! -f "$SEVEN_B" ]; then
+        log "writing $SEVEN_B (random weights with Llama-2-7B's shapes)"
+        mkdir -p "$(dirname "$SEVEN_B")"
+        (cd "$ROOT" && cargo run --release --quiet -p refusal-tests --bin write-7b-gguf -- "$SEVEN_B") ||
+            die "could not write $SEVEN_B"
+    fi
+    MODELS+=("$SEVEN_B")
+fi
+
 mkdir -p "$OUT_DIR"
 RESULTS=()
 for model in "${MODELS[@]}"; do
@@ -113,20 +130,23 @@ for model in "${MODELS[@]}"; do
     result="$OUT_DIR/llamacpp-$safe.json"
     log "$model: refusal-lens bench"
     EXTRACT=()
+    SIZES=(--repeats "${BENCH_REPEATS:-3}")
     DATA="${BENCH_DATA:-$ROOT/../shared/data}"
-    if [ "${BENCH_EXTRACT:-128}" != 0 ]; then
+    if [ "$model" = "$SEVEN_B" ]; then
+        SIZES=(--repeats 1 --batch 4 --decode-tokens 16)
+    elif [ "${BENCH_EXTRACT:-128}" != 0 ]; then
         [ -f "$DATA/harmful_train.json" ] || die "no $DATA/harmful_train.json (set BENCH_DATA, or BENCH_EXTRACT=0)"
         EXTRACT=(--extract-prompts "${BENCH_EXTRACT:-128}" --harmful "$DATA/harmful_train.json"
             --harmless "$DATA/harmless_train.json")
     fi
-    if ! "${RUN[@]}" "$BIN" bench --model "$model" "${EXTRACT[@]}" --repeats "${BENCH_REPEATS:-3}" --json >"$ours.tmp"; then
+    if ! "${RUN[@]}" "$BIN" bench --model "$model" "${EXTRACT[@]}" "${SIZES[@]}" --json >"$ours.tmp"; then
         rm -f "$ours.tmp"
         die "refusal-lens bench --model $model failed (is the model available? see its message above)"
     fi
     mv "$ours.tmp" "$ours"
     log "$model: llama.cpp on the same tokens"
     "${RUN[@]}" "$VENV/bin/python" "$PY_SCRIPT" run --ours "$ours" --out "$result" \
-        ${LLAMACPP_THREADS:+--threads "$LLAMACPP_THREADS"} ||
+        --repeats "${SIZES[1]}" ${LLAMACPP_THREADS:+--threads "$LLAMACPP_THREADS"} ||
         die "the llama.cpp side failed for $model"
     RESULTS+=("$result")
 done

@@ -404,11 +404,14 @@ def cmd_run(args) -> None:
         log(f"warning: the machine is busy (load {load_before[0]:.1f} on {os.cpu_count()} CPUs); "
             "llama.cpp's threads spin at their barriers, and with more runnable threads than "
             "CPUs it slows down far more than the load alone explains: numbers are unreliable")
+    load_start = time.perf_counter()
     engine = Engine(gguf, threads, verbose=args.verbose)
+    load_seconds = time.perf_counter() - load_start
     bad = [t for p in prompts + [decode_prompt] for t in p if not 0 <= t < engine.n_vocab]
     if bad:
         fail(f"token ids outside llama.cpp's vocabulary of {engine.n_vocab}: {bad[:5]}...")
     ll = measure(engine, prompts, decode_prompt, decode_tokens, args.repeats)
+    ll["load_seconds"] = load_seconds
     extraction = ours.get("extraction")
     if extraction:
         ll["extraction"] = measure_extraction(
@@ -465,7 +468,7 @@ def print_table(results: list[dict]) -> None:
     # threads: "ours/llama.cpp" where they differ
     head = ("model", "threads", "prefill ours", "llama.cpp 1x1", "llama.cpp batch", "ratio",
             "decode ours", "llama.cpp", "ratio", "extract ours s", "llama.cpp s", "ratio",
-            "RSS ours MiB", "RSS llama.cpp MiB")
+            "RSS ours MiB", "RSS llama.cpp MiB", "load ours s", "llama.cpp s")
     rows = []
     for r in results:
         ours, ll, q = r["ours"], r["llamacpp"], r["ratios"]
@@ -488,6 +491,8 @@ def print_table(results: list[dict]) -> None:
             fmt(q.get("extraction"), ".2f"),
             fmt(rss / mib if rss else None, ".0f"),
             fmt(ll["peak_rss_bytes"] / mib, ".0f"),
+            fmt(ours.get("load_seconds"), ".1f"),
+            fmt(ll.get("load_seconds"), ".1f"),
         ))
     busy = [r for r in results
             if max(r.get("loadavg_before", [0])[0], r.get("loadavg_after", [0])[0])
