@@ -482,7 +482,16 @@ impl Acts {
 }
 
 /// One chunk of output rows on `isa`; see [`chunk`].
-fn chunk_on(isa: Isa, ty: GgmlType, w: &[u8], cols: usize, acts: &Acts, n: usize, out: &mut [f32]) {
+fn chunk_on(
+    // Only x86-64 has kernels other than the portable ones.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    cols: usize,
+    acts: &Acts,
+    n: usize,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // SAFETY: `Isa::detect` (or `available`) found `isa`'s features on this CPU.
