@@ -92,9 +92,16 @@ pub struct GgufWeights<'a> {
     pub release: Option<ReleaseBytes<'a>>,
 }
 
+/// A tensor's type, bytes (bounds-checked) and row-major shape.
+struct RawTensor<'a> {
+    ty: GgmlType,
+    data: &'a [u8],
+    shape: Vec<usize>,
+}
+
 impl<'a> GgufWeights<'a> {
-    /// The tensor's bytes and row-major shape, `None` if the file lacks it.
-    fn raw(&self, key: &str) -> Result<Option<(GgmlType, &'a [u8], Vec<usize>)>, WeightError> {
+    /// The tensor as the file stores it, `None` if the file lacks it.
+    fn raw(&self, key: &str) -> Result<Option<RawTensor<'a>>, WeightError> {
         let Some(info) = self.file.tensor(key) else {
             return Ok(None);
         };
@@ -109,7 +116,11 @@ impl<'a> GgufWeights<'a> {
             .rev()
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect();
-        Ok(Some((info.ggml_type, data, shape)))
+        Ok(Some(RawTensor {
+            ty: info.ggml_type,
+            data,
+            shape,
+        }))
     }
 
     fn released(&mut self, data: &[u8]) {
@@ -135,7 +146,7 @@ impl WeightSource for GgufWeights<'_> {
 
     fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
         let key = names::gguf(name);
-        let Some((_, _, shape)) = self.raw(&key)? else {
+        let Some(RawTensor { shape, .. }) = self.raw(&key)? else {
             return Ok(None);
         };
         let data = self
@@ -148,7 +159,7 @@ impl WeightSource for GgufWeights<'_> {
     /// The tensor in the file's type: blocks as they are, 16-bit floats as 16-bit values.
     fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
         let key = names::gguf(name);
-        let Some((ty, data, shape)) = self.raw(&key)? else {
+        let Some(RawTensor { ty, data, shape }) = self.raw(&key)? else {
             return Ok(None);
         };
         let values = match ty {
