@@ -272,27 +272,20 @@ fn unpack_q3_k(b: &[u8; Q3K_BYTES], u: &mut Super) {
 
 #[inline(always)]
 fn unpack_q4_k(b: &[u8; Q4K_BYTES], u: &mut Super) {
-    const QS: usize = 16;
-    u.d = f16_at(b[0], b[1]);
-    u.dmin = f16_at(b[2], b[3]);
-    let scales = k_scales(b);
-    for j in 0..8 {
-        let (sc, m) = k_scale_min(&scales, j);
-        let sc = i16::from(sc);
-        u.mins[2 * j] = i16::from(m);
-        u.mins[2 * j + 1] = i16::from(m);
-        let base = QS + 32 * (j / 2);
-        let shift = 4 * (j % 2);
-        for l in 0..32 {
-            u.w[32 * j + l] = i16::from((b[base + l] >> shift) & 0x0F) * sc;
-        }
-    }
+    unpack_four_or_five_bits::<Q4K_BYTES, false>(b, u);
 }
 
 #[inline(always)]
 fn unpack_q5_k(b: &[u8; Q5K_BYTES], u: &mut Super) {
+    unpack_four_or_five_bits::<Q5K_BYTES, true>(b, u);
+}
+
+/// Q4_K, and Q5_K (`FIFTH`, whose bit `j` of `qh[l]` is the fifth bit of element `l` of
+/// group `j`); the nibbles follow `qh` in Q5_K.
+#[inline(always)]
+fn unpack_four_or_five_bits<const N: usize, const FIFTH: bool>(b: &[u8; N], u: &mut Super) {
     const QH: usize = 16;
-    const QS: usize = QH + QK_K / 8;
+    let qs = if FIFTH { QH + QK_K / 8 } else { 16 };
     u.d = f16_at(b[0], b[1]);
     u.dmin = f16_at(b[2], b[3]);
     let scales = k_scales(b);
@@ -301,10 +294,15 @@ fn unpack_q5_k(b: &[u8; Q5K_BYTES], u: &mut Super) {
         let sc = i16::from(sc);
         u.mins[2 * j] = i16::from(m);
         u.mins[2 * j + 1] = i16::from(m);
-        let base = QS + 32 * (j / 2);
+        let base = qs + 32 * (j / 2);
         let shift = 4 * (j % 2);
         for l in 0..32 {
-            let q = ((b[base + l] >> shift) & 0x0F) | ((b[QH + l] >> j) & 1) << 4;
+            let low = (b[base + l] >> shift) & 0x0F;
+            let q = if FIFTH {
+                low | ((b[QH + l] >> j) & 1) << 4
+            } else {
+                low
+            };
             u.w[32 * j + l] = i16::from(q) * sc;
         }
     }

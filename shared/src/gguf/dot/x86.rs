@@ -160,51 +160,51 @@ struct SuperSums {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn q4_k(b: &[u8; Q4K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
-    let scales = k_scales(b);
-    let mask = _mm256_set1_epi8(0x0F);
-    let (mut acc, mut msum) = (_mm256_setzero_si256(), 0i32);
-    for c in 0..4 {
-        let x = load(sub(b, 16 + 32 * c));
-        let halves = [
-            _mm256_and_si256(x, mask),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
-        ];
-        for (h, v) in halves.into_iter().enumerate() {
-            let j = 2 * c + h;
-            let (sc, m) = k_scale_min(&scales, j);
-            let qv = load(sub_i8(q, 32 * j));
-            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, _mm256_set1_epi16(i16::from(sc))));
-            msum += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
-        }
-    }
-    SuperSums {
-        isum: hsum(acc),
-        msum,
-        d: f16_at(b[0], b[1]),
-        dmin: f16_at(b[2], b[3]),
-    }
+    four_or_five_bits::<Q4K_BYTES, false>(b, q, bsums)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
+    four_or_five_bits::<Q5K_BYTES, true>(b, q, bsums)
+}
+
+/// Q4_K, and Q5_K (`FIFTH`): eight groups of 32 with 6-bit scales and minimums; groups `2c`
+/// and `2c + 1` are the low and high nibbles of 32 bytes, and Q5_K's fifth bit of group `j`
+/// is bit `j` of every byte of `qh` (bytes 16..48, before the nibbles).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn four_or_five_bits<const N: usize, const FIFTH: bool>(
+    b: &[u8; N],
+    q: &[i8; QK_K],
+    bsums: &[i16; QK_K / 16],
+) -> SuperSums {
+    let qs = if FIFTH { 48 } else { 16 };
     let scales = k_scales(b);
     let mask = _mm256_set1_epi8(0x0F);
-    let one = _mm256_set1_epi8(1);
-    let qh = load(sub(b, 16));
+    let qh = if FIFTH {
+        load(sub(b, 16))
+    } else {
+        _mm256_setzero_si256()
+    };
     let (mut acc, mut msum) = (_mm256_setzero_si256(), 0i32);
     for c in 0..4 {
-        let x = load(sub(b, 48 + 32 * c));
+        let x = load(sub(b, qs + 32 * c));
         let halves = [
             _mm256_and_si256(x, mask),
             _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
         ];
         for (h, low) in halves.into_iter().enumerate() {
             let j = 2 * c + h;
-            // Bit `j` of every qh byte (a 16-bit shift moves no bit into a byte's bit 0 from
-            // its neighbour once masked), as 0x10.
-            let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
-            let v = _mm256_or_si256(low, _mm256_slli_epi16::<4>(bit));
+            let v = if FIFTH {
+                // Bit `j` of every byte (masked, so a 16-bit shift brings in no neighbour's
+                // bit), moved to 0x10.
+                let shifted = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32));
+                let bit = _mm256_and_si256(shifted, _mm256_set1_epi8(1));
+                _mm256_or_si256(low, _mm256_slli_epi16::<4>(bit))
+            } else {
+                low
+            };
             let (sc, m) = k_scale_min(&scales, j);
             let qv = load(sub_i8(q, 32 * j));
             acc = _mm256_add_epi32(acc, scaled_dot(v, qv, _mm256_set1_epi16(i16::from(sc))));
