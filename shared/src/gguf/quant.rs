@@ -211,7 +211,12 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(),
     Ok(())
 }
 
-fn check_sizes(ty: GgmlType, data_len: usize, n_elements: usize) -> Result<(), GgufError> {
+/// That `data_len` bytes of `ty` hold exactly `n_elements` values in whole blocks.
+pub(crate) fn check_sizes(
+    ty: GgmlType,
+    data_len: usize,
+    n_elements: usize,
+) -> Result<(), GgufError> {
     let block_size = ty.block_size();
     if !n_elements.is_multiple_of(block_size) {
         return Err(GgufError::NotBlockMultiple {

@@ -19,6 +19,7 @@ use burn::module::{
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::gguf::dot::{self, Isa};
+use crate::gguf::quant::check_sizes;
 use crate::gguf::{GgmlType, GgufError, dequantize_into};
 use crate::threads::for_each_chunk;
 
@@ -64,15 +65,7 @@ impl QuantizedMatrix {
                 block_size: ty.block_size() as u64,
             });
         }
-        let expected = (rows as u128) * (cols / ty.block_size()) as u128 * ty.type_size() as u128;
-        if expected != bytes.len() as u128 {
-            return Err(GgufError::DataSizeMismatch {
-                ty: ty.name(),
-                n_elements: (rows as u64).saturating_mul(cols as u64),
-                expected: u64::try_from(expected).unwrap_or(u64::MAX),
-                actual: bytes.len() as u64,
-            });
-        }
+        check_sizes(ty, bytes.len(), rows.saturating_mul(cols))?;
         Ok(QuantizedMatrix {
             ty,
             rows,
