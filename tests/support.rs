@@ -11,6 +11,7 @@ use refusal_core::tokenizer::Tokenizer;
 use refusal_lens::fetch::Cache;
 use refusal_lens::source::BuiltinModel;
 
+
 /// `../shared/` beside the repository: data and fixtures made outside the project.
 pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
@@ -78,4 +79,23 @@ pub fn greedy(llama: &Llama, tokenizer: &Tokenizer, prompts: &[Vec<u32>], n: usi
         .iter()
         .map(|t| tokenizer.decode(t, true).unwrap_or_else(|e| panic!("{e}")))
         .collect()
+}
+
+/// A file of llama.cpp's vocabulary tests (`ggml-vocab-NAME.gguf`, `.inp`, `.out`), fetched
+/// into the cache by `scripts/fetch-vocabs.sh` (which `scripts/test.sh` runs first).
+pub fn llamacpp_vocab_file(name: &str) -> PathBuf {
+    let dir = std::env::var_os("REFUSAL_LENS_VOCABS").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| panic!("HOME is not set"));
+            PathBuf::from(home).join(".cache/refusal-lens/llamacpp-vocabs")
+        },
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-vocabs.sh",
+        path.display()
+    );
+    path
 }

@@ -2,9 +2,9 @@
 //!
 //! Two sources are supported:
 //!
-//! * GGUF metadata (`tokenizer.ggml.*`), described by [`GgufVocab`]. Only the byte-level BPE
-//!   family (`tokenizer.ggml.model = "gpt2"`) is implemented; its pre-tokenizer regexes are the
-//!   ones llama.cpp selects for `tokenizer.ggml.pre`, so that token ids match llama.cpp exactly.
+//! * GGUF metadata (`tokenizer.ggml.*`), described by [`GgufVocab`] and tokenized as llama.cpp
+//!   does: byte-level BPE (`tokenizer.ggml.model = "gpt2"`, [`bpe`]) and SentencePiece
+//!   (`"llama"`, [`spm`]).
 //! * Hugging Face `tokenizer.json` (+ optional `tokenizer_config.json`).
 //!
 //! Both are wrapped around [`tokenizers::Tokenizer`]. Special tokens written literally in the
@@ -13,19 +13,19 @@
 
 use std::collections::BTreeSet;
 
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+mod bpe;
+mod gguf;
+mod spm;
+
+pub use gguf::{GgufVocab, gguf_vocab};
 
 /// Errors from building or using a [`Tokenizer`].
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     /// `tokenizer.ggml.model` names a tokenizer family this crate cannot build.
-    #[error("unsupported tokenizer model {0:?} (only byte-level BPE \"gpt2\" is supported)")]
+    #[error(
+        "unsupported tokenizer model {0:?} (supported: byte-level BPE \"gpt2\", SentencePiece \"llama\")"
+    )]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not know. Guessing would give
     /// silently different token ids, so this is an error.
@@ -59,40 +59,6 @@ pub enum TokenizerError {
     NoBosToken,
 }
 
-/// Tokenizer description as stored in GGUF metadata (`tokenizer.ggml.*`).
-#[derive(Debug, Clone, Default)]
-pub struct GgufVocab {
-    /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece).
-    pub model: String,
-    /// `tokenizer.ggml.pre`: pre-tokenizer name, e.g. `"smollm"`, `"qwen2"`, `"llama-bpe"`.
-    pub pre: Option<String>,
-    /// `tokenizer.ggml.tokens`, indexed by token id.
-    pub tokens: Vec<String>,
-    /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
-    /// 6 byte); empty when absent.
-    pub token_types: Vec<i32>,
-    /// `tokenizer.ggml.merges` as `"left right"` strings, highest priority first.
-    pub merges: Vec<String>,
-    /// `tokenizer.ggml.scores`; empty when absent.
-    pub scores: Vec<f32>,
-    /// `tokenizer.ggml.bos_token_id`.
-    pub bos_id: Option<u32>,
-    /// `tokenizer.ggml.eos_token_id`.
-    pub eos_id: Option<u32>,
-    /// Whether the model expects a BOS token at the start of a prompt.
-    pub add_bos: bool,
-    /// Whether the model expects an EOS token at the end of a prompt.
-    pub add_eos: bool,
-}
-
-// GGUF token types that llama.cpp matches literally in text before BPE.
-/// `tokenizer.ggml.token_type` of the unknown token.
-const TOKEN_TYPE_UNKNOWN: i32 = 2;
-/// `tokenizer.ggml.token_type` of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
-const TOKEN_TYPE_CONTROL: i32 = 3;
-/// `tokenizer.ggml.token_type` of user-defined tokens (e.g. Qwen's `<tool_call>`).
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
-
 /// Token texts that end a turn or a generation in the chat formats we care about (the names
 /// llama.cpp treats as end-of-generation).
 const STOP_TOKEN_TEXTS: &[&str] = &[
@@ -104,69 +70,6 @@ const STOP_TOKEN_TEXTS: &[&str] = &[
     "<|end|>",
     "<end_of_turn>",
     "<EOT>",
-];
-
-/// GPT-2 split regex (llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT2`). llama.cpp's own pattern lacks
-/// the trailing `|\s+`, but its splitter keeps unmatched whitespace as separate pieces, which is
-/// what the extra alternative produces with an isolating split.
-const REGEX_GPT2: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
-/// Llama 3 split regex, with the case-insensitive contractions spelt out as llama.cpp does.
-const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// Qwen2 split regex: like Llama 3 but digits are split one by one.
-const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// Single digits, split off before the GPT-2 regex by StarCoder-style tokenizers (SmolLM).
-const REGEX_DIGIT: &str = r"\p{N}";
-
-/// How a GGUF byte-level BPE vocabulary splits text before merging.
-struct PreTokenizerSpec {
-    /// Regexes applied in order; each one splits every piece left by the previous one, keeping
-    /// both matches and the text between them.
-    regexes: &'static [&'static str],
-    /// Whether a whole pre-token found in the vocabulary is emitted without running merges
-    /// (llama.cpp `ignore_merges`, set for Llama 3).
-    ignore_merges: bool,
-}
-
-impl PreTokenizerSpec {
-    /// Resolves `tokenizer.ggml.pre` the way llama.cpp's vocabulary loader does, for the
-    /// families whose pre-tokenizer is nothing more than these regexes.
-    fn from_name(pre: Option<&str>) -> Result<Self, TokenizerError> {
-        let spec = |regexes, ignore_merges| PreTokenizerSpec {
-            regexes,
-            ignore_merges,
-        };
-        // llama.cpp falls back to its "default" regex set when the key is absent.
-        let Some(name) = pre else {
-            return Ok(spec(DEFAULT_REGEXES, false));
-        };
-        Ok(match name {
-            "default" => spec(DEFAULT_REGEXES, false),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-            | "midm-2.0" | "lfm2" => spec(&[REGEX_LLAMA3], true),
-            "dbrx" | "smaug-bpe" => spec(&[REGEX_LLAMA3], false),
-            "qwen2" | "deepseek-r1-qwen" | "megrez" | "stablelm2" | "hunyuan" | "solar-open" => {
-                spec(&[REGEX_QWEN2], false)
-            }
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-            | "minerva-7b" => spec(&[REGEX_DIGIT, REGEX_GPT2], false),
-            "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4"
-            | "granite-docling" | "gigachat" => spec(&[REGEX_GPT2], false),
-            other => return Err(TokenizerError::UnknownPreTokenizer(other.to_owned())),
-        })
-    }
-}
-
-/// llama.cpp's "default" BPE pre-tokenizer: punctuation runs, then GPT-2, then digit runs,
-/// then groups of three ASCII digits.
-const DEFAULT_REGEXES: &[&str] = &[
-    r"[\p{P}\$\+<=>\^~\|]+",
-    REGEX_GPT2,
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
 ];
 
 /// A text tokenizer with the special-token information needed for chat generation.
@@ -194,106 +97,6 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Builds a tokenizer from GGUF vocabulary metadata.
-    ///
-    /// Byte-level BPE (`model = "gpt2"`) is supported with the pre-tokenizers listed in the
-    /// crate documentation; other models give [`TokenizerError::UnsupportedModel`] and unknown
-    /// pre-tokenizer names [`TokenizerError::UnknownPreTokenizer`].
-    pub fn from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
-        if v.model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(v.model.clone()));
-        }
-        let spec = PreTokenizerSpec::from_name(v.pre.as_deref())?;
-        let n = v.tokens.len();
-        if !v.token_types.is_empty() && v.token_types.len() != n {
-            return Err(TokenizerError::InvalidVocab(format!(
-                "{} token types for {n} tokens",
-                v.token_types.len()
-            )));
-        }
-        for (name, id) in [("BOS", v.bos_id), ("EOS", v.eos_id)] {
-            if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(TokenizerError::InvalidVocab(format!(
-                    "{name} id {id} outside a vocabulary of {n} tokens"
-                )));
-            }
-        }
-
-        let mut vocab = Vocab::with_capacity(n);
-        for (id, token) in v.tokens.iter().enumerate() {
-            let id = u32::try_from(id)
-                .map_err(|_| TokenizerError::InvalidVocab("more than 2^32 tokens".into()))?;
-            if vocab.insert(token.clone(), id).is_some() {
-                return Err(TokenizerError::InvalidVocab(format!(
-                    "duplicate token {token:?}"
-                )));
-            }
-        }
-        let merges = v
-            .merges
-            .iter()
-            .map(|m| {
-                // Split at the first space after the first character, as llama.cpp does, so a
-                // merge whose left part starts with a space character still parses.
-                let start = m.chars().next().map_or(0, char::len_utf8);
-                m[start..]
-                    .find(' ')
-                    .map(|p| (m[..start + p].to_owned(), m[start + p + 1..].to_owned()))
-                    .ok_or_else(|| TokenizerError::InvalidVocab(format!("malformed merge {m:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(spec.ignore_merges)
-            .build()
-            .map_err(TokenizerError::Backend)?;
-
-        let mut pre: Vec<PreTokenizerWrapper> = Vec::with_capacity(spec.regexes.len() + 1);
-        for regex in spec.regexes {
-            let split = Split::new(
-                SplitPattern::Regex((*regex).to_owned()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(TokenizerError::Backend)?;
-            pre.push(split.into());
-        }
-        // The regexes above already split the text; ByteLevel only maps bytes to symbols.
-        pre.push(ByteLevel::new(false, false, false).into());
-
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner
-            .with_pre_tokenizer(Some(Sequence::new(pre)))
-            .with_decoder(Some(ByteLevelDecoder::default()));
-
-        // Control and unknown tokens are "special" (skippable when decoding); user-defined ones
-        // are ordinary text that must nevertheless never be split by BPE.
-        let mut special = Vec::new();
-        let mut added = Vec::new();
-        for (id, (token, &ty)) in v.tokens.iter().zip(&v.token_types).enumerate() {
-            if matches!(
-                ty,
-                TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
-            ) {
-                let is_special = ty != TOKEN_TYPE_USER_DEFINED;
-                added.push(AddedToken::from(token.clone(), is_special).normalized(false));
-                special.push((id as u32, token.clone()));
-            }
-        }
-        // Already-known contents keep their vocabulary ids, so no new ids are created here.
-        inner.add_tokens(&added);
-
-        Ok(Tokenizer {
-            inner,
-            id_to_token: v.tokens.clone(),
-            special,
-            bos_id: v.bos_id,
-            eos_id: v.eos_id,
-            add_bos: v.add_bos,
-        })
-    }
-
     /// Builds a tokenizer from a Hugging Face `tokenizer.json`, taking BOS/EOS and the
     /// add-BOS default from `tokenizer_config.json` when given.
     pub fn from_json_bytes(
@@ -535,135 +338,11 @@ impl TokenStream<'_> {
     }
 }
 
-/// Reads the tokenizer description out of GGUF metadata.
-pub fn gguf_vocab(file: &crate::gguf::GgufFile) -> Result<GgufVocab, TokenizerError> {
-    use crate::gguf::MetadataValue;
-
-    const MODEL: &str = "tokenizer.ggml.model";
-    const PRE: &str = "tokenizer.ggml.pre";
-    const TOKENS: &str = "tokenizer.ggml.tokens";
-    const TYPES: &str = "tokenizer.ggml.token_type";
-    const MERGES: &str = "tokenizer.ggml.merges";
-    const SCORES: &str = "tokenizer.ggml.scores";
-    const BOS: &str = "tokenizer.ggml.bos_token_id";
-    const EOS: &str = "tokenizer.ggml.eos_token_id";
-    const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
-    const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
-
-    let string = |key: &'static str| -> Result<Option<String>, TokenizerError> {
-        file.get(key)
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or(TokenizerError::InvalidMetadata {
-                        key,
-                        expected: "a string",
-                    })
-            })
-            .transpose()
-    };
-    let array = |key: &'static str| -> Result<Option<&[MetadataValue]>, TokenizerError> {
-        file.get(key)
-            .map(|v| {
-                v.as_array().ok_or(TokenizerError::InvalidMetadata {
-                    key,
-                    expected: "an array",
-                })
-            })
-            .transpose()
-    };
-    let strings = |key: &'static str| -> Result<Vec<String>, TokenizerError> {
-        array(key)?
-            .unwrap_or_default()
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or(TokenizerError::InvalidMetadata {
-                        key,
-                        expected: "an array of strings",
-                    })
-            })
-            .collect()
-    };
-    let id = |key: &'static str| -> Result<Option<u32>, TokenizerError> {
-        file.get(key)
-            .map(|v| {
-                v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or(
-                    TokenizerError::InvalidMetadata {
-                        key,
-                        expected: "a token id",
-                    },
-                )
-            })
-            .transpose()
-    };
-    let flag = |key: &'static str| -> Result<Option<bool>, TokenizerError> {
-        file.get(key)
-            .map(|v| {
-                v.as_bool().ok_or(TokenizerError::InvalidMetadata {
-                    key,
-                    expected: "a boolean",
-                })
-            })
-            .transpose()
-    };
-
-    let model = string(MODEL)?.ok_or(TokenizerError::MissingMetadata(MODEL))?;
-    let pre = string(PRE)?;
-    let tokens = strings(TOKENS)?;
-    if tokens.is_empty() {
-        return Err(TokenizerError::MissingMetadata(TOKENS));
-    }
-    let token_types = array(TYPES)?
-        .unwrap_or_default()
-        .iter()
-        .map(|v| {
-            let ty = match *v {
-                MetadataValue::I32(x) => Some(x),
-                // Some writers use another integer width; accept any that fits.
-                _ => v.as_u64().and_then(|x| i32::try_from(x).ok()),
-            };
-            ty.ok_or(TokenizerError::InvalidMetadata {
-                key: TYPES,
-                expected: "an array of i32",
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let scores = array(SCORES)?
-        .unwrap_or_default()
-        .iter()
-        .map(|v| {
-            // Scores are f32 in every converter; narrowing is exact for them.
-            v.as_f64()
-                .map(|x| x as f32)
-                .ok_or(TokenizerError::InvalidMetadata {
-                    key: SCORES,
-                    expected: "an array of f32",
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    // llama.cpp's defaults when the flags are absent: SentencePiece and Llama 3 vocabularies
-    // start prompts with BOS, other BPE vocabularies do not.
-    let default_add_bos = model == "llama"
-        || PreTokenizerSpec::from_name(pre.as_deref()).is_ok_and(|s| s.ignore_merges);
-    Ok(GgufVocab {
-        merges: strings(MERGES)?,
-        bos_id: id(BOS)?,
-        eos_id: id(EOS)?,
-        add_bos: flag(ADD_BOS)?.unwrap_or(default_add_bos),
-        add_eos: flag(ADD_EOS)?.unwrap_or(false),
-        model,
-        pre,
-        tokens,
-        token_types,
-        scores,
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::gguf::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
     use super::*;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
     /// A tiny byte-level BPE vocabulary: all 256 byte symbols, a few merges and ChatML
     /// control tokens.
@@ -704,6 +383,7 @@ pub(crate) mod tests {
             eos_id: Some(2),
             add_bos: false,
             add_eos: false,
+            add_space_prefix: false,
         }
     }
 
