@@ -13,7 +13,7 @@ use memmap2::Mmap;
 use memmap2::UncheckedAdvice;
 use refusal_core::gguf::GgufFile;
 use refusal_core::load::{self, LoadOptions, TextAssets};
-use refusal_core::model::{Llama, ModelConfig, WeightStorage};
+use refusal_core::model::{Llama, ModelConfig, RopeScaling, WeightStorage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -208,13 +208,13 @@ impl Checkpoint {
         let mut types = BTreeMap::new();
         let mut n_parameters = 0;
         let config = match self {
-            Checkpoint::Gguf { path, file, .. } => {
+            Checkpoint::Gguf { path, file, bytes } => {
                 let name = path.display().to_string();
                 for t in &file.tensors {
                     *types.entry(t.ggml_type.name().to_string()).or_default() += 1;
                     n_parameters += t.n_elements() as usize;
                 }
-                load::gguf::config(file).with_context(|| name.clone())?
+                load::gguf::config(file, bytes).with_context(|| name.clone())?
             }
             Checkpoint::Hf {
                 config_json,
@@ -364,8 +364,15 @@ impl ModelInfo {
             "rope             theta {} · pairing {:?} · scaling {}",
             c.rope_theta,
             c.rope_pairing,
-            c.rope_scaling
-                .map_or("none".to_string(), |r| format!("llama3 ×{}", r.factor))
+            match &c.rope_scaling {
+                None => "none".to_string(),
+                Some(RopeScaling::Llama3(r)) => format!("llama3 ×{}", r.factor),
+                Some(RopeScaling::FreqFactors { factors }) => format!(
+                    "frequency factors {:.3}..{:.3} (rope_freqs.weight)",
+                    factors.iter().copied().fold(f32::INFINITY, f32::min),
+                    factors.iter().copied().fold(0.0, f32::max)
+                ),
+            }
         );
         let _ = writeln!(
             s,

@@ -121,7 +121,7 @@ fn save_hf_dir(
     )?;
     staged.write(
         "config.json",
-        serde_json::to_string_pretty(&hf_config_json(derived.model.config()))?,
+        serde_json::to_string_pretty(&hf_config_json(derived.model.config())?)?,
     )?;
     match source {
         ResolvedModel::HfDir(src) => {

@@ -131,7 +131,7 @@ const TOKENIZER_JSON: &str = r#"{
 /// Writes a bf16 Hugging Face checkpoint of `config` into `dir`; returns the bytes of its
 /// weights file.
 fn write_bf16_checkpoint(dir: &Path, config: &ModelConfig, seed: u64) -> u64 {
-    let mut config_json = hf_config_json(config);
+    let mut config_json = hf_config_json(config).expect("no frequency factors");
     config_json["torch_dtype"] = "bfloat16".into();
     std::fs::write(
         dir.join("config.json"),

@@ -9,7 +9,9 @@ use crate::compress::PackedWeight;
 use crate::gguf::{GgufError, GgufFile, GgufWriter, MetadataValue};
 use crate::load::names;
 use crate::model::llama::Linear;
-use crate::model::{BlockWeight, HostTensor, Llama, RopePairing, WeightName, read_f32};
+use crate::model::{
+    BlockWeight, HostTensor, Llama, RopePairing, RopeScaling, WeightName, read_f32,
+};
 
 /// Why a model could not be exported.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,10 @@ pub enum ExportError {
     MissingWeight(WeightName),
     #[error("the source GGUF has no tensor `{0}` to replace")]
     NotInSource(String),
+    #[error(
+        "the model's RoPE frequency factors (GGUF rope_freqs.weight) have no config.json form; save it as .gguf"
+    )]
+    FreqFactorsInHfConfig,
 }
 
 /// One weight as the model holds it, in file layout: matrices `[d_out, d_in]`.
@@ -289,7 +295,13 @@ pub fn f32_safetensors(
 
 /// A transformers `config.json` describing `config` (with Hugging Face RoPE pairing, which
 /// [`safetensors_bytes`] writes).
-pub fn hf_config_json(config: &crate::model::ModelConfig) -> serde_json::Value {
+///
+/// # Errors
+///
+/// [`ExportError::FreqFactorsInHfConfig`]: transformers has no per-pair RoPE divisors.
+pub fn hf_config_json(
+    config: &crate::model::ModelConfig,
+) -> Result<serde_json::Value, ExportError> {
     let (architecture, model_type) = match config.architecture {
         crate::model::Architecture::Llama => ("LlamaForCausalLM", "llama"),
         crate::model::Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
@@ -311,16 +323,20 @@ pub fn hf_config_json(config: &crate::model::ModelConfig) -> serde_json::Value {
         "attention_bias": config.qkv_bias,
         "torch_dtype": "float32",
     });
-    if let Some(s) = config.rope_scaling {
-        json["rope_scaling"] = serde_json::json!({
-            "rope_type": "llama3",
-            "factor": s.factor,
-            "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor,
-            "original_max_position_embeddings": s.original_max_position_embeddings,
-        });
+    match &config.rope_scaling {
+        None => {}
+        Some(RopeScaling::Llama3(s)) => {
+            json["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        Some(RopeScaling::FreqFactors { .. }) => return Err(ExportError::FreqFactorsInHfConfig),
     }
-    json
+    Ok(json)
 }
 
 #[cfg(test)]
@@ -352,7 +368,7 @@ mod tests {
             safetensors::Dtype::BF16
         );
         assert_eq!(dtype(WeightName::FinalNorm), safetensors::Dtype::F32);
-        let config_json = serde_json::to_vec(&hf_config_json(&config)).unwrap();
+        let config_json = serde_json::to_vec(&hf_config_json(&config).unwrap()).unwrap();
         let reloaded = crate::load::hf_model(
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],
@@ -377,7 +393,7 @@ mod tests {
         config.tied_embeddings = false;
         let model = Llama::random(&config, 3, &device);
         let bytes = safetensors_bytes(&model, BTreeMap::new()).unwrap();
-        let config_json = serde_json::to_vec(&hf_config_json(&config)).unwrap();
+        let config_json = serde_json::to_vec(&hf_config_json(&config).unwrap()).unwrap();
         let reloaded = crate::load::hf_model(
             &config_json,
             &[("model.safetensors".to_owned(), bytes.as_slice())],

@@ -78,7 +78,7 @@ pub fn gguf_header(prefix: &[u8]) -> Result<Inspection, String> {
         Err(GgufError::Truncated { .. }) => return Ok(Inspection::NeedMore),
         Err(e) => return Err(e.to_string()),
     };
-    let config = gguf::config(&file).map_err(|e| e.to_string())?;
+    let config = gguf::header_config(&file).map_err(|e| e.to_string())?;
     let name = file
         .get("general.name")
         .and_then(|v| v.as_str())

@@ -9,15 +9,53 @@ use half::{bf16, f16};
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, MetadataValue};
 use crate::model::{
-    Architecture, BlockWeight, ConfigError, HostTensor, ModelConfig, RopePairing, StoredTensor,
-    StoredValues, WeightError, WeightName, WeightSource,
+    Architecture, BlockWeight, ConfigError, HostTensor, ModelConfig, RopePairing, RopeScaling,
+    StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
 };
 
 use super::hf::ReleaseBytes;
 use super::{LoadError, names};
 
-/// The model configuration stored in a GGUF file's metadata (`{arch}.*` keys).
-pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
+/// GGUF's name of the RoPE frequency factors (Llama-3.1 and later).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The model configuration of a GGUF file, RoPE frequency factors (`rope_freqs.weight`) read
+/// from `bytes`.
+///
+/// # Errors
+///
+/// What [`header_config`] refuses, and factors the file cannot give (out of bounds, not F32).
+pub fn config(file: &GgufFile, bytes: &[u8]) -> Result<ModelConfig, ConfigError> {
+    let mut config = header_config(file)?;
+    if file.tensor(ROPE_FREQS).is_some() {
+        let factors = file
+            .tensor_f32(bytes, ROPE_FREQS)
+            .map_err(|e| ConfigError::Invalid {
+                field: "rope_freqs",
+                value: ROPE_FREQS.into(),
+                why: unreadable(&e),
+            })?;
+        config.rope_scaling = Some(RopeScaling::FreqFactors { factors });
+    }
+    config.validate()
+}
+
+/// Why a tensor could not be read, in [`ConfigError::Invalid`]'s words.
+fn unreadable(e: &GgufError) -> &'static str {
+    match e {
+        GgufError::Truncated { .. } => "the tensor lies outside the file (truncated?)",
+        _ => "the tensor cannot be read as f32 values",
+    }
+}
+
+/// The model configuration stored in a GGUF file's metadata (`{arch}.*` keys), read from the
+/// header alone: RoPE frequency factors, a tensor, are checked for shape but left out (see
+/// [`config`]).
+///
+/// Architectures the forward pass does not implement are refused naming the key that says so:
+/// sliding-window attention, logit soft-capping, mixtures of experts, partial rotary
+/// embeddings, RoPE scaling other than frequency factors.
+pub fn header_config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
     let arch_name = file
         .get("general.architecture")
         .and_then(MetadataValue::as_str)
@@ -36,20 +74,65 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
     let float = |k: &str| file.get(&key(k)).and_then(MetadataValue::as_f64);
     let need = |k: &'static str| int(k).ok_or(ConfigError::Missing(k));
 
-    if file
+    for (k, why) in [
+        (
+            "attention.sliding_window",
+            "sliding-window attention is not implemented",
+        ),
+        (
+            "attn_logit_softcapping",
+            "attention logit soft-capping is not implemented",
+        ),
+        (
+            "final_logit_softcapping",
+            "final logit soft-capping is not implemented",
+        ),
+        (
+            "expert_count",
+            "mixture-of-experts blocks are not implemented",
+        ),
+    ] {
+        if let Some(v) = file.get(&key(k)) {
+            // Converters write 0 for "off" in some of these keys.
+            if v.as_f64() != Some(0.0) {
+                return Err(ConfigError::Invalid {
+                    field: k,
+                    value: format!("{v:?}"),
+                    why,
+                });
+            }
+        }
+    }
+    if let Some(kind) = file
         .get(&key("rope.scaling.type"))
         .and_then(MetadataValue::as_str)
-        .is_some_and(|t| t != "none")
-        || file.tensor("rope_freqs.weight").is_some()
+        .filter(|t| *t != "none")
     {
         return Err(ConfigError::Invalid {
-            field: "rope.scaling",
-            value: "present".into(),
-            why: "RoPE frequency scaling in GGUF files is not supported yet; load the Hugging Face checkpoint instead",
+            field: "rope.scaling.type",
+            value: kind.into(),
+            why: "only Llama-3 frequency factors (rope_freqs.weight) are supported",
         });
     }
     let d_model = need("embedding_length")?;
     let n_heads = need("attention.head_count")?;
+    let head_dim = int("attention.key_length").unwrap_or(d_model / n_heads.max(1));
+    if let Some(rot) = int("rope.dimension_count").filter(|&r| r != head_dim) {
+        return Err(ConfigError::Invalid {
+            field: "rope.dimension_count",
+            value: rot.to_string(),
+            why: "partial rotary embeddings are not implemented (must equal the head dimension)",
+        });
+    }
+    if let Some(info) = file.tensor(ROPE_FREQS)
+        && (info.ggml_type != GgmlType::F32 || info.dims.as_slice() != [head_dim as u64 / 2])
+    {
+        return Err(ConfigError::Invalid {
+            field: "rope_freqs",
+            value: format!("{} {:?}", info.ggml_type.name(), info.dims),
+            why: "must be F32 with one factor per rotated pair (head_dim / 2)",
+        });
+    }
     let vocab_size = match int("vocab_size") {
         Some(v) => v,
         None => file
@@ -65,7 +148,7 @@ pub fn config(file: &GgufFile) -> Result<ModelConfig, ConfigError> {
         n_layers: need("block_count")?,
         n_heads,
         n_kv_heads: int("attention.head_count_kv").unwrap_or(n_heads),
-        head_dim: int("attention.key_length").unwrap_or(d_model / n_heads.max(1)),
+        head_dim,
         d_ff: need("feed_forward_length")?,
         rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_theta: float("rope.freq_base").unwrap_or(10_000.0),

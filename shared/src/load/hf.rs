@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{LoadError, names};
 use crate::model::{
     Architecture, ConfigError, HostTensor, Llama3RopeScaling, ModelConfig, RopePairing,
-    StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
+    RopeScaling, StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
 };
 
 /// `config.json` as written by transformers, for the fields we use.
@@ -33,6 +33,12 @@ pub struct HfConfig {
     pub max_position_embeddings: Option<usize>,
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
+    /// Mistral v0.1's window (Mistral v0.2+ write null); Qwen2 writes one but switches it off
+    /// with `use_sliding_window`.
+    pub sliding_window: Option<usize>,
+    pub use_sliding_window: Option<bool>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +56,8 @@ impl TryFrom<HfConfig> for ModelConfig {
 
     fn try_from(c: HfConfig) -> Result<Self, ConfigError> {
         let architecture = match c.architectures.first().map(String::as_str) {
-            Some("LlamaForCausalLM") => Architecture::Llama,
+            // Mistral is Llama's block; its sliding window is refused below.
+            Some("LlamaForCausalLM" | "MistralForCausalLM") => Architecture::Llama,
             Some("Qwen2ForCausalLM") => Architecture::Qwen2,
             Some(other) => return Err(ConfigError::UnsupportedArchitecture(other.into())),
             None => {
@@ -59,13 +66,35 @@ impl TryFrom<HfConfig> for ModelConfig {
                 ));
             }
         };
+        let windowed = c
+            .use_sliding_window
+            .unwrap_or(architecture != Architecture::Qwen2);
+        if let Some(window) = c.sliding_window.filter(|_| windowed) {
+            return Err(ConfigError::Invalid {
+                field: "sliding_window",
+                value: window.to_string(),
+                why: "sliding-window attention is not implemented",
+            });
+        }
+        for (field, cap) in [
+            ("attn_logit_softcapping", c.attn_logit_softcapping),
+            ("final_logit_softcapping", c.final_logit_softcapping),
+        ] {
+            if let Some(cap) = cap {
+                return Err(ConfigError::Invalid {
+                    field,
+                    value: cap.to_string(),
+                    why: "logit soft-capping is not implemented",
+                });
+            }
+        }
         let need = |v: Option<usize>, f: &'static str| v.ok_or(ConfigError::Missing(f));
         let d_model = need(c.hidden_size, "hidden_size")?;
         let n_heads = need(c.num_attention_heads, "num_attention_heads")?;
         let rope_scaling = match c.rope_scaling {
             None => None,
             Some(s) => match s.rope_type.as_deref() {
-                Some("llama3") => Some(Llama3RopeScaling {
+                Some("llama3") => Some(RopeScaling::Llama3(Llama3RopeScaling {
                     factor: s
                         .factor
                         .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
@@ -78,7 +107,7 @@ impl TryFrom<HfConfig> for ModelConfig {
                     original_max_position_embeddings: s.original_max_position_embeddings.ok_or(
                         ConfigError::Missing("rope_scaling.original_max_position_embeddings"),
                     )?,
-                }),
+                })),
                 Some("default") | None => None,
                 Some(other) => {
                     return Err(ConfigError::Invalid {
@@ -364,6 +393,52 @@ mod tests {
         let batch =
             TokenBatch::left_padded(&[vec![3, 1, 4, 1, 5], vec![9, 2, 6]], 0, &model.device());
         read_f32(model.last_logits(&batch, &mut NoHook))
+    }
+
+    #[test]
+    fn sliding_windows_and_soft_capping_are_refused_by_field() {
+        let base = |arch: &str, extra: &str| {
+            format!(
+                r#"{{"architectures": ["{arch}"], "vocab_size": 96, "hidden_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128{extra}}}"#
+            )
+        };
+        let parse =
+            |arch: &str, extra: &str| parse_config("config.json", base(arch, extra).as_bytes());
+        let refused = |arch: &str, extra: &str| match parse(arch, extra) {
+            Err(LoadError::Config {
+                source: ConfigError::Invalid { field, .. },
+                ..
+            }) => field,
+            other => panic!("{arch} {extra}: {other:?}"),
+        };
+        // Mistral v0.2+: no window, Llama's block.
+        let mistral = parse("MistralForCausalLM", r#", "sliding_window": null"#).unwrap();
+        assert_eq!(mistral.architecture, Architecture::Llama);
+        assert_eq!(
+            refused("MistralForCausalLM", r#", "sliding_window": 4096"#),
+            "sliding_window"
+        );
+        // Qwen2 configs carry a window that use_sliding_window (default off) leaves unused.
+        assert!(parse("Qwen2ForCausalLM", r#", "sliding_window": 32768"#).is_ok());
+        assert!(
+            parse(
+                "Qwen2ForCausalLM",
+                r#", "sliding_window": 32768, "use_sliding_window": false"#
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            refused(
+                "Qwen2ForCausalLM",
+                r#", "sliding_window": 32768, "use_sliding_window": true"#
+            ),
+            "sliding_window"
+        );
+        assert_eq!(
+            refused("LlamaForCausalLM", r#", "final_logit_softcapping": 30.0"#),
+            "final_logit_softcapping"
+        );
     }
 
     #[test]

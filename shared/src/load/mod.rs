@@ -129,7 +129,7 @@ pub fn gguf_model<'a>(
     options: LoadOptions<'a>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, LoadError> {
-    let config = gguf::config(file).map_err(|source| LoadError::Config {
+    let config = gguf::config(file, bytes).map_err(|source| LoadError::Config {
         file: file_name.into(),
         source,
     })?;

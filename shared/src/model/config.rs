@@ -49,6 +49,17 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// How RoPE's frequencies depart from `theta^(-2j/head_dim)`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Llama-3.x scaling from its parameters (Hugging Face `rope_scaling`).
+    Llama3(Llama3RopeScaling),
+    /// One divisor per rotated pair, as GGUF's `rope_freqs.weight` stores them (llama.cpp's
+    /// converter writes Llama-3.x scaling this way).
+    FreqFactors { factors: Vec<f32> },
+}
+
 /// A complete, validated decoder configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
@@ -63,7 +74,7 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_pairing: RopePairing,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
     /// Longest sequence (prompt + generation) the model was trained for.
     pub max_positions: usize,
     /// Qwen2-style biases on the q, k and v projections.
@@ -143,7 +154,23 @@ impl ModelConfig {
         };
         positive("rms_norm_eps", self.rms_norm_eps)?;
         positive("rope_theta", self.rope_theta)?;
-        if let Some(s) = &self.rope_scaling {
+        if let Some(RopeScaling::FreqFactors { factors }) = &self.rope_scaling {
+            if factors.len() != self.head_dim / 2 {
+                return Err(ConfigError::Invalid {
+                    field: "rope_freqs",
+                    value: format!("{} factors", factors.len()),
+                    why: "needs one factor per rotated pair (head_dim / 2)",
+                });
+            }
+            if let Some(&bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                return Err(ConfigError::Invalid {
+                    field: "rope_freqs",
+                    value: bad.to_string(),
+                    why: "factors must be positive finite numbers",
+                });
+            }
+        }
+        if let Some(RopeScaling::Llama3(s)) = &self.rope_scaling {
             positive("rope_scaling.factor", s.factor)?;
             positive("rope_scaling.low_freq_factor", s.low_freq_factor)?;
             positive("rope_scaling.high_freq_factor", s.high_freq_factor)?;
@@ -205,8 +232,9 @@ impl ModelConfig {
         self.n_layers as u64 * (2 * d * q + 2 * d * kv + 3 * d * ff)
     }
 
-    /// Inverse frequencies of the rotary embedding, one per rotated pair, with Llama-3 scaling
-    /// applied when configured (the formula of Meta's reference implementation).
+    /// Inverse frequencies of the rotary embedding, one per rotated pair, scaled as configured:
+    /// Llama-3 scaling by the formula of Meta's reference implementation, frequency factors by
+    /// division, as llama.cpp applies `rope_freqs.weight`.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let half = self.head_dim / 2;
         (0..half)
@@ -214,7 +242,8 @@ impl ModelConfig {
                 let inv = 1.0 / self.rope_theta.powf(2.0 * j as f64 / self.head_dim as f64);
                 match &self.rope_scaling {
                     None => inv,
-                    Some(s) => {
+                    Some(RopeScaling::FreqFactors { factors }) => inv / f64::from(factors[j]),
+                    Some(RopeScaling::Llama3(s)) => {
                         let old = s.original_max_position_embeddings as f64;
                         let low_wavelen = old / s.low_freq_factor;
                         let high_wavelen = old / s.high_freq_factor;
@@ -289,6 +318,80 @@ mod tests {
         ));
     }
 
+    /// Llama-3.1-8B's `rope_scaling`.
+    const LLAMA_31_SCALING: Llama3RopeScaling = Llama3RopeScaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+
+    /// The factors llama.cpp's converter writes to `rope_freqs.weight` for Llama-3 scaling
+    /// (`convert_hf_to_gguf.py`, `LlamaModel.generate_extra_tensors`), computed as it does, in
+    /// float32 frequencies and Python floats, independently of [`ModelConfig::rope_inv_freq`].
+    fn converter_rope_freqs(s: &Llama3RopeScaling, theta: f64, dim: usize) -> Vec<f32> {
+        (0..dim / 2)
+            .map(|j| {
+                let freq = 1.0f32 / (theta as f32).powf((2 * j) as f32 / dim as f32);
+                let wavelen = 2.0 * std::f64::consts::PI / f64::from(freq);
+                let old = s.original_max_position_embeddings as f64;
+                let (low, high) = (old / s.low_freq_factor, old / s.high_freq_factor);
+                let factor = if wavelen < high {
+                    1.0
+                } else if wavelen > low {
+                    s.factor
+                } else {
+                    let smooth = (old / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    1.0 / ((1.0 - smooth) / s.factor + smooth)
+                };
+                factor as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gguf_freq_factors_give_the_frequencies_of_hf_llama3_scaling() {
+        let hf = ModelConfig {
+            head_dim: 128,
+            rope_theta: 500_000.0,
+            rope_scaling: Some(RopeScaling::Llama3(LLAMA_31_SCALING)),
+            ..ModelConfig::tiny()
+        };
+        let gguf = ModelConfig {
+            rope_scaling: Some(RopeScaling::FreqFactors {
+                factors: converter_rope_freqs(&LLAMA_31_SCALING, 500_000.0, 128),
+            }),
+            ..hf.clone()
+        };
+        let gguf = gguf.validate().expect("64 positive factors are valid");
+        for (j, (a, b)) in hf
+            .rope_inv_freq()
+            .iter()
+            .zip(gguf.rope_inv_freq())
+            .enumerate()
+        {
+            // The file holds f32 factors; the rest is f64 on both sides.
+            assert!((a - b).abs() <= 1e-6 * a, "pair {j}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn freq_factors_are_checked() {
+        let with = |factors: Vec<f32>| ModelConfig {
+            rope_scaling: Some(RopeScaling::FreqFactors { factors }),
+            ..ModelConfig::tiny()
+        };
+        let field = |c: ModelConfig| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(with(vec![1.0; 3])), "rope_freqs");
+        assert_eq!(field(with(vec![0.0; 8])), "rope_freqs");
+        assert_eq!(field(with(vec![f32::NAN; 8])), "rope_freqs");
+        assert!(with(vec![2.0; 8]).validate().is_ok());
+    }
+
     #[test]
     fn llama3_scaling_matches_reference_values() {
         // Llama-3.1-8B: theta 500000, factor 8, low 1, high 4, original 8192. The highest
@@ -296,12 +399,7 @@ mod tests {
         let cfg = ModelConfig {
             head_dim: 128,
             rope_theta: 500_000.0,
-            rope_scaling: Some(Llama3RopeScaling {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: 8192,
-            }),
+            rope_scaling: Some(RopeScaling::Llama3(LLAMA_31_SCALING)),
             ..ModelConfig::tiny()
         };
         let scaled = cfg.rope_inv_freq();

@@ -8,7 +8,9 @@ pub mod random;
 mod swiglu;
 pub mod weights;
 
-pub use config::{Architecture, ConfigError, Llama3RopeScaling, ModelConfig, RopePairing};
+pub use config::{
+    Architecture, ConfigError, Llama3RopeScaling, ModelConfig, RopePairing, RopeScaling,
+};
 pub use hooks::{
     ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
 };
