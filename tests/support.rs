@@ -11,6 +11,7 @@ use refusal_core::tokenizer::Tokenizer;
 use refusal_lens::fetch::Cache;
 use refusal_lens::source::BuiltinModel;
 
+pub mod tiny_gguf;
 
 /// `../shared/` beside the repository: data and fixtures made outside the project.
 pub fn shared_dir() -> PathBuf {

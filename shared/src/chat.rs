@@ -238,7 +238,12 @@ impl ChatTemplate {
     /// before the instruction, with one without: if the latter reads `A + X + B`, the template
     /// inserted `X`.
     fn injected_system_turn(&self) -> Result<Option<String>, ChatError> {
-        let with_system = self.split_prompt(SENTINEL, Some(SYSTEM_SENTINEL))?;
+        let with_system = match self.split_prompt(SENTINEL, Some(SYSTEM_SENTINEL)) {
+            Ok(prompt) => prompt,
+            // A template that rejects system turns (Mistral's) inserts none of its own either.
+            Err(ChatError::Raised(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let Some((a, b)) = with_system.prefix.split_once(SYSTEM_SENTINEL) else {
             return Ok(None);
         };
@@ -367,6 +372,48 @@ mod tests {
         );
         let err = t.user_prompt("Hello", Some("Be terse.")).unwrap_err();
         assert!(matches!(err, ChatError::Raised(ref m) if m == "odd system prompt"));
+    }
+
+    /// Llama-2-chat's template as Meta's `tokenizer_config.json` ships it.
+    const LLAMA2_TEMPLATE: &str = include_str!("../../tests/templates/llama2.jinja");
+
+    /// Mistral-7B-Instruct-v0.2's template as Mistral's `tokenizer_config.json` ships it.
+    const MISTRAL_TEMPLATE: &str = include_str!("../../tests/templates/mistral.jinja");
+
+    #[test]
+    fn llama2_template_renders_inst_and_sys_blocks() {
+        let t = ChatTemplate::new(LLAMA2_TEMPLATE, "<s>", "</s>").unwrap();
+        let p = t.user_prompt("How do I bake bread? ", None).unwrap();
+        assert_eq!(p.text, "<s>[INST] How do I bake bread? [/INST]");
+        assert_eq!(p.prefix, "<s>[INST] ");
+        assert_eq!(p.suffix, " [/INST]");
+        assert_eq!(p.default_system, None);
+        let p = t.user_prompt("Hi", Some("Be kind.")).unwrap();
+        assert_eq!(
+            p.text,
+            "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST]"
+        );
+        let turns = [
+            Message::new(Role::User, "a"),
+            Message::new(Role::Assistant, " b "),
+            Message::new(Role::User, "c"),
+        ];
+        assert_eq!(
+            t.render(&turns, true).unwrap(),
+            "<s>[INST] a [/INST] b </s><s>[INST] c [/INST]"
+        );
+        let err = t.render(&turns[1..], true).unwrap_err();
+        assert!(matches!(err, ChatError::Raised(ref m) if m.starts_with("Conversation roles")));
+    }
+
+    #[test]
+    fn mistral_template_renders_inst_without_system() {
+        let t = ChatTemplate::new(MISTRAL_TEMPLATE, "<s>", "</s>").unwrap();
+        let p = t.user_prompt("Tell me a joke", None).unwrap();
+        assert_eq!(p.text, "<s>[INST] Tell me a joke [/INST]");
+        assert_eq!(p.suffix, " [/INST]");
+        let err = t.user_prompt("x", Some("system")).unwrap_err();
+        assert!(matches!(err, ChatError::Raised(ref m) if m.starts_with("Conversation roles")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{EncodedPrompts, OnProgress, PipelineError, Stage};
 pub enum ModelFamily {
     Llama2,
     Llama3,
+    Mistral,
     Qwen,
 }
 
@@ -29,8 +30,12 @@ impl ModelFamily {
             Architecture::Llama if text.tokenizer.token_to_id("<|eot_id|>").is_some() => {
                 Some(ModelFamily::Llama3)
             }
-            Architecture::Llama if text.chat.source().contains("[INST]") => {
+            // Both put turns in [INST] blocks; only Llama 2 has a system block.
+            Architecture::Llama if text.chat.source().contains("<<SYS>>") => {
                 Some(ModelFamily::Llama2)
+            }
+            Architecture::Llama if text.chat.source().contains("[INST]") => {
+                Some(ModelFamily::Mistral)
             }
             Architecture::Llama => None,
         }
@@ -39,7 +44,7 @@ impl ModelFamily {
     /// The words refusals of this family begin with.
     pub fn refusal_words(self) -> &'static [&'static str] {
         match self {
-            ModelFamily::Llama2 | ModelFamily::Llama3 => &["I"],
+            ModelFamily::Llama2 | ModelFamily::Llama3 | ModelFamily::Mistral => &["I"],
             ModelFamily::Qwen => &["I", "As"],
         }
     }
