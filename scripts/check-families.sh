@@ -24,7 +24,7 @@ TOL = 2e-2
 out = sys.argv[1]
 worst = 0.0
 for row in json.load(open(f"{out}/ours.json")):
-    llm = llama_cpp.Llama(model_path=f"{out}/{row['file']}", n_ctx=512, n_batch=512,
+    llm = llama_cpp.Llama(model_path=f"{out}/{row['file']}", n_ctx=512, n_batch=512, logits_all=True,
                           n_threads=2, verbose=False)
     llm.eval(row["ids"])
     theirs = np.asarray(llm.scores[len(row["ids"]) - 1], dtype=np.float64)
