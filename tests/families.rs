@@ -10,7 +10,9 @@ use std::path::Path;
 use burn::tensor::Device;
 use refusal_core::export::{hf_config_json, safetensors_bytes};
 use refusal_core::gguf::{GgufFile, GgufWriter, MetadataValue};
-use refusal_core::model::{Llama, ModelConfig, NoHook, RopeScaling, TokenBatch, read_f32};
+use refusal_core::model::{
+    Llama, Llama3RopeScaling, ModelConfig, NoHook, RopeScaling, TokenBatch, read_f32,
+};
 use refusal_core::refusal::score::{ModelFamily, TokenOrigin};
 use refusal_core::refusal::{EncodedPrompts, Prompt, RefusalTokens};
 use refusal_lens::open::{LoadedModel, open};
@@ -109,6 +111,38 @@ fn llama2_and_mistral_gguf_with_sentencepiece_vocab_open_and_generate() {
         // The same logits as the in-memory model: the GGUF path adds nothing.
         let d = max_diff(&logits(&model, &ids), &logits(&loaded.llama, &ids));
         assert!(d < 1e-5, "{name}: {d} from the model written");
+    }
+}
+
+#[test]
+fn converter_factors_give_the_frequencies_of_hf_llama3_scaling() {
+    // Llama-3.1-8B's shapes and scaling.
+    let scaling = Llama3RopeScaling {
+        original_max_position_embeddings: 8192,
+        ..SCALING
+    };
+    let hf = ModelConfig {
+        head_dim: 128,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(RopeScaling::Llama3(scaling)),
+        ..ModelConfig::tiny()
+    };
+    let gguf = ModelConfig {
+        rope_scaling: Some(RopeScaling::FreqFactors {
+            factors: converter_rope_freqs(&scaling, 500_000.0, 128),
+        }),
+        ..hf.clone()
+    }
+    .validate()
+    .expect("64 positive factors are valid");
+    for (j, (a, b)) in hf
+        .rope_inv_freq()
+        .iter()
+        .zip(gguf.rope_inv_freq())
+        .enumerate()
+    {
+        // The file holds f32 factors; the rest is f64 on both sides.
+        assert!((a - b).abs() <= 1e-6 * a, "pair {j}: {a} vs {b}");
     }
 }
 

@@ -326,56 +326,6 @@ mod tests {
         original_max_position_embeddings: 8192,
     };
 
-    /// The factors llama.cpp's converter writes to `rope_freqs.weight` for Llama-3 scaling
-    /// (`convert_hf_to_gguf.py`, `LlamaModel.generate_extra_tensors`), computed as it does, in
-    /// float32 frequencies and Python floats, independently of [`ModelConfig::rope_inv_freq`].
-    fn converter_rope_freqs(s: &Llama3RopeScaling, theta: f64, dim: usize) -> Vec<f32> {
-        (0..dim / 2)
-            .map(|j| {
-                let freq = 1.0f32 / (theta as f32).powf((2 * j) as f32 / dim as f32);
-                let wavelen = 2.0 * std::f64::consts::PI / f64::from(freq);
-                let old = s.original_max_position_embeddings as f64;
-                let (low, high) = (old / s.low_freq_factor, old / s.high_freq_factor);
-                let factor = if wavelen < high {
-                    1.0
-                } else if wavelen > low {
-                    s.factor
-                } else {
-                    let smooth = (old / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor);
-                    1.0 / ((1.0 - smooth) / s.factor + smooth)
-                };
-                factor as f32
-            })
-            .collect()
-    }
-
-    #[test]
-    fn gguf_freq_factors_give_the_frequencies_of_hf_llama3_scaling() {
-        let hf = ModelConfig {
-            head_dim: 128,
-            rope_theta: 500_000.0,
-            rope_scaling: Some(RopeScaling::Llama3(LLAMA_31_SCALING)),
-            ..ModelConfig::tiny()
-        };
-        let gguf = ModelConfig {
-            rope_scaling: Some(RopeScaling::FreqFactors {
-                factors: converter_rope_freqs(&LLAMA_31_SCALING, 500_000.0, 128),
-            }),
-            ..hf.clone()
-        };
-        let gguf = gguf.validate().expect("64 positive factors are valid");
-        for (j, (a, b)) in hf
-            .rope_inv_freq()
-            .iter()
-            .zip(gguf.rope_inv_freq())
-            .enumerate()
-        {
-            // The file holds f32 factors; the rest is f64 on both sides.
-            assert!((a - b).abs() <= 1e-6 * a, "pair {j}: {a} vs {b}");
-        }
-    }
-
     #[test]
     fn freq_factors_are_checked() {
         let with = |factors: Vec<f32>| ModelConfig {
