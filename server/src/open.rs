@@ -385,11 +385,17 @@ impl ModelInfo {
             .map(|(t, n)| format!("{t} ×{n}"))
             .collect();
         let _ = writeln!(s, "tensor types     {}", types.join(", "));
-        let specials: Vec<String> = self
+        // Llama 3 has 256 of them, mostly reserved placeholders; `--json` lists them all.
+        const SHOWN: usize = 24;
+        let mut specials: Vec<String> = self
             .special_tokens
             .iter()
+            .take(SHOWN)
             .map(|(id, t)| format!("{id} {t}"))
             .collect();
+        if self.special_tokens.len() > SHOWN {
+            specials.push(format!("… ({} more)", self.special_tokens.len() - SHOWN));
+        }
         let _ = writeln!(s, "special tokens   {}", specials.join(", "));
         let _ = writeln!(s, "stop tokens      {:?}", self.stop_tokens);
         let _ = writeln!(s, "chat template\n{}", self.chat_template);
