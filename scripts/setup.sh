@@ -8,7 +8,8 @@
 #                                                 # failed less than a day ago
 #
 # What it sets up:
-#   - apt: binaryen (wasm-opt), chromium (headless browser tests), nodejs if node is missing,
+#   - apt: binaryen (wasm-opt), chromium (headless browser tests), curl (scripts/fetch-vocabs.sh),
+#     nodejs if node is missing,
 #     and, unless rustup's toolchain has (or can get) the wasm32 target, Debian's wasm toolchain:
 #     rustc-web cargo-web rust-web-src lld-19 (std for wasm32 is then built with -Zbuild-std;
 #     see /work/shared/docs/TOOLCHAIN.md and scripts/wasm-env.sh).
@@ -23,7 +24,7 @@ CHECK_ONLY=0
 case "${1:-}" in
     --check) CHECK_ONLY=1 ;;
     "") ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -75,7 +76,7 @@ apt_install() { # apt_install PKG...; runs `apt-get update` once per setup run
 }
 
 # ---------------------------------------------------------------- 1. apt packages + wasm toolchain
-APT_BASE=(binaryen chromium)
+APT_BASE=(binaryen chromium curl)
 APT_DEBIAN_WASM=(rustc-web cargo-web rust-web-src lld-19)
 
 apt_needed=()

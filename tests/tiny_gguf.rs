@@ -19,7 +19,7 @@ pub const LLAMA2_TEMPLATE: &str = include_str!("templates/llama2.jinja");
 /// Mistral-7B-Instruct-v0.2's template as Mistral's `tokenizer_config.json` ships it.
 pub const MISTRAL_TEMPLATE: &str = include_str!("templates/mistral.jinja");
 
-/// Llama-3-8B-Instruct's template.
+/// Llama-3-8B-Instruct's template as Meta's `tokenizer_config.json` ships it.
 pub const LLAMA3_TEMPLATE: &str = include_str!("templates/llama3.jinja");
 
 /// Llama 3.1's `rope_scaling`, with a short original context so that the tiny model's few
