@@ -38,9 +38,9 @@ pub const fn has_kernel(ty: GgmlType) -> bool {
 /// Instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX2 with AVX-512 VNNI (F/BW/VL/VNNI) for the byte dot products.
+    /// [`Isa::Avx2`] with AVX-512 VNNI (F/BW/VL/VNNI) for the byte dot products.
     Avx512Vnni,
-    /// AVX2 with FMA.
+    /// AVX2 with FMA and F16C.
     Avx2,
     /// No extension: plain loops (wasm SIMD128 where the compiler vectorises them).
     Portable,
@@ -51,16 +51,18 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            if avx2
+                && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
             {
                 return Isa::Avx512Vnni;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if avx2 {
                 return Isa::Avx2;
             }
         }

@@ -11,8 +11,17 @@ use std::arch::x86_64::*;
 use super::{LANES, QK, SmallActs, SuperActs, lane_sum};
 use crate::gguf::quant::{
     Q4_0_BYTES, Q4_1_BYTES, Q4K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES,
-    QK_K, f16_at, k_scale_min, k_scales,
+    QK_K, k_scale_min, k_scales,
 };
+
+/// The f16 in bytes `lo, hi` as f32, with F16C's conversion (exact, as `half`'s is): `half`
+/// calls its F16C path out of line, which made every block spill the kernel's registers.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(lo: u8, hi: u8) -> f32 {
+    let bits = i32::from(u16::from_le_bytes([lo, hi]));
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+}
 
 /// A 32-element block as signed bytes, with its scale and minimum: `value = d * v + m`.
 struct SmallBlock {
@@ -22,7 +31,7 @@ struct SmallBlock {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load(b: &[u8; 32]) -> __m256i {
     // SAFETY: `b` holds the 32 bytes read; unaligned loads are allowed.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
@@ -30,7 +39,7 @@ fn load(b: &[u8; 32]) -> __m256i {
 
 /// Low nibbles of the 16 bytes in bytes 0..16, high nibbles in bytes 16..32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn nibbles(b: &[u8; 16]) -> __m256i {
     // SAFETY: `b` holds the 16 bytes read; unaligned loads are allowed.
     let x = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
@@ -42,7 +51,7 @@ fn nibbles(b: &[u8; 16]) -> __m256i {
 
 /// Byte `i` is 0xFF where bit `i` of `bits` is set, 0 elsewhere.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn bits_to_bytes(bits: u32) -> __m256i {
     let select = _mm256_set_epi64x(
         0x0303_0303_0303_0303,
@@ -67,7 +76,7 @@ fn word(b: &[u8], at: usize) -> u32 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_0(b: &[u8; Q4_0_BYTES]) -> SmallBlock {
     SmallBlock {
         v: _mm256_sub_epi8(nibbles(sub(b, 2)), _mm256_set1_epi8(8)),
@@ -77,7 +86,7 @@ fn q4_0(b: &[u8; Q4_0_BYTES]) -> SmallBlock {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_1(b: &[u8; Q4_1_BYTES]) -> SmallBlock {
     SmallBlock {
         v: nibbles(sub(b, 4)),
@@ -88,14 +97,14 @@ fn q4_1(b: &[u8; Q4_1_BYTES]) -> SmallBlock {
 
 /// The low nibbles with bit `i` of `qh` as the fifth bit of element `i`.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn five_bits(qs: &[u8; 16], qh: u32) -> __m256i {
     let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
     _mm256_or_si256(nibbles(qs), high)
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q5_0(b: &[u8; Q5_0_BYTES]) -> SmallBlock {
     SmallBlock {
         v: _mm256_sub_epi8(five_bits(sub(b, 6), word(b, 2)), _mm256_set1_epi8(16)),
@@ -105,7 +114,7 @@ fn q5_0(b: &[u8; Q5_0_BYTES]) -> SmallBlock {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q5_1(b: &[u8; Q5_1_BYTES]) -> SmallBlock {
     SmallBlock {
         v: five_bits(sub(b, 8), word(b, 4)),
@@ -115,7 +124,7 @@ fn q5_1(b: &[u8; Q5_1_BYTES]) -> SmallBlock {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q8_0(b: &[u8; Q8_0_BYTES]) -> SmallBlock {
     SmallBlock {
         v: load(sub(b, 2)),
@@ -125,7 +134,7 @@ fn q8_0(b: &[u8; Q8_0_BYTES]) -> SmallBlock {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
@@ -136,14 +145,14 @@ fn hsum(v: __m256i) -> i32 {
 /// `Σ u·q` over 32 bytes in eight i32 lanes, `u` unsigned (at most 63 here, so the pairwise
 /// i16 sums cannot saturate) and `q` signed.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_u8_i8(u: __m256i, q: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1))
 }
 
 /// `Σ u·q` with each pair's i16 sum scaled by `scales` (i16 lanes) before the i32 sum.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scaled_dot(u: __m256i, q: __m256i, scales: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), scales)
 }
@@ -158,13 +167,13 @@ struct SuperSums {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k(b: &[u8; Q4K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
     four_or_five_bits::<Q4K_BYTES, false>(b, q, bsums)
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
     four_or_five_bits::<Q5K_BYTES, true>(b, q, bsums)
 }
@@ -173,7 +182,7 @@ fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperS
 /// and `2c + 1` are the low and high nibbles of 32 bytes, and Q5_K's fifth bit of group `j`
 /// is bit `j` of every byte of `qh` (bytes 16..48, before the nibbles).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn four_or_five_bits<const N: usize, const FIFTH: bool>(
     b: &[u8; N],
     q: &[i8; QK_K],
@@ -222,7 +231,7 @@ fn four_or_five_bits<const N: usize, const FIFTH: bool>(
 /// Q6_K: the unsigned 6-bit values `v` (the stored `v - 32` is restored by subtracting
 /// 32 · Σ scale · group sum).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
     const QH: usize = QK_K / 2;
     const SCALES: usize = QH + QK_K / 4;
@@ -273,7 +282,7 @@ fn sub_i8(q: &[i8; QK_K], at: usize) -> &[u8; 32] {
 const PREFETCH_BYTES: usize = 4096;
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn prefetch<T>(block: &T) {
     let ahead = (block as *const T)
         .cast::<i8>()
@@ -367,14 +376,14 @@ macro_rules! rows {
 
 /// [`dot_u8_i8`] in VNNI's one instruction.
 #[inline]
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn dot_vnni(u: __m256i, q: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
 }
 
-rows!(avx2, "avx2,fma", dot_u8_i8);
+rows!(avx2, "avx2,fma,f16c", dot_u8_i8);
 rows!(
     vnni,
-    "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni
 );
