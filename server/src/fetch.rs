@@ -178,6 +178,19 @@ fn is_cached(artifact: &GgufArtifact<'_>, dest: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// The SHA-256 that a `.sha256-ok` marker records for `path`, when the marker was written
+/// after the file was last modified: the digest of a fetched model without hashing it again
+/// (a file changed since has a newer modification time and is hashed by the caller).
+pub fn verified_digest(path: &Path) -> Option<String> {
+    let marker = marker_path(path);
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&marker)? < modified(path)? {
+        return None;
+    }
+    let digest = fs::read_to_string(&marker).ok()?.trim().to_owned();
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
+}
+
 fn marker_path(dest: &Path) -> PathBuf {
     let mut name = dest.as_os_str().to_owned();
     name.push(".sha256-ok");
@@ -821,6 +834,32 @@ mod tests {
             listing(dir.path()),
             ["m.gguf.partial-2-def", "n.gguf.partial-1-abc"]
         );
+    }
+
+    #[test]
+    fn a_marker_gives_the_digest_until_the_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("m.gguf");
+        fs::write(&model, b"GGUF").expect("write");
+        assert_eq!(verified_digest(&model), None, "no marker");
+        let digest = hex(&Sha256::digest(b"GGUF"));
+        fs::write(marker_path(&model), format!("{digest}\n")).expect("marker");
+        let set_mtime = |p: &Path, t: SystemTime| {
+            File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+        };
+        let now = SystemTime::now();
+        set_mtime(&model, now - STALE_AGE);
+        assert_eq!(verified_digest(&model), Some(digest.clone()));
+        // Written after its marker: no longer known to be what was verified.
+        set_mtime(&model, now + STALE_AGE);
+        assert_eq!(verified_digest(&model), None);
+        set_mtime(&model, now - STALE_AGE);
+        fs::write(marker_path(&model), "not a digest").expect("marker");
+        assert_eq!(verified_digest(&model), None, "torn marker");
     }
 
     #[test]

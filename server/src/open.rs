@@ -56,11 +56,25 @@ pub struct Fingerprint {
     pub sha256: String,
 }
 
-/// Hashes the model's files (about a second per GB). They are read, not mapped, so hashing a
-/// 7B model does not make its 14 GB resident in this process.
+/// Hashes the model's files (about a second per GB), or takes the digest that fetching a GGUF
+/// verified. They are read, not mapped, so hashing a 7B model does not make its 14 GB
+/// resident in this process.
 pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint> {
     let checkpoint = Checkpoint::open(resolved)?;
     let (config, _, _) = checkpoint.headers()?;
+    let describe = |sha256| Fingerprint {
+        model: label.to_owned(),
+        format: checkpoint.format().to_owned(),
+        architecture: config.architecture.name().to_owned(),
+        n_layers: config.n_layers,
+        d_model: config.d_model,
+        sha256,
+    };
+    if let Checkpoint::Gguf { path, .. } = &checkpoint
+        && let Some(digest) = crate::fetch::verified_digest(path)
+    {
+        return Ok(describe(digest));
+    }
     let mut hasher = Sha256::new();
     let hash_file = |hasher: &mut Sha256, path: &Path| -> Result<()> {
         let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -80,14 +94,7 @@ pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint>
             }
         }
     }
-    Ok(Fingerprint {
-        model: label.to_owned(),
-        format: checkpoint.format().to_owned(),
-        architecture: config.architecture.name().to_owned(),
-        n_layers: config.n_layers,
-        d_model: config.d_model,
-        sha256: crate::fetch::hex(&hasher.finalize()),
-    })
+    Ok(describe(crate::fetch::hex(&hasher.finalize())))
 }
 
 /// Memory-maps a file read-only.
