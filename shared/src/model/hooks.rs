@@ -54,7 +54,7 @@ pub struct HookContext {
 }
 
 /// An observer of (and editor for) the residual stream.
-pub trait Hook {
+pub trait Hook: Send {
     /// Whether [`Hook::at`] should be called at this point; returning `false` lets the forward
     /// pass skip the call entirely.
     fn wants(&self, layer: usize, point: HookPoint) -> bool {

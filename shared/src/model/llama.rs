@@ -16,6 +16,7 @@ use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
 use super::quantized::QuantizedMatrix;
 use super::swiglu::swiglu;
+use crate::threads::on_pool;
 
 /// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
 /// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
@@ -416,6 +417,10 @@ impl Block {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward_observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
+        on_pool(|| self.observed(x, ctx))
+    }
+
+    fn observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
         let attn_in = self.attn_norm.forward(x.clone());
         let o_in = self
             .attn
@@ -438,15 +443,17 @@ impl Block {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward_prompt(&self, x: Tensor<3>, ctx: &BlockContext) -> Tensor<3> {
-        let attn = self.attn.forward(
-            self.attn_norm.forward(x.clone()),
-            &ctx.rope,
-            ctx.bias.clone(),
-            &mut None,
-        );
-        let x = x + attn;
-        let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
-        x + mlp
+        on_pool(|| {
+            let attn = self.attn.forward(
+                self.attn_norm.forward(x.clone()),
+                &ctx.rope,
+                ctx.bias.clone(),
+                &mut None,
+            );
+            let x = x + attn;
+            let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+            x + mlp
+        })
     }
 }
 
@@ -646,9 +653,11 @@ impl Llama {
         cache: &mut KvCache,
         hook: &mut H,
     ) -> Tensor<2> {
-        let hidden = self.hidden(batch, cache, hook);
-        let [n, seq, d] = hidden.dims();
-        self.logits(hidden.narrow(1, seq - 1, 1).reshape([n, d]))
+        on_pool(|| {
+            let hidden = self.hidden(batch, cache, hook);
+            let [n, seq, d] = hidden.dims();
+            self.logits(hidden.narrow(1, seq - 1, 1).reshape([n, d]))
+        })
     }
 
     /// Last-position logits of a whole prompt batch, without keeping a cache.
