@@ -417,25 +417,23 @@ impl Block {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
     pub fn forward_observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
-        on_pool(|| self.observed(x, ctx))
-    }
-
-    fn observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
-        let attn_in = self.attn_norm.forward(x.clone());
-        let o_in = self
-            .attn
-            .heads(attn_in.clone(), &ctx.rope, ctx.bias.clone(), &mut None);
-        let x = x + self.attn.o.forward(o_in.clone());
-        let mlp_in = self.mlp_norm.forward(x.clone());
-        let down_in = self.mlp.activation(mlp_in.clone());
-        let out = x + self.mlp.down.forward(down_in.clone());
-        let inputs = LinearInputs {
-            attn: attn_in,
-            o: o_in,
-            mlp: mlp_in,
-            down: down_in,
-        };
-        (out, inputs)
+        on_pool(|| {
+            let attn_in = self.attn_norm.forward(x.clone());
+            let o_in = self
+                .attn
+                .heads(attn_in.clone(), &ctx.rope, ctx.bias.clone(), &mut None);
+            let x = x + self.attn.o.forward(o_in.clone());
+            let mlp_in = self.mlp_norm.forward(x.clone());
+            let down_in = self.mlp.activation(mlp_in.clone());
+            let out = x + self.mlp.down.forward(down_in.clone());
+            let inputs = LinearInputs {
+                attn: attn_in,
+                o: o_in,
+                mlp: mlp_in,
+                down: down_in,
+            };
+            (out, inputs)
+        })
     }
 
     /// Runs the block on a whole prompt batch.
