@@ -69,7 +69,30 @@ fn check(model: BuiltinModel) {
     let plain = read_f32(original.last_logits(&batch, &mut NoHook));
 
     let changed = edited_weights(original.config());
+    let kept = original.weight_bytes();
     let edited = orthogonalize(original, &direction).unwrap();
+    // In memory the edited matrices keep their blocks, each with one f32 rank-one term, and
+    // the model computes the hooked logits itself. Its size is the original's plus the untied
+    // head, counted once more though it shares the embedding's blocks (both models tie them):
+    // under 1.5x, where edited matrices stored as f32 made it 3-4x.
+    let in_memory = read_f32(edited.last_logits(&batch, &mut NoHook));
+    let in_memory_diff = max_abs_diff(&hooked, &in_memory);
+    eprintln!(
+        "{}: weights {kept} -> {} bytes, max |hooked - edited in memory| = {in_memory_diff}",
+        model.alias(),
+        edited.weight_bytes()
+    );
+    assert!(
+        in_memory_diff <= LOGIT_TOL,
+        "{}: {in_memory_diff}",
+        model.alias()
+    );
+    assert!(
+        2 * edited.weight_bytes() <= 3 * kept,
+        "{}: {kept} -> {}",
+        model.alias(),
+        edited.weight_bytes()
+    );
     let exported = gguf_with_weights(&file, &bytes, &edited, &changed, &[])
         .unwrap()
         .to_bytes();
@@ -104,16 +127,8 @@ fn check(model: BuiltinModel) {
     .unwrap();
     let baked = read_f32(reloaded.last_logits(&batch, &mut NoHook));
 
-    let max_diff = hooked
-        .iter()
-        .zip(&baked)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let effect = hooked
-        .iter()
-        .zip(&plain)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = max_abs_diff(&hooked, &baked);
+    let effect = max_abs_diff(&hooked, &plain);
     eprintln!(
         "{}: max |hooked - baked| = {max_diff}, max effect of ablation = {effect}",
         model.alias()
@@ -123,6 +138,13 @@ fn check(model: BuiltinModel) {
         effect > 100.0 * LOGIT_TOL,
         "the ablation must change the logits measurably"
     );
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
 }
 
 #[test]

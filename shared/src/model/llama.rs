@@ -118,19 +118,25 @@ impl Weight {
         }
     }
 
-    /// The type the values are kept in, as GGUF names it (`F32`, `BF16`, `Q4_K`, ...).
-    pub fn type_name(&self) -> &'static str {
+    /// The type the values are kept in, as GGUF names it (`F32`, `BF16`, `Q4_K`, ...), with
+    /// `+rankK` for blocks that carry K rank-one f32 terms of edits.
+    pub fn type_name(&self) -> String {
         match self {
             Weight::Dense(w) => match w.val().dtype() {
                 DType::F16 => "F16",
                 DType::BF16 => "BF16",
                 _ => "F32",
+            }
+            .to_string(),
+            Weight::Quantized(q) => match q.rank_of_edits() {
+                0 => q.ty().name().to_string(),
+                k => format!("{}+rank{k}", q.ty().name()),
             },
-            Weight::Quantized(q) => q.ty().name(),
         }
     }
 
-    /// Values and bytes as kept: blocks as stored, dense tensors at their type's size.
+    /// Values and bytes as kept: blocks as stored (and the edits' terms), dense tensors at
+    /// their type's size.
     fn size(&self) -> (u64, u64) {
         match self {
             Weight::Dense(w) => {
@@ -140,7 +146,7 @@ impl Weight {
             }
             Weight::Quantized(q) => {
                 let [rows, cols] = q.dims();
-                ((rows * cols) as u64, q.bytes().len() as u64)
+                ((rows * cols) as u64, q.kept_bytes())
             }
         }
     }
@@ -153,6 +159,36 @@ impl Weight {
             Weight::Quantized(q) => q.to_tensor(&Device::flex()),
         }
     }
+
+    /// `M <- M (I - r rᵀ)` for a matrix kept in file layout and a unit vector `r` (`[cols]`):
+    /// every row loses its component along `r`.
+    fn remove_from_file_rows(&mut self, r: Tensor<1>) {
+        match self {
+            Weight::Dense(w) => *w = dense_without_row_component(w, r),
+            Weight::Quantized(q) => q.remove_from_rows(r),
+        }
+    }
+}
+
+/// `M + a bᵀ` computed in f32 and stored back in `M`'s type (a 16-bit matrix is rounded to it).
+fn dense_plus_outer(m: &Param<Tensor<2>>, a: Tensor<1>, b: Tensor<1>) -> Param<Tensor<2>> {
+    let ([rows], [cols]) = (a.dims(), b.dims());
+    let m = m.val();
+    let dtype = m.dtype();
+    let outer = a.reshape([rows, 1]).matmul(b.reshape([1, cols]));
+    Param::from_tensor((m.cast(FloatDType::F32) + outer).cast(dtype))
+}
+
+/// `M - (M r) rᵀ` (every row of `M` without its component along the unit `r`), as
+/// [`dense_plus_outer`] computes and stores it.
+fn dense_without_row_component(m: &Param<Tensor<2>>, r: Tensor<1>) -> Param<Tensor<2>> {
+    let [cols] = r.dims();
+    let along = m
+        .val()
+        .cast(FloatDType::F32)
+        .matmul(r.clone().reshape([cols, 1]));
+    let [rows, _] = along.dims();
+    dense_plus_outer(m, -along.reshape([rows]), r)
 }
 
 /// `y = x W + b`, with `W` `[d_in, d_out]` when dense.
@@ -188,7 +224,7 @@ impl Linear {
     }
 
     /// The weight's values, `[d_in, d_out]`: the stored tensor, or the blocks dequantized to
-    /// f32 (for edits, which then store a dense weight).
+    /// f32 with the edits' terms added.
     pub fn weight_values(&self) -> Tensor<2> {
         match &self.weight {
             Weight::Dense(w) => w.val(),
@@ -199,6 +235,28 @@ impl Linear {
     /// Replaces the weight by dense values `[d_in, d_out]`.
     pub fn set_weight(&mut self, values: Tensor<2>) {
         self.weight = Weight::Dense(Param::from_tensor(values));
+    }
+
+    /// `W <- W (I - r rᵀ)` for a unit vector `r` (`[d_out]`): no input can write along `r`
+    /// any more. Computed in f32: a dense weight is stored back in its type, quantized blocks
+    /// stay as they are and keep the edit beside them.
+    pub fn remove_from_outputs(&mut self, r: Tensor<1>) {
+        match &mut self.weight {
+            // `[d_in, d_out]`: each row is what one input writes.
+            Weight::Dense(w) => *w = dense_without_row_component(w, r),
+            // `[d_out, d_in]`: each column is.
+            Weight::Quantized(q) => q.remove_from_columns(r),
+        }
+    }
+
+    /// `W <- W + a bᵀ` exactly (`a`: `[d_in]`, `b`: `[d_out]`): a dense weight is updated in
+    /// f32 and stored back in its type; quantized blocks stay as they are and keep the term
+    /// beside them (in their layout, `b aᵀ`).
+    pub fn add_outer(&mut self, a: Tensor<1>, b: Tensor<1>) {
+        match &mut self.weight {
+            Weight::Dense(w) => *w = dense_plus_outer(w, a, b),
+            Weight::Quantized(q) => q.add_outer(b, a),
+        }
     }
 }
 
@@ -479,7 +537,7 @@ impl Llama {
 
     /// The matrices as they are kept, and how many of each type, e.g. `[("F32", 2),
     /// ("Q5_0", 133), ...]` (sorted by name): what `bench` and the server report.
-    pub fn weight_types(&self) -> Vec<(&'static str, usize)> {
+    pub fn weight_types(&self) -> Vec<(String, usize)> {
         let mut counts = std::collections::BTreeMap::new();
         for w in self.matrices() {
             *counts.entry(w.type_name()).or_insert(0) += 1;
@@ -523,6 +581,13 @@ impl Llama {
     /// The token embedding's values, `[vocab, d_model]` (dequantized to f32 if quantized).
     pub fn embedding_values(&self) -> Tensor<2> {
         self.embedding.file_layout()
+    }
+
+    /// Every token embedding loses its component along the unit vector `r` (`[d_model]`), as
+    /// [`Linear::remove_from_outputs`] computes and keeps it. A head tied to the embedding
+    /// changes with it.
+    pub fn remove_from_embedding(&mut self, r: Tensor<1>) {
+        self.embedding.remove_from_file_rows(r);
     }
 
     /// The untied head's values, `[vocab, d_model]`; `None` when tied to the embedding.

@@ -8,6 +8,11 @@
 //! values) exists at a time, so memory stays at the size of the blocks. That path computes
 //! exactly the float reference's product of the dequantized weights.
 //!
+//! An edit of the matrix (orthogonalization, AIRD's rank-one term) is kept beside the blocks
+//! as exact rank-one terms `W + a bᵀ` in f32: re-quantizing the edited matrix would add the
+//! block type's rounding error and, with it, a component along the very direction an
+//! orthogonalization removed; dequantizing it for good would cost 4-8x its memory.
+//!
 //! The blocks are host memory: models keep them only on the CPU backend (see
 //! [`super::weights::build`]).
 
@@ -35,7 +40,8 @@ const TILE_ELEMENTS: usize = 1 << 24;
 const DEQUANT_ROWS: usize = 64;
 
 /// A `[rows, cols]` matrix of GGML blocks, row-major as GGUF stores it (each row holds
-/// `cols / block_size` blocks). Cloning shares the blocks.
+/// `cols / block_size` blocks), plus the rank-one terms edits added to it, in order. Cloning
+/// shares the blocks.
 #[derive(Debug, Clone)]
 pub struct QuantizedMatrix {
     ty: GgmlType,
@@ -44,6 +50,20 @@ pub struct QuantizedMatrix {
     /// An `Arc<Vec>` rather than an `Arc<[u8]>`, whose conversion from the loader's `Vec` would
     /// copy the largest allocation of the model once more.
     bytes: Arc<Vec<u8>>,
+    terms: Vec<Term>,
+}
+
+/// One rank-one term of an edit, `W <- W + a bᵀ`, on the CPU device.
+#[derive(Debug, Clone)]
+struct Term {
+    /// `[rows]`
+    a: Tensor<1>,
+    /// `[cols]`
+    b: Tensor<1>,
+    /// The term removes the unit vector `r = -a` from every column, `W <- (I - r rᵀ) W`
+    /// (`b = Wᵀ r` of the matrix before it): products apply it as that projection of their
+    /// output, so the 8-bit rounding of decoding activations leaves nothing along `r` either.
+    projects: bool,
 }
 
 impl QuantizedMatrix {
@@ -71,11 +91,23 @@ impl QuantizedMatrix {
             rows,
             cols,
             bytes: Arc::new(bytes),
+            terms: Vec::new(),
         })
     }
 
+    /// The block type of the stored matrix (the terms beside it are f32).
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+
+    /// How many rank-one terms edits have added to the blocks.
+    pub fn rank_of_edits(&self) -> usize {
+        self.terms.len()
+    }
+
+    /// Bytes kept: the blocks and the edits' terms.
+    pub fn kept_bytes(&self) -> u64 {
+        (self.bytes.len() + 4 * self.terms.len() * (self.rows + self.cols)) as u64
     }
 
     /// `[rows, cols]`
@@ -83,9 +115,33 @@ impl QuantizedMatrix {
         [self.rows, self.cols]
     }
 
-    /// The blocks, as a GGUF file stores them.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// `W <- W + a bᵀ` (`a`: `[rows]`, `b`: `[cols]`), kept beside the blocks in f32.
+    pub fn add_outer(&mut self, a: Tensor<1>, b: Tensor<1>) {
+        self.push(a, b, false);
+    }
+
+    /// `W <- (I - r rᵀ) W` for a unit vector `r` (`[rows]`): every column loses its component
+    /// along `r`, and so does every product's output.
+    pub fn remove_from_columns(&mut self, r: Tensor<1>) {
+        let [rows] = r.dims();
+        let b = self.left_matmul_f32(r.clone().reshape([1, rows]));
+        let [_, cols] = b.dims();
+        self.push(-r, b.reshape([cols]), true);
+    }
+
+    /// `W <- W (I - r rᵀ)` for a unit vector `r` (`[cols]`): every row loses its component
+    /// along `r`.
+    pub fn remove_from_rows(&mut self, r: Tensor<1>) {
+        let [cols] = r.dims();
+        let a = self.matmul_f32(r.clone().reshape([1, cols]));
+        let [_, rows] = a.dims();
+        self.push(-a.reshape([rows]), r, false);
+    }
+
+    fn push(&mut self, a: Tensor<1>, b: Tensor<1>, projects: bool) {
+        let ([rows], [cols]) = (a.dims(), b.dims());
+        assert_eq!([rows, cols], self.dims(), "a term of the matrix's shape");
+        self.terms.push(Term { a, b, projects });
     }
 
     fn row_bytes(&self) -> usize {
@@ -104,19 +160,23 @@ impl QuantizedMatrix {
         });
     }
 
-    /// Every value as f32, `[rows, cols]`: for edits of the weight and for export.
-    pub fn dequantize(&self) -> Vec<f32> {
+    /// Every value of the stored blocks as f32, `[rows, cols]`, without the edits.
+    fn dequantize_blocks(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
         self.dequantize_rows(0, &mut out);
         out
     }
 
-    /// The dequantized matrix on `device`, `[rows, cols]`.
+    /// Every value as f32, edits included, `[rows, cols]`: for export and for measurements
+    /// of the weight.
     pub fn to_tensor(&self, device: &Device) -> Tensor<2> {
-        Tensor::from_data(
-            TensorData::new(self.dequantize(), [self.rows, self.cols]),
+        let blocks = Tensor::from_data(
+            TensorData::new(self.dequantize_blocks(), [self.rows, self.cols]),
             device,
-        )
+        );
+        self.terms.iter().fold(blocks, |w, t| {
+            w + column(&t.a).matmul(row(&t.b)).to_device(device)
+        })
     }
 
     /// The rows `ids` dequantized (an embedding lookup).
@@ -125,6 +185,11 @@ impl QuantizedMatrix {
     /// - `ids`: `[n]` → `[n, cols]`
     pub fn select_rows(&self, ids: Tensor<1, Int>) -> Tensor<2> {
         let device = ids.device();
+        let edits: Vec<Tensor<2>> = self
+            .terms
+            .iter()
+            .map(|t| column(&t.a.clone().select(0, ids.clone())).matmul(row(&t.b)))
+            .collect();
         let ids = ids
             .into_data()
             .convert::<i64>()
@@ -140,20 +205,78 @@ impl QuantizedMatrix {
             dequantize_into(self.ty, &self.bytes[r * row_bytes..(r + 1) * row_bytes], o)
                 .unwrap_or_else(|e| unreachable!("sizes checked by QuantizedMatrix::new: {e}"));
         }
-        Tensor::from_data(TensorData::new(out, [ids.len(), self.cols]), &device)
+        let rows = Tensor::from_data(TensorData::new(out, [ids.len(), self.cols]), &device);
+        edits.into_iter().fold(rows, |rows, e| rows + e)
     }
 
-    /// `x · Wᵀ`.
+    /// `x · Wᵀ`: decoding rows through the integer kernels (activations rounded to 8 bits, as
+    /// llama.cpp does), more rows in f32.
     ///
     /// # Shapes
     /// - `x`: `[n, cols]` → `[n, rows]`
     pub fn matmul(&self, x: Tensor<2>) -> Tensor<2> {
         let [n, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width of a {} matrix", self.ty);
-        let device = x.device();
-        if n > INTEGER_ROWS {
-            return self.matmul_tiled(x, (TILE_ELEMENTS / self.cols).clamp(1, self.rows));
+        let product = if n > INTEGER_ROWS {
+            self.matmul_tiled(x.clone(), self.tile_rows())
+        } else {
+            self.matmul_integer(x.clone())
+        };
+        self.with_terms(x, product)
+    }
+
+    /// `x · Wᵀ` in f32 arithmetic for any number of rows: what an edit computed from the
+    /// weight needs to be exact.
+    ///
+    /// # Shapes
+    /// - `x`: `[n, cols]` → `[n, rows]`
+    pub fn matmul_f32(&self, x: Tensor<2>) -> Tensor<2> {
+        let product = self.matmul_tiled(x.clone(), self.tile_rows());
+        self.with_terms(x, product)
+    }
+
+    /// The blocks' product `y = x · Wᵀ` followed by each term in turn.
+    fn with_terms(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
+        self.terms.iter().fold(y, |y, t| {
+            if t.projects {
+                // `y - (y.r) rᵀ`, and `a = -r`.
+                y.clone() - y.matmul(column(&t.a)).matmul(row(&t.a))
+            } else {
+                y + x.clone().matmul(column(&t.b)).matmul(row(&t.a))
+            }
+        })
+    }
+
+    /// `v · W` in f32, the product from the other side.
+    ///
+    /// # Shapes
+    /// - `v`: `[n, rows]` → `[n, cols]`
+    pub fn left_matmul_f32(&self, v: Tensor<2>) -> Tensor<2> {
+        let [n, rows] = v.dims();
+        assert_eq!(rows, self.rows, "output width of a {} matrix", self.ty);
+        let device = v.device();
+        let tile_rows = self.tile_rows();
+        let mut product = Tensor::<2>::zeros([n, self.cols], &device);
+        for start in (0..self.rows).step_by(tile_rows) {
+            let count = tile_rows.min(self.rows - start);
+            let mut tile = vec![0.0f32; count * self.cols];
+            self.dequantize_rows(start, &mut tile);
+            let w = Tensor::<2>::from_data(TensorData::new(tile, [count, self.cols]), &device);
+            product = product + v.clone().narrow(1, start, count).matmul(w);
         }
+        self.terms.iter().fold(product, |p, t| {
+            p + v.clone().matmul(column(&t.a)).matmul(row(&t.b))
+        })
+    }
+
+    fn tile_rows(&self) -> usize {
+        (TILE_ELEMENTS / self.cols).clamp(1, self.rows)
+    }
+
+    /// `x · Wᵀ` of the blocks through the integer kernels.
+    fn matmul_integer(&self, x: Tensor<2>) -> Tensor<2> {
+        let [n, _] = x.dims();
+        let device = x.device();
         let x = x
             .into_data()
             .convert::<f32>()
@@ -172,7 +295,7 @@ impl QuantizedMatrix {
         Tensor::from_data(TensorData::new(out, [n, self.rows]), &device)
     }
 
-    /// [`Self::matmul`] through dequantized tiles of rows and f32 matrix multiplication.
+    /// `x · Wᵀ` of the blocks through dequantized tiles of rows and f32 matrix multiplication.
     fn matmul_tiled(&self, x: Tensor<2>, tile_rows: usize) -> Tensor<2> {
         let device = x.device();
         let parts: Vec<Tensor<2>> = (0..self.rows)
@@ -187,6 +310,18 @@ impl QuantizedMatrix {
             .collect();
         Tensor::cat(parts, 1)
     }
+}
+
+/// `v` as a `[n, 1]` matrix.
+fn column(v: &Tensor<1>) -> Tensor<2> {
+    let [n] = v.dims();
+    v.clone().reshape([n, 1])
+}
+
+/// `v` as a `[1, n]` matrix.
+fn row(v: &Tensor<1>) -> Tensor<2> {
+    let [n] = v.dims();
+    v.clone().reshape([1, n])
 }
 
 // A quantized matrix holds no parameters Burn could train, move or save: to Burn it is a
@@ -226,7 +361,13 @@ impl Module for QuantizedMatrix {
 impl ModuleDisplayDefault for QuantizedMatrix {
     fn content(&self, content: Content) -> Option<Content> {
         content
-            .add_formatted(&format!("{} [{}, {}]", self.ty, self.rows, self.cols))
+            .add_formatted(&format!(
+                "{} [{}, {}] + {} rank-one terms",
+                self.ty,
+                self.rows,
+                self.cols,
+                self.terms.len()
+            ))
             .optional()
     }
 }
@@ -245,7 +386,7 @@ mod tests {
             .collect();
         let bytes = quantize(ty, &values).unwrap();
         let m = QuantizedMatrix::new(ty, rows, cols, bytes).unwrap();
-        let dense = m.dequantize();
+        let dense = m.dequantize_blocks();
         (m, dense)
     }
 
@@ -267,6 +408,125 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
         }
+    }
+
+    #[test]
+    fn edits_are_part_of_every_product_and_every_value() {
+        let device = Device::flex();
+        let (mut m, mut dense) = matrix(GgmlType::Q8_0, 6, 64);
+        let close = |got: &[f32], want: &[f32], tol: f32| {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        };
+        let vector =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+        let tensor1 =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+        for k in [0.3, 0.7] {
+            let (a, b) = (vector(6, k), vector(64, k + 0.1));
+            for (i, row) in dense.chunks_exact_mut(64).enumerate() {
+                for (j, w) in row.iter_mut().enumerate() {
+                    *w += a[i] * b[j];
+                }
+            }
+            m.add_outer(tensor1(&a), tensor1(&b));
+        }
+        close(&read_f32(m.to_tensor(&device)), &dense, 1e-6);
+        // Then a unit r out of every column, (I - r rᵀ) W, and a unit s out of every row,
+        // W (I - s sᵀ).
+        let unit = |n: usize, k: f32| {
+            let v = vector(n, k);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect::<Vec<_>>()
+        };
+        let (r, s) = (unit(6, 1.3), unit(64, 0.2));
+        for j in 0..64 {
+            let along: f32 = (0..6).map(|i| dense[i * 64 + j] * r[i]).sum();
+            for i in 0..6 {
+                dense[i * 64 + j] -= along * r[i];
+            }
+        }
+        m.remove_from_columns(tensor1(&r));
+        close(&read_f32(m.to_tensor(&device)), &dense, 1e-6);
+        for row in dense.chunks_exact_mut(64) {
+            let along: f32 = row.iter().zip(&s).map(|(w, s)| w * s).sum();
+            for (w, s) in row.iter_mut().zip(&s) {
+                *w -= along * s;
+            }
+        }
+        m.remove_from_rows(tensor1(&s));
+        close(&read_f32(m.to_tensor(&device)), &dense, 1e-6);
+        assert_eq!(m.rank_of_edits(), 4);
+        assert_eq!(m.kept_bytes(), (m.bytes.len() + 4 * 4 * (6 + 64)) as u64);
+
+        let tensor = |x: &[f32], n: usize, w: usize| {
+            Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, w]), &device)
+        };
+        let x: Vec<f32> = (0..9 * 64).map(|i| (i as f32 * 0.37).cos()).collect();
+        let want = f32_product(&dense, m.dims(), &x, &device);
+        close(&read_f32(m.matmul(tensor(&x, 9, 64))), &want, 1e-5);
+        close(
+            &read_f32(m.matmul_f32(tensor(&x[..64], 1, 64))),
+            &want[..6],
+            1e-5,
+        );
+        // Decoding rows round the activations to 8 bits, which moves the blocks' product by
+        // up to 1 % of sum |x w| (the kernels' bound); the terms stay exact.
+        let decoded = read_f32(m.matmul(tensor(&x[..2 * 64], 2, 64)));
+        let blocks = m.dequantize_blocks();
+        for (k, (g, w)) in decoded.iter().zip(&want).enumerate() {
+            let (n, i) = (k / 6, k % 6);
+            let bound: f32 = (0..64)
+                .map(|j| (x[n * 64 + j] * blocks[i * 64 + j]).abs())
+                .sum();
+            assert!(
+                (g - w).abs() <= 1e-2 * bound + 1e-5,
+                "{g} vs {w} (bound {bound})"
+            );
+        }
+
+        let v: Vec<f32> = (0..2 * 6).map(|i| (i as f32 * 0.9).sin()).collect();
+        let mut left = vec![0.0f32; 2 * 64];
+        for (r, out) in left.chunks_exact_mut(64).enumerate() {
+            for (i, row) in dense.chunks_exact(64).enumerate() {
+                for (o, w) in out.iter_mut().zip(row) {
+                    *o += v[r * 6 + i] * w;
+                }
+            }
+        }
+        close(&read_f32(m.left_matmul_f32(tensor(&v, 2, 6))), &left, 1e-5);
+
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![5i64, 0, 5], [3]), &device);
+        let rows = read_f32(m.select_rows(ids));
+        for (k, id) in [5usize, 0, 5].into_iter().enumerate() {
+            close(&rows[k * 64..][..64], &dense[id * 64..][..64], 1e-6);
+        }
+    }
+
+    #[test]
+    fn decoded_outputs_have_nothing_along_a_removed_column_direction() {
+        let device = Device::flex();
+        let (mut m, _) = matrix(GgmlType::Q4_0, 8, 64);
+        let r: Vec<f32> = (0..8).map(|i| if i < 2 { 0.6 } else { 0.2 }).collect();
+        let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let r: Vec<f32> = r.into_iter().map(|x| x / norm).collect();
+        let x: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.21).sin()).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [2, 64]), &device);
+        let along = |y: Tensor<2>| {
+            let y = read_f32(y);
+            y.chunks_exact(8)
+                .map(|row| row.iter().zip(&r).map(|(a, b)| a * b).sum::<f32>().abs())
+                .fold(0.0f32, f32::max)
+        };
+        let before = along(m.matmul(x.clone()));
+        m.remove_from_columns(Tensor::from_data(TensorData::new(r.clone(), [8]), &device));
+        let after = along(m.matmul(x));
+        // The integer kernels round x to 8 bits; the projection acts on what they computed.
+        assert!(
+            before > 0.1 && after <= 1e-6 * before,
+            "{before} -> {after}"
+        );
     }
 
     #[test]

@@ -77,7 +77,50 @@ impl WeightSource for RandomBf16 {
     }
 }
 
+/// [`RandomWeights`] with every matrix handed over as GGML blocks of one type, as a quantized
+/// GGUF is.
+#[cfg(test)]
+struct RandomBlocks(RandomWeights, crate::gguf::GgmlType);
+
+#[cfg(test)]
+impl WeightSource for RandomBlocks {
+    fn describe(&self, name: WeightName) -> String {
+        self.0.describe(name)
+    }
+
+    fn read(&mut self, name: WeightName) -> Result<Option<HostTensor>, WeightError> {
+        self.0.read(name)
+    }
+
+    fn read_stored(&mut self, name: WeightName) -> Result<Option<StoredTensor>, WeightError> {
+        Ok(self.0.read(name)?.map(|t| {
+            let values = if t.shape.len() == 2 {
+                let bytes = crate::gguf::quantize(self.1, &t.data)
+                    .unwrap_or_else(|e| panic!("a test model's widths fit {}: {e}", self.1));
+                StoredValues::Blocks(self.1, bytes)
+            } else {
+                StoredValues::F32(t.data)
+            };
+            StoredTensor {
+                shape: t.shape,
+                values,
+            }
+        }))
+    }
+}
+
 impl Llama {
+    /// [`Llama::random`]'s weights quantized to `ty` and kept as its blocks: a stand-in for a
+    /// quantized GGUF on the CPU.
+    #[cfg(test)]
+    pub fn random_quantized(config: &ModelConfig, seed: u64, ty: crate::gguf::GgmlType) -> Llama {
+        built(
+            config,
+            &mut RandomBlocks(RandomWeights::new(config.clone(), seed), ty),
+            &Device::flex(),
+        )
+    }
+
     /// [`Llama::random`]'s weights rounded to bf16, its large matrices kept in bf16 where the
     /// device supports it: a stand-in for a bf16 checkpoint.
     pub fn random_bf16(config: &ModelConfig, seed: u64, device: &Device) -> Llama {

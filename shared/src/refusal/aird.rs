@@ -13,7 +13,7 @@
 //! The regression is solved in its dual form, `u = A^T (A A^T + lambda I)^-1 t`, because there
 //! are fewer samples (prompts x positions) than down-projection inputs.
 
-use burn::tensor::{FloatDType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Side};
@@ -341,17 +341,15 @@ pub async fn apply(
     let device = model.device();
     let r = unit(base_direction)?;
     let down = &mut model.blocks[layer - 1].mlp.down;
-    // Stored `[d_ff, d_model]` (input-major): the update is `alpha u r^T` in this layout.
-    let w = down.weight_values();
     let density = |v: &[f32]| v.iter().filter(|x| **x != 0.0).count() as f64 / v.len() as f64;
-    let density_before = density(&read(w.clone()).await?);
-    let u = Tensor::<2>::from_data(TensorData::new(fit.u.clone(), [config.d_ff, 1]), &device);
-    let r = Tensor::<2>::from_data(TensorData::new(r, [1, config.d_model]), &device);
-    // Computed in f32; a 16-bit weight is rounded back to its type (and measured so).
-    let dtype = w.dtype();
-    let updated = (w.cast(FloatDType::F32) + u.matmul(r) * fit.settings.alpha).cast(dtype);
-    let density_after = density(&read(updated.clone()).await?);
-    down.set_weight(updated);
+    let density_before = density(&read(down.weight_values()).await?);
+    let u = Tensor::<1>::from_data(TensorData::new(fit.u.clone(), [config.d_ff]), &device);
+    let r = Tensor::<1>::from_data(TensorData::new(r, [config.d_model]), &device);
+    // `[d_ff, d_model]` (input-major): the update is `alpha u r^T` in this layout, computed in
+    // f32; a 16-bit weight is rounded back to its type (and measured so), quantized blocks
+    // keep the term beside them.
+    down.add_outer(u * fit.settings.alpha, r);
+    let density_after = density(&read(down.weight_values()).await?);
     Ok((
         model,
         Densification {
@@ -545,5 +543,47 @@ mod tests {
             block_on(collect(&base, &other, &r, 0, &prompts(3), 4, quiet)),
             Err(PipelineError::LayerOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_quantized_down_projection_keeps_its_blocks_and_gets_the_exact_update() {
+        let config = ModelConfig::tiny();
+        let model = Llama::random_quantized(&config, 5, crate::gguf::GgmlType::Q8_0);
+        let before = crate::model::read_f32(model.blocks[0].mlp.down.weight_values());
+        let u: Vec<f32> = (0..config.d_ff).map(|i| (i as f32 * 0.1).sin()).collect();
+        let r: Vec<f32> = (0..config.d_model).map(|i| (i % 5) as f32 - 2.0).collect();
+        let quality = FitQuality {
+            samples: 0,
+            mean_gap: 0.0,
+            mse_before: 0.0,
+            mse_after: 0.0,
+        };
+        let fit = AirdFit {
+            settings: AirdSettings {
+                layer: 1,
+                alpha: 2.0,
+                lambda: Some(1.0),
+                batch_size: 4,
+            },
+            lambda: 1.0,
+            lambda_grid: Vec::new(),
+            train: quality,
+            validation: None,
+            u_norm: 0.0,
+            u: u.clone(),
+        };
+        let (repaired, _) = block_on(apply(model, &r, &fit)).unwrap();
+        let down = &repaired.blocks[0].mlp.down;
+        assert_eq!(down.weight.type_name(), "Q8_0+rank1");
+        let norm = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let after = crate::model::read_f32(down.weight_values());
+        // `[d_ff, d_model]`: `W + alpha u r^T`.
+        for (k, (a, b)) in after.iter().zip(&before).enumerate() {
+            let want = b + 2.0 * u[k / config.d_model] * r[k % config.d_model] / norm;
+            assert!(
+                (a - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{a} vs {want}"
+            );
+        }
     }
 }

@@ -3,9 +3,9 @@
 //! can write the direction and no hook is needed at run time.
 
 use burn::module::Param;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::Tensor;
 
-use crate::model::{BlockWeight, Llama, ModelConfig, Weight, WeightName};
+use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
 use super::PipelineError;
 use super::intervention::{check_width, unit, vector};
@@ -24,20 +24,13 @@ pub fn edited_weights(config: &ModelConfig) -> Vec<WeightName> {
     names
 }
 
-/// `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream (`[rows, d_model]`),
-/// computed in f32 and stored back in the matrix's type (a 16-bit matrix is rounded to it).
-fn remove_rows(w: Tensor<2>, unit: &Tensor<1>) -> Tensor<2> {
-    let [d] = unit.dims();
-    let dtype = w.dtype();
-    let w = w.cast(FloatDType::F32);
-    let along = w.clone().matmul(unit.clone().reshape([d, 1])); // [rows, 1]
-    (w - along.matmul(unit.clone().reshape([1, d]))).cast(dtype)
-}
-
 /// Orthogonalizes `model` against `direction` (any non-zero vector, normalised here): the
-/// token embedding, every attention output and MLP down projection (and their biases, if any).
-/// A tied output head is untied first, so the unembedding is left as it was. Weights kept in
-/// f16 or bf16 are edited in f32 and rounded back to their type.
+/// token embedding, every attention output and MLP down projection (and their biases, if any),
+/// each `W <- W - (W r^) r^T` for a matrix whose rows live in the residual stream. A tied
+/// output head is untied first, so the unembedding is left as it was. The edit is computed in
+/// f32: weights kept in f16 or bf16 are rounded back to their type, quantized blocks are kept
+/// and the rank-one term is kept beside them (see [`crate::model::QuantizedMatrix`]), so the
+/// edited model is as small and as fast as the original.
 ///
 /// # Errors
 ///
@@ -54,14 +47,10 @@ pub fn orthogonalize(mut model: Llama, direction: &[f32]) -> Result<Llama, Pipel
         model.head = Some(model.embedding.clone());
         model.config.tied_embeddings = false;
     }
-    model.embedding = Weight::Dense(Param::from_tensor(remove_rows(
-        model.embedding_values(),
-        &unit,
-    )));
+    model.remove_from_embedding(unit.clone());
     for block in &mut model.blocks {
         for linear in [&mut block.attn.o, &mut block.mlp.down] {
-            // Linear weights are `[d_in, d_model]`: each row is written into the stream.
-            linear.set_weight(remove_rows(linear.weight_values(), &unit));
+            linear.remove_from_outputs(unit.clone());
             if let Some(bias) = linear.bias.take() {
                 linear.bias = Some(Param::from_tensor(edit_bias(bias.val())));
             }
@@ -148,6 +137,72 @@ mod tests {
         // logits of size ~1 move by a few 1e-3: allow 2e-2.
         for (a, b) in hooked.iter().zip(&baked) {
             assert!((a - b).abs() <= 2e-2, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn quantized_blocks_are_kept_and_give_the_logits_of_hook_ablation() {
+        let device = burn::tensor::Device::flex();
+        let config = ModelConfig::tiny();
+        let model = Llama::random_quantized(&config, 7, crate::gguf::GgmlType::Q8_0);
+        let r = direction(config.d_model);
+        let batch = TokenBatch::left_padded(&[vec![1, 5, 9, 2, 7], vec![3, 4]], 0, &device);
+        let mut ablation = DirectionalAblation::new(vector(&r, &device));
+        let hooked = read_f32(model.last_logits(&batch, &mut ablation));
+        let plain = read_f32(model.last_logits(&batch, &mut NoHook));
+        let bytes = model.weight_bytes();
+        let edited = orthogonalize(model, &r).unwrap();
+
+        let types = edited.weight_types();
+        let edited_count = 1 + 2 * config.n_layers;
+        assert!(
+            types.contains(&("Q8_0+rank1".to_string(), edited_count)),
+            "{types:?}"
+        );
+        // Each edit adds two f32 vectors; the untied head counts as a weight of its own (in
+        // memory it shares the embedding's blocks).
+        let [vocab, d, d_ff] = [config.vocab_size, config.d_model, config.d_ff];
+        let added = 4 * ((vocab + d) + config.n_layers * ((d + d) + (d + d_ff)));
+        let head = vocab * d / 32 * crate::gguf::GgmlType::Q8_0.type_size();
+        assert_eq!(edited.weight_bytes(), bytes + (added + head) as u64);
+
+        // The head's activations are rounded to 8 bits on both sides, from streams that differ
+        // in float summation order only: an occasional rounding step apart.
+        let baked = read_f32(edited.last_logits(&batch, &mut NoHook));
+        let max_diff = hooked
+            .iter()
+            .zip(&baked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let effect = hooked
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            max_diff <= 1e-3 && effect > 100.0 * max_diff.max(1e-5),
+            "{max_diff} vs {effect}"
+        );
+
+        // Decoding (the integer kernels) writes nothing along r^ either.
+        let mut capture = Capture::every_layer(config.n_layers, HookPoint::ResidPost, vec![]);
+        let single = TokenBatch::left_padded(&[vec![4, 8]], 0, &device);
+        edited.hidden(&single, &mut KvCache::new(), &mut capture);
+        let unit = vector(&r, &device) / (r.iter().map(|v| v * v).sum::<f32>().sqrt());
+        for (_, x) in capture.into_captured() {
+            let [n, s, d] = x.dims();
+            let along = read_f32(
+                x.clone()
+                    .matmul(unit.clone().reshape([1, d, 1]))
+                    .reshape([n * s]),
+            );
+            let norms = read_f32(x.square().sum_dim(2).sqrt().reshape([n * s]));
+            for (a, m) in along.iter().zip(&norms) {
+                assert!(
+                    a.abs() <= 1e-4 * m.max(1.0),
+                    "{a} along r^ of a vector of norm {m}"
+                );
+            }
         }
     }
 
