@@ -76,10 +76,10 @@ fn calibrated_methods_beat_their_baselines_on_a_real_layer() {
     }
 }
 
-/// A GGUF block quantization written with the source's metadata reloads to exactly the model
-/// that was computed in memory, and the file holds the packed bytes.
-#[test]
-fn gguf_quantization_round_trips_bit_exactly() {
+/// A GGUF block quantization, or a grid a block type stores, written with the source's
+/// metadata reloads to exactly the model that was computed in memory, and the file holds the
+/// packed bytes.
+fn packed_output_round_trips_bit_exactly(method: Method, ty: GgmlType) {
     let path = builtin_gguf(MODEL);
     let bytes = std::fs::read(&path).unwrap();
     let name = path.display().to_string();
@@ -94,22 +94,27 @@ fn gguf_quantization_round_trips_bit_exactly() {
         &mut |_, _| {},
     )
     .unwrap();
-    let compressed = block_on(compress(
-        model,
-        Method::Ggml(GgmlType::Q4_0),
-        &[],
-        0,
-        16,
-        &mut |_| ControlFlow::Continue(()),
-    ))
+    let n_layers = model.config().n_layers;
+    let compressed = block_on(compress(model, method, &[], 0, 16, &mut |_| {
+        ControlFlow::Continue(())
+    }))
     .unwrap();
+    assert_eq!(compressed.packed.len(), 7 * n_layers, "{method}");
+    for layer in &compressed.layers {
+        assert_eq!(
+            layer.stored_as.as_deref(),
+            Some(ty.name()),
+            "{}",
+            layer.tensor
+        );
+    }
     let written = gguf_with_weights(&file, &bytes, &compressed.model, &[], &compressed.packed)
         .unwrap()
         .to_bytes();
     let reread = load::gguf::parse("written", &written).unwrap();
     for p in &compressed.packed {
         let info = reread.tensor(&load::names::gguf(p.name)).unwrap();
-        assert_eq!(info.ggml_type, GgmlType::Q4_0);
+        assert_eq!(info.ggml_type, ty);
         assert_eq!(
             reread.tensor_bytes(&written, info).unwrap(),
             p.bytes.as_slice()
@@ -131,5 +136,33 @@ fn gguf_quantization_round_trips_bit_exactly() {
     assert_eq!(
         a, b,
         "the reloaded model must compute exactly the same logits"
+    );
+}
+
+#[test]
+fn gguf_quantization_round_trips_bit_exactly() {
+    packed_output_round_trips_bit_exactly(Method::Ggml(GgmlType::Q4_0), GgmlType::Q4_0);
+}
+
+#[test]
+fn an_asymmetric_4_bit_grid_is_stored_as_q4_1_and_round_trips_bit_exactly() {
+    let grid = QuantGrid::new(4, 64, false).unwrap();
+    packed_output_round_trips_bit_exactly(Method::Rtn(grid), GgmlType::Q4_1);
+}
+
+#[test]
+fn a_grid_no_block_type_stores_stays_dense() {
+    let model = load_builtin(MODEL);
+    let grid = QuantGrid::new(3, 32, true).unwrap();
+    let compressed = block_on(compress(model, Method::Rtn(grid), &[], 0, 16, &mut |_| {
+        ControlFlow::Continue(())
+    }))
+    .unwrap();
+    assert!(compressed.packed.is_empty());
+    assert!(
+        compressed
+            .layers
+            .iter()
+            .all(|l| l.stored_as.as_deref() == Some("F32"))
     );
 }

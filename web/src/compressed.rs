@@ -156,12 +156,21 @@ impl Engine {
     }
 
     /// The model as kept plus its compressed linear layers: packed blocks where the CPU
-    /// engine keeps them (GGUF block types on a quantized model), f32 otherwise.
+    /// engine keeps them (GGUF block types, and the grids they store, on a quantized model),
+    /// f32 otherwise.
     fn check_memory(&self, method: Method) -> Result<(), String> {
         let llama = self.llama();
-        let linears = llama.config().n_linear_params();
-        let compressed = match method {
-            Method::Ggml(ty) if llama.has_quantized_weights() => {
+        let config = llama.config();
+        let linears = config.n_linear_params();
+        let packed = match method {
+            Method::Ggml(ty) => Some(ty),
+            Method::Rtn(grid) | Method::Gptq(grid) => grid
+                .ggml_type(config.d_model)
+                .filter(|_| grid.ggml_type(config.d_ff).is_some()),
+            _ => None,
+        };
+        let compressed = match packed {
+            Some(ty) if llama.has_quantized_weights() => {
                 linears * ty.type_size() as u64 / ty.block_size() as u64
             }
             _ => 4 * linears,

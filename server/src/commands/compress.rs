@@ -220,8 +220,8 @@ pub struct CompressArgs {
     /// Calibration prompts per forward batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// The compressed model: FILE.gguf (GGUF sources; GGUF block types are stored packed,
-    /// other methods as f32) or DIR/model.safetensors. The manifest is written beside it as
+    /// The compressed model: FILE.gguf (GGUF sources; GGUF block types, and the rtn/gptq
+    /// grids one stores, are packed, other methods f32) or DIR/model.safetensors. The manifest is written beside it as
     /// FILE.manifest.json.
     #[arg(long)]
     pub out: PathBuf,

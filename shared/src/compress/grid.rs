@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::gguf::{GgmlType, pack_levels};
+
 use super::HostMatrix;
 
 /// A quantization grid: bits per weight and how many consecutive inputs share a scale.
@@ -82,25 +84,82 @@ impl QuantGrid {
         GroupScale { scale, zero, maxq }
     }
 
-    /// Rounds every group of every row of `w` to its own grid.
-    pub fn round_to_nearest(&self, w: &mut HostMatrix) {
+    /// Rounds every group of every row of `w` to its own grid; returns the groups' scales,
+    /// row by row.
+    pub fn round_to_nearest(&self, w: &mut HostMatrix) -> Vec<GroupScale> {
         let group = self.group_len(w.cols);
+        let mut scales = Vec::with_capacity(w.rows * w.cols.div_ceil(group));
         for row in w.data.chunks_exact_mut(w.cols) {
             for g in row.chunks_mut(group) {
                 let s = self.fit(g.iter().copied());
                 for v in g {
                     *v = s.round(*v);
                 }
+                scales.push(s);
             }
         }
+        scales
+    }
+
+    /// The GGML type that stores this grid as it is (its scale rounded to f16) for rows of
+    /// `cols` inputs: Q4_0, Q5_0 and Q8_0 have the symmetric 4, 5 and 8-bit grids with their
+    /// zero point, Q4_1 and Q5_1 the asymmetric 4 and 5-bit ones, in blocks of 32 inputs
+    /// that share a scale, so a group of a whole number of blocks is stored block by block.
+    /// `None` for other grids and for groups that are not whole blocks.
+    pub fn ggml_type(&self, cols: usize) -> Option<GgmlType> {
+        let ty = match (self.bits, self.symmetric) {
+            (4, true) => GgmlType::Q4_0,
+            (5, true) => GgmlType::Q5_0,
+            (8, true) => GgmlType::Q8_0,
+            (4, false) => GgmlType::Q4_1,
+            (5, false) => GgmlType::Q5_1,
+            _ => return None,
+        };
+        let group = self.group_len(cols);
+        (group.is_multiple_of(32) && cols.is_multiple_of(group)).then_some(ty)
+    }
+
+    /// `w`, rounded to this grid with `scales` (one per group, row by row, as
+    /// [`Self::round_to_nearest`] and GPTQ return them), as blocks of [`Self::ggml_type`]:
+    /// `None` where that is `None`.
+    pub fn pack(&self, w: &HostMatrix, scales: &[GroupScale]) -> Option<(GgmlType, Vec<u8>)> {
+        let ty = self.ggml_type(w.cols)?;
+        let group = self.group_len(w.cols);
+        assert_eq!(scales.len(), w.data.len() / group, "a scale per group");
+        let levels: Vec<u8> = w
+            .data
+            .chunks_exact(group)
+            .zip(scales)
+            .flat_map(|(g, s)| g.iter().map(|&v| s.level(v)))
+            .collect();
+        let blocks: Vec<(f32, f32)> = scales
+            .iter()
+            .flat_map(|s| {
+                let offset = if self.symmetric {
+                    0.0
+                } else {
+                    -s.scale * s.zero
+                };
+                std::iter::repeat_n((s.scale, offset), group / 32)
+            })
+            .collect();
+        Some((ty, pack_levels(ty, &blocks, &levels)))
     }
 }
 
 impl GroupScale {
     /// The grid point nearest `x` (clamped to the grid's range).
     pub fn round(&self, x: f32) -> f32 {
-        let q = ((x / self.scale).round() + self.zero).clamp(0.0, self.maxq);
-        self.scale * (q - self.zero)
+        self.scale * (self.nearest(x) - self.zero)
+    }
+
+    /// The level `q` of the grid point nearest `x`, `0..=maxq`.
+    fn level(&self, x: f32) -> u8 {
+        self.nearest(x) as u8
+    }
+
+    fn nearest(&self, x: f32) -> f32 {
+        ((x / self.scale).round() + self.zero).clamp(0.0, self.maxq)
     }
 }
 
@@ -148,6 +207,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn grids_of_32_element_types_pack_to_blocks_that_dequantize_to_the_grid() {
+        let original = matrix(3, 256, |i| ((i * 37 % 101) as f32 - 40.0) / 17.0);
+        for (grid, ty) in [
+            (QuantGrid::new(4, 32, true).unwrap(), GgmlType::Q4_0),
+            (QuantGrid::new(4, 128, false).unwrap(), GgmlType::Q4_1),
+            (QuantGrid::new(5, 0, true).unwrap(), GgmlType::Q5_0),
+            (QuantGrid::new(5, 64, false).unwrap(), GgmlType::Q5_1),
+            (QuantGrid::new(8, 32, true).unwrap(), GgmlType::Q8_0),
+        ] {
+            let mut w = original.clone();
+            let scales = grid.round_to_nearest(&mut w);
+            let (got, bytes) = grid.pack(&w, &scales).unwrap();
+            assert_eq!(got, ty, "{grid}");
+            let values = crate::gguf::dequantize(ty, &bytes, w.data.len()).unwrap();
+            // The grid's values, but for the scale (and offset) rounded to f16: relative 2^-11
+            // of the group's range.
+            let group = grid.group_len(256);
+            for (k, (a, b)) in values.iter().zip(&w.data).enumerate() {
+                let s = &scales[k / group];
+                assert!(
+                    (a - b).abs() <= s.scale * (s.maxq + 1.0) * 1e-3,
+                    "{grid}: {a} vs {b}"
+                );
+            }
+        }
+        for grid in [
+            QuantGrid::new(3, 32, true).unwrap(),
+            QuantGrid::new(8, 32, false).unwrap(),
+            QuantGrid::new(4, 48, true).unwrap(),
+            QuantGrid::new(4, 96, true).unwrap(),
+        ] {
+            assert_eq!(grid.ggml_type(256), None, "{grid}");
         }
     }
 

@@ -13,6 +13,7 @@ use crate::model::weights::transposed;
 use crate::model::{BlockContext, BlockWeight, HostTensor, Llama, TokenBatch, WeightName};
 use crate::refusal::{OnProgress, PipelineError, Stage, read, report};
 
+use super::grid::{GroupScale, QuantGrid};
 use super::hessian::{HostStats, InputStats};
 use super::obs::{Target, sweep};
 use super::prune;
@@ -59,6 +60,11 @@ pub struct LinearReport {
     pub fallback_type: Option<String>,
     /// Damping added to `H`'s diagonal by GPTQ / SparseGPT.
     pub damping: Option<f64>,
+    /// The type the compressed model keeps the weight in (`Q4_0`, `F32`, ...): a GGUF block
+    /// type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of whole
+    /// 32-input blocks), else the model's dense type. Older manifests lack it.
+    #[serde(default)]
+    pub stored_as: Option<String>,
 }
 
 /// Totals over every compressed layer.
@@ -196,7 +202,7 @@ pub async fn compress(
             if let Some((ty, bytes)) = outcome.packed {
                 packed.push(PackedWeight { name, ty, bytes });
             }
-            layers.push(LinearReport {
+            let mut report = LinearReport {
                 layer: l,
                 rows: original.rows,
                 cols: original.cols,
@@ -206,12 +212,15 @@ pub async fn compress(
                 output_error: stats.map(|s| s.output_error(&original, &compressed)),
                 fallback_type: outcome.fallback_type,
                 damping: outcome.damping,
+                stored_as: None,
                 tensor,
-            });
+            };
             match blocks {
                 Some(q) => linear.weight = Weight::Quantized(q),
                 None => set_rows(linear, compressed, &device),
             }
+            report.stored_as = Some(linear.weight.type_name());
+            layers.push(report);
         }
 
         let block = &model.blocks[l];
@@ -315,7 +324,7 @@ fn calibration_batches(
 #[derive(Debug)]
 pub struct MatrixOutcome {
     pub bits_per_weight: f64,
-    /// The GGUF type and bytes, for [`Method::Ggml`].
+    /// The GGUF type and bytes, for [`Method::Ggml`] and the grids a GGUF type stores.
     pub packed: Option<(GgmlType, Vec<u8>)>,
     /// The type actually stored when the one asked for does not fit the rows.
     pub fallback_type: Option<String>,
@@ -344,13 +353,16 @@ pub fn compress_matrix(
     let needs = || stats.ok_or_else(|| CompressError::NoCalibration(method.to_string()));
     match method {
         Method::Rtn(grid) => {
-            grid.round_to_nearest(w);
+            let scales = grid.round_to_nearest(w);
             outcome.bits_per_weight = grid.bits_per_weight(w.cols);
+            outcome.packed = packed_grid(w, grid, &scales, tensor)?;
         }
         Method::Gptq(grid) => {
             let h = needs()?;
-            outcome.damping = Some(sweep(w, &h.hessian, Target::Grid(grid), tensor)?);
+            let swept = sweep(w, &h.hessian, Target::Grid(grid), tensor)?;
+            outcome.damping = Some(swept.damp);
             outcome.bits_per_weight = grid.bits_per_weight(w.cols);
+            outcome.packed = packed_grid(w, grid, &swept.scales, tensor)?;
         }
         Method::Ggml(ty) => {
             let stored = storage_type(ty, w.cols);
@@ -376,10 +388,30 @@ pub fn compress_matrix(
         }
         Method::SparseGpt(s) => {
             let h = needs()?;
-            outcome.damping = Some(sweep(w, &h.hessian, Target::Prune(s), tensor)?);
+            outcome.damping = Some(sweep(w, &h.hessian, Target::Prune(s), tensor)?.damp);
         }
     }
     Ok(outcome)
+}
+
+/// `w`, rounded to `grid`, as the blocks of the GGML type that stores the grid, if one does
+/// ([`QuantGrid::ggml_type`]); `w` then holds the blocks' values (the grid's with its scales
+/// rounded to f16), so the model is the same on every backend and the reported errors are
+/// those of what is stored.
+fn packed_grid(
+    w: &mut HostMatrix,
+    grid: QuantGrid,
+    scales: &[GroupScale],
+    tensor: &str,
+) -> Result<Option<(GgmlType, Vec<u8>)>, CompressError> {
+    let Some((ty, bytes)) = grid.pack(w, scales) else {
+        return Ok(None);
+    };
+    w.data = dequantize(ty, &bytes, w.data.len()).map_err(|source| CompressError::Ggml {
+        tensor: tensor.to_owned(),
+        source,
+    })?;
+    Ok(Some((ty, bytes)))
 }
 
 /// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a

@@ -75,8 +75,18 @@ fn inverse_factor(h: &[f32], n: usize, tensor: &str) -> Result<InverseFactor, Co
     })
 }
 
-/// Runs the sweep on `w` with the input Hessian `h` (`[cols, cols]`, row-major) and returns
-/// the damping used. Inputs that were never active (zero diagonal) get zero weights.
+/// What a sweep chose besides the weights.
+#[derive(Debug, Clone)]
+pub struct Swept {
+    /// The damping that made `H` factorizable.
+    pub damp: f64,
+    /// GPTQ: the scale of every group, row by row (as [`QuantGrid::pack`] takes them); empty
+    /// for SparseGPT.
+    pub scales: Vec<GroupScale>,
+}
+
+/// Runs the sweep on `w` with the input Hessian `h` (`[cols, cols]`, row-major). Inputs that
+/// were never active (zero diagonal) get zero weights.
 ///
 /// # Errors
 ///
@@ -87,7 +97,7 @@ pub fn sweep(
     h: &[f32],
     target: Target,
     tensor: &str,
-) -> Result<f64, CompressError> {
+) -> Result<Swept, CompressError> {
     let (rows, cols) = (w.rows, w.cols);
     if let Target::Prune(s) = target {
         s.check(tensor, cols)?;
@@ -106,6 +116,8 @@ pub fn sweep(
 
     let mut mask = Mask::new(rows, cols, matches!(target, Target::Prune(_)));
     let mut scales: Vec<GroupScale> = Vec::new();
+    // Every group's `scales`, group by group.
+    let mut chosen: Vec<Vec<GroupScale>> = Vec::new();
     let mut err = vec![0.0f32; BLOCK * rows];
     for i1 in (0..cols).step_by(BLOCK) {
         let i2 = (i1 + BLOCK).min(cols);
@@ -121,6 +133,7 @@ pub fn sweep(
                     scales = (0..rows)
                         .map(|r| grid.fit((c..end).map(|j| wt[j * rows + r])))
                         .collect();
+                    chosen.push(scales.clone());
                 }
                 Target::Prune(Sparsity::NOfM { n, m }) if c % m == 0 => {
                     mask.choose(&wt, &u, c..c + m, n);
@@ -171,7 +184,10 @@ pub fn sweep(
             w.data[r * cols + c] = v;
         }
     }
-    Ok(damp)
+    let scales = (0..rows)
+        .flat_map(|r| chosen.iter().map(move |group| group[r]))
+        .collect();
+    Ok(Swept { damp, scales })
 }
 
 /// Weights of a row pruned among its first `end` columns under `s`'s budget.
@@ -327,6 +343,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gptq_returns_the_scales_that_pack_its_weights() {
+        let (w, stats) = problem(24, 256, 600);
+        let grid = QuantGrid::new(4, 64, false).unwrap();
+        let mut q = w.clone();
+        let swept = sweep(&mut q, &stats.hessian, Target::Grid(grid), "w").unwrap();
+        assert_eq!(swept.scales.len(), 24 * 4);
+        let (ty, bytes) = grid.pack(&q, &swept.scales).unwrap();
+        let values = crate::gguf::dequantize(ty, &bytes, q.data.len()).unwrap();
+        let range = q.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in values.iter().zip(&q.data) {
+            // f16 scales and offsets: relative 2^-11 of a group's range.
+            assert!((a - b).abs() <= 2e-3 * range, "{a} vs {b}");
         }
     }
 

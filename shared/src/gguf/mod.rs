@@ -15,7 +15,7 @@ pub mod writer;
 
 pub use error::GgufError;
 pub use quant::{GgmlType, dequantize, dequantize_into};
-pub use quantize::{fits_rows, quantize};
+pub use quantize::{fits_rows, pack_levels, quantize};
 pub use reader::{GgufFile, MetadataValue, TensorInfo};
 pub use writer::GgufWriter;
 

@@ -324,6 +324,63 @@ fn q5_1(x: &[f32; 32], o: &mut [u8; Q5_1_BYTES]) {
     }
 }
 
+/// Blocks of a 32-element type whose scales and levels were chosen elsewhere (a GPTQ or
+/// round-to-nearest grid that matches the type, see `compress::grid`): for each block its
+/// scale `d`, its offset `m` (Q4_1 and Q5_1; ignored otherwise) and 32 levels, which
+/// dequantize as `d (l - 8)` (Q4_0), `d (l - 16)` (Q5_0), `d (l - 128)` (Q8_0) or `d l + m`
+/// (Q4_1, Q5_1). `d` and `m` are stored as f16.
+///
+/// # Panics
+///
+/// For another type, a level above the type's range, or `levels` not 32 per block.
+pub fn pack_levels(ty: GgmlType, scales: &[(f32, f32)], levels: &[u8]) -> Vec<u8> {
+    assert_eq!(levels.len(), 32 * scales.len(), "32 levels per block");
+    let top = match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => 15,
+        GgmlType::Q5_0 | GgmlType::Q5_1 => 31,
+        GgmlType::Q8_0 => 255,
+        _ => panic!("{ty} is not a 32-element type with levels"),
+    };
+    assert!(
+        levels.iter().all(|&l| l <= top),
+        "levels of {ty} are 0..={top}"
+    );
+    let size = ty.type_size();
+    let mut out = vec![0u8; scales.len() * size];
+    let (levels, _) = levels.as_chunks::<32>();
+    for ((&(d, m), q), o) in scales.iter().zip(levels).zip(out.chunks_exact_mut(size)) {
+        [o[0], o[1]] = f16_bytes(d);
+        let nibbles = |o: &mut [u8]| {
+            for j in 0..16 {
+                o[j] = (q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4;
+            }
+        };
+        match ty {
+            GgmlType::Q4_0 => nibbles(&mut o[2..]),
+            GgmlType::Q5_0 => {
+                [o[2], o[3], o[4], o[5]] = high_bits(q);
+                nibbles(&mut o[6..]);
+            }
+            GgmlType::Q4_1 => {
+                [o[2], o[3]] = f16_bytes(m);
+                nibbles(&mut o[4..]);
+            }
+            GgmlType::Q5_1 => {
+                [o[2], o[3]] = f16_bytes(m);
+                [o[4], o[5], o[6], o[7]] = high_bits(q);
+                nibbles(&mut o[8..]);
+            }
+            // `l - 128` as an i8 is `l` with its top bit flipped.
+            _ => {
+                for j in 0..32 {
+                    o[2 + j] = q[j] ^ 0x80;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Bit 4 of each of 32 levels, packed into a little-endian u32 (numpy's
 /// `packbits(q >> 4, bitorder="little")`).
 #[inline(always)]
@@ -1462,6 +1519,38 @@ mod tests {
         assert!(!fits_rows(GgmlType::Q8_0, 33));
         assert!(fits_rows(GgmlType::F16, 33));
         assert!(fits_rows(GgmlType::Q6K, 0));
+    }
+
+    #[test]
+    fn packed_levels_dequantize_to_their_grid_values() {
+        // (type, top level, offset, affine)
+        for (ty, top, offset, affine) in [
+            (GgmlType::Q4_0, 15u8, 8.0f32, false),
+            (GgmlType::Q5_0, 31, 16.0, false),
+            (GgmlType::Q8_0, 255, 128.0, false),
+            (GgmlType::Q4_1, 15, 0.0, true),
+            (GgmlType::Q5_1, 31, 0.0, true),
+        ] {
+            // Scales and offsets that f16 holds exactly, so the values are exact.
+            let scales: Vec<(f32, f32)> = (0..3)
+                .map(|b| {
+                    (
+                        0.25 * (b + 1) as f32,
+                        if affine { -1.5 * b as f32 } else { 0.0 },
+                    )
+                })
+                .collect();
+            let levels: Vec<u8> = (0..96)
+                .map(|i| ((i * 37 + 11) % (usize::from(top) + 1)) as u8)
+                .collect();
+            let bytes = pack_levels(ty, &scales, &levels);
+            assert_eq!(bytes.len(), 3 * ty.type_size());
+            let got = dequantize(ty, &bytes, 96).unwrap();
+            for (i, (&g, &l)) in got.iter().zip(&levels).enumerate() {
+                let (d, m) = scales[i / 32];
+                assert_eq!(g, d * (f32::from(l) - offset) + m, "{ty} element {i}");
+            }
+        }
     }
 
     /// The speed requirement: a 4864x896 matrix in well under a second per type. Timing
