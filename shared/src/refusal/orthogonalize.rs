@@ -66,6 +66,30 @@ mod tests {
         Capture, DirectionalAblation, HookPoint, KvCache, NoHook, TokenBatch, read_f32,
     };
 
+    /// Every layer's residual stream of `model` on `batch` has no component along `r^`.
+    fn assert_stream_avoids(model: &Llama, batch: &TokenBatch, r: &[f32]) {
+        let device = model.device();
+        let n_layers = model.config().n_layers;
+        let mut capture = Capture::every_layer(n_layers, HookPoint::ResidPost, vec![]);
+        model.hidden(batch, &mut KvCache::new(), &mut capture);
+        let unit = vector(r, &device) / (r.iter().map(|v| v * v).sum::<f32>().sqrt());
+        for (_, x) in capture.into_captured() {
+            let [n, s, d] = x.dims();
+            let along = read_f32(
+                x.clone()
+                    .matmul(unit.clone().reshape([1, d, 1]))
+                    .reshape([n * s]),
+            );
+            let norms = read_f32(x.square().sum_dim(2).sqrt().reshape([n * s]));
+            for (a, m) in along.iter().zip(&norms) {
+                assert!(
+                    a.abs() <= 1e-4 * m.max(1.0),
+                    "{a} along r^ of a vector of norm {m}"
+                );
+            }
+        }
+    }
+
     fn direction(d: usize) -> Vec<f32> {
         (0..d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect()
     }
@@ -94,24 +118,7 @@ mod tests {
         }
 
         // And the stream itself has no component along r^ anywhere.
-        let mut capture = Capture::every_layer(config.n_layers, HookPoint::ResidPost, vec![]);
-        edited.hidden(&batch, &mut KvCache::new(), &mut capture);
-        let unit = vector(&r, &device) / (r.iter().map(|v| v * v).sum::<f32>().sqrt());
-        for (_, x) in capture.into_captured() {
-            let [n, s, d] = x.dims();
-            let along = read_f32(
-                x.clone()
-                    .matmul(unit.clone().reshape([1, d, 1]))
-                    .reshape([n * s]),
-            );
-            let norms = read_f32(x.square().sum_dim(2).sqrt().reshape([n * s]));
-            for (a, m) in along.iter().zip(&norms) {
-                assert!(
-                    a.abs() <= 1e-4 * m.max(1.0),
-                    "{a} along r^ of a vector of norm {m}"
-                );
-            }
-        }
+        assert_stream_avoids(&edited, &batch, &r);
     }
 
     #[test]
@@ -185,25 +192,8 @@ mod tests {
         );
 
         // Decoding (the integer kernels) writes nothing along r^ either.
-        let mut capture = Capture::every_layer(config.n_layers, HookPoint::ResidPost, vec![]);
         let single = TokenBatch::left_padded(&[vec![4, 8]], 0, &device);
-        edited.hidden(&single, &mut KvCache::new(), &mut capture);
-        let unit = vector(&r, &device) / (r.iter().map(|v| v * v).sum::<f32>().sqrt());
-        for (_, x) in capture.into_captured() {
-            let [n, s, d] = x.dims();
-            let along = read_f32(
-                x.clone()
-                    .matmul(unit.clone().reshape([1, d, 1]))
-                    .reshape([n * s]),
-            );
-            let norms = read_f32(x.square().sum_dim(2).sqrt().reshape([n * s]));
-            for (a, m) in along.iter().zip(&norms) {
-                assert!(
-                    a.abs() <= 1e-4 * m.max(1.0),
-                    "{a} along r^ of a vector of norm {m}"
-                );
-            }
-        }
+        assert_stream_avoids(&edited, &single, &r);
     }
 
     #[test]
