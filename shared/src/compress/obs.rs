@@ -115,9 +115,8 @@ pub fn sweep(
     }
 
     let mut mask = Mask::new(rows, cols, matches!(target, Target::Prune(_)));
-    let mut scales: Vec<GroupScale> = Vec::new();
-    // Every group's `scales`, group by group.
-    let mut chosen: Vec<Vec<GroupScale>> = Vec::new();
+    // GPTQ: each group's scales (one per row), group by group; the last is the current one.
+    let mut groups: Vec<Vec<GroupScale>> = Vec::new();
     let mut err = vec![0.0f32; BLOCK * rows];
     for i1 in (0..cols).step_by(BLOCK) {
         let i2 = (i1 + BLOCK).min(cols);
@@ -130,10 +129,11 @@ pub fn sweep(
             match target {
                 Target::Grid(grid) if c % grid.group_len(cols) == 0 => {
                     let end = (c + grid.group_len(cols)).min(cols);
-                    scales = (0..rows)
-                        .map(|r| grid.fit((c..end).map(|j| wt[j * rows + r])))
-                        .collect();
-                    chosen.push(scales.clone());
+                    groups.push(
+                        (0..rows)
+                            .map(|r| grid.fit((c..end).map(|j| wt[j * rows + r])))
+                            .collect(),
+                    );
                 }
                 Target::Prune(Sparsity::NOfM { n, m }) if c % m == 0 => {
                     mask.choose(&wt, &u, c..c + m, n);
@@ -144,6 +144,7 @@ pub fn sweep(
             let (done, rest) = wt.split_at_mut((c + 1) * rows);
             let column = &mut done[c * rows..];
             let e = &mut err[(c - i1) * rows..(c - i1 + 1) * rows];
+            let scales = groups.last().map_or(&[][..], Vec::as_slice);
             for r in 0..rows {
                 let v = column[r];
                 let q = match target {
@@ -185,7 +186,7 @@ pub fn sweep(
         }
     }
     let scales = (0..rows)
-        .flat_map(|r| chosen.iter().map(move |group| group[r]))
+        .flat_map(|r| groups.iter().map(move |group| group[r]))
         .collect();
     Ok(Swept { damp, scales })
 }

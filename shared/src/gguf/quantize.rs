@@ -265,11 +265,7 @@ fn q4_0(x: &[f32; 32], o: &mut [u8; Q4_0_BYTES]) {
     let d = signed_abs_max(x) / -8.0;
     let id = inverse_or_zero(d);
     [o[0], o[1]] = f16_bytes(d);
-    for j in 0..16 {
-        let lo = symmetric_level(x[j], id, 8.5, 15);
-        let hi = symmetric_level(x[j + 16], id, 8.5, 15);
-        o[2 + j] = lo | hi << 4;
-    }
+    nibbles(&x.map(|v| symmetric_level(v, id, 8.5, 15)), &mut o[2..]);
 }
 
 /// Q5_0: Q4_0 with `d = max / -16` and levels in 0..=31. The fifth bits go into a
@@ -281,9 +277,7 @@ fn q5_0(x: &[f32; 32], o: &mut [u8; Q5_0_BYTES]) {
     let q = x.map(|v| symmetric_level(v, id, 16.5, 31));
     [o[0], o[1]] = f16_bytes(d);
     [o[2], o[3], o[4], o[5]] = high_bits(&q);
-    for j in 0..16 {
-        o[6 + j] = (q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4;
-    }
+    nibbles(&q, &mut o[6..]);
 }
 
 /// The level of `v` for Q4_1 (`top` 15) and Q5_1 (31): `trunc((v - min) * id + 0.5)`, all
@@ -302,11 +296,7 @@ fn q4_1(x: &[f32; 32], o: &mut [u8; Q4_1_BYTES]) {
     let id = inverse_or_zero(d);
     [o[0], o[1]] = f16_bytes(d);
     [o[2], o[3]] = f16_bytes(min);
-    for j in 0..16 {
-        let lo = affine_level(x[j], min, id, 15);
-        let hi = affine_level(x[j + 16], min, id, 15);
-        o[4 + j] = lo | hi << 4;
-    }
+    nibbles(&x.map(|v| affine_level(v, min, id, 15)), &mut o[4..]);
 }
 
 /// Q5_1: Q4_1 with `d = (max - min) / 31` and levels in 0..=31, fifth bits as in Q5_0.
@@ -319,9 +309,7 @@ fn q5_1(x: &[f32; 32], o: &mut [u8; Q5_1_BYTES]) {
     [o[0], o[1]] = f16_bytes(d);
     [o[2], o[3]] = f16_bytes(min);
     [o[4], o[5], o[6], o[7]] = high_bits(&q);
-    for j in 0..16 {
-        o[8 + j] = (q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4;
-    }
+    nibbles(&q, &mut o[8..]);
 }
 
 /// Blocks of a 32-element type whose scales and levels were chosen elsewhere (a GPTQ or
@@ -350,25 +338,20 @@ pub fn pack_levels(ty: GgmlType, scales: &[(f32, f32)], levels: &[u8]) -> Vec<u8
     let (levels, _) = levels.as_chunks::<32>();
     for ((&(d, m), q), o) in scales.iter().zip(levels).zip(out.chunks_exact_mut(size)) {
         [o[0], o[1]] = f16_bytes(d);
-        let nibbles = |o: &mut [u8]| {
-            for j in 0..16 {
-                o[j] = (q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4;
-            }
-        };
         match ty {
-            GgmlType::Q4_0 => nibbles(&mut o[2..]),
+            GgmlType::Q4_0 => nibbles(q, &mut o[2..]),
             GgmlType::Q5_0 => {
                 [o[2], o[3], o[4], o[5]] = high_bits(q);
-                nibbles(&mut o[6..]);
+                nibbles(q, &mut o[6..]);
             }
             GgmlType::Q4_1 => {
                 [o[2], o[3]] = f16_bytes(m);
-                nibbles(&mut o[4..]);
+                nibbles(q, &mut o[4..]);
             }
             GgmlType::Q5_1 => {
                 [o[2], o[3]] = f16_bytes(m);
                 [o[4], o[5], o[6], o[7]] = high_bits(q);
-                nibbles(&mut o[8..]);
+                nibbles(q, &mut o[8..]);
             }
             // `l - 128` as an i8 is `l` with its top bit flipped.
             _ => {
@@ -379,6 +362,15 @@ pub fn pack_levels(ty: GgmlType, scales: &[(f32, f32)], levels: &[u8]) -> Vec<u8
         }
     }
     out
+}
+
+/// The low four bits of 32 levels in 16 bytes: byte `j` holds level `j` in its low nibble and
+/// level `j + 16` in its high nibble.
+#[inline(always)]
+fn nibbles(q: &[u8; 32], o: &mut [u8]) {
+    for j in 0..16 {
+        o[j] = (q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4;
+    }
 }
 
 /// Bit 4 of each of 32 levels, packed into a little-endian u32 (numpy's

@@ -217,11 +217,18 @@ impl QuantizedMatrix {
     pub fn matmul(&self, x: Tensor<2>) -> Tensor<2> {
         let [n, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width of a {} matrix", self.ty);
-        let product = if n > INTEGER_ROWS {
-            self.matmul_tiled(x.clone(), self.tile_rows())
-        } else {
-            self.matmul_integer(x.clone())
+        let blocks = |x| {
+            if n > INTEGER_ROWS {
+                self.matmul_tiled(x, self.tile_rows())
+            } else {
+                self.matmul_integer(x)
+            }
         };
+        if self.terms.is_empty() {
+            // No second handle on `x`: the integer path then takes its buffer without a copy.
+            return blocks(x);
+        }
+        let product = blocks(x.clone());
         self.with_terms(x, product)
     }
 
@@ -259,9 +266,7 @@ impl QuantizedMatrix {
         let mut product = Tensor::<2>::zeros([n, self.cols], &device);
         for start in (0..self.rows).step_by(tile_rows) {
             let count = tile_rows.min(self.rows - start);
-            let mut tile = vec![0.0f32; count * self.cols];
-            self.dequantize_rows(start, &mut tile);
-            let w = Tensor::<2>::from_data(TensorData::new(tile, [count, self.cols]), &device);
+            let w = self.tile(start, count, &device);
             product = product + v.clone().narrow(1, start, count).matmul(w);
         }
         self.terms.iter().fold(product, |p, t| {
@@ -302,13 +307,18 @@ impl QuantizedMatrix {
             .step_by(tile_rows)
             .map(|start| {
                 let count = tile_rows.min(self.rows - start);
-                let mut tile = vec![0.0f32; count * self.cols];
-                self.dequantize_rows(start, &mut tile);
-                let w = Tensor::<2>::from_data(TensorData::new(tile, [count, self.cols]), &device);
-                x.clone().matmul(w.transpose())
+                x.clone()
+                    .matmul(self.tile(start, count, &device).transpose())
             })
             .collect();
         Tensor::cat(parts, 1)
+    }
+
+    /// Rows `start..start + count` of the blocks dequantized, `[count, cols]` on `device`.
+    fn tile(&self, start: usize, count: usize, device: &Device) -> Tensor<2> {
+        let mut tile = vec![0.0f32; count * self.cols];
+        self.dequantize_rows(start, &mut tile);
+        Tensor::from_data(TensorData::new(tile, [count, self.cols]), device)
     }
 }
 

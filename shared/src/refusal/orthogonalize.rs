@@ -176,16 +176,13 @@ mod tests {
         // The head's activations are rounded to 8 bits on both sides, from streams that differ
         // in float summation order only: an occasional rounding step apart.
         let baked = read_f32(edited.last_logits(&batch, &mut NoHook));
-        let max_diff = hooked
-            .iter()
-            .zip(&baked)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        let effect = hooked
-            .iter()
-            .zip(&plain)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_abs_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let (max_diff, effect) = (max_abs_diff(&hooked, &baked), max_abs_diff(&hooked, &plain));
         assert!(
             max_diff <= 1e-3 && effect > 100.0 * max_diff.max(1e-5),
             "{max_diff} vs {effect}"
