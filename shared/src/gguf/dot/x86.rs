@@ -106,8 +106,10 @@ fn five_bits(qs: &[u8; 16], qh: u32) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_0(b: &[u8; Q5_0_BYTES]) -> SmallBlock {
+    // `v - 16` is the nibble with 0xF0 over it where the fifth bit is clear (two's complement).
+    let clear = _mm256_andnot_si256(bits_to_bytes(word(b, 2)), _mm256_set1_epi8(0xF0u8 as i8));
     SmallBlock {
-        v: _mm256_sub_epi8(five_bits(sub(b, 6), word(b, 2)), _mm256_set1_epi8(16)),
+        v: _mm256_or_si256(nibbles(sub(b, 6)), clear),
         d: f16_at(b[0], b[1]),
         m: 0.0,
     }
@@ -291,6 +293,9 @@ fn prefetch<T>(block: &T) {
     _mm_prefetch::<_MM_HINT_T0>(ahead);
 }
 
+/// Rows of the 32-element types computed side by side (see the kernels' `rows`).
+const ROWS: usize = 4;
+
 /// A module of row loops compiled for one feature set, one function per block type:
 /// `fn TYPE(w, blocks_per_row, acts, n, out)` computes `out` (`[rows, n]`) for the rows whose
 /// blocks are `w`, against `n` activation rows. `$dot` is the dot product of 32 unsigned and
@@ -313,35 +318,75 @@ macro_rules! rows {
             n: usize,
             out: &mut [f32],
         ) {
-            let (qs, _) = acts.qs.as_chunks::<QK>();
             let (blocks, _) = w.as_chunks::<$bytes>();
-            for (row, o) in blocks.chunks_exact(blocks_per_row).zip(out.chunks_exact_mut(n)) {
-                for (i, out) in o.iter_mut().enumerate() {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut min_sum = 0.0f32;
-                    for (b, block) in row.iter().enumerate() {
-                        prefetch(block);
-                        let u = super::$ty(block);
+            let groups = blocks.chunks_exact(ROWS * blocks_per_row);
+            let rest = groups.remainder();
+            let mut outs = out.chunks_exact_mut(ROWS * n);
+            for (group, o) in groups.zip(&mut outs) {
+                $ty::rows::<ROWS>(group, blocks_per_row, acts, n, o);
+            }
+            let o = outs.into_remainder();
+            for (row, o) in rest.chunks_exact(blocks_per_row).zip(o.chunks_exact_mut(n)) {
+                $ty::rows::<1>(row, blocks_per_row, acts, n, o);
+            }
+        }
+
+        mod $ty {
+            use super::*;
+
+            /// `R` consecutive rows (`blocks`, `out` `[R, n]`) side by side: each row keeps
+            /// its own accumulator and order of blocks, so its sum has the same bits as alone,
+            /// and the rows' independent additions overlap instead of waiting on one chain.
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub(super) fn rows<const R: usize>(
+                blocks: &[[u8; $bytes]],
+                blocks_per_row: usize,
+                acts: &SmallActs,
+                n: usize,
+                out: &mut [f32],
+            ) {
+                let (qs, _) = acts.qs.as_chunks::<QK>();
+                let rows: [&[[u8; $bytes]]; R] =
+                    std::array::from_fn(|k| &blocks[k * blocks_per_row..][..blocks_per_row]);
+                for i in 0..n {
+                    let qs = &qs[i * blocks_per_row..][..blocks_per_row];
+                    let ds = &acts.d[i * blocks_per_row..][..blocks_per_row];
+                    let mut acc = [_mm256_setzero_ps(); R];
+                    let mut min_sum = [0.0f32; R];
+                    for b in 0..blocks_per_row {
                         let a = i * blocks_per_row + b;
                         // SAFETY: the chunk holds 32 bytes; unaligned loads are allowed.
-                        let q = unsafe { _mm256_loadu_si256(qs[a].as_ptr().cast()) };
-                        // |v| with the sign moved onto q: the product stays v·q, and the
-                        // unsigned operand that the byte multiplications need is |v|.
-                        let lanes = $dot(_mm256_sign_epi8(u.v, u.v), _mm256_sign_epi8(q, u.v));
-                        let scale = _mm256_set1_ps(u.d * acts.d[a]);
-                        acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(lanes)));
-                        if $min {
-                            min_sum += u.m * acts.s[a];
+                        let q = unsafe { _mm256_loadu_si256(qs[b].as_ptr().cast()) };
+                        let da = ds[b];
+                        for k in 0..R {
+                            let block = &rows[k][b];
+                            prefetch(block);
+                            let u = super::super::$ty(block);
+                            // |v| with the sign moved onto q: the product stays v·q, and the
+                            // unsigned operand that the byte multiplications need is |v|.
+                            let lanes =
+                                $dot(_mm256_sign_epi8(u.v, u.v), _mm256_sign_epi8(q, u.v));
+                            let scale = _mm256_set1_ps(u.d * da);
+                            acc[k] = _mm256_add_ps(
+                                acc[k],
+                                _mm256_mul_ps(scale, _mm256_cvtepi32_ps(lanes)),
+                            );
+                            if $min {
+                                min_sum[k] += u.m * acts.s[a];
+                            }
                         }
                     }
-                    let mut lanes = [0.0f32; LANES];
-                    // SAFETY: `lanes` holds eight f32; unaligned stores are allowed.
-                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-                    *out = if $min {
-                        lane_sum(&lanes) + min_sum
-                    } else {
-                        lane_sum(&lanes)
-                    };
+                    for k in 0..R {
+                        let mut lanes = [0.0f32; LANES];
+                        // SAFETY: `lanes` holds eight f32; unaligned stores are allowed.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]) };
+                        out[k * n + i] = if $min {
+                            lane_sum(&lanes) + min_sum[k]
+                        } else {
+                            lane_sum(&lanes)
+                        };
+                    }
                 }
             }
         }
