@@ -11,7 +11,7 @@
 #                    never invalidate each other's artifacts:
 #                      rustup: ${CARGO_TARGET_DIR:-$HOME/.cache/refusal-lens/target}
 #                      debian: the same path with "-wasm" appended
-#   plus RUSTFLAGS and (debian) RUSTC_BOOTSTRAP, CARGO_UNSTABLE_BUILD_STD, PATH, linker.
+#   plus RUSTFLAGS, CARGO_PROFILE_RELEASE_DEBUG=false and (debian) RUSTC_BOOTSTRAP, CARGO_UNSTABLE_BUILD_STD, PATH, linker.
 #
 # Override the choice with REFUSAL_WASM_TOOLCHAIN=rustup|debian.
 
@@ -35,6 +35,9 @@ WASM_TOOLCHAIN="$REFUSAL_WASM_TOOLCHAIN"
 
 # The getrandom 0.3/0.4 browser backend is chosen by cfg; SIMD128 works in every current browser.
 export RUSTFLAGS='--cfg getrandom_backend="wasm_js" -C target-feature=+simd128'
+# No line tables in the wasm: wasm-opt strips them anyway, and with them cargo's output is
+# about 300 MB, which made the cold build and wasm-opt take minutes longer.
+export CARGO_PROFILE_RELEASE_DEBUG=false
 
 case "$WASM_TOOLCHAIN" in
     rustup)
