@@ -115,10 +115,7 @@ fn packed_output_round_trips_bit_exactly(method: Method, ty: GgmlType) {
     for p in &compressed.packed {
         let info = reread.tensor(&load::names::gguf(p.name)).unwrap();
         assert_eq!(info.ggml_type, ty);
-        assert_eq!(
-            reread.tensor_bytes(&written, info).unwrap(),
-            p.bytes.as_slice()
-        );
+        assert_eq!(reread.tensor_bytes(&written, info).unwrap(), &p.bytes[..]);
     }
     let reloaded = load::gguf_model(
         "written",

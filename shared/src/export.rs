@@ -130,7 +130,7 @@ pub fn gguf_with_weights<'a>(
     };
     for info in &source.tensors {
         if let Some(p) = packed.remove(&info.name) {
-            writer.tensor(&info.name, info.dims.clone(), p.ty, p.bytes.as_slice())?;
+            writer.tensor(&info.name, info.dims.clone(), p.ty, &p.bytes[..])?;
         } else if let Some(w) = new.remove(&info.name) {
             add(&mut writer, &info.name, w)?;
         } else {

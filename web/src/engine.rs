@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::Device;
+use bytes::Bytes;
 use js_sys::{Array, Function, Promise, Uint8Array};
 use refusal_core::chat::FormattedPrompt;
 use refusal_core::defaults;
@@ -123,7 +124,7 @@ pub struct DirectionInput {
 pub type Report = GenerateReport<EngineInfo>;
 
 /// Checkpoint files by name; every name a checkpoint needs is looked up here.
-struct Files(HashMap<String, Vec<u8>>);
+struct Files(HashMap<String, Bytes>);
 
 impl Files {
     fn from_js(names: &Array, contents: &Array) -> Result<Files, String> {
@@ -142,21 +143,21 @@ impl Files {
                 .map_err(|_| format!("{name}: the contents are not a Uint8Array"))?;
             // Only the base name counts: a dropped folder gives "dir/config.json".
             let base = name.rsplit('/').next().unwrap_or(&name).to_owned();
-            if files.insert(base.clone(), bytes.to_vec()).is_some() {
+            if files.insert(base.clone(), bytes.to_vec().into()).is_some() {
                 return Err(format!("{base} is given twice"));
             }
         }
         Ok(Files(files))
     }
 
-    fn gguf(&self) -> Option<(&String, &Vec<u8>)> {
+    fn gguf(&self) -> Option<(&String, &Bytes)> {
         self.0
             .iter()
             .find(|(n, b)| n.to_ascii_lowercase().ends_with(".gguf") || b.starts_with(b"GGUF"))
     }
 
     fn required(&self, name: &str) -> Result<&[u8], String> {
-        self.0.get(name).map(Vec::as_slice).ok_or_else(|| {
+        self.0.get(name).map(|b| &b[..]).ok_or_else(|| {
             format!(
                 "{name} is missing: a Hugging Face checkpoint needs config.json, tokenizer.json \
                  and its .safetensors files (or give one .gguf file); given: {}",
@@ -222,9 +223,13 @@ impl Engine {
         if let Some((name, bytes)) = files.gguf() {
             let file = gguf::parse(name, bytes).map_err(|e| e.to_string())?;
             let text = load::gguf_text_assets(name, &file).map_err(|e| e.to_string())?;
-            let llama =
-                load::gguf_model(name, &file, bytes, device, LoadOptions::default(), progress)
-                    .map_err(|e| e.to_string())?;
+            // The blocks stay views into the file: a copy would double the tab's memory.
+            let options = LoadOptions {
+                views: Some(bytes),
+                ..LoadOptions::default()
+            };
+            let llama = load::gguf_model(name, &file, bytes, device, options, progress)
+                .map_err(|e| e.to_string())?;
             let model_name = file
                 .get("general.name")
                 .and_then(|v| v.as_str())
@@ -248,7 +253,7 @@ impl Engine {
             .0
             .iter()
             .filter(|(n, _)| n.ends_with(".safetensors"))
-            .map(|(n, b)| (n.clone(), b.as_slice()))
+            .map(|(n, b)| (n.clone(), &b[..]))
             .collect();
         if shards.is_empty() {
             files.required("model.safetensors")?;
@@ -256,7 +261,7 @@ impl Engine {
         shards.sort_by(|a, b| a.0.cmp(&b.0));
         let text = load::hf_text_assets(
             tokenizer,
-            files.0.get("tokenizer_config.json").map(Vec::as_slice),
+            files.0.get("tokenizer_config.json").map(|b| &b[..]),
             files
                 .0
                 .get("chat_template.jinja")

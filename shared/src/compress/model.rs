@@ -4,6 +4,7 @@
 //! measured on one pass of the block as loaded. Embedding, norms and head are left as they are.
 
 use burn::tensor::{Int, Tensor, TensorData};
+use bytes::Bytes;
 
 use crate::gguf::{GgmlType, dequantize, fits_rows, quantize};
 use crate::load::names;
@@ -35,7 +36,8 @@ pub const LINEARS: [BlockWeight; 7] = [
 pub struct PackedWeight {
     pub name: WeightName,
     pub ty: GgmlType,
-    pub bytes: Vec<u8>,
+    /// The same buffer as the compressed model's blocks (on the CPU), not a copy.
+    pub bytes: Bytes,
 }
 
 /// What compression did to one linear layer.
@@ -325,7 +327,7 @@ fn calibration_batches(
 pub struct MatrixOutcome {
     pub bits_per_weight: f64,
     /// The GGUF type and bytes, for [`Method::Ggml`] and the grids a GGUF type stores.
-    pub packed: Option<(GgmlType, Vec<u8>)>,
+    pub packed: Option<(GgmlType, Bytes)>,
     /// The type actually stored when the one asked for does not fit the rows.
     pub fallback_type: Option<String>,
     /// Damping added to `H` by the Hessian-based methods.
@@ -376,7 +378,7 @@ pub fn compress_matrix(
             if stored != ty {
                 outcome.fallback_type = Some(stored.name().to_ascii_lowercase());
             }
-            outcome.packed = Some((stored, bytes));
+            outcome.packed = Some((stored, bytes.into()));
         }
         Method::Magnitude(s) => {
             s.check(tensor, w.cols)?;
@@ -403,7 +405,7 @@ fn packed_grid(
     grid: QuantGrid,
     scales: &[GroupScale],
     tensor: &str,
-) -> Result<Option<(GgmlType, Vec<u8>)>, CompressError> {
+) -> Result<Option<(GgmlType, Bytes)>, CompressError> {
     let Some((ty, bytes)) = grid.pack(w, scales) else {
         return Ok(None);
     };
@@ -411,7 +413,7 @@ fn packed_grid(
         tensor: tensor.to_owned(),
         source,
     })?;
-    Ok(Some((ty, bytes)))
+    Ok(Some((ty, bytes.into())))
 }
 
 /// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a

@@ -5,6 +5,7 @@
 //! dimensions, and leaves Qwen2 checkpoints as Hugging Face stores them (NeoX pairing); the
 //! config records which pairing the file's rows expect.
 
+use bytes::Bytes;
 use half::{bf16, f16};
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, MetadataValue};
@@ -173,6 +174,9 @@ pub struct GgufWeights<'a> {
     /// Told the byte range of each tensor once it is copied (the file is the only shard: its
     /// index is 0), so that a memory-mapped file need not stay resident beside the model.
     pub release: Option<ReleaseBytes<'a>>,
+    /// `bytes` as a shared buffer, when the caller has one: blocks are then views into it
+    /// instead of copies.
+    pub views: Option<&'a Bytes>,
 }
 
 /// A tensor's type, bytes (bounds-checked) and row-major shape.
@@ -265,7 +269,11 @@ impl WeightSource for GgufWeights<'_> {
                     .map(|b| bf16::from_le_bytes(*b))
                     .collect(),
             ),
-            _ => StoredValues::Blocks(ty, data.to_vec()),
+            _ => StoredValues::Blocks(
+                ty,
+                self.views
+                    .map_or_else(|| Bytes::copy_from_slice(data), |file| file.slice_ref(data)),
+            ),
         };
         self.released(data);
         Ok(Some(StoredTensor { shape, values }))

@@ -481,6 +481,7 @@ mod tests {
             LoadOptions {
                 storage: WeightStorage::AsStored,
                 release: Some(&mut release),
+                ..Default::default()
             },
             &mut |_, _| {},
         )
@@ -522,6 +523,7 @@ mod tests {
             LoadOptions {
                 storage: WeightStorage::F32,
                 release: None,
+                ..Default::default()
             },
             &mut |_, _| {},
         )

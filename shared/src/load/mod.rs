@@ -6,6 +6,7 @@ pub mod hf;
 pub mod names;
 
 use burn::tensor::Device;
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::chat::{self, ChatError, ChatTemplate};
@@ -117,6 +118,10 @@ pub struct LoadOptions<'a> {
     /// Told which file bytes each weight came from once they are copied (see
     /// [`hf::SafetensorsWeights::releasing`]).
     pub release: Option<hf::ReleaseBytes<'a>>,
+    /// A GGUF file's bytes, the very buffer given to [`gguf_model`], held shared: the model's
+    /// blocks become views into it rather than copies. The browser gives it, since its memory
+    /// never shrinks and would otherwise hold the file and a copy of its blocks at once.
+    pub views: Option<&'a Bytes>,
 }
 
 /// Loads the decoder of a GGUF file (parsed with [`gguf::parse`] from `bytes`), calling
@@ -133,10 +138,17 @@ pub fn gguf_model<'a>(
         file: file_name.into(),
         source,
     })?;
+    assert!(
+        options
+            .views
+            .is_none_or(|v| std::ptr::eq(v.as_ref(), bytes)),
+        "`views` must be the buffer of `bytes`"
+    );
     let mut source = gguf::GgufWeights {
         file,
         bytes,
         release: options.release,
+        views: options.views,
     };
     weights::build(config, &mut source, device, options.storage, progress).map_err(|source| {
         LoadError::Weights {

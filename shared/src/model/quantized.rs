@@ -16,12 +16,11 @@
 //! The blocks are host memory: models keep them only on the CPU backend (see
 //! [`super::weights::build`]).
 
-use std::sync::Arc;
-
 use burn::module::{
     Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use bytes::Bytes;
 
 use crate::gguf::dot::{self, Isa};
 use crate::gguf::quant::check_sizes;
@@ -47,9 +46,9 @@ pub struct QuantizedMatrix {
     ty: GgmlType,
     rows: usize,
     cols: usize,
-    /// An `Arc<Vec>` rather than an `Arc<[u8]>`, whose conversion from the loader's `Vec` would
-    /// copy the largest allocation of the model once more.
-    bytes: Arc<Vec<u8>>,
+    /// Shared, not copied: clones of the model, and a view into the file it was read from
+    /// (see [`crate::load::LoadOptions::views`]), hold the same bytes.
+    bytes: Bytes,
     terms: Vec<Term>,
 }
 
@@ -74,7 +73,13 @@ impl QuantizedMatrix {
     ///
     /// [`GgufError::UnsupportedKernel`] for a float type, [`GgufError::NotBlockMultiple`] for
     /// rows that are not whole blocks, [`GgufError::DataSizeMismatch`] for a wrong byte count.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, GgufError> {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: impl Into<Bytes>,
+    ) -> Result<Self, GgufError> {
+        let bytes = bytes.into();
         if !dot::has_kernel(ty) {
             return Err(GgufError::UnsupportedKernel { ty: ty.name() });
         }
@@ -90,7 +95,7 @@ impl QuantizedMatrix {
             ty,
             rows,
             cols,
-            bytes: Arc::new(bytes),
+            bytes,
             terms: Vec::new(),
         })
     }

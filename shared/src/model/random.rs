@@ -97,7 +97,7 @@ impl WeightSource for RandomBlocks {
             let values = if t.shape.len() == 2 {
                 let bytes = crate::gguf::quantize(self.1, &t.data)
                     .unwrap_or_else(|e| panic!("a test model's widths fit {}: {e}", self.1));
-                StoredValues::Blocks(self.1, bytes)
+                StoredValues::Blocks(self.1, bytes.into())
             } else {
                 StoredValues::F32(t.data)
             };

@@ -11,6 +11,7 @@
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use bytes::Bytes;
 use half::{bf16, f16};
 use thiserror::Error;
 
@@ -100,7 +101,7 @@ pub enum StoredValues {
     BF16(Vec<bf16>),
     /// GGML blocks of a block type (GGUF's Q4_0, Q4_K, ...), as the file stores them; the
     /// byte count has been checked against the tensor's shape.
-    Blocks(GgmlType, Vec<u8>),
+    Blocks(GgmlType, Bytes),
 }
 
 impl StoredValues {
