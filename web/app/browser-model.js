@@ -207,7 +207,8 @@ export function browserModelPanel(serverModels) {
           ? `downloading ${bytes(e.done)}${e.total ? ` of ${bytes(e.total)}` : ''}`
           : `loading weights ${e.done} / ${e.total}`;
       });
-      state.textContent = `loaded in ${(info.download_s + info.load_s).toFixed(1)} s${info.from_cache ? ' (from this browser’s cache)' : ''}`;
+      state.textContent = `loaded in ${(info.download_s + info.load_s).toFixed(1)} s${info.from_cache ? ' (from this browser’s cache)' : ''}`
+        + (engine.memoryBytes ? ` · the engine holds ${bytes(engine.memoryBytes)} of this tab's memory` : '');
       if (info.fell_back) errors.replaceChildren(message(`WebGPU failed (${info.fell_back}); the model runs on the CPU.`, 'info'));
     } catch (e) {
       state.textContent = e instanceof Cancelled ? 'cancelled' : 'failed';

@@ -27,9 +27,13 @@ self.onmessage = async ({ data: msg }) => {
     cancelRequested = true;
     return;
   }
-  const post = (type, fields = {}, transfer = []) => self.postMessage({ id: msg.id, type, ...fields }, transfer);
+  let wasm = null;
+  // Every answer says how large the engine's memory has grown (it never shrinks).
+  const post = (type, fields = {}, transfer = []) => self.postMessage({
+    id: msg.id, type, ...fields, ...(type === 'done' && wasm ? { memory: wasm.memory.buffer.byteLength } : {}),
+  }, transfer);
   try {
-    await ready;
+    wasm = await ready;
     switch (msg.type) {
       case 'inspect':
         post('done', { result: await inspect(msg.source) });

@@ -24,6 +24,8 @@ class BrowserEngine {
     /** The source of the loaded model, as load() was given it. */
     this.source = null;
     this.listeners = new Set();
+    /** Bytes of the engine's WebAssembly memory after the last call (it never shrinks). */
+    this.memoryBytes = null;
   }
 
   /** `fn(info)` whenever a model is loaded or dropped; returns the unsubscribe function. */
@@ -51,6 +53,7 @@ class BrowserEngine {
         return;
       }
       this.pending.delete(data.id);
+      if (data.memory) this.memoryBytes = data.memory;
       if (data.type === 'done') call.resolve(data.result);
       else if (data.error === 'cancelled') call.reject(new Cancelled());
       else call.reject(new Error(data.error));
@@ -66,6 +69,7 @@ class BrowserEngine {
   reset(error) {
     this.worker?.terminate();
     this.worker = null;
+    this.memoryBytes = null;
     for (const call of this.pending.values()) call.reject(error);
     this.pending.clear();
     this.setInfo(null);
