@@ -54,7 +54,6 @@ pub fn load_builtin_as(model: BuiltinModel, storage: WeightStorage) -> Llama {
     let options = load::LoadOptions {
         storage,
         release: None,
-        ..Default::default()
     };
     load::gguf_model(&name, &file, &bytes, &device, options, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{e}"))

@@ -254,7 +254,6 @@ impl Checkpoint {
                 let options = LoadOptions {
                     storage,
                     release: Some(&mut release),
-                    ..Default::default()
                 };
                 load::gguf_model(
                     &path.display().to_string(),
@@ -277,7 +276,6 @@ impl Checkpoint {
                 let options = LoadOptions {
                     storage,
                     release: Some(&mut release),
-                    ..Default::default()
                 };
                 load::hf_model(config_json, &slices, device, options, progress)?
             }

@@ -224,12 +224,15 @@ impl Engine {
             let file = gguf::parse(name, bytes).map_err(|e| e.to_string())?;
             let text = load::gguf_text_assets(name, &file).map_err(|e| e.to_string())?;
             // The blocks stay views into the file: a copy would double the tab's memory.
-            let options = LoadOptions {
-                views: Some(bytes),
-                ..LoadOptions::default()
-            };
-            let llama = load::gguf_model(name, &file, bytes, device, options, progress)
-                .map_err(|e| e.to_string())?;
+            let llama = load::gguf_model_viewing(
+                name,
+                &file,
+                bytes,
+                device,
+                LoadOptions::default(),
+                progress,
+            )
+            .map_err(|e| e.to_string())?;
             let model_name = file
                 .get("general.name")
                 .and_then(|v| v.as_str())

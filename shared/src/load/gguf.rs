@@ -174,8 +174,8 @@ pub struct GgufWeights<'a> {
     /// Told the byte range of each tensor once it is copied (the file is the only shard: its
     /// index is 0), so that a memory-mapped file need not stay resident beside the model.
     pub release: Option<ReleaseBytes<'a>>,
-    /// `bytes` as a shared buffer, when the caller has one: blocks are then views into it
-    /// instead of copies.
+    /// `bytes` as a shared buffer, when the caller has one (see
+    /// [`super::gguf_model_viewing`]): blocks are then views into it instead of copies.
     pub views: Option<&'a Bytes>,
 }
 

@@ -481,7 +481,6 @@ mod tests {
             LoadOptions {
                 storage: WeightStorage::AsStored,
                 release: Some(&mut release),
-                ..Default::default()
             },
             &mut |_, _| {},
         )
@@ -523,7 +522,6 @@ mod tests {
             LoadOptions {
                 storage: WeightStorage::F32,
                 release: None,
-                ..Default::default()
             },
             &mut |_, _| {},
         )

@@ -118,10 +118,6 @@ pub struct LoadOptions<'a> {
     /// Told which file bytes each weight came from once they are copied (see
     /// [`hf::SafetensorsWeights::releasing`]).
     pub release: Option<hf::ReleaseBytes<'a>>,
-    /// A GGUF file's bytes, the very buffer given to [`gguf_model`], held shared: the model's
-    /// blocks become views into it rather than copies. The browser gives it, since its memory
-    /// never shrinks and would otherwise hold the file and a copy of its blocks at once.
-    pub views: Option<&'a Bytes>,
 }
 
 /// Loads the decoder of a GGUF file (parsed with [`gguf::parse`] from `bytes`), calling
@@ -134,21 +130,49 @@ pub fn gguf_model<'a>(
     options: LoadOptions<'a>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Llama, LoadError> {
+    gguf_model_from(file_name, file, bytes, None, device, options, progress)
+}
+
+/// [`gguf_model`] from the file's bytes held shared: the model's blocks are views into them
+/// rather than copies. The browser loads this way, since its memory never shrinks and would
+/// otherwise hold the file and a copy of its blocks at once.
+pub fn gguf_model_viewing<'a>(
+    file_name: &str,
+    file: &'a GgufFile,
+    bytes: &'a Bytes,
+    device: &Device,
+    options: LoadOptions<'a>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Llama, LoadError> {
+    gguf_model_from(
+        file_name,
+        file,
+        bytes,
+        Some(bytes),
+        device,
+        options,
+        progress,
+    )
+}
+
+fn gguf_model_from<'a>(
+    file_name: &str,
+    file: &'a GgufFile,
+    bytes: &'a [u8],
+    views: Option<&'a Bytes>,
+    device: &Device,
+    options: LoadOptions<'a>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Llama, LoadError> {
     let config = gguf::config(file, bytes).map_err(|source| LoadError::Config {
         file: file_name.into(),
         source,
     })?;
-    assert!(
-        options
-            .views
-            .is_none_or(|v| std::ptr::eq(v.as_ref(), bytes)),
-        "`views` must be the buffer of `bytes`"
-    );
     let mut source = gguf::GgufWeights {
         file,
         bytes,
         release: options.release,
-        views: options.views,
+        views,
     };
     weights::build(config, &mut source, device, options.storage, progress).map_err(|source| {
         LoadError::Weights {

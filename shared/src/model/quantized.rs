@@ -47,7 +47,7 @@ pub struct QuantizedMatrix {
     rows: usize,
     cols: usize,
     /// Shared, not copied: clones of the model, and a view into the file it was read from
-    /// (see [`crate::load::LoadOptions::views`]), hold the same bytes.
+    /// (see [`crate::load::gguf_model_viewing`]), hold the same bytes.
     bytes: Bytes,
     terms: Vec<Term>,
 }
