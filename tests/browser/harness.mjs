@@ -61,18 +61,47 @@ export async function open(page, url) {
   if (state !== 'ready') throw new Error(`the page failed: ${await page.textContent('main')}`);
 }
 
-/** The job panel's final state (succeeded, failed, cancelled). */
-export async function jobEnd(page, scope = 'main') {
+/** The job panel's final state (succeeded, failed, cancelled), waiting up to `timeout` ms. */
+export async function jobEnd(page, scope = 'main', timeout = JOB_TIMEOUT_MS) {
   await page.waitForFunction((sel) => {
     const p = document.querySelector(`${sel} .job-panel`);
     return p && ['succeeded', 'failed', 'cancelled'].includes(p.dataset.state);
-  }, scope, { timeout: JOB_TIMEOUT_MS });
+  }, scope, { timeout });
   return page.evaluate((sel) => {
     const p = document.querySelector(`${sel} .job-panel`);
     return { state: p.dataset.state, text: p.textContent };
   }, scope);
 }
 
+/** Loads a model through the page's "Run a model in this browser" panel. */
+export async function loadInBrowser(page, { kind, value, backend }) {
+  await page.selectOption('main form select[name=model]', 'browser:');
+  await page.selectOption('.browser-model select[name=source-kind]', kind);
+  if (kind === 'server') await page.selectOption('.browser-model select[name=server-model]', value);
+  if (kind === 'url') {
+    await page.fill('.browser-model input[name=model-url]', value);
+    await page.dispatchEvent('.browser-model input[name=model-url]', 'change');
+  }
+  await page.selectOption('.browser-model select[name=backend]', backend);
+  await page.waitForFunction(() => {
+    const b = [...document.querySelectorAll('.browser-model button')].find((x) => x.textContent === 'Download and load');
+    return b && !b.disabled;
+  }, null, { timeout: 60_000 });
+  const needs = await page.textContent('.browser-model .needs');
+  await page.click('.browser-model button:text("Download and load")');
+  await page.waitForSelector(`.browser-model .loaded-model[data-loaded=${backend}]`, { timeout: JOB_TIMEOUT_MS });
+  return { needs, state: await page.textContent('.browser-model .job-detail') };
+}
+
+/** The panel's final state after a run. */
+async function runEnd(page) {
+  await page.waitForFunction(() => ['succeeded', 'failed', 'cancelled']
+    .includes(document.querySelector('main .job-panel')?.dataset.state), null, { timeout: JOB_TIMEOUT_MS });
+  return page.evaluate(() => {
+    const p = document.querySelector('main .job-panel');
+    return { state: p.dataset.state, text: p.textContent };
+  });
+}
 
 // ------------------------------------------------------------------ a static host
 const MIME = {

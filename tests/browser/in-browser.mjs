@@ -47,42 +47,12 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
   ROOT, BIN, MODELS, MODEL, DIST, SHOTS, CHROMIUM, JOB_TIMEOUT_MS,
-  startServer, apiGet, check, open, serveStatic, Checks, run,
+  startServer, apiGet, check, open, jobEnd, loadInBrowser, serveStatic, Checks, run,
 } from './harness.mjs';
 
 const EXPECTED = process.env.APP_EXPECTED;
 const ATOL = Number(process.env.APP_ATOL || 1e-4);
 const RTOL = Number(process.env.APP_RTOL || 1e-4);
-/** Loads a model through the page's "Run a model in this browser" panel. */
-async function loadInBrowser(page, { kind, value, backend }) {
-  await page.selectOption('main form select[name=model]', 'browser:');
-  await page.selectOption('.browser-model select[name=source-kind]', kind);
-  if (kind === 'server') await page.selectOption('.browser-model select[name=server-model]', value);
-  if (kind === 'url') {
-    await page.fill('.browser-model input[name=model-url]', value);
-    await page.dispatchEvent('.browser-model input[name=model-url]', 'change');
-  }
-  await page.selectOption('.browser-model select[name=backend]', backend);
-  await page.waitForFunction(() => {
-    const b = [...document.querySelectorAll('.browser-model button')].find((x) => x.textContent === 'Download and load');
-    return b && !b.disabled;
-  }, null, { timeout: 60_000 });
-  const needs = await page.textContent('.browser-model .needs');
-  await page.click('.browser-model button:text("Download and load")');
-  await page.waitForSelector(`.browser-model .loaded-model[data-loaded=${backend}]`, { timeout: JOB_TIMEOUT_MS });
-  return { needs, state: await page.textContent('.browser-model .job-detail') };
-}
-
-/** The panel's final state after a run. */
-async function runEnd(page) {
-  await page.waitForFunction(() => ['succeeded', 'failed', 'cancelled']
-    .includes(document.querySelector('main .job-panel')?.dataset.state), null, { timeout: JOB_TIMEOUT_MS });
-  return page.evaluate(() => {
-    const p = document.querySelector('main .job-panel');
-    return { state: p.dataset.state, text: p.textContent };
-  });
-}
-
 /** Clicks Share and reads the result back from its #/s/ link: {link, report}. */
 async function sharedReport(page) {
   await page.click('.share-bar button.share');
@@ -213,7 +183,7 @@ async function main() {
       await page.fill('#playground-form textarea[name=prompt]', prompt);
       await setMaxTokens(page, 12);
       await page.click('#playground-form button[type=submit]');
-      const end = await runEnd(page);
+      const end = await jobEnd(page);
       check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
       const got = await columnTexts(page);
       check(Object.keys(got).length === 4, `${Object.keys(got).length} columns, expected 4`);
@@ -243,7 +213,7 @@ async function main() {
       await page.dispatchEvent('#playground-form input[name=compressed]', 'input');
       await page.fill('#playground-form input[name=aird-prompts]', '8');
       await page.click('#playground-form button[type=submit]');
-      const end = await runEnd(page);
+      const end = await jobEnd(page);
       check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
       const got = await columnTexts(page);
       check(Object.keys(got).join() === Object.keys(want).join(), `columns ${Object.keys(got)}, the server's ${Object.keys(want)}`);
@@ -284,12 +254,12 @@ async function main() {
       await page.click('#playground-form button[type=submit]');
       await page.waitForFunction(() => (document.querySelector('main .job-panel progress')?.value || 0) >= 3, null, { timeout: 60_000 });
       await page.click('main .job-panel button:text("Cancel")');
-      const end = await runEnd(page);
+      const end = await jobEnd(page);
       check(end.state === 'cancelled', `the run ended ${end.state}: ${end.text}`);
       const done = await page.evaluate(() => document.querySelector('main .job-panel progress').value);
       await setMaxTokens(page, 3);
       await page.click('#playground-form button[type=submit]');
-      const again = await runEnd(page);
+      const again = await jobEnd(page);
       check(again.state === 'succeeded', `after Cancel, a new run ended ${again.state}: ${again.text}`);
       return `stopped after ${done} tokens of 1600; the next run succeeded`;
     });
@@ -348,7 +318,7 @@ async function main() {
         await p.fill('#directions-form input[name=n-val]', '2');
         await p.fill('#directions-form input[name=select]', '1:-1');
         await p.click('#directions-form button[type=submit]');
-        const end = await runEnd(p);
+        const end = await jobEnd(p);
         check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
         const info = await p.evaluate(async () => {
           const a = [...document.querySelectorAll('.directions-result .files a')].find((x) => x.textContent === 'direction.safetensors');
@@ -401,7 +371,7 @@ async function main() {
         await p.fill('#playground-form textarea[name=prompt]', 'Write a short poem about the sea');
         await setMaxTokens(p, 6);
         await p.click('#playground-form button[type=submit]');
-        const gen = await runEnd(p);
+        const gen = await jobEnd(p);
         check(gen.state === 'succeeded', `the playground run ended ${gen.state}: ${gen.text}`);
         const cols = await columnTexts(p);
         check(Object.keys(cols).length === 4, `${Object.keys(cols).length} columns`);
@@ -413,7 +383,7 @@ async function main() {
         check(await p.isVisible('.content-warning'), 'no content warning before the harmful example');
         await p.click('.content-warning button');
         await p.click('.learn-step button:text("Generate: base and ablated")');
-        const learn = await runEnd(p);
+        const learn = await jobEnd(p);
         check(learn.state === 'succeeded', `the Learn run ended ${learn.state}: ${learn.text}`);
         const learnCols = await columnTexts(p);
         check(Object.keys(learnCols).join() === 'none,ablate', `Learn shows ${Object.keys(learnCols)}`);
@@ -434,7 +404,7 @@ async function main() {
         await p.click('#directions-form button[type=submit]');
         await p.waitForFunction(() => document.querySelector('main .job-panel')?.dataset.state === 'progress', null, { timeout: 60_000 });
         await p.click('main .job-panel button:text("Cancel")');
-        const end = await runEnd(p);
+        const end = await jobEnd(p);
         check(end.state === 'cancelled', `the run ended ${end.state}: ${end.text}`);
         await p.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: 60_000 });
 
@@ -443,7 +413,7 @@ async function main() {
         await p.fill('#directions-form input[name=n-val]', '2');
         await p.selectOption('#directions-form select[name=positions]', 'last');
         await p.click('#directions-form button[type=submit]');
-        const again = await runEnd(p);
+        const again = await jobEnd(p);
         check(again.state === 'succeeded', `the last-token run ended ${again.state}: ${again.text}`);
         const cells = await p.evaluate(() => [...document.querySelectorAll('.directions-result svg.heatmap')]
           .map((svg) => svg.querySelectorAll('rect[data-value]').length));
@@ -542,7 +512,7 @@ async function main() {
         await p.fill('#compare-form input[name=max-layer-fraction]', '1');
         await p.fill('#compare-form input[name=fallback-kl-max]', '100');
         await p.click('#compare-form button[type=submit]');
-        const end = await runEnd(p);
+        const end = await jobEnd(p);
         check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
         const lines = await p.evaluate(() => document.querySelectorAll('.compare-result svg.lineplot path.series').length);
         check(lines === 1, `${lines} cosine curves`);
@@ -598,7 +568,7 @@ async function main() {
         await p.fill('#aird-form input[name=layer]', '1');
         await p.fill('#aird-form input[name=alpha]', '0, 1');
         await p.click('#aird-form button[type=submit]');
-        const end = await runEnd(p);
+        const end = await jobEnd(p);
         check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
         const bars = await p.evaluate(() => document.querySelectorAll('.aird-result svg.barchart').length);
         check(bars === 2, `${bars} bar charts`);

@@ -19,7 +19,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { DIST, SHOTS, CHROMIUM, check, open, serveStatic, Checks, run } from './harness.mjs';
+import {
+  DIST, SHOTS, CHROMIUM, check, open, jobEnd, loadInBrowser, serveStatic, Checks, run,
+} from './harness.mjs';
 
 const GGUF = process.env.QWEN_GGUF;
 const MEMORY_BOUND = Number(process.env.QWEN_TAB_MEMORY || 2 ** 30);
@@ -31,16 +33,6 @@ const engineMemory = (page) => page.evaluate(async () => {
   const { engine } = await import(new URL('app/engine.js', location.href).href);
   return engine.memoryBytes;
 });
-
-/** Waits for the page's run to end; its state and text. */
-async function runEnd(page) {
-  await page.waitForFunction(() => ['succeeded', 'failed', 'cancelled']
-    .includes(document.querySelector('main .job-panel')?.dataset.state), null, { timeout: TIMEOUT_MS, polling: 1000 });
-  return page.evaluate(() => {
-    const p = document.querySelector('main .job-panel');
-    return { state: p.dataset.state, text: p.textContent };
-  });
-}
 
 async function main() {
   check(GGUF && fs.existsSync(GGUF), `QWEN_GGUF (${GGUF}) is not a file`);
@@ -70,26 +62,18 @@ async function main() {
   try {
     await checks.record('load', () => timed('load', async () => {
       await open(page, `${base}/#/compare`);
-      await page.selectOption('main form select[name=model]', 'browser:');
-      await page.selectOption('.browser-model select[name=source-kind]', 'url');
-      await page.fill('.browser-model input[name=model-url]', url);
-      await page.dispatchEvent('.browser-model input[name=model-url]', 'change');
-      await page.selectOption('.browser-model select[name=backend]', 'cpu');
-      await page.waitForFunction(() => [...document.querySelectorAll('.browser-model button')]
-        .some((b) => b.textContent === 'Download and load' && !b.disabled), null, { timeout: 120_000 });
-      await page.click('.browser-model button:text("Download and load")');
-      await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: TIMEOUT_MS });
+      const { state } = await loadInBrowser(page, { kind: 'url', value: url, backend: 'cpu' });
       await checks.shot(page, 'loaded');
       const memory = await engineMemory(page);
       check(memory <= MEMORY_BOUND, `the engine holds ${MiB(memory)} after loading, more than ${MiB(MEMORY_BOUND)}`);
-      return { state: await page.textContent('.browser-model .job-detail') };
+      return { state };
     }));
 
     await checks.record('compare', () => timed('compare', async () => {
       await page.check('#compare-form input[name=aird]');
       const recipes = await page.$$eval('#compare-form input[name=recipe]:checked', (xs) => xs.map((x) => x.value));
       await page.click('#compare-form button[type=submit]');
-      const end = await runEnd(page);
+      const end = await jobEnd(page, 'main', TIMEOUT_MS);
       await checks.shot(page, 'compare');
       check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text.slice(0, 300)}`);
       const text = await page.textContent('.compare-result h2');
@@ -109,7 +93,7 @@ async function main() {
       await page.fill('#aird-form input[name=layer]', String(layer));
       const recipe = await page.$eval('#aird-form input[name=recipe]:checked', (x) => x.value);
       await page.click('#aird-form button[type=submit]');
-      const end = await runEnd(page);
+      const end = await jobEnd(page, 'main', TIMEOUT_MS);
       await checks.shot(page, 'repair');
       check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text.slice(0, 300)}`);
       return { recipe, layer };
