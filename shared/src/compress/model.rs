@@ -3,10 +3,10 @@
 //! calibrated on the inputs it will really see; within a block all seven linear layers are
 //! measured on one pass of the block as loaded. Embedding, norms and head are left as they are.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use bytes::Bytes;
 
-use crate::gguf::{GgmlType, dequantize, fits_rows, quantize};
+use crate::gguf::{GgmlType, dequantize, fits_rows, quantize, zeroed};
 use crate::load::names;
 use crate::model::llama::{Block, Linear, Weight};
 use crate::model::quantized::QuantizedMatrix;
@@ -50,8 +50,9 @@ pub struct LinearReport {
     pub cols: usize,
     /// Fraction of zero weights after compression.
     pub sparsity: f64,
-    /// Storage cost of the compressed weight (16 for weights only pruned, which a file stores
-    /// as f16 or wider; the zeros are not packed).
+    /// Storage cost of the compressed weight as kept (a pruned weight of a quantized model: its
+    /// block type's, or 16 in f16; of a dense model: 16, which a file stores as f16 or wider;
+    /// the zeros are not packed).
     pub bits_per_weight: f64,
     /// `||W' - W||_F / ||W||_F`.
     pub weight_error: f64,
@@ -62,9 +63,10 @@ pub struct LinearReport {
     pub fallback_type: Option<String>,
     /// Damping added to `H`'s diagonal by GPTQ / SparseGPT.
     pub damping: Option<f64>,
-    /// The type the compressed model keeps the weight in (`Q4_0`, `F32`, ...): a GGUF block
+    /// The type the compressed model keeps the weight in (`Q4_0`, `F16`, ...): a GGUF block
     /// type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of whole
-    /// 32-input blocks), else the model's dense type. Older manifests lack it.
+    /// 32-input blocks; pruning in a block type with a code for zero), else F16 for a quantized
+    /// model and the model's own type for a dense one. Older manifests lack it.
     #[serde(default)]
     pub stored_as: Option<String>,
 }
@@ -104,11 +106,13 @@ impl Summary {
 /// A compressed model and what was done to each layer.
 pub struct Compressed {
     /// On the CPU, layers packed in a block type are kept as those blocks and multiplied from
-    /// them; every other compressed weight is dense, in the type the weight had (f32 for a
-    /// quantized one).
+    /// them; every other compressed weight is dense: f16 for a quantized model, the type the
+    /// weight had for a dense one.
     pub model: Llama,
     pub layers: Vec<LinearReport>,
-    /// The GGUF bytes of every linear layer, for [`Method::Ggml`] (empty otherwise).
+    /// The GGUF bytes of every linear layer packed in a block type or, of a quantized model,
+    /// kept in f16 (the weights of a dense model compressed by a method no type stores are
+    /// not here).
     pub packed: Vec<PackedWeight>,
     /// Calibration tokens (padding excluded) every layer was measured on.
     pub calibration_tokens: usize,
@@ -193,7 +197,13 @@ pub async fn compress(
             let original = linear_rows(linear).await?;
             let stats = host[input_of(w)].as_ref();
             let mut compressed = original.clone();
-            let outcome = compress_matrix(&mut compressed, method, stats, &tensor)?;
+            let mut outcome = compress_matrix(&mut compressed, method, stats, &tensor)?;
+            if outcome.packed.is_none() {
+                outcome.packed = kept_compact(&linear.weight, method, &compressed, &tensor)?;
+                if let Some((ty, _)) = &outcome.packed {
+                    outcome.bits_per_weight = ty.bits_per_weight();
+                }
+            }
             let blocks = outcome.packed.as_ref().and_then(|(ty, bytes)| {
                 // On the CPU the model multiplies the packed blocks themselves.
                 let [rows, cols] = [original.rows, original.cols];
@@ -201,6 +211,10 @@ pub async fn compress(
                     .then(|| QuantizedMatrix::new(*ty, rows, cols, bytes.clone()).ok())
                     .flatten()
             });
+            let dense_type = match &outcome.packed {
+                Some((GgmlType::F16, _)) => Some(DType::F16),
+                _ => None,
+            };
             if let Some((ty, bytes)) = outcome.packed {
                 packed.push(PackedWeight { name, ty, bytes });
             }
@@ -219,7 +233,7 @@ pub async fn compress(
             };
             match blocks {
                 Some(q) => linear.weight = Weight::Quantized(q),
-                None => set_rows(linear, compressed, &device),
+                None => set_rows(linear, compressed, dense_type, &device),
             }
             report.stored_as = Some(linear.weight.type_name());
             layers.push(report);
@@ -374,7 +388,7 @@ pub fn compress_matrix(
             };
             let bytes = quantize(stored, &w.data).map_err(ggml)?;
             w.data = dequantize(stored, &bytes, w.data.len()).map_err(ggml)?;
-            outcome.bits_per_weight = stored.type_size() as f64 * 8.0 / stored.block_size() as f64;
+            outcome.bits_per_weight = stored.bits_per_weight();
             if stored != ty {
                 outcome.fallback_type = Some(stored.name().to_ascii_lowercase());
             }
@@ -416,6 +430,37 @@ fn packed_grid(
     Ok(Some((ty, bytes.into())))
 }
 
+/// A weight of a model kept in GGML blocks, compressed by a method whose values no block
+/// type stores (pruning, or a grid without a GGML type): the source's own blocks with the
+/// pruned codes set to zero, where the method only prunes and the type has a code for zero
+/// (the other values stay exactly as they were), else f16. `None` for a dense model's weight,
+/// which stays in its type.
+///
+/// # Errors
+///
+/// [`CompressError::Ggml`] if the values do not fill whole f16 rows (they always do).
+fn kept_compact(
+    source: &Weight,
+    method: Method,
+    w: &HostMatrix,
+    tensor: &str,
+) -> Result<Option<(GgmlType, Bytes)>, CompressError> {
+    let Weight::Quantized(q) = source else {
+        return Ok(None);
+    };
+    if method.only_zeroes()
+        && q.rank_of_edits() == 0
+        && let Some(blocks) = zeroed(q.ty(), q.blocks(), &w.data)
+    {
+        return Ok(Some((q.ty(), blocks.into())));
+    }
+    let bytes = quantize(GgmlType::F16, &w.data).map_err(|source| CompressError::Ggml {
+        tensor: tensor.to_owned(),
+        source,
+    })?;
+    Ok(Some((GgmlType::F16, bytes.into())))
+}
+
 /// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a
 /// whole number of its blocks, else llama.cpp's fallback for that type (Q4_K → Q5_0,
 /// Q6_K → Q8_0), else F16.
@@ -449,11 +494,16 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
     })
 }
 
-/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in the type the weight had: a
-/// 16-bit model stays 16-bit, its compressed values rounded to that type (the packed GGUF
-/// blocks and the manifest's errors are computed from the unrounded values).
-fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
-    let dtype = linear.weight_values().dtype();
+/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in `dtype` or else the type the
+/// weight had: a 16-bit model stays 16-bit, its compressed values rounded to that type (the
+/// packed GGUF blocks and the manifest's errors are computed from the unrounded values).
+fn set_rows(
+    linear: &mut Linear,
+    w: HostMatrix,
+    dtype: Option<DType>,
+    device: &burn::tensor::Device,
+) {
+    let dtype = dtype.unwrap_or_else(|| linear.weight_values().dtype());
     let rows = HostTensor {
         shape: vec![w.rows, w.cols],
         data: w.data,
@@ -510,6 +560,82 @@ mod tests {
                 .iter()
                 .all(|v| v.is_finite())
         );
+    }
+
+    fn run_quantized(ty: GgmlType, method: Method) -> (Llama, Compressed) {
+        let model = Llama::random_quantized(&ModelConfig::tiny(), 5, ty);
+        let c = block_on(compress(
+            model.clone(),
+            method,
+            &calibration(),
+            0,
+            4,
+            &mut |_| ControlFlow::Continue(()),
+        ))
+        .unwrap();
+        (model, c)
+    }
+
+    #[test]
+    fn pruned_blocks_of_a_type_with_a_zero_code_stay_in_that_type_with_their_other_values() {
+        for sparsity in [Sparsity::NOfM { n: 2, m: 4 }, Sparsity::Unstructured(0.5)] {
+            for method in [Method::Magnitude(sparsity), Method::Wanda(sparsity)] {
+                let (source, c) = run_quantized(GgmlType::Q5_0, method);
+                assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");
+                for report in &c.layers {
+                    assert_eq!(report.stored_as.as_deref(), Some("Q5_0"), "{method}");
+                    assert_eq!(report.bits_per_weight, 5.5);
+                    assert_eq!(report.sparsity, 0.5, "{method} {}", report.tensor);
+                }
+                for p in &c.packed {
+                    assert_eq!(p.ty, GgmlType::Q5_0);
+                    let before = host_weight(&source, p.name).unwrap().data;
+                    let after = host_weight(&c.model, p.name).unwrap().data;
+                    let zeros = after.iter().filter(|v| **v == 0.0).count();
+                    assert_eq!(zeros, after.len() / 2, "{method} {:?}", p.name);
+                    for (a, b) in after.iter().zip(&before) {
+                        assert!(*a == 0.0 || a.to_bits() == b.to_bits(), "{a} was {b}");
+                    }
+                    let stored = dequantize(p.ty, &p.bytes, after.len()).unwrap();
+                    assert_eq!(stored, after);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_quantized_model_keeps_what_no_block_type_holds_in_f16() {
+        let prune = Sparsity::NOfM { n: 2, m: 4 };
+        for (ty, method) in [
+            // Zero is no value of a type with a minimum.
+            (GgmlType::Q4_1, Method::Magnitude(prune)),
+            // SparseGPT moves the weights it keeps.
+            (GgmlType::Q5_0, Method::SparseGpt(prune)),
+            (
+                GgmlType::Q5_0,
+                Method::Rtn(QuantGrid::new(3, 32, true).unwrap()),
+            ),
+        ] {
+            let (_, mut c) = run_quantized(ty, method);
+            assert!(
+                c.layers
+                    .iter()
+                    .all(|l| l.stored_as.as_deref() == Some("F16"))
+            );
+            assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");
+            for p in c.packed.clone() {
+                assert_eq!(p.ty, GgmlType::F16);
+                let WeightName::Block(l, w) = p.name else {
+                    unreachable!("only block linears are compressed")
+                };
+                let dtype = linear_mut(&mut c.model.blocks[l], w)
+                    .weight_values()
+                    .dtype();
+                assert_eq!(dtype, DType::F16);
+                let held = host_weight(&c.model, p.name).unwrap().data;
+                assert_eq!(dequantize(p.ty, &p.bytes, held.len()).unwrap(), held);
+            }
+        }
     }
 
     #[test]

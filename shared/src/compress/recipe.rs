@@ -58,6 +58,11 @@ impl Method {
         )
     }
 
+    /// Whether the method only sets weights to zero, leaving every other one as it was.
+    pub fn only_zeroes(&self) -> bool {
+        matches!(self, Method::Magnitude(_) | Method::Wanda(_))
+    }
+
     /// The method's family name, as recipes spell it.
     pub fn name(&self) -> &'static str {
         match self {

@@ -3,8 +3,8 @@
 //! [`GgufFile::parse`] reads the header, metadata and tensor table of a memory-mapped file and
 //! validates every length against the bytes present before allocating, so hostile files give an
 //! error, never a panic or a huge allocation. [`GgufFile::tensor_f32`] dequantizes one tensor
-//! bit-identically to gguf-py, and [`quantize`] is its inverse. [`GgufWriter`] writes files the
-//! reader reads back.
+//! bit-identically to gguf-py, and [`quantize`] is its inverse; [`zeroed`] sets elements of
+//! blocks to zero in their own type. [`GgufWriter`] writes files the reader reads back.
 
 pub mod dot;
 pub mod error;
@@ -12,12 +12,14 @@ pub mod quant;
 pub mod quantize;
 pub mod reader;
 pub mod writer;
+pub mod zero;
 
 pub use error::GgufError;
 pub use quant::{GgmlType, dequantize, dequantize_into};
 pub use quantize::{fits_rows, pack_levels, quantize};
 pub use reader::{GgufFile, MetadataValue, TensorInfo};
 pub use writer::GgufWriter;
+pub use zero::zeroed;
 
 /// Path of a file under the independent reference fixtures (`shared/fixtures` beside the
 /// workspace). `REFUSAL_FIXTURES` overrides the fixtures directory for checkouts laid out

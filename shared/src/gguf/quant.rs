@@ -126,6 +126,11 @@ impl GgmlType {
         }
     }
 
+    /// Storage cost per value, scales included (Q4_0: 4.5).
+    pub fn bits_per_weight(self) -> f64 {
+        self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+
     /// The name gguf-py and llama.cpp use (`"Q4_K"`, `"BF16"`, ...).
     pub const fn name(self) -> &'static str {
         match self {

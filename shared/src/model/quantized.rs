@@ -105,6 +105,11 @@ impl QuantizedMatrix {
         self.ty
     }
 
+    /// The blocks as stored, without the terms of edits.
+    pub fn blocks(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// How many rank-one terms edits have added to the blocks.
     pub fn rank_of_edits(&self) -> usize {
         self.terms.len()
