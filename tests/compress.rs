@@ -76,9 +76,9 @@ fn calibrated_methods_beat_their_baselines_on_a_real_layer() {
     }
 }
 
-/// A GGUF block quantization, a grid a block type stores, or what a quantized model keeps in
-/// f16, written with the source's metadata, reloads to exactly the model that was computed in
-/// memory, and the file holds the packed bytes.
+/// A GGUF block quantization, or a grid a block type stores, written with the source's
+/// metadata reloads to exactly the model that was computed in memory, and the file holds the
+/// packed bytes.
 fn packed_output_round_trips_bit_exactly(method: Method, ty: GgmlType) {
     let path = builtin_gguf(MODEL);
     let bytes = std::fs::read(&path).unwrap();
@@ -147,19 +147,19 @@ fn an_asymmetric_4_bit_grid_is_stored_as_q4_1_and_round_trips_bit_exactly() {
     packed_output_round_trips_bit_exactly(Method::Rtn(grid), GgmlType::Q4_1);
 }
 
-/// A grid no block type stores, on a quantized model: kept (and written) in f16, not f32.
 #[test]
-fn a_grid_no_block_type_stores_is_kept_in_f16_and_round_trips_bit_exactly() {
+fn a_grid_no_block_type_stores_stays_dense() {
+    let model = load_builtin(MODEL);
     let grid = QuantGrid::new(3, 32, true).unwrap();
-    packed_output_round_trips_bit_exactly(Method::Rtn(grid), GgmlType::F16);
-}
-
-/// Pruning SmolLM2's Q4_1 blocks: zero is no Q4_1 value, so the pruned weights are f16, with
-/// their zeros exact.
-#[test]
-fn pruned_q4_1_weights_are_kept_in_f16_and_round_trip_bit_exactly() {
-    packed_output_round_trips_bit_exactly(
-        Method::Magnitude(Sparsity::NOfM { n: 2, m: 4 }),
-        GgmlType::F16,
+    let compressed = block_on(compress(model, Method::Rtn(grid), &[], 0, 16, &mut |_| {
+        ControlFlow::Continue(())
+    }))
+    .unwrap();
+    assert!(compressed.packed.is_empty());
+    assert!(
+        compressed
+            .layers
+            .iter()
+            .all(|l| l.stored_as.as_deref() == Some("F32"))
     );
 }

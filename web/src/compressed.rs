@@ -157,8 +157,7 @@ impl Engine {
 
     /// The model as kept plus its compressed linear layers: packed blocks where the CPU
     /// engine keeps them (GGUF block types, and the grids they store, on a quantized model),
-    /// else at most f16 on a quantized model (pruning keeps its own blocks where it can), f32
-    /// on a dense one.
+    /// f32 otherwise.
     fn check_memory(&self, method: Method) -> Result<(), String> {
         let llama = self.llama();
         let config = llama.config();
@@ -174,7 +173,6 @@ impl Engine {
             Some(ty) if llama.has_quantized_weights() => {
                 linears * ty.type_size() as u64 / ty.block_size() as u64
             }
-            _ if llama.has_quantized_weights() => 2 * linears,
             _ => 4 * linears,
         };
         let need = llama.weight_bytes() + compressed;

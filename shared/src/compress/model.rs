@@ -3,7 +3,7 @@
 //! calibrated on the inputs it will really see; within a block all seven linear layers are
 //! measured on one pass of the block as loaded. Embedding, norms and head are left as they are.
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use bytes::Bytes;
 
 use crate::gguf::{GgmlType, dequantize, fits_rows, quantize, zeroed};
@@ -50,9 +50,9 @@ pub struct LinearReport {
     pub cols: usize,
     /// Fraction of zero weights after compression.
     pub sparsity: f64,
-    /// Storage cost of the compressed weight as kept (a pruned weight of a quantized model: its
-    /// block type's, or 16 in f16; of a dense model: 16, which a file stores as f16 or wider;
-    /// the zeros are not packed).
+    /// Storage cost of the compressed weight as kept (a pruned weight kept in its blocks: the
+    /// block type's; any other pruned weight: 16, which a file stores as f16 or wider; the
+    /// zeros are not packed).
     pub bits_per_weight: f64,
     /// `||W' - W||_F / ||W||_F`.
     pub weight_error: f64,
@@ -65,8 +65,8 @@ pub struct LinearReport {
     pub damping: Option<f64>,
     /// The type the compressed model keeps the weight in (`Q4_0`, `F16`, ...): a GGUF block
     /// type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of whole
-    /// 32-input blocks; pruning in a block type with a code for zero), else F16 for a quantized
-    /// model and the model's own type for a dense one. Older manifests lack it.
+    /// 32-input blocks; pruning in a block type with a code for zero), else the model's dense
+    /// type. Older manifests lack it.
     #[serde(default)]
     pub stored_as: Option<String>,
 }
@@ -106,13 +106,12 @@ impl Summary {
 /// A compressed model and what was done to each layer.
 pub struct Compressed {
     /// On the CPU, layers packed in a block type are kept as those blocks and multiplied from
-    /// them; every other compressed weight is dense: f16 for a quantized model, the type the
-    /// weight had for a dense one.
+    /// them; every other compressed weight is dense, in the type the weight had (f32 for a
+    /// quantized one).
     pub model: Llama,
     pub layers: Vec<LinearReport>,
-    /// The GGUF bytes of every linear layer packed in a block type or, of a quantized model,
-    /// kept in f16 (the weights of a dense model compressed by a method no type stores are
-    /// not here).
+    /// The GGUF bytes of every linear layer packed in a block type (a pruned one kept in its
+    /// source's blocks included).
     pub packed: Vec<PackedWeight>,
     /// Calibration tokens (padding excluded) every layer was measured on.
     pub calibration_tokens: usize,
@@ -199,7 +198,7 @@ pub async fn compress(
             let mut compressed = original.clone();
             let mut outcome = compress_matrix(&mut compressed, method, stats, &tensor)?;
             if outcome.packed.is_none() {
-                outcome.packed = kept_compact(&linear.weight, method, &compressed, &tensor)?;
+                outcome.packed = kept_in_blocks(&linear.weight, method, &compressed);
                 if let Some((ty, _)) = &outcome.packed {
                     outcome.bits_per_weight = ty.bits_per_weight();
                 }
@@ -211,10 +210,6 @@ pub async fn compress(
                     .then(|| QuantizedMatrix::new(*ty, rows, cols, bytes.clone()).ok())
                     .flatten()
             });
-            let dense_type = match &outcome.packed {
-                Some((GgmlType::F16, _)) => Some(DType::F16),
-                _ => None,
-            };
             if let Some((ty, bytes)) = outcome.packed {
                 packed.push(PackedWeight { name, ty, bytes });
             }
@@ -233,7 +228,7 @@ pub async fn compress(
             };
             match blocks {
                 Some(q) => linear.weight = Weight::Quantized(q),
-                None => set_rows(linear, compressed, dense_type, &device),
+                None => set_rows(linear, compressed, &device),
             }
             report.stored_as = Some(linear.weight.type_name());
             layers.push(report);
@@ -430,35 +425,19 @@ fn packed_grid(
     Ok(Some((ty, bytes.into())))
 }
 
-/// A weight of a model kept in GGML blocks, compressed by a method whose values no block
-/// type stores (pruning, or a grid without a GGML type): the source's own blocks with the
-/// pruned codes set to zero, where the method only prunes and the type has a code for zero
-/// (the other values stay exactly as they were), else f16. `None` for a dense model's weight,
-/// which stays in its type.
-///
-/// # Errors
-///
-/// [`CompressError::Ggml`] if the values do not fill whole f16 rows (they always do).
-fn kept_compact(
-    source: &Weight,
-    method: Method,
-    w: &HostMatrix,
-    tensor: &str,
-) -> Result<Option<(GgmlType, Bytes)>, CompressError> {
+/// A pruned weight of a model kept in GGML blocks: the source's own blocks with the pruned
+/// codes set to zero, where the method only prunes and the type has a code for zero (the other
+/// values stay exactly as they were). `None` otherwise: the weight is then dense, in f32 (f16
+/// would halve it, but dense f16 is widened for every product, which made decoding a pruned
+/// SmolLM2 10x slower).
+fn kept_in_blocks(source: &Weight, method: Method, w: &HostMatrix) -> Option<(GgmlType, Bytes)> {
     let Weight::Quantized(q) = source else {
-        return Ok(None);
+        return None;
     };
-    if method.only_zeroes()
-        && q.rank_of_edits() == 0
-        && let Some(blocks) = zeroed(q.ty(), q.blocks(), &w.data)
-    {
-        return Ok(Some((q.ty(), blocks.into())));
+    if !method.only_zeroes() || q.rank_of_edits() > 0 {
+        return None;
     }
-    let bytes = quantize(GgmlType::F16, &w.data).map_err(|source| CompressError::Ggml {
-        tensor: tensor.to_owned(),
-        source,
-    })?;
-    Ok(Some((GgmlType::F16, bytes.into())))
+    zeroed(q.ty(), q.blocks(), &w.data).map(|blocks| (q.ty(), blocks.into()))
 }
 
 /// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a
@@ -494,16 +473,11 @@ async fn linear_rows(linear: &Linear) -> Result<HostMatrix, CompressError> {
     })
 }
 
-/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in `dtype` or else the type the
-/// weight had: a 16-bit model stays 16-bit, its compressed values rounded to that type (the
-/// packed GGUF blocks and the manifest's errors are computed from the unrounded values).
-fn set_rows(
-    linear: &mut Linear,
-    w: HostMatrix,
-    dtype: Option<DType>,
-    device: &burn::tensor::Device,
-) {
-    let dtype = dtype.unwrap_or_else(|| linear.weight_values().dtype());
+/// Replaces a linear layer's weight by `w` (`[d_out, d_in]`), in the type the weight had: a
+/// 16-bit model stays 16-bit, its compressed values rounded to that type (the packed GGUF
+/// blocks and the manifest's errors are computed from the unrounded values).
+fn set_rows(linear: &mut Linear, w: HostMatrix, device: &burn::tensor::Device) {
+    let dtype = linear.weight_values().dtype();
     let rows = HostTensor {
         shape: vec![w.rows, w.cols],
         data: w.data,
@@ -604,37 +578,22 @@ mod tests {
     }
 
     #[test]
-    fn a_quantized_model_keeps_what_no_block_type_holds_in_f16() {
+    fn other_compressed_weights_of_a_quantized_model_are_f32() {
         let prune = Sparsity::NOfM { n: 2, m: 4 };
         for (ty, method) in [
             // Zero is no value of a type with a minimum.
             (GgmlType::Q4_1, Method::Magnitude(prune)),
             // SparseGPT moves the weights it keeps.
             (GgmlType::Q5_0, Method::SparseGpt(prune)),
-            (
-                GgmlType::Q5_0,
-                Method::Rtn(QuantGrid::new(3, 32, true).unwrap()),
-            ),
         ] {
-            let (_, mut c) = run_quantized(ty, method);
+            let (_, c) = run_quantized(ty, method);
+            assert!(c.packed.is_empty(), "{method}");
             assert!(
                 c.layers
                     .iter()
-                    .all(|l| l.stored_as.as_deref() == Some("F16"))
+                    .all(|l| l.stored_as.as_deref() == Some("F32"))
             );
-            assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");
-            for p in c.packed.clone() {
-                assert_eq!(p.ty, GgmlType::F16);
-                let WeightName::Block(l, w) = p.name else {
-                    unreachable!("only block linears are compressed")
-                };
-                let dtype = linear_mut(&mut c.model.blocks[l], w)
-                    .weight_values()
-                    .dtype();
-                assert_eq!(dtype, DType::F16);
-                let held = host_weight(&c.model, p.name).unwrap().data;
-                assert_eq!(dequantize(p.ty, &p.bytes, held.len()).unwrap(), held);
-            }
+            assert!(c.layers.iter().all(|l| l.bits_per_weight == 16.0));
         }
     }
 
