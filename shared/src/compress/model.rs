@@ -63,7 +63,7 @@ pub struct LinearReport {
     pub fallback_type: Option<String>,
     /// Damping added to `H`'s diagonal by GPTQ / SparseGPT.
     pub damping: Option<f64>,
-    /// The type the compressed model keeps the weight in (`Q4_0`, `F16`, ...): a GGUF block
+    /// The type the compressed model keeps the weight in (`Q4_0`, `F32`, ...): a GGUF block
     /// type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of whole
     /// 32-input blocks; pruning in a block type with a code for zero), else the model's dense
     /// type. Older manifests lack it.

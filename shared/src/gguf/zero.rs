@@ -87,20 +87,7 @@ fn q6_k(b: &mut [u8], e: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{dequantize, quantize};
-
-    /// Values with every magnitude a block sees, from a fixed seed.
-    fn values(n: usize) -> Vec<f32> {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::gguf::{dequantize, quantize, test_values};
 
     #[test]
     fn zeroed_elements_read_back_as_zero_and_the_others_are_unchanged() {
@@ -112,7 +99,7 @@ mod tests {
             GgmlType::Q6K,
         ] {
             let n = 4 * QK_K;
-            let blocks = quantize(ty, &values(n)).unwrap();
+            let blocks = quantize(ty, &test_values(n, 7)).unwrap();
             let before = dequantize(ty, &blocks, n).unwrap();
             // Every element of some blocks, none of others, and scattered ones between.
             let pruned: Vec<f32> = before
@@ -144,7 +131,7 @@ mod tests {
             GgmlType::Q5K,
         ] {
             let n = QK_K;
-            let blocks = quantize(ty, &values(n)).unwrap();
+            let blocks = quantize(ty, &test_values(n, 7)).unwrap();
             assert!(zeroed(ty, &blocks, &vec![0.0; n]).is_none(), "{ty}");
         }
     }

@@ -604,22 +604,8 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::test_values as values;
     use crate::gguf::{dequantize, quantize};
-
-    /// Deterministic values with the spread of real weights and activations, and a few
-    /// outliers (which decide the per-block scales).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|i| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                if i % 97 == 0 { 8.0 * u } else { u }
-            })
-            .collect()
-    }
 
     const ALL: [GgmlType; 10] = [
         GgmlType::Q4_0,
