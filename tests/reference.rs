@@ -5,9 +5,11 @@
 //! `../shared/fixtures/README.md`. Nothing here was produced by this project.
 
 use refusal_core::chat::{Message, Role};
+use refusal_core::gguf::GgmlType;
+use refusal_core::load;
 use refusal_core::model::{Capture, HookPoint, Llama, NoHook, TokenBatch, WeightStorage, read_f32};
 use refusal_lens::source::BuiltinModel;
-use refusal_tests::{fixture, load_builtin_as};
+use refusal_tests::{builtin_gguf, fixture, load_builtin_as, load_builtin_assets, widened_gguf};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -201,4 +203,59 @@ fn smollm2_f32_matches_the_float_reference() {
 #[test]
 fn qwen25_coder_f32_matches_the_float_reference() {
     check_model(QWEN.0, QWEN.1, WeightStorage::F32);
+}
+
+/// Logits of a 16-bit model on its own kernels against the same values widened to f32 and
+/// multiplied densely: both compute exact products in f32 and differ only in the order of the
+/// sums, which over SmolLM2's 576- and 1536-wide products moved its logits by at most 1.6e-5
+/// (F16 and BF16 alike); 1e-4 leaves room for prompts we do not test.
+const SIXTEEN_BIT_LOGIT_TOL: f32 = 1e-4;
+
+/// A 16-bit copy of SmolLM2 (its dequantized blocks rounded to F16, or BF16) multiplied by the
+/// 16-bit kernels, against the same file widened to f32 at load (the path checked against the
+/// float reference above): the same logits to [`SIXTEEN_BIT_LOGIT_TOL`], alone and batched,
+/// and the same greedy completions token for token (every decoding step runs the kernels).
+#[test]
+fn smollm2_in_16_bits_runs_as_its_f32_widening() {
+    let path = builtin_gguf(SMOLLM2.0);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reference: Reference = fixture(SMOLLM2.1);
+    let prompts: Vec<Vec<u32>> = reference
+        .cases
+        .iter()
+        .map(|c| c.token_ids.clone())
+        .collect();
+    let assets = load_builtin_assets(SMOLLM2.0);
+    let device = burn::tensor::Device::flex();
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        let widened = widened_gguf(&bytes, ty);
+        let file = load::gguf::parse("widened", &widened).unwrap_or_else(|e| panic!("{e}"));
+        let load = |storage| {
+            let options = load::LoadOptions {
+                storage,
+                release: None,
+            };
+            load::gguf_model("widened", &file, &widened, &device, options, &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (kept, dense) = (load(WeightStorage::AsStored), load(WeightStorage::F32));
+        assert_eq!(kept.weight_types(), vec![(ty.name().to_string(), 211)]);
+        let mut batches: Vec<TokenBatch> = prompts
+            .iter()
+            .map(|p| TokenBatch::left_padded(std::slice::from_ref(p), 0, &device))
+            .collect();
+        batches.push(TokenBatch::left_padded(&prompts, 0, &device));
+        let mut worst = 0.0f32;
+        for batch in &batches {
+            let a = read_f32(kept.last_logits(batch, &mut NoHook));
+            let b = read_f32(dense.last_logits(batch, &mut NoHook));
+            worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+        }
+        assert!(worst <= SIXTEEN_BIT_LOGIT_TOL, "{ty}: logits differ by {worst}");
+        assert_eq!(
+            refusal_tests::greedy(&kept, &assets.tokenizer, &prompts, 24),
+            refusal_tests::greedy(&dense, &assets.tokenizer, &prompts, 24),
+            "{ty}: greedy completions"
+        );
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::ops::ControlFlow;
 
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
+use refusal_core::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, quantize};
 use refusal_core::load::{self, TextAssets};
 use refusal_core::model::{Llama, NoHook, WeightStorage};
 use refusal_core::tokenizer::Tokenizer;
@@ -57,6 +58,43 @@ pub fn load_builtin_as(model: BuiltinModel, storage: WeightStorage) -> Llama {
     };
     load::gguf_model(&name, &file, &bytes, &device, options, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The GGUF `bytes` with every quantized tensor widened to `ty` (F16 or BF16) and every other
+/// tensor and the metadata as they are: a 16-bit checkpoint of a built-in model, whose values
+/// are the blocks' dequantized values rounded to `ty`.
+pub fn widened_gguf(bytes: &[u8], ty: GgmlType) -> Vec<u8> {
+    // llama.cpp's file types "mostly F16" and "mostly BF16".
+    let file_type = match ty {
+        GgmlType::F16 => 1,
+        GgmlType::BF16 => 32,
+        other => panic!("{other} is not a 16-bit float type"),
+    };
+    let source = GgufFile::parse(bytes).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = GgufWriter::new();
+    for (key, value) in &source.metadata {
+        w.set(key, value.clone());
+    }
+    w.set("general.file_type", MetadataValue::U32(file_type));
+    for info in &source.tensors {
+        let added = if matches!(
+            info.ggml_type,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16
+        ) {
+            let data = source
+                .tensor_bytes(bytes, info)
+                .unwrap_or_else(|e| panic!("{}: {e}", info.name));
+            w.tensor(&info.name, info.dims.clone(), info.ggml_type, data)
+        } else {
+            let values = source
+                .tensor_f32(bytes, &info.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", info.name));
+            let widened = quantize(ty, &values).expect("16-bit floats hold any shape");
+            w.tensor(&info.name, info.dims.clone(), ty, widened)
+        };
+        added.unwrap_or_else(|e| panic!("{}: {e}", info.name));
+    }
+    w.to_bytes()
 }
 
 /// The tokenizer and chat template of a built-in model.

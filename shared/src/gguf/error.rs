@@ -162,8 +162,10 @@ pub enum GgufError {
         block_size: u64,
     },
 
-    /// A float type was given where the quantized kernels need a block type.
-    #[error("{ty} is not a block type: the quantized kernels multiply Q4_0..Q8_0 and Q2_K..Q6_K")]
+    /// F32 was given where the kernels need a block type or a 16-bit float.
+    #[error(
+        "{ty} has no kernel: the kernels multiply Q4_0..Q8_0, Q2_K..Q6_K, F16 and BF16 (f32 matrices are dense)"
+    )]
     UnsupportedKernel {
         /// Type name.
         ty: &'static str,

@@ -395,6 +395,16 @@ mod tests {
         read_f32(model.last_logits(&batch, &mut NoHook))
     }
 
+    /// The logits of two loads of the same values: a 16-bit matrix is multiplied by its own
+    /// kernels, whose f32 sums run in another order than the dense f32 product's, so they agree
+    /// to f32 rounding (logits are about 1 here), not bit for bit.
+    fn assert_same_logits(a: &Llama, b: &Llama) {
+        let (a, b) = (logits(a), logits(b));
+        assert_eq!(a.len(), b.len());
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(diff <= 1e-5, "logits differ by {diff}");
+    }
+
     #[test]
     fn sliding_windows_and_soft_capping_are_refused_by_field() {
         let base = |arch: &str, extra: &str| {
@@ -461,7 +471,7 @@ mod tests {
         let (reference, shards) = checkpoint(&config, true);
         let loaded = load(&config, &named(&shards)).expect("loads");
         assert!(!loaded.config().tied_embeddings && loaded.head.is_some());
-        assert_eq!(logits(&loaded), logits(&reference));
+        assert_same_logits(&loaded, &reference);
     }
 
     #[test]
@@ -531,7 +541,7 @@ mod tests {
             DType::F32
         );
         // bf16 values widen exactly, and every product is computed in f32 either way.
-        assert_eq!(logits(&kept), logits(&widened));
+        assert_same_logits(&kept, &widened);
     }
 
     #[test]

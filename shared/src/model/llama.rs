@@ -17,14 +17,15 @@ use super::hooks::{Hook, HookContext, HookPoint};
 use super::quantized::QuantizedMatrix;
 use super::swiglu::swiglu;
 use crate::threads::on_pool;
+use crate::gguf::GgmlType;
 
 /// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
 /// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
 /// real query gives that position is still NaN.
 const MASKED: f32 = -1.0e30;
 
-/// Rows of a 16-bit output head widened to f32 at a time: 64 MiB of f32 at d_model 4096,
-/// rather than a whole f32 copy of the largest matrix next to the model.
+/// Rows of a dense 16-bit output head (on a GPU) widened to f32 at a time: 64 MiB of f32 at
+/// d_model 4096, rather than a whole f32 copy of the largest matrix next to the model.
 const HEAD_ROWS: usize = 4096;
 
 /// Token ids of a left-padded batch: every prompt ends at the last column, so position `-k`
@@ -102,10 +103,11 @@ impl KvCache {
 /// One of the model's large matrices: a device tensor, or GGML blocks on the CPU.
 #[derive(Module, Debug)]
 pub enum Weight {
-    /// f32, f16 or bf16 (widened to f32 for each use, a transient copy), in the layout its
-    /// holder documents.
+    /// f32, or f16 or bf16 on a GPU (widened to f32 for each use, a transient copy), in the
+    /// layout its holder documents.
     Dense(Param<Tensor<2>>),
-    /// `[rows, cols]` as the file stores it (`[d_out, d_in]`), multiplied from its blocks.
+    /// `[rows, cols]` as the file stores it (`[d_out, d_in]`), multiplied from its blocks (or
+    /// its 16-bit floats).
     Quantized(QuantizedMatrix),
 }
 
@@ -152,11 +154,11 @@ impl Weight {
     }
 
     /// The values in file layout `[rows, cols]` for a matrix kept that way (the embedding and
-    /// the head): the stored tensor, or the blocks dequantized to f32.
+    /// the head): the stored tensor, or the blocks' values (see [`stored_values`]).
     fn file_layout(&self) -> Tensor<2> {
         match self {
             Weight::Dense(w) => w.val(),
-            Weight::Quantized(q) => q.to_tensor(&Device::flex()),
+            Weight::Quantized(q) => stored_values(q),
         }
     }
 
@@ -167,6 +169,18 @@ impl Weight {
             Weight::Dense(w) => *w = dense_without_row_component(w, r),
             Weight::Quantized(q) => q.remove_from_rows(r),
         }
+    }
+}
+
+/// The values of a matrix kept as blocks, `[rows, cols]`, edits included: 16-bit floats in
+/// their type (what a dense 16-bit matrix gives, so exports keep them 16-bit; rounded where
+/// an edit's terms were added), block types dequantized to f32.
+fn stored_values(q: &QuantizedMatrix) -> Tensor<2> {
+    let values = q.to_tensor(&Device::flex());
+    match q.ty() {
+        GgmlType::F16 => values.cast(FloatDType::F16),
+        GgmlType::BF16 => values.cast(FloatDType::BF16),
+        _ => values,
     }
 }
 
@@ -223,12 +237,12 @@ impl Linear {
         }
     }
 
-    /// The weight's values, `[d_in, d_out]`: the stored tensor, or the blocks dequantized to
-    /// f32 with the edits' terms added.
+    /// The weight's values, `[d_in, d_out]`: the stored tensor, or the blocks' values with the
+    /// edits' terms added (see [`stored_values`]).
     pub fn weight_values(&self) -> Tensor<2> {
         match &self.weight {
             Weight::Dense(w) => w.val(),
-            Weight::Quantized(q) => q.to_tensor(&Device::flex()).transpose(),
+            Weight::Quantized(q) => stored_values(q).transpose(),
         }
     }
 
@@ -555,7 +569,8 @@ impl Llama {
         bytes + 4 * self.config.n_params().saturating_sub(values)
     }
 
-    /// Whether any matrix is kept as GGML blocks (a quantized model on the CPU).
+    /// Whether any matrix is kept as GGML blocks or 16-bit floats for the kernels (a quantized
+    /// or 16-bit model on the CPU).
     pub fn has_quantized_weights(&self) -> bool {
         self.matrices().any(|w| matches!(w, Weight::Quantized(_)))
     }

@@ -1,7 +1,9 @@
 //! Matrices kept in memory as their GGML blocks, multiplied without an f32 copy of the weight.
+//! A 16-bit float matrix (F16, BF16) is kept the same way, as blocks of one value.
 //!
-//! A few activation rows at a time (decoding) go through the integer kernels of
-//! [`crate::gguf::dot`], which read the blocks directly. Many rows at a time (a prompt batch)
+//! A few activation rows at a time (decoding) go through the kernels of [`crate::gguf::dot`],
+//! which read the blocks directly (integer dot products for the block types, f32 ones for the
+//! 16-bit floats). Many rows at a time (a prompt batch)
 //! are multiplied in f32 against tiles of the matrix dequantized for that one product: there
 //! the f32 matrix multiplication is several times faster than any integer dot product, the
 //! cost of dequantizing is shared by every row, and only one tile (at most [`TILE_ELEMENTS`]
@@ -27,10 +29,10 @@ use crate::gguf::quant::check_sizes;
 use crate::gguf::{GgmlType, GgufError, dequantize_into};
 use crate::threads::for_each_chunk;
 
-/// Activation rows up to which the integer kernels are used; from here on the dequantized
-/// tiles and f32 matrix multiplication are faster (measured on the 0.5B model's layers with
-/// AVX-512: the two break even between 4 and 8 rows).
-pub const INTEGER_ROWS: usize = 4;
+/// Activation rows up to which the kernels are used; from here on the dequantized tiles and
+/// f32 matrix multiplication are faster (measured on the 0.5B model's layers with AVX-512:
+/// the two break even between 4 and 8 rows).
+pub const KERNEL_ROWS: usize = 4;
 
 /// The most values of a dequantized tile: 64 MiB of f32.
 const TILE_ELEMENTS: usize = 1 << 24;
@@ -71,7 +73,7 @@ impl QuantizedMatrix {
     ///
     /// # Errors
     ///
-    /// [`GgufError::UnsupportedKernel`] for a float type, [`GgufError::NotBlockMultiple`] for
+    /// [`GgufError::UnsupportedKernel`] for F32, [`GgufError::NotBlockMultiple`] for
     /// rows that are not whole blocks, [`GgufError::DataSizeMismatch`] for a wrong byte count.
     pub fn new(
         ty: GgmlType,
@@ -219,8 +221,8 @@ impl QuantizedMatrix {
         edits.into_iter().fold(rows, |rows, e| rows + e)
     }
 
-    /// `x · Wᵀ`: decoding rows through the integer kernels (activations rounded to 8 bits, as
-    /// llama.cpp does), more rows in f32.
+    /// `x · Wᵀ`: decoding rows through the kernels (for block types, activations rounded to 8
+    /// bits, as llama.cpp does), more rows in f32.
     ///
     /// # Shapes
     /// - `x`: `[n, cols]` → `[n, rows]`
@@ -228,14 +230,14 @@ impl QuantizedMatrix {
         let [n, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width of a {} matrix", self.ty);
         let blocks = |x| {
-            if n > INTEGER_ROWS {
+            if n > KERNEL_ROWS {
                 self.matmul_tiled(x, self.tile_rows())
             } else {
-                self.matmul_integer(x)
+                self.matmul_kernels(x)
             }
         };
         if self.terms.is_empty() {
-            // No second handle on `x`: the integer path then takes its buffer without a copy.
+            // No second handle on `x`: the kernels then take its buffer without a copy.
             return blocks(x);
         }
         let product = blocks(x.clone());
@@ -288,8 +290,8 @@ impl QuantizedMatrix {
         (TILE_ELEMENTS / self.cols).clamp(1, self.rows)
     }
 
-    /// `x · Wᵀ` of the blocks through the integer kernels.
-    fn matmul_integer(&self, x: Tensor<2>) -> Tensor<2> {
+    /// `x · Wᵀ` of the blocks through the kernels of [`dot`].
+    fn matmul_kernels(&self, x: Tensor<2>) -> Tensor<2> {
         let [n, _] = x.dims();
         let device = x.device();
         let x = x
@@ -575,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_sizes_and_float_types_are_refused() {
+    fn wrong_sizes_and_f32_are_refused() {
         assert!(matches!(
             QuantizedMatrix::new(GgmlType::Q4_0, 2, 32, vec![0; 35]),
             Err(GgufError::DataSizeMismatch { .. })
@@ -585,7 +587,7 @@ mod tests {
             Err(GgufError::NotBlockMultiple { .. })
         ));
         assert!(matches!(
-            QuantizedMatrix::new(GgmlType::F16, 1, 2, vec![0; 4]),
+            QuantizedMatrix::new(GgmlType::F32, 1, 2, vec![0; 8]),
             Err(GgufError::UnsupportedKernel { .. })
         ));
     }

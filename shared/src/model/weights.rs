@@ -183,16 +183,19 @@ impl From<HostTensor> for StoredTensor {
 
 /// In which type the large matrices (token embedding, output head and the seven linear layers
 /// of every block) are kept. Norm gains and biases are always f32, and every forward pass
-/// computes in f32: a 16-bit matrix is widened to f32 where it is used (one matrix at a time),
-/// and a quantized one is multiplied from its blocks (see [`super::quantized`]).
+/// computes in f32: on the CPU a quantized or 16-bit matrix is multiplied from its stored
+/// values (see [`super::quantized`]); on a GPU a 16-bit matrix is widened to f32 where it is
+/// used (one matrix at a time).
 ///
-/// Edits of a 16-bit model (orthogonalization, compression, AIRD) are computed in f32 and
-/// rounded to the matrix's type when written back; edits of a quantized matrix leave it f32.
+/// Edits of a 16-bit matrix on a GPU (orthogonalization, compression, AIRD) are computed in
+/// f32 and rounded to the matrix's type when written back. On the CPU, orthogonalization and
+/// AIRD keep the stored values and add exact rank-one terms beside them, and compression
+/// stores its result in the source's type where that type holds it (f32 otherwise).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightStorage {
     /// The checkpoint's type: GGML blocks stay blocks on the CPU backend (other devices get
-    /// them dequantized to f32), f16 and bf16 stay 16-bit where the device supports that type,
-    /// f32 stays f32.
+    /// them dequantized to f32), f16 and bf16 stay 16-bit on the CPU and on devices that
+    /// support that type, f32 stays f32.
     #[default]
     AsStored,
     /// f32 whatever the checkpoint stores: the reference for numerical checks, at four times
@@ -368,24 +371,51 @@ fn vector(t: StoredTensor, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(data, [n]), device)
 }
 
-/// The blocks of a GGML-typed matrix (`[d_out, d_in]`) if `storage` keeps them, which it
-/// does only on the CPU backend, whose kernels read host memory; otherwise `t` back.
+/// The blocks of a GGML-typed or 16-bit float matrix (`[d_out, d_in]`) if `storage` keeps
+/// them, which it does only on the CPU backend, whose kernels read host memory; otherwise `t`
+/// back.
 fn quantized(
     t: StoredTensor,
     device: &Device,
     storage: WeightStorage,
 ) -> Result<QuantizedMatrix, StoredTensor> {
     let keep = storage == WeightStorage::AsStored && *device == Device::flex();
-    match t.values {
+    let (ty, bytes) = match t.values {
         StoredValues::Blocks(ty, bytes) if keep && t.shape[1].is_multiple_of(ty.block_size()) => {
-            // The byte count was checked against the shape when the tensor was read.
-            QuantizedMatrix::new(ty, t.shape[0], t.shape[1], bytes)
-                .map_err(|e| unreachable!("blocks checked against their shape: {e}"))
+            (ty, bytes)
         }
-        values => Err(StoredTensor {
-            shape: t.shape,
-            values,
-        }),
+        StoredValues::F16(v) if keep => (GgmlType::F16, le_bytes(v)),
+        StoredValues::BF16(v) if keep => (GgmlType::BF16, le_bytes(v)),
+        values => {
+            return Err(StoredTensor {
+                shape: t.shape,
+                values,
+            });
+        }
+    };
+    // The value count was checked against the shape when the tensor was read.
+    QuantizedMatrix::new(ty, t.shape[0], t.shape[1], bytes)
+        .map_err(|e| unreachable!("values checked against their shape: {e}"))
+}
+
+/// 16-bit values as the little-endian bytes GGUF stores them in. On a little-endian target
+/// (x86-64, aarch64, wasm32) that is the vector's own memory, taken over without a copy: a
+/// copy would double the largest tensor's bytes while the model loads.
+fn le_bytes<T: bytemuck::Pod + Send>(values: Vec<T>) -> Bytes {
+    struct Values<T>(Vec<T>);
+    impl<T: bytemuck::Pod> AsRef<[u8]> for Values<T> {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+    if cfg!(target_endian = "little") {
+        Bytes::from_owner(Values(values))
+    } else {
+        bytemuck::cast_slice::<T, u16>(&values)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into()
     }
 }
 

@@ -5,10 +5,16 @@
 //!
 //! The row loops are written once in [`rows!`] and compiled for each feature set, because an
 //! intrinsic only inlines into a function compiled with its feature.
+//!
+//! 16-bit float rows ([`float_rows`]) are widened eight values at a time (F16C's `vcvtph2ps`,
+//! or a shift for BF16) and summed in the portable kernel's lanes. They are bound by memory
+//! bandwidth, so both feature sets run the same 256-bit loop.
 
 use std::arch::x86_64::*;
 
-use super::{LANES, QK, SmallActs, SuperActs, lane_sum};
+use super::{
+    FLOAT_LANES, LANES, QK, SmallActs, SuperActs, float_lane_sum, lane_sum, widen_bf16, widen_f16,
+};
 use crate::gguf::quant::{
     Q4_0_BYTES, Q4_1_BYTES, Q4K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES,
     QK_K, k_scale_min, k_scales,
@@ -461,3 +467,55 @@ rows!(
     q5_0_masked,
     q5_1_masked
 );
+
+/// Eight 16-bit floats (`BF16`, else F16) widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen8<const BF16: bool>(b: &[u8]) -> __m256 {
+    assert!(b.len() >= 16, "eight 16-bit values");
+    // SAFETY: `b` holds the 16 bytes read; unaligned loads are allowed.
+    let h = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    if BF16 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    } else {
+        _mm256_cvtph_ps(h)
+    }
+}
+
+/// The portable `float_rows` (of `BF16` rows, else F16) with 256-bit vectors: lane `8q + l` of
+/// the portable kernel is lane `l` of accumulator `q`, and the tail is added to the stored
+/// lanes as the portable kernel adds it, so the sums have the same bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn float_rows<const BF16: bool>(
+    w: &[u8],
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let widen = if BF16 { widen_bf16 } else { widen_f16 };
+    for (row, o) in w.chunks_exact(2 * cols).zip(out.chunks_exact_mut(n)) {
+        let (chunks, tail) = row.as_chunks::<{ 2 * FLOAT_LANES }>();
+        for (i, out) in o.iter_mut().enumerate() {
+            let (xc, xt) = x[i * cols..][..cols].as_chunks::<FLOAT_LANES>();
+            let mut acc = [_mm256_setzero_ps(); FLOAT_LANES / 8];
+            for (wb, xb) in chunks.iter().zip(xc) {
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let wv = widen8::<BF16>(&wb[16 * q..]);
+                    // SAFETY: `xb` holds 32 f32 and `q < 4`; unaligned loads are allowed.
+                    let xv = unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * q)) };
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(wv, xv));
+                }
+            }
+            let mut lanes = [0.0f32; FLOAT_LANES];
+            for (q, acc) in acc.iter().enumerate() {
+                // SAFETY: `lanes` holds 32 f32 and `q < 4`; unaligned stores are allowed.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *acc) };
+            }
+            for (k, (b, x)) in tail.as_chunks::<2>().0.iter().zip(xt).enumerate() {
+                lanes[k] += widen(*b) * x;
+            }
+            *out = float_lane_sum(&lanes);
+        }
+    }
+}
