@@ -155,9 +155,11 @@ impl Engine {
         self.kept().0.borrow_mut().take();
     }
 
-    /// The model as kept plus its compressed linear layers: packed blocks where the CPU
-    /// engine keeps them (GGUF block types, and the grids they store, on a quantized model),
-    /// f32 otherwise.
+    /// The model as kept plus its compressed linear layers: on a model kept compact (blocks or
+    /// 16-bit floats, on the CPU engine), packed blocks where a block type holds the method's
+    /// output (GGUF types, and the grids they store) and at most 16 bits per weight otherwise
+    /// (pruned blocks keep their type where it has a code for zero, the rest is f16); f32 on
+    /// a dense model.
     fn check_memory(&self, method: Method) -> Result<(), String> {
         let llama = self.llama();
         let config = llama.config();
@@ -173,6 +175,7 @@ impl Engine {
             Some(ty) if llama.has_quantized_weights() => {
                 linears * ty.type_size() as u64 / ty.block_size() as u64
             }
+            _ if llama.has_quantized_weights() => 2 * linears,
             _ => 4 * linears,
         };
         let need = llama.weight_bytes() + compressed;

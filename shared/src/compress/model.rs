@@ -63,10 +63,11 @@ pub struct LinearReport {
     pub fallback_type: Option<String>,
     /// Damping added to `H`'s diagonal by GPTQ / SparseGPT.
     pub damping: Option<f64>,
-    /// The type the compressed model keeps the weight in (`Q4_0`, `F32`, ...): a GGUF block
-    /// type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of whole
-    /// 32-input blocks; pruning in a block type with a code for zero), else the model's dense
-    /// type. Older manifests lack it.
+    /// The type the compressed model keeps the weight in (`Q4_0`, `F16`, `F32`, ...): a GGUF
+    /// block type where the method's output is packed (GGUF types; 4, 5 and 8-bit grids of
+    /// whole 32-input blocks; pruning in a block type with a code for zero), else 16 bits on a
+    /// model kept compact on the CPU (blocks or 16-bit floats), else the model's dense type.
+    /// Older manifests lack it.
     #[serde(default)]
     pub stored_as: Option<String>,
 }
@@ -202,6 +203,9 @@ pub async fn compress(
                 if let Some((ty, _)) = &outcome.packed {
                     outcome.bits_per_weight = ty.bits_per_weight();
                 }
+            }
+            if outcome.packed.is_none() {
+                outcome.packed = in_sixteen_bits(&linear.weight, &mut compressed);
             }
             let blocks = outcome.packed.as_ref().and_then(|(ty, bytes)| {
                 // On the CPU the model multiplies the packed blocks themselves.
@@ -425,11 +429,9 @@ fn packed_grid(
     Ok(Some((ty, bytes.into())))
 }
 
-/// A pruned weight of a model kept in GGML blocks: the source's own blocks with the pruned
-/// codes set to zero, where the method only prunes and the type has a code for zero (the other
-/// values stay exactly as they were). `None` otherwise: the weight is then dense, in f32 (f16
-/// would halve it, but dense f16 is widened for every product, which made decoding a pruned
-/// SmolLM2 10x slower).
+/// A pruned weight of a model kept in GGML blocks (or 16-bit floats): the source's own blocks
+/// with the pruned codes set to zero, where the method only prunes and the type has a code for
+/// zero (the other values stay exactly as they were). `None` otherwise.
 fn kept_in_blocks(source: &Weight, method: Method, w: &HostMatrix) -> Option<(GgmlType, Bytes)> {
     let Weight::Quantized(q) = source else {
         return None;
@@ -438,6 +440,32 @@ fn kept_in_blocks(source: &Weight, method: Method, w: &HostMatrix) -> Option<(Gg
         return None;
     }
     zeroed(q.ty(), q.blocks(), &w.data).map(|blocks| (q.ty(), blocks.into()))
+}
+
+/// A compressed weight that no block type holds, of a model kept compact on the CPU (GGML
+/// blocks or 16-bit floats): rounded to 16 bits (BF16 for a BF16 source, else F16, whose
+/// mantissa is longer), and `w` set to the rounded values, so that the reported errors are
+/// those of what is stored. Zeros stay exact, so does a pruning pattern. An f32 copy would
+/// double the memory of a 16-bit model and make a quantized one 4-8 times larger. `None` for a
+/// dense source (f32, or 16-bit on a GPU, which keeps its type), and for values out of the
+/// 16-bit range, which stay f32.
+fn in_sixteen_bits(source: &Weight, w: &mut HostMatrix) -> Option<(GgmlType, Bytes)> {
+    let Weight::Quantized(q) = source else {
+        return None;
+    };
+    let ty = match q.ty() {
+        GgmlType::BF16 => GgmlType::BF16,
+        _ => GgmlType::F16,
+    };
+    let bytes = quantize(ty, &w.data)
+        .unwrap_or_else(|e| unreachable!("16-bit floats hold any number of values: {e}"));
+    let rounded = dequantize(ty, &bytes, w.data.len())
+        .unwrap_or_else(|e| unreachable!("whole values, by construction: {e}"));
+    if rounded.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    w.data = rounded;
+    Some((ty, bytes.into()))
 }
 
 /// The type a row of `cols` values is stored in when `ty` was asked for: `ty` if the row is a
@@ -578,51 +606,81 @@ mod tests {
     }
 
     #[test]
-    fn other_compressed_weights_of_a_quantized_model_are_f32() {
+    fn other_compressed_weights_of_a_quantized_model_are_f16() {
         let prune = Sparsity::NOfM { n: 2, m: 4 };
         for (ty, method) in [
             // Zero is no value of a type with a minimum.
             (GgmlType::Q4_1, Method::Magnitude(prune)),
             // SparseGPT moves the weights it keeps.
             (GgmlType::Q5_0, Method::SparseGpt(prune)),
+            // No block type holds a 3-bit grid.
+            (GgmlType::Q8_0, Method::Rtn(QuantGrid::new(3, 32, true).unwrap())),
         ] {
-            let (_, c) = run_quantized(ty, method);
-            assert!(c.packed.is_empty(), "{method}");
+            let (source, c) = run_quantized(ty, method);
+            assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");
             assert!(
                 c.layers
                     .iter()
-                    .all(|l| l.stored_as.as_deref() == Some("F32"))
+                    .all(|l| l.stored_as.as_deref() == Some("F16")),
+                "{method}"
             );
-            assert!(c.layers.iter().all(|l| l.bits_per_weight == 16.0));
+            for p in &c.packed {
+                assert_eq!(p.ty, GgmlType::F16);
+                // The model multiplies exactly the values stored, which are the method's
+                // output rounded to f16: far closer to it than the compression's own change.
+                let held = host_weight(&c.model, p.name).unwrap().data;
+                assert_eq!(dequantize(p.ty, &p.bytes, held.len()).unwrap(), held);
+                let before = host_weight(&source, p.name).unwrap().data;
+                let changed = held.iter().zip(&before).filter(|(a, b)| a != b).count();
+                assert!(changed > held.len() / 4, "{method}: {changed} changed");
+            }
+            if !matches!(method, Method::Rtn(_)) {
+                for l in &c.layers {
+                    assert_eq!((l.bits_per_weight, l.sparsity), (16.0, 0.5), "{method}");
+                }
+            }
         }
     }
 
     #[test]
-    fn a_bf16_model_stays_bf16_and_keeps_its_pruned_zeros() {
+    fn a_16_bit_model_stays_16_bit_and_keeps_its_pruned_zeros() {
         let device = burn::tensor::Device::flex();
-        let model = Llama::random_bf16(&ModelConfig::tiny(), 5, &device);
-        let mut c = block_on(compress(
-            model,
-            Method::Magnitude(Sparsity::NOfM { n: 2, m: 4 }),
-            &[],
-            0,
-            4,
-            &mut |_| ControlFlow::Continue(()),
-        ))
-        .unwrap();
-        for name in c.unpacked_weights() {
-            let WeightName::Block(l, w) = name else {
-                unreachable!("only block linears are compressed")
-            };
-            let dtype = linear_mut(&mut c.model.blocks[l], w)
-                .weight_values()
-                .dtype();
-            assert_eq!(dtype, burn::tensor::DType::BF16);
-            // Zero is exact in bf16: the 2:4 pattern survives the rounding.
-            let host = host_weight(&c.model, name).unwrap();
-            for g in host.data.chunks(4) {
-                assert_eq!(g.iter().filter(|v| **v == 0.0).count(), 2);
+        let prune = Sparsity::NOfM { n: 2, m: 4 };
+        let compress_bf16 = |method| {
+            let model = Llama::random_bf16(&ModelConfig::tiny(), 5, &device);
+            let source = model.clone();
+            let c = block_on(compress(model, method, &calibration(), 0, 4, &mut |_| {
+                ControlFlow::Continue(())
+            }))
+            .unwrap();
+            (source, c)
+        };
+        // Magnitude pruning keeps every other value bit for bit; SparseGPT moves the kept
+        // ones, which are rounded back to bf16.
+        for method in [Method::Magnitude(prune), Method::SparseGpt(prune)] {
+            let (source, c) = compress_bf16(method);
+            assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");
+            for p in &c.packed {
+                assert_eq!(p.ty, GgmlType::BF16, "{method}");
+                let held = host_weight(&c.model, p.name).unwrap().data;
+                assert_eq!(dequantize(p.ty, &p.bytes, held.len()).unwrap(), held);
+                // Zero is exact in bf16: the 2:4 pattern survives the rounding.
+                for g in held.chunks(4) {
+                    assert_eq!(g.iter().filter(|v| **v == 0.0).count(), 2, "{method}");
+                }
+                if matches!(method, Method::Magnitude(_)) {
+                    let before = host_weight(&source, p.name).unwrap().data;
+                    for (a, b) in held.iter().zip(&before) {
+                        assert!(*a == 0.0 || a.to_bits() == b.to_bits(), "{a} was {b}");
+                    }
+                }
             }
+            assert!(
+                c.layers
+                    .iter()
+                    .all(|l| l.stored_as.as_deref() == Some("BF16")),
+                "{method}"
+            );
         }
     }
 

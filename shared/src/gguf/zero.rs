@@ -2,7 +2,8 @@
 //! how a pruned weight of a quantized model stays in its own block type. Only the symmetric
 //! types have a code whose value is zero whatever the block's scales (`d * (q - z)` at
 //! `q = z`); in the types with a minimum (`d * q + m`: Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) zero is in
-//! general not a value at all.
+//! general not a value at all. The 16-bit floats (F16, BF16) are blocks of one value, and
+//! zero is the code 0.
 
 use super::GgmlType;
 use super::quant::{QK_K, two_bit_group};
@@ -20,6 +21,7 @@ pub fn zeroed(ty: GgmlType, blocks: &[u8], values: &[f32]) -> Option<Vec<u8>> {
         GgmlType::Q8_0 => q8_0,
         GgmlType::Q3K => q3_k,
         GgmlType::Q6K => q6_k,
+        GgmlType::F16 | GgmlType::BF16 => float,
         _ => return None,
     };
     let n = ty.block_size();
@@ -74,6 +76,11 @@ fn q3_k(b: &mut [u8], e: usize) {
     put(&mut b[(g % 2) * 16 + l], g / 2, 1, 1);
 }
 
+/// +0 in F16 and BF16 alike.
+fn float(b: &mut [u8], _: usize) {
+    b.fill(0);
+}
+
 /// `dg * (q - 32)` with the low nibble in `ql` and the top 2 bits in `qh`: zero is 0 and 2.
 fn q6_k(b: &mut [u8], e: usize) {
     const QH: usize = QK_K / 2;
@@ -97,6 +104,8 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q3K,
             GgmlType::Q6K,
+            GgmlType::F16,
+            GgmlType::BF16,
         ] {
             let n = 4 * QK_K;
             let blocks = quantize(ty, &test_values(n, 7)).unwrap();
