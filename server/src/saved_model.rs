@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use refusal_core::compress::PackedWeight;
-use refusal_core::export::{gguf_with_weights, hf_config_json, note_in_gguf, safetensors_bytes};
+use refusal_core::export::{
+    gguf_with_weights, hf_config_json, note_in_gguf, replaced_type, safetensors_bytes,
+};
 use refusal_core::load::TextAssets;
 use refusal_core::model::{Llama, WeightName};
 
@@ -54,7 +56,8 @@ pub struct DerivedModel<'a> {
     pub source: &'a ResolvedModel,
     pub model: &'a Llama,
     pub text: &'a TextAssets,
-    /// Weights to store as f32 (GGUF output).
+    /// Weights whose values changed, written in full (GGUF output: 16-bit where the model
+    /// keeps them compact, f32 where it holds them in f32; see [`replaced_type`]).
     pub changed: &'a [WeightName],
     /// Weights already packed in a GGUF block type (GGUF output).
     pub packed: &'a [PackedWeight],
@@ -85,6 +88,12 @@ pub fn save(derived: &DerivedModel<'_>, out: &Path) -> Result<()> {
                 derived.packed,
             )?;
             note_in_gguf(&mut writer, key, note);
+            if !derived.changed.is_empty() {
+                eprintln!(
+                    "changed tensors written as {}",
+                    written_types(derived.model, derived.changed)
+                );
+            }
             write_atomic(out, |f| {
                 let mut w = std::io::BufWriter::new(f);
                 writer.write_to(&mut w)?;
@@ -97,6 +106,19 @@ pub fn save(derived: &DerivedModel<'_>, out: &Path) -> Result<()> {
         }
         (OutFormat::Gguf, ResolvedModel::HfDir(_)) => unreachable!("refused by OutFormat::of"),
     }
+}
+
+/// `F16 x49`, or `F16 x48, F32 x1`: the types [`replaced_type`] writes `changed` in.
+fn written_types(model: &Llama, changed: &[WeightName]) -> String {
+    let mut counts = BTreeMap::new();
+    for &name in changed {
+        *counts.entry(replaced_type(model, name).name()).or_insert(0) += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(ty, n)| format!("{ty} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn save_hf_dir(

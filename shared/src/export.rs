@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Tensor};
 
 use crate::compress::PackedWeight;
-use crate::gguf::{GgufError, GgufFile, GgufWriter, MetadataValue};
+use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue, quantize};
 use crate::load::names;
-use crate::model::llama::Linear;
+use crate::model::llama::{Linear, Weight};
 use crate::model::{
     BlockWeight, HostTensor, Llama, RopePairing, RopeScaling, WeightName, read_f32,
 };
@@ -99,10 +99,56 @@ pub fn host_weight(model: &Llama, name: WeightName) -> Option<HostTensor> {
     held(model, name).map(Held::into_host)
 }
 
+/// The matrix `name` as the model keeps it; `None` for vectors and weights it lacks.
+fn kept_matrix(model: &Llama, name: WeightName) -> Option<&Weight> {
+    match name {
+        WeightName::TokenEmbedding => Some(&model.embedding),
+        WeightName::OutputHead => model.head.as_ref(),
+        WeightName::FinalNorm => None,
+        WeightName::Block(l, w) => {
+            let b = model.blocks.get(l)?;
+            Some(match w {
+                BlockWeight::Q => &b.attn.q.weight,
+                BlockWeight::K => &b.attn.k.weight,
+                BlockWeight::V => &b.attn.v.weight,
+                BlockWeight::O => &b.attn.o.weight,
+                BlockWeight::Gate => &b.mlp.gate.weight,
+                BlockWeight::Up => &b.mlp.up.weight,
+                BlockWeight::Down => &b.mlp.down.weight,
+                BlockWeight::AttnNorm
+                | BlockWeight::MlpNorm
+                | BlockWeight::QBias
+                | BlockWeight::KBias
+                | BlockWeight::VBias => return None,
+            })
+        }
+    }
+}
+
+/// The type [`gguf_with_weights`] writes a replaced weight in: 16 bits for a matrix the model
+/// keeps compact (GGML blocks or 16-bit floats: BF16 stays BF16, the rest becomes F16, whose
+/// mantissa is longer), so the edited file keeps about the source's size and loads into the
+/// 16-bit kernels; F32 for an f32 matrix (the `--weights f32` reference, which stays exact)
+/// and for vectors. Values that 16 bits cannot hold are written as F32 all the same.
+pub fn replaced_type(model: &Llama, name: WeightName) -> GgmlType {
+    let Some(weight) = kept_matrix(model, name) else {
+        return GgmlType::F32;
+    };
+    match weight {
+        Weight::Quantized(q) if q.ty() == GgmlType::BF16 => GgmlType::BF16,
+        Weight::Quantized(_) => GgmlType::F16,
+        Weight::Dense(w) => match w.val().dtype() {
+            DType::BF16 => GgmlType::BF16,
+            DType::F16 => GgmlType::F16,
+            _ => GgmlType::F32,
+        },
+    }
+}
+
 /// A GGUF with the source file's metadata and tensors, except that the `replaced` weights are
-/// taken from `model` and stored as F32, and the `packed` ones are stored as given (a weight
-/// the source lacks, such as the head of a formerly tied embedding, is added). Untouched
-/// tensors keep their quantized bytes.
+/// taken from `model` and stored as [`replaced_type`] says, and the `packed` ones are stored
+/// as given (a weight the source lacks, such as the head of a formerly tied embedding, is
+/// added). Untouched tensors keep their quantized bytes.
 ///
 /// # Errors
 ///
@@ -125,7 +171,23 @@ pub fn gguf_with_weights<'a>(
     }
     let add = |writer: &mut GgufWriter<'a>, name: &str, w: WeightName| {
         let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
-        writer.tensor_f32(name, &t.shape, &t.data)?;
+        match replaced_type(model, w) {
+            GgmlType::F32 => writer.tensor_f32(name, &t.shape, &t.data)?,
+            ty => {
+                let bytes = quantize(ty, &t.data)?;
+                if bytes
+                    .as_chunks::<2>()
+                    .0
+                    .iter()
+                    .all(|b| sixteen_bit_is_finite(ty, *b))
+                {
+                    let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
+                    writer.tensor(name, dims, ty, bytes)?;
+                } else {
+                    writer.tensor_f32(name, &t.shape, &t.data)?;
+                }
+            }
+        }
         Ok::<_, ExportError>(())
     };
     for info in &source.tensors {
@@ -145,6 +207,13 @@ pub fn gguf_with_weights<'a>(
         return Err(ExportError::NotInSource(name));
     }
     Ok(writer)
+}
+
+/// Whether a little-endian F16 or BF16 value is finite (its exponent bits are not all set).
+fn sixteen_bit_is_finite(ty: GgmlType, b: [u8; 2]) -> bool {
+    let bits = u16::from_le_bytes(b);
+    let exponent = if ty == GgmlType::BF16 { 0x7F80 } else { 0x7C00 };
+    bits & exponent != exponent
 }
 
 /// Records what was done to a model in its GGUF metadata (`refusal_lens.*` keys).

@@ -2,7 +2,8 @@
 //! export the edited model.
 //!
 //! A GGUF source gives a GGUF that keeps every untouched tensor in its original quantization
-//! (the edited embedding, attention-output and down projections are F32). Safetensors output
+//! (the edited embedding, attention-output and down projections are F16, or F32 with
+//! `--weights f32`, which keeps the edit exact). Safetensors output
 //! is a Hugging Face directory: the weights as f32 plus config.json, and the tokenizer files
 //! (copied from a Hugging Face source; from a GGUF source the tokenizer built from its
 //! vocabulary is written as tokenizer.json).
