@@ -57,8 +57,8 @@ fn check(model: BuiltinModel, storage: WeightStorage, written: GgmlType, exporte
         storage,
         release: None,
     };
-    let original = load::gguf_model(&name, &file, &bytes, &device, options(), &mut |_, _| {})
-        .unwrap();
+    let original =
+        load::gguf_model(&name, &file, &bytes, &device, options(), &mut |_, _| {}).unwrap();
 
     let prompts: Vec<Vec<u32>> = reference
         .cases

@@ -249,9 +249,16 @@ fn smollm2_in_16_bits_runs_as_its_f32_widening() {
         for batch in &batches {
             let a = read_f32(kept.last_logits(batch, &mut NoHook));
             let b = read_f32(dense.last_logits(batch, &mut NoHook));
-            worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+            worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(worst, f32::max);
         }
-        assert!(worst <= SIXTEEN_BIT_LOGIT_TOL, "{ty}: logits differ by {worst}");
+        assert!(
+            worst <= SIXTEEN_BIT_LOGIT_TOL,
+            "{ty}: logits differ by {worst}"
+        );
         assert_eq!(
             refusal_tests::greedy(&kept, &assets.tokenizer, &prompts, 24),
             refusal_tests::greedy(&dense, &assets.tokenizer, &prompts, 24),

@@ -614,7 +614,10 @@ mod tests {
             // SparseGPT moves the weights it keeps.
             (GgmlType::Q5_0, Method::SparseGpt(prune)),
             // No block type holds a 3-bit grid.
-            (GgmlType::Q8_0, Method::Rtn(QuantGrid::new(3, 32, true).unwrap())),
+            (
+                GgmlType::Q8_0,
+                Method::Rtn(QuantGrid::new(3, 32, true).unwrap()),
+            ),
         ] {
             let (source, c) = run_quantized(ty, method);
             assert_eq!(c.packed.len(), 2 * LINEARS.len(), "{method}");

@@ -401,7 +401,11 @@ mod tests {
     fn assert_same_logits(a: &Llama, b: &Llama) {
         let (a, b) = (logits(a), logits(b));
         assert_eq!(a.len(), b.len());
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(diff <= 1e-5, "logits differ by {diff}");
     }
 

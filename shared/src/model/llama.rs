@@ -16,8 +16,8 @@ use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
 use super::quantized::QuantizedMatrix;
 use super::swiglu::swiglu;
-use crate::threads::on_pool;
 use crate::gguf::GgmlType;
+use crate::threads::on_pool;
 
 /// A finite "minus infinity" for masked attention scores. A true `-inf` would turn the
 /// softmax of a fully masked row (a padding query) into NaN, and NaN times the zero weight a
