@@ -827,6 +827,39 @@ mod tests {
         }
     }
 
+    /// Prints how fast each kernel reads its weights for one activation row (a decoding step)
+    /// on a matrix of Llama-2-7B's `ffn_down` shape (11008 inputs, 4096 outputs), on every
+    /// thread. A measurement, not a check: run with `--ignored --nocapture` (the crate is
+    /// optimised in the test profile too).
+    #[test]
+    #[ignore = "a measurement: run with --ignored --nocapture"]
+    fn kernel_read_bandwidth() {
+        let (rows, cols) = (4096, 11008);
+        let x = values(cols, 2);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::F16,
+        ] {
+            let packed = quantize(ty, &values(rows * cols, 1)).expect("quantizes");
+            let mut out = vec![0.0f32; rows];
+            let runs = 20;
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                matmul(Isa::detect(), ty, &packed, rows, cols, &x, &mut out);
+            }
+            let seconds = start.elapsed().as_secs_f64() / f64::from(runs);
+            println!(
+                "{ty}: {:.1} GB/s ({:.2} ms per product)",
+                packed.len() as f64 / seconds / 1e9,
+                seconds * 1e3
+            );
+        }
+    }
+
     #[test]
     fn activations_follow_llama_cpp() {
         // A block whose largest magnitude is negative: Q8_K maps it to -127 exactly.

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::gguf::quant::{
     Q4_0_BYTES, Q4_1_BYTES, Q4K_BYTES, Q5_0_BYTES, Q5_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES,
-    QK_K, k_scale_min, k_scales,
+    QK_K, k_scales,
 };
 
 /// The f16 in bytes `lo, hi` as f32, with F16C's conversion (exact, as `half`'s is): `half`
@@ -211,9 +211,45 @@ fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperS
     four_or_five_bits::<Q5K_BYTES, true>(b, q, bsums)
 }
 
+/// The eight 6-bit scales and eight minimums of a Q4_K/Q5_K block (its 12 scale bytes) as
+/// bytes 0..8 and 8..16, unpacked with whole-word masks as llama.cpp does: what
+/// `k_scale_min(s, j)` gives for every `j`, in a dozen instructions instead of a branch and
+/// a few byte operations per group.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_scales_and_mins(s: &[u8; 12]) -> __m128i {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const LOW2: u32 = 0x0303_0303;
+    let w = [word(s, 0), word(s, 4), word(s, 8)];
+    let scales = [w[0] & LOW6, (w[2] & LOW4) | (((w[0] >> 6) & LOW2) << 4)];
+    let mins = [
+        w[1] & LOW6,
+        ((w[2] >> 4) & LOW4) | (((w[1] >> 6) & LOW2) << 4),
+    ];
+    _mm_set_epi32(
+        mins[1] as i32,
+        mins[0] as i32,
+        scales[1] as i32,
+        scales[0] as i32,
+    )
+}
+
+/// Every i16 lane of a 128-bit half set to lane `j` (`j < 8`) of `v`, in both halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn broadcast_i16(v: __m256i, j: usize) -> __m256i {
+    let (lo, hi) = (2 * j as i8, 2 * j as i8 + 1);
+    _mm256_shuffle_epi8(
+        v,
+        _mm256_set1_epi16(i16::from_le_bytes([lo as u8, hi as u8])),
+    )
+}
+
 /// Q4_K, and Q5_K (`FIFTH`): eight groups of 32 with 6-bit scales and minimums; groups `2c`
 /// and `2c + 1` are the low and high nibbles of 32 bytes, and Q5_K's fifth bit of group `j`
-/// is bit `j` of every byte of `qh` (bytes 16..48, before the nibbles).
+/// is bit `j` of every byte of `qh` (bytes 16..48, before the nibbles). The minimums' sum is
+/// one multiply-add of the eight minimums with the activations' pairs of group sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn four_or_five_bits<const N: usize, const FIFTH: bool>(
@@ -222,14 +258,27 @@ fn four_or_five_bits<const N: usize, const FIFTH: bool>(
     bsums: &[i16; QK_K / 16],
 ) -> SuperSums {
     let qs = if FIFTH { 48 } else { 16 };
-    let scales = k_scales(b);
+    let packed = k_scales_and_mins(&k_scales(b));
+    // Scales as i16 in both 128-bit halves, so each group's is one byte shuffle away.
+    let scales16 = _mm_cvtepu8_epi16(packed);
+    let scales = _mm256_set_m128i(scales16, scales16);
+    let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(packed, packed));
+    // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
+    let sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
+    let pairs = _mm_hadd_epi16(
+        _mm256_castsi256_si128(sums),
+        _mm256_extracti128_si256::<1>(sums),
+    );
+    let m = _mm_madd_epi16(mins, pairs);
+    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
     let mask = _mm256_set1_epi8(0x0F);
     let qh = if FIFTH {
         load(sub(b, 16))
     } else {
         _mm256_setzero_si256()
     };
-    let (mut acc, mut msum) = (_mm256_setzero_si256(), 0i32);
+    let mut acc = _mm256_setzero_si256();
     for c in 0..4 {
         let x = load(sub(b, qs + 32 * c));
         let halves = [
@@ -247,33 +296,44 @@ fn four_or_five_bits<const N: usize, const FIFTH: bool>(
             } else {
                 low
             };
-            let (sc, m) = k_scale_min(&scales, j);
             let qv = load(sub_i8(q, 32 * j));
-            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, _mm256_set1_epi16(i16::from(sc))));
-            msum += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, broadcast_i16(scales, j)));
         }
     }
     SuperSums {
         isum: hsum(acc),
-        msum,
+        msum: _mm_cvtsi128_si32(m),
         d: f16_at(b[0], b[1]),
         dmin: f16_at(b[2], b[3]),
     }
 }
 
 /// Q6_K: the unsigned 6-bit values `v` (the stored `v - 32` is restored by subtracting
-/// 32 · Σ scale · group sum).
+/// 32 · Σ scale · group sum, one multiply-add of the sixteen scales with the group sums).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
     const QH: usize = QK_K / 2;
     const SCALES: usize = QH + QK_K / 4;
     const D: usize = SCALES + QK_K / 16;
-    let sc = |g: usize| i16::from(b[SCALES + g] as i8);
+    // SAFETY: the block holds 16 scale bytes at SCALES; unaligned loads are allowed.
+    let bytes = unsafe { _mm_loadu_si128(b[SCALES..].as_ptr().cast()) };
+    let all = _mm256_cvtepi8_epi16(bytes);
+    // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
+    let sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
+    let offset = hsum(_mm256_madd_epi16(all, sums));
     let mask = _mm256_set1_epi8(0x0F);
     let three = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_si256();
     for h in 0..2 {
+        // Scales 8h..8h+8 as i16 in both halves: group `g` is in the low half of a product,
+        // group `g + 1` in the high half.
+        let half = if h == 0 {
+            _mm256_castsi256_si128(all)
+        } else {
+            _mm256_extracti128_si256::<1>(all)
+        };
+        let scales8 = _mm256_set_m128i(half, half);
         let ql = [load(sub(b, 64 * h)), load(sub(b, 64 * h + 32))];
         let qh = load(sub(b, QH + 32 * h));
         for k in 0..4 {
@@ -285,15 +345,14 @@ fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperS
             let top =
                 _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), three);
             let v = _mm256_or_si256(low, _mm256_slli_epi16::<4>(top));
-            let g = 8 * h + 2 * k;
-            let scales = _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
+            let scales = _mm256_blend_epi32::<0b1111_0000>(
+                broadcast_i16(scales8, 2 * k),
+                broadcast_i16(scales8, 2 * k + 1),
+            );
             let qv = load(sub_i8(q, 128 * h + 32 * k));
             acc = _mm256_add_epi32(acc, scaled_dot(v, qv, scales));
         }
     }
-    let offset: i32 = (0..16)
-        .map(|g| i32::from(sc(g)) * i32::from(bsums[g]))
-        .sum();
     SuperSums {
         isum: hsum(acc) - 32 * offset,
         msum: 0,
