@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Tensor};
 
 use crate::compress::PackedWeight;
-use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue, quantize};
+use crate::gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetadataValue, in_sixteen_bits};
 use crate::load::names;
 use crate::model::llama::{Linear, Weight};
 use crate::model::{
@@ -126,21 +126,27 @@ fn kept_matrix(model: &Llama, name: WeightName) -> Option<&Weight> {
 }
 
 /// The type [`gguf_with_weights`] writes a replaced weight in: 16 bits for a matrix the model
-/// keeps compact (GGML blocks or 16-bit floats: BF16 stays BF16, the rest becomes F16, whose
-/// mantissa is longer), so the edited file keeps about the source's size and loads into the
-/// 16-bit kernels; F32 for an f32 matrix (the `--weights f32` reference, which stays exact)
-/// and for vectors. Values that 16 bits cannot hold are written as F32 all the same.
+/// keeps compact (GGML blocks or 16-bit floats; see [`in_sixteen_bits`]), so the edited file
+/// keeps about the source's size and loads into the 16-bit kernels; F32 for an f32 matrix (the
+/// `--weights f32` reference, which stays exact) and for vectors. Values that 16 bits cannot
+/// hold are written as F32 all the same.
 pub fn replaced_type(model: &Llama, name: WeightName) -> GgmlType {
-    let Some(weight) = kept_matrix(model, name) else {
-        return GgmlType::F32;
-    };
-    match weight {
-        Weight::Quantized(q) if q.ty() == GgmlType::BF16 => GgmlType::BF16,
-        Weight::Quantized(_) => GgmlType::F16,
+    match sixteen_bit_source(model, name) {
+        Some(GgmlType::BF16) => GgmlType::BF16,
+        Some(_) => GgmlType::F16,
+        None => GgmlType::F32,
+    }
+}
+
+/// The type [`in_sixteen_bits`] is given for a changed matrix kept compact; `None` for an f32
+/// matrix and for vectors.
+fn sixteen_bit_source(model: &Llama, name: WeightName) -> Option<GgmlType> {
+    match kept_matrix(model, name)? {
+        Weight::Quantized(q) => Some(q.ty()),
         Weight::Dense(w) => match w.val().dtype() {
-            DType::BF16 => GgmlType::BF16,
-            DType::F16 => GgmlType::F16,
-            _ => GgmlType::F32,
+            DType::BF16 => Some(GgmlType::BF16),
+            DType::F16 => Some(GgmlType::F16),
+            _ => None,
         },
     }
 }
@@ -171,22 +177,13 @@ pub fn gguf_with_weights<'a>(
     }
     let add = |writer: &mut GgufWriter<'a>, name: &str, w: WeightName| {
         let t = host_weight(model, w).ok_or(ExportError::MissingWeight(w))?;
-        match replaced_type(model, w) {
-            GgmlType::F32 => writer.tensor_f32(name, &t.shape, &t.data)?,
-            ty => {
-                let bytes = quantize(ty, &t.data)?;
-                if bytes
-                    .as_chunks::<2>()
-                    .0
-                    .iter()
-                    .all(|b| sixteen_bit_is_finite(ty, *b))
-                {
-                    let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
-                    writer.tensor(name, dims, ty, bytes)?;
-                } else {
-                    writer.tensor_f32(name, &t.shape, &t.data)?;
-                }
+        let sixteen = sixteen_bit_source(model, w).and_then(|ty| in_sixteen_bits(ty, &t.data));
+        match sixteen {
+            Some((ty, bytes)) => {
+                let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
+                writer.tensor(name, dims, ty, bytes)?;
             }
+            None => writer.tensor_f32(name, &t.shape, &t.data)?,
         }
         Ok::<_, ExportError>(())
     };
@@ -207,13 +204,6 @@ pub fn gguf_with_weights<'a>(
         return Err(ExportError::NotInSource(name));
     }
     Ok(writer)
-}
-
-/// Whether a little-endian F16 or BF16 value is finite (its exponent bits are not all set).
-fn sixteen_bit_is_finite(ty: GgmlType, b: [u8; 2]) -> bool {
-    let bits = u16::from_le_bytes(b);
-    let exponent = if ty == GgmlType::BF16 { 0x7F80 } else { 0x7C00 };
-    bits & exponent != exponent
 }
 
 /// Records what was done to a model in its GGUF metadata (`refusal_lens.*` keys).

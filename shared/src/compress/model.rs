@@ -119,7 +119,8 @@ pub struct Compressed {
 }
 
 impl Compressed {
-    /// The linear weights whose new values are not packed in a GGUF type (to store as f32).
+    /// The linear weights whose new values are not packed in a GGUF type (written in full, as
+    /// [`crate::export::replaced_type`] says).
     pub fn unpacked_weights(&self) -> Vec<WeightName> {
         (0..self.model.blocks.len())
             .flat_map(|l| LINEARS.map(|w| WeightName::Block(l, w)))
@@ -443,28 +444,19 @@ fn kept_in_blocks(source: &Weight, method: Method, w: &HostMatrix) -> Option<(Gg
 }
 
 /// A compressed weight that no block type holds, of a model kept compact on the CPU (GGML
-/// blocks or 16-bit floats): rounded to 16 bits (BF16 for a BF16 source, else F16, whose
-/// mantissa is longer), and `w` set to the rounded values, so that the reported errors are
-/// those of what is stored. Zeros stay exact, so does a pruning pattern. An f32 copy would
-/// double the memory of a 16-bit model and make a quantized one 4-8 times larger. `None` for a
-/// dense source (f32, or 16-bit on a GPU, which keeps its type), and for values out of the
-/// 16-bit range, which stay f32.
+/// blocks or 16-bit floats): rounded to 16 bits (see [`crate::gguf::in_sixteen_bits`]), and
+/// `w` set to the rounded values, so that the reported errors are those of what is stored.
+/// Zeros stay exact, so does a pruning pattern. An f32 copy would double the memory of a
+/// 16-bit model and make a quantized one 4-8 times larger. `None` for a dense source (f32, or
+/// 16-bit on a GPU, which keeps its type), and for values out of the 16-bit range, which stay
+/// f32.
 fn in_sixteen_bits(source: &Weight, w: &mut HostMatrix) -> Option<(GgmlType, Bytes)> {
     let Weight::Quantized(q) = source else {
         return None;
     };
-    let ty = match q.ty() {
-        GgmlType::BF16 => GgmlType::BF16,
-        _ => GgmlType::F16,
-    };
-    let bytes = quantize(ty, &w.data)
-        .unwrap_or_else(|e| unreachable!("16-bit floats hold any number of values: {e}"));
-    let rounded = dequantize(ty, &bytes, w.data.len())
+    let (ty, bytes) = crate::gguf::in_sixteen_bits(q.ty(), &w.data)?;
+    w.data = dequantize(ty, &bytes, w.data.len())
         .unwrap_or_else(|e| unreachable!("whole values, by construction: {e}"));
-    if rounded.iter().any(|v| !v.is_finite()) {
-        return None;
-    }
-    w.data = rounded;
     Some((ty, bytes.into()))
 }
 

@@ -16,7 +16,7 @@ pub mod zero;
 
 pub use error::GgufError;
 pub use quant::{GgmlType, dequantize, dequantize_into};
-pub use quantize::{fits_rows, pack_levels, quantize};
+pub use quantize::{fits_rows, in_sixteen_bits, pack_levels, quantize};
 pub use reader::{GgufFile, MetadataValue, TensorInfo};
 pub use writer::GgufWriter;
 pub use zero::zeroed;

@@ -57,6 +57,26 @@ pub fn fits_rows(ty: GgmlType, row_len: usize) -> bool {
     row_len.is_multiple_of(ty.block_size())
 }
 
+/// A changed matrix that was of type `source`, in 16 bits: BF16 for a BF16 matrix (it keeps
+/// its type and range), F16 for any other (its mantissa is 3 bits longer, and weights never
+/// approach its range), with the bytes. `None` when a value is not finite in that type (out of
+/// F16's range, or not finite to begin with): such a matrix stays f32.
+pub fn in_sixteen_bits(source: GgmlType, values: &[f32]) -> Option<(GgmlType, Vec<u8>)> {
+    let (ty, exponent) = match source {
+        GgmlType::BF16 => (GgmlType::BF16, 0x7F80),
+        _ => (GgmlType::F16, 0x7C00),
+    };
+    let bytes = quantize(ty, values)
+        .unwrap_or_else(|e| unreachable!("16-bit floats hold any number of values: {e}"));
+    // All exponent bits set: an infinity or a NaN.
+    let finite = bytes
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .all(|b| u16::from_le_bytes(*b) & exponent != exponent);
+    finite.then_some((ty, bytes))
+}
+
 /// Quantizes `values` (row-major, a whole number of `ty`'s blocks) into the stored bytes of
 /// `ty`, in the layout [`dequantize`](super::dequantize) reads.
 ///
