@@ -190,7 +190,7 @@ impl From<HostTensor> for StoredTensor {
 /// Edits of a 16-bit matrix on a GPU (orthogonalization, compression, AIRD) are computed in
 /// f32 and rounded to the matrix's type when written back. On the CPU, orthogonalization and
 /// AIRD keep the stored values and add exact rank-one terms beside them, and compression
-/// stores its result in the source's type where that type holds it (f32 otherwise).
+/// stores its result in the source's type where that type holds it (in 16 bits otherwise).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightStorage {
     /// The checkpoint's type: GGML blocks stay blocks on the CPU backend (other devices get
