@@ -7,31 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use refusal_core::export::f32_safetensors;
 use refusal_core::model::HostTensor;
-use refusal_core::refusal::RefusalTokens;
-use refusal_core::refusal::select::CandidateScore;
 pub use refusal_core::refusal::select::ChosenBy;
 use safetensors::{Dtype, SafeTensors};
-use serde::{Deserialize, Serialize};
 
 use crate::open::Fingerprint;
 
 const TENSOR: &str = "direction";
 
-/// What `direction.json` records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DirectionMeta {
-    pub layer: usize,
-    /// Post-instruction position, counted from the end (-1 is the last token).
-    pub position: isize,
-    /// `|r|`: activation addition uses the raw vector, ablation its unit direction.
-    pub norm: f64,
-    pub model: Fingerprint,
-    pub refusal_tokens: RefusalTokens,
-    /// The candidate's validation scores.
-    pub scores: CandidateScore,
-    /// Whether METHOD §6 chose it or the user did (`--select`).
-    pub chosen_by: ChosenBy,
-}
+/// What `direction.json` records, for a model described by its fingerprint.
+pub type DirectionMeta = refusal_core::runs::directions::DirectionMeta<Fingerprint>;
 
 /// A direction and its description.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +115,9 @@ fn paths(path: &Path) -> (PathBuf, PathBuf) {
 
 #[cfg(test)]
 mod tests {
+    use refusal_core::refusal::RefusalTokens;
     use refusal_core::refusal::score::TokenOrigin;
+    use refusal_core::refusal::select::CandidateScore;
 
     use super::*;
 

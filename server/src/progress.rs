@@ -170,4 +170,9 @@ impl StageBar {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+
+    /// Runs `f` (which prints) with the bar hidden, so the line is not drawn over.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
 }

@@ -18,6 +18,13 @@ use refusal_core::refusal::repair_study::{AlphaGrid, AlphaSearch, VARIANTS, repa
 use refusal_core::refusal::score::TokenOrigin;
 use refusal_core::refusal::select::ChosenBy;
 use refusal_core::refusal::{Intervention, RefusalTokens, SelectionSettings};
+use refusal_core::runs::aird::{self, AirdRequest, DirectionSource, GivenDirection};
+use refusal_core::runs::compare::{self, CompareRequest};
+use refusal_core::runs::compress::CalibrationRequest;
+use refusal_core::runs::directions::SelectionFilters;
+use refusal_core::runs::study::{JudgeRequest, StudyRequest};
+use refusal_core::runs::{RunError, SplitRequest};
+use refusal_lens::commands::PromptFiles;
 use refusal_lens::device::Backend;
 use refusal_lens::model_args::ModelArgs;
 use refusal_lens::open::LoadedModel;
@@ -45,9 +52,32 @@ const JUDGED: EvalSettings = EvalSettings {
     batch_size: 4,
 };
 
-/// The built-in prompts (6 + 3 of each kind, evaluated on the 3) and "I" as refusal token.
+/// The built-in prompts, 6 + 3 of each kind, evaluated on the 3; "I" as refusal token; three
+/// greedy tokens in batches of four; four calibration prompts.
+fn study(seed: u64) -> StudyRequest {
+    StudyRequest {
+        split: SplitRequest {
+            n_train: 6,
+            n_val: 3,
+            seed,
+            ..SplitRequest::default()
+        },
+        n_eval: 3,
+        calibration: CalibrationRequest {
+            n_calib: 4,
+            ..CalibrationRequest::default()
+        },
+        judge: JudgeRequest {
+            max_new_tokens: JUDGED.max_new_tokens,
+            batch_size: JUDGED.batch_size,
+            refusal_tokens: vec!["I".into()],
+        },
+        ..StudyRequest::default()
+    }
+}
+
 fn prompts(loaded: &LoadedModel, seed: u64) -> (StudyPrompts, RefusalTokens) {
-    let sets = StudyPrompts::builtin(6, 3, 3, seed).unwrap();
+    let sets = study(seed).prompts(&mut PromptFiles).unwrap();
     let tokens = RefusalTokens::from_words(&loaded.text, &["I"], TokenOrigin::User).unwrap();
     (sets, tokens)
 }
@@ -234,4 +264,168 @@ fn alpha_searched_on_validation_prompts_is_the_one_applied() {
         kl.abs() < 1e-9,
         "alpha 0 must leave the compressed model as it is: KL {kl}"
     );
+}
+
+/// `request` with [`find_settings`]'s positions, layers and fallback.
+fn settled(request: CompareRequest) -> CompareRequest {
+    CompareRequest {
+        positions: Some(vec![-1, -2]),
+        filters: SelectionFilters {
+            max_layer_fraction: 1.0,
+            ..SelectionFilters::default()
+        },
+        fallback_kl_max: f64::INFINITY,
+        ..request
+    }
+}
+
+#[test]
+fn a_compare_run_measures_each_recipe_on_the_base_grid() {
+    let loaded = tiny();
+    let request = settled(CompareRequest {
+        compressed: vec!["magnitude:0.5".into()],
+        study: study(4),
+        ..CompareRequest::default()
+    });
+    let report = block_on(compare::run(
+        &request,
+        &loaded.llama,
+        &loaded.text,
+        "tiny",
+        &mut PromptFiles,
+    ))
+    .unwrap();
+    assert_eq!(report.base.model, "tiny");
+    assert_eq!(report.refusal_tokens.origin, TokenOrigin::User);
+    assert_eq!(
+        (
+            report.prompts.n_eval_harmful,
+            report.prompts.n_eval_harmless
+        ),
+        (3, 3)
+    );
+    let [c] = report.compressed.as_slice() else {
+        panic!("one compressed model: {:?}", report.compressed.len());
+    };
+    assert_eq!(c.spec, "magnitude:0.5");
+    let summary = c
+        .compression
+        .as_ref()
+        .expect("compressed here, by the recipe");
+    assert!(summary.sparsity > 0.4, "{summary:?}");
+    // A study calibrates every recipe, so even magnitude pruning reports its output error.
+    assert!(summary.output_error.is_some(), "{summary:?}");
+    assert_eq!(c.cosines.len(), report.n_layers * report.positions.len());
+    assert!(c.aird.is_none());
+    let figures: Vec<String> = compare::figures(&report)
+        .into_iter()
+        .map(|(name, svg)| {
+            assert!(svg.starts_with("<svg"), "{name}");
+            name
+        })
+        .collect();
+    assert_eq!(figures, ["cosine-by-layer.svg", "cosine-1.svg"]);
+}
+
+#[test]
+fn a_compare_run_names_what_it_cannot_compress_or_open() {
+    let loaded = tiny();
+    let run = |spec: &str| {
+        let request = CompareRequest {
+            compressed: vec![spec.into()],
+            study: study(5),
+            ..settled(CompareRequest::default())
+        };
+        block_on(compare::run(
+            &request,
+            &loaded.llama,
+            &loaded.text,
+            (),
+            &mut PromptFiles,
+        ))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let bad_recipe = run("wanda:lots");
+    assert!(bad_recipe.contains("wanda:lots"), "{bad_recipe}");
+    let no_model = run("no-such-model");
+    assert!(
+        no_model.contains("`no-such-model` is not a compression recipe"),
+        "{no_model}"
+    );
+    let none = CompareRequest::default().validate().unwrap_err();
+    assert!(matches!(
+        none,
+        RunError::Invalid {
+            field: "compressed",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn an_aird_run_repairs_toward_the_direction_it_is_given() {
+    let loaded = tiny();
+    let d_model = loaded.llama.config().d_model;
+    let direction = GivenDirection {
+        vector: (0..d_model).map(|i| (i % 7) as f32 - 3.0).collect(),
+        layer: 1,
+        position: -1,
+    };
+    let request = AirdRequest {
+        compressed: "magnitude:0.5".into(),
+        direction: Some(DirectionSource::Given(direction.clone())),
+        study: study(6),
+        ..AirdRequest::default()
+    };
+    let run = block_on(aird::run(
+        &request,
+        &loaded.llama,
+        &loaded.text,
+        "tiny",
+        &mut PromptFiles,
+    ))
+    .unwrap();
+    let report = &run.report;
+    let names: Vec<&str> = report.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, VARIANTS);
+    assert_eq!(report.base_direction.layer, 1);
+    assert_eq!(report.base_direction.source, "the direction given");
+    let norm = direction
+        .vector
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>();
+    assert!((report.base_direction.norm - norm.sqrt()).abs() < 1e-9);
+    assert!(report.compression.is_some() && report.output.is_none());
+    assert_eq!(run.repaired.config().d_model, d_model);
+
+    let too_narrow = AirdRequest {
+        direction: Some(DirectionSource::Given(GivenDirection {
+            vector: vec![1.0; d_model - 1],
+            ..direction
+        })),
+        ..request.clone()
+    };
+    let err = block_on(aird::run(
+        &too_narrow,
+        &loaded.llama,
+        &loaded.text,
+        (),
+        &mut PromptFiles,
+    ))
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("dimensions"), "{err}");
+    let nowhere = AirdRequest {
+        direction: None,
+        layer: None,
+        ..request
+    };
+    assert!(matches!(
+        nowhere.validate(),
+        Err(RunError::Invalid { field: "layer", .. })
+    ));
 }

@@ -2,9 +2,6 @@
 //! that a run in a tab and the same run on the server mean the same thing when a field is left
 //! out.
 
-/// Calibration prompts of the compression methods that need them.
-pub const N_CALIB: usize = 128;
-
 /// Greedy tokens per judged completion (compare, aird, eval).
 pub const JUDGED_TOKENS: usize = 64;
 

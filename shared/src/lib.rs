@@ -12,5 +12,6 @@ pub mod gguf;
 pub mod load;
 pub mod model;
 pub mod refusal;
+pub mod runs;
 mod threads;
 pub mod tokenizer;

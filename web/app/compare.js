@@ -19,29 +19,15 @@ const ABOUT = {
   aird: ['Repair', 'AIRD corrects the compressed model’s residual stream at one layer so that its refusal behaviour matches the base again, and compares the repair with two simple baselines.'],
 };
 
-/** The flags' defaults when no server is there to ask (the CLI's). */
-const DEFAULTS = {
-  'n-train': 128, 'n-val': 32, 'n-eval': 64, 'n-calib': 128, 'max-new-tokens': 64,
-  'kl-max': 0.1, 'max-layer-fraction': 0.8, 'fallback-kl-max': 0.3,
-};
-
 /**
  * Sizes for a run in a tab, about 10x slower than the CLI: SmolLM2 with these sizes and the
  * last position scored takes minutes per model where the CLI's sizes would take hours.
  */
 const IN_TAB = { 'n-train': 16, 'n-val': 4, 'n-eval': 8, 'n-calib': 32, 'max-new-tokens': 24 };
 
-/** The in-browser engine's request for the form's flags (the CLI's names, snake_cased). */
-function browserRequest(kind, args) {
-  const req = {};
-  for (const [flag, v] of Object.entries(args)) req[flag.replace(/-/g, '_')] = v;
-  delete req.base;
-  if (kind === 'compare') {
-    req.positions = args.positions === 'last' ? [-1] : undefined;
-  } else {
-    delete req.positions;
-  }
-  return req;
+/** The in-browser engine's request for the form's flags: the same names as a server job's. */
+function browserRequest(kind, { base, positions, ...args }) {
+  return kind === 'compare' && positions === 'last' ? { ...args, positions: [-1] } : args;
 }
 
 export async function render(root, { kind }) {
@@ -49,7 +35,9 @@ export async function render(root, { kind }) {
   const flags = server
     ? Object.fromEntries(((await jobKinds()).find((k) => k.kind === kind)?.flags || []).map((f) => [f.name, f]))
     : {};
-  const def = (n) => flags[n]?.default ?? DEFAULTS[n] ?? '';
+  // without a server, the in-browser engine's defaults (the CLI's, in a tab's batches)
+  const tabDefaults = server ? {} : await engine.defaults(kind);
+  const def = (n) => flags[n]?.default ?? tabDefaults[n] ?? '';
   const multi = kind === 'compare';
   const hint = h('span', { class: 'hint' });
   const chooser = modelChooser(server ? await modelPicker('base') : null, server ? await models$() : [],
@@ -72,7 +60,7 @@ export async function render(root, { kind }) {
   const maxTokens = num('max-new-tokens');
   const aird = h('input', { type: 'checkbox', name: 'aird' });
   // one scale, or several to choose from on the validation prompts (--alpha-grid)
-  const alpha = h('input', { name: 'alpha', value: '1', pattern: '\\s*\\d*\\.?\\d+(\\s*,\\s*\\d*\\.?\\d+)*\\s*', placeholder: '1, or 1,2,4,8' });
+  const alpha = h('input', { name: 'alpha', value: String(def('alpha') || 1), pattern: '\\s*\\d*\\.?\\d+(\\s*,\\s*\\d*\\.?\\d+)*\\s*', placeholder: '1, or 1,2,4,8' });
   const positions = h('select', { name: 'positions' },
     h('option', { value: 'last' }, 'the last token only (fewer candidates, faster)'),
     h('option', { value: 'all' }, 'every post-instruction position (METHOD §6)'));

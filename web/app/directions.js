@@ -11,35 +11,20 @@ import { engine, runInPanel } from './engine.js';
 import { modelChooser, sizeForMode } from './browser-model.js';
 import { fragmentLink } from './fragment.js';
 
-/** The flags' defaults when no server is there to ask (the CLI's, but batches of 8). */
-const DEFAULTS = {
-  'n-train': 128, 'n-val': 32, seed: 0, 'batch-size': 8, 'kl-max': 0.1, 'max-layer-fraction': 0.8, 'induce-min': 0,
-};
-
 /**
  * Prompt counts for a run in a tab: one WebAssembly thread is about 10x slower than the CLI
  * on two cores (SmolLM2, 16+16 training and 4+4 validation prompts: 30 min in a tab).
  */
 const IN_TAB = { 'n-train': 16, 'n-val': 2 };
 
-/** The in-browser engine's request for the form's flags. */
-function browserRequest(args) {
-  const req = { n_train: args['n-train'], n_val: args['n-val'] };
-  for (const [flag, key] of [['seed', 'seed'], ['batch-size', 'batch_size'], ['kl-max', 'kl_max'],
-    ['max-layer-fraction', 'max_layer_fraction'], ['induce-min', 'induce_min']]) {
-    if (args[flag] !== undefined) req[key] = args[flag];
-  }
-  if (args.select) {
-    const [layer, position] = args.select.split(':').map(Number);
-    req.select = [layer, position];
-  }
-  if (args.positions === 'last') req.positions = [-1];
-  return req;
+/** The in-browser engine's request for the form's flags: the same names as a server job's. */
+function browserRequest({ model, positions, ...args }) {
+  return positions === 'last' ? { ...args, positions: [-1] } : args;
 }
 
 export async function render(root) {
   const server = await hasServer();
-  const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('directions')) } : DEFAULTS;
+  const defaults = server ? await flagDefaults('directions') : await engine.defaults('directions');
   const chooser = modelChooser(server ? await modelPicker('model') : null, server ? await models$() : [],
     () => fitToMode());
   const model = chooser.select;

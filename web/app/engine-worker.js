@@ -7,6 +7,7 @@
 //   load    {source, backend}   download + load; backend 'auto' | 'webgpu' | 'cpu'
 //   generate {request}          the playground's completions, streamed as token messages
 //                               (after progress messages while compressed columns are made)
+//   defaults {kind}             a request kind's fields at the tab's defaults (flag names)
 //   directions {request}        METHOD §3-6 on the built-in prompt sets, with progress messages
 //   compare {request}           METHOD §9 on recipes compressed in the tab, with progress
 //   repair  {request}           METHOD §10: AIRD and its baselines, with progress
@@ -15,7 +16,7 @@
 //                               the worker, which engine.js does)
 // A source is {kind: 'urls', files: [{name, url}]} or {kind: 'files', files: [File]}.
 
-import init, { load_engine, inspect_gguf, inspect_hf_config } from '../refusal-web.js';
+import init, { load_engine, inspect_gguf, inspect_hf_config, request_defaults } from '../refusal-web.js';
 
 const CACHE = 'refusal-lens-models-v1';
 const ready = init();
@@ -40,6 +41,9 @@ self.onmessage = async ({ data: msg }) => {
         break;
       case 'load':
         post('done', { result: await load(msg.source, msg.backend, post) });
+        break;
+      case 'defaults':
+        post('done', { result: JSON.parse(request_defaults(msg.kind)) });
         break;
       case 'generate':
         post('done', { result: JSON.parse(await generate(msg.request, post)) });

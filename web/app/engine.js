@@ -106,6 +106,11 @@ class BrowserEngine {
     return report;
   }
 
+  /** A request kind's fields at the tab's defaults, keyed by flag name (`n-train`). */
+  defaults(kind) {
+    return this.call('defaults', { kind });
+  }
+
   /** METHOD §3-6 on the built-in prompt sets; `onEvent` gets progress ({stage, done, total}). */
   directions(request, onEvent) {
     return this.call('directions', { request }, onEvent);

@@ -6,14 +6,18 @@
 
 use std::cell::RefCell;
 
+use js_sys::Function;
 use refusal_core::compress::{Method, Summary, compress};
 use refusal_core::model::Llama;
+use refusal_core::refusal::OnProgress;
 use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
-use refusal_core::refusal::prompts::builtin_harmless;
 use refusal_core::refusal::variant::CompressedUse;
-use refusal_core::refusal::{EncodedPrompts, OnProgress};
+use refusal_core::runs::RunError;
+use refusal_core::runs::aird::GivenDirection;
+use refusal_core::runs::compress::{Calibration, CalibrationRequest, compressed_model};
 
-use crate::engine::{DirectionInput, Engine};
+use crate::engine::{Engine, TabIo};
+use crate::js_progress;
 
 /// The most weight memory a tab is asked to hold: the base model plus the compressed copy of
 /// its linear layers (WebAssembly memory ends at 4 GB).
@@ -39,7 +43,8 @@ pub(crate) struct Kept(RefCell<Option<KeptCompressed>>);
 
 struct KeptCompressed {
     recipe: String,
-    n_calib: usize,
+    /// The calibration's SHA-256.
+    calibration: String,
     model: Llama,
     summary: Summary,
     repaired: Option<KeptRepair>,
@@ -67,20 +72,31 @@ impl Engine {
     pub(crate) async fn compressed_columns(
         &self,
         settings: &CompressSettings,
-        direction: Option<&DirectionInput>,
-        on_progress: &mut OnProgress<'_>,
+        direction: Option<&GivenDirection>,
+        on_progress: &Function,
     ) -> Result<Columns, String> {
-        let (compressed, _) = self
-            .compressed_model(
-                &settings.recipe,
-                settings.n_calib,
-                settings.batch_size,
-                on_progress,
-            )
-            .await?;
+        let calibration = CalibrationRequest {
+            n_calib: settings.n_calib,
+            ..CalibrationRequest::default()
+        };
+        let compressed = compressed_model(
+            &settings.recipe,
+            self.llama(),
+            self.text(),
+            &calibration,
+            settings.batch_size,
+            false,
+            &mut TabIo::new(self, on_progress),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .llama;
         let (repaired, fit) = match direction {
             Some(d) => {
-                let (model, fit) = self.repaired(&compressed, settings, d, on_progress).await?;
+                let mut progress = js_progress(on_progress);
+                let (model, fit) = self
+                    .repaired(&compressed, settings, d, &mut progress)
+                    .await?;
                 (Some(model), Some(fit))
             }
             None => (None, None),
@@ -95,53 +111,39 @@ impl Engine {
         })
     }
 
-    /// The loaded model compressed by `recipe` (kept from an earlier run, or compressed now,
-    /// calibrated methods on the first `n_calib` built-in harmless prompts as in the CLI),
-    /// with what compression did.
-    pub(crate) async fn compressed_model(
+    /// `base` (the loaded model) compressed by `method`: kept from an earlier run with the
+    /// same recipe and calibration, or compressed now, with what compression did.
+    pub(crate) async fn compressed_kept(
         &self,
-        recipe: &str,
-        n_calib: usize,
+        base: &Llama,
+        method: Method,
+        calibration: &Calibration,
         batch_size: usize,
         on_progress: &mut OnProgress<'_>,
-    ) -> Result<(Llama, Summary), String> {
-        let method: Method = recipe.parse().map_err(|e| {
-            format!(
-                "`{recipe}`: {e} (in this browser the compressed model is made by a recipe such \
-                 as rtn:4:128 or wanda:0.5)"
-            )
-        })?;
+    ) -> Result<(Llama, Summary), RunError> {
+        let recipe = method.to_string();
         if let Some(k) = self.kept().0.borrow().as_ref()
             && k.recipe == recipe
-            && k.n_calib == n_calib
+            && k.calibration == calibration.sha256
         {
             return Ok((k.model.clone(), k.summary.clone()));
         }
         self.forget_compressed();
-        self.check_memory(method)?;
-        let calibration = if method.needs_calibration() {
-            let mut prompts = builtin_harmless();
-            prompts.truncate(n_calib);
-            EncodedPrompts::new(self.text(), &prompts, None)
-                .map_err(|e| e.to_string())?
-                .ids
-        } else {
-            Vec::new()
-        };
+        self.check_memory(method).map_err(RunError::Input)?;
         let compressed = compress(
-            self.llama().clone(),
+            base.clone(),
             method,
-            &calibration,
+            &calibration.ids,
             0,
             batch_size,
             on_progress,
         )
         .await
-        .map_err(|e| format!("compressing with {method}: {e}"))?;
+        .map_err(|e| RunError::Input(format!("compressing with {method}: {e}")))?;
         let summary = Summary::of(&compressed.layers);
         *self.kept().0.borrow_mut() = Some(KeptCompressed {
-            recipe: recipe.to_owned(),
-            n_calib,
+            recipe,
+            calibration: calibration.sha256.clone(),
             model: compressed.model.clone(),
             summary: summary.clone(),
             repaired: None,
@@ -195,7 +197,7 @@ impl Engine {
         &self,
         compressed: &Llama,
         settings: &CompressSettings,
-        direction: &DirectionInput,
+        direction: &GivenDirection,
         on_progress: &mut OnProgress<'_>,
     ) -> Result<(Llama, AirdFit), String> {
         let same = |r: &KeptRepair| {

@@ -7,17 +7,23 @@
 //! Promise: the worker awaits a macrotask there, which is when it sees a Cancel message.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use burn::tensor::Device;
 use bytes::Bytes;
 use js_sys::{Array, Function, Promise, Uint8Array};
 use refusal_core::chat::FormattedPrompt;
+use refusal_core::compress::{Method, Summary};
 use refusal_core::defaults;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
 use refusal_core::load::{self, LoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
 use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
-use refusal_core::refusal::{Variant, VariantDirection, VariantModels, read};
+use refusal_core::refusal::{Progress, Prompt, Variant, VariantDirection, VariantModels, read};
+use refusal_core::runs::aird::GivenDirection;
+use refusal_core::runs::compress::{Calibration, CalibrationRequest};
+use refusal_core::runs::study::{JudgeRequest, StudyRequest};
+use refusal_core::runs::{LocalFuture, RunError, RunIo};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -64,7 +70,7 @@ pub struct GenerateRequest {
     #[serde(default)]
     pub variants: Vec<Variant>,
     #[serde(default)]
-    pub direction: Option<DirectionInput>,
+    pub direction: Option<GivenDirection>,
     #[serde(default = "default_coeff")]
     pub coeff: f32,
     /// Layer of the activation addition (default: the direction's).
@@ -95,28 +101,94 @@ fn default_coeff() -> f32 {
     defaults::ACTADD_COEFF
 }
 
-pub(crate) fn default_n_calib() -> usize {
-    defaults::N_CALIB
+fn default_n_calib() -> usize {
+    CalibrationRequest::N_CALIB
 }
 
 fn default_aird_prompts() -> usize {
     defaults::AIRD_FIT_PROMPTS
 }
 
-pub(crate) fn default_aird_alpha() -> f32 {
+fn default_aird_alpha() -> f32 {
     defaults::AIRD_ALPHA
 }
 
-pub(crate) fn default_batch_size() -> usize {
-    8
+/// Prompts per forward pass in a tab: a tab's memory is shorter than the CLI's machine.
+pub const TAB_BATCH_SIZE: usize = 8;
+
+/// A study's defaults in a tab: the CLI's, in batches of [`TAB_BATCH_SIZE`].
+pub fn tab_study() -> StudyRequest {
+    StudyRequest {
+        judge: JudgeRequest {
+            batch_size: TAB_BATCH_SIZE,
+            ..JudgeRequest::default()
+        },
+        ..StudyRequest::default()
+    }
 }
 
-/// A refusal direction and where it was read.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DirectionInput {
-    pub vector: Vec<f32>,
-    pub layer: usize,
-    pub position: isize,
+fn default_batch_size() -> usize {
+    TAB_BATCH_SIZE
+}
+
+/// A core run's I/O in the tab: progress through the page's callback (whose `false` answer
+/// cancels), the built-in prompt sets and inline lists only, models made by recipes from the
+/// loaded one (kept for the next run), notes in the console.
+pub struct TabIo<'a> {
+    engine: &'a Engine,
+    on_progress: &'a Function,
+}
+
+impl<'a> TabIo<'a> {
+    pub fn new(engine: &'a Engine, on_progress: &'a Function) -> TabIo<'a> {
+        TabIo {
+            engine,
+            on_progress,
+        }
+    }
+}
+
+impl RunIo for TabIo<'_> {
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
+        js_progress(self.on_progress)(progress)
+    }
+
+    fn note(&mut self, message: &str) {
+        web_sys::console::info_1(&message.into());
+    }
+
+    fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError> {
+        Err(RunError::Input(format!(
+            "`{name}`: a tab has only the built-in prompt sets (builtin:harmful, builtin:harmless) and inline lists"
+        )))
+    }
+
+    fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {
+        Err(RunError::Input(format!(
+            "`{spec}`: in this browser the compressed model is made by a recipe such as \
+             rtn:4:128 or wanda:0.5"
+        )))
+    }
+
+    fn compress<'b>(
+        &'b mut self,
+        base: &'b Llama,
+        method: Method,
+        calibration: &'b Calibration,
+        batch_size: usize,
+    ) -> LocalFuture<'b, Result<(Llama, Summary), RunError>> {
+        Box::pin(async move {
+            self.engine
+                .compressed_kept(
+                    base,
+                    method,
+                    calibration,
+                    batch_size,
+                    &mut js_progress(self.on_progress),
+                )
+                .await
+        })
+    }
 }
 
 /// What [`Engine::generate`] returns: the CLI's `generate.json`, so the app shows and shares
@@ -306,24 +378,6 @@ impl Engine {
             .map_err(js_error)?;
         Ok((formatted, ids))
     }
-
-    pub(crate) fn check_direction(&self, d: &DirectionInput) -> Result<(), String> {
-        let c = self.llama.config();
-        if d.vector.len() != c.d_model {
-            return Err(format!(
-                "the direction has {} dimensions but this model has width {}",
-                d.vector.len(),
-                c.d_model
-            ));
-        }
-        if d.layer >= c.n_layers {
-            return Err(format!(
-                "the direction's layer {} does not exist (the model has {} layers)",
-                d.layer, c.n_layers
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[wasm_bindgen]
@@ -359,7 +413,7 @@ impl Engine {
         let req: GenerateRequest = serde_json::from_str(&request)
             .map_err(|e| js_error(format!("invalid request: {e}")))?;
         if let Some(d) = &req.direction {
-            self.check_direction(d).map_err(js_error)?;
+            d.check(&self.llama).map_err(js_error)?;
         }
         let variants = match req.variants.as_slice() {
             [] => Variant::defaults(req.direction.is_some(), req.compressed.is_some()),
@@ -378,9 +432,8 @@ impl Engine {
                     .direction
                     .as_ref()
                     .filter(|_| variants.contains(&Variant::CompressedAird));
-                let mut progress = js_progress(&on_progress);
                 Some(
-                    self.compressed_columns(&settings, repair_toward, &mut progress)
+                    self.compressed_columns(&settings, repair_toward, &on_progress)
                         .await
                         .map_err(js_error)?,
                 )

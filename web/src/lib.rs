@@ -66,6 +66,20 @@ async fn init_webgpu() -> Result<Device, JsValue> {
     Err(JsValue::from_str("WebGPU exists only in the wasm build"))
 }
 
+/// The request of `kind` (`directions`, `compare`, `aird`) with every field at the tab's default, as JSON whose
+/// keys are the command line's flags: what a page's form starts from when no server is there
+/// to ask.
+#[wasm_bindgen]
+pub fn request_defaults(kind: &str) -> Result<String, JsValue> {
+    match kind {
+        "directions" => serde_json::to_string(&directions::tab_request()),
+        "compare" => serde_json::to_string(&compare::tab_request()),
+        "aird" => serde_json::to_string(&repair::tab_request()),
+        _ => return Err(js_error(format!("no request kind `{kind}` runs in a tab"))),
+    }
+    .map_err(js_error)
+}
+
 /// A Rust error as the JavaScript error the worker reports.
 pub(crate) fn js_error(e: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&e.to_string()).into()

@@ -9,22 +9,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
 use refusal_core::model::WeightName;
-use refusal_core::refusal::aird::AirdSettings;
-use refusal_core::refusal::repair_study::{
-    AirdReport, AlphaSearch, BaseDirection, PerplexityText, RepairStudy, repair_study,
-};
+use refusal_core::runs::aird::{self, AirdRequest, AirdRun, DirectionSource};
 
 use super::compress::CalibrationArgs;
-use super::pipeline::{AlphaArgs, PromptArgs, compressed_model, lazy_calibration};
-use super::{JudgeArgs, describe_tokens, refusal_tokens};
-use crate::direction_file::DirectionFile;
+use super::pipeline::{AlphaArgs, PromptArgs};
+use super::{JudgeArgs, Terminal};
 use crate::model_args::BaseArgs;
 use crate::outputs::write_atomic;
-use crate::progress::{RunControl, StageBar};
+use crate::progress::RunControl;
 use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -75,129 +71,44 @@ fn report_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+impl AirdArgs {
+    pub fn request(&self) -> AirdRequest {
+        AirdRequest {
+            compressed: self.compressed.clone(),
+            direction: self
+                .direction
+                .as_ref()
+                .map(|p| DirectionSource::Named(p.display().to_string())),
+            layer: self.layer,
+            position: self.position,
+            alpha: self.alpha.request(self.lambda),
+            study: self.prompts.study(&self.calibration, &self.judge),
+            cross_entropy: self.cross_entropy.as_ref().map(|p| p.display().to_string()),
+            window: self.window,
+        }
+    }
+}
+
 pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let started = Instant::now();
     let base_args = args.base.model_args();
     let resolved = base_args.resolve()?;
     OutFormat::of(&args.out, &resolved)?;
     let (loaded, fingerprint) = base_args.load_with_fingerprint()?;
-    let base = &loaded.llama;
-    let sets = args.prompts.load()?;
-    let split = sets.encoded_split(&loaded.text)?;
-    let mut bar = StageBar::new(true, control.clone());
-
-    let (vector, base_direction) = match &args.direction {
-        Some(path) => {
-            let d = DirectionFile::read(path)?;
-            let source = path.display().to_string();
-            let layer = args.layer.unwrap_or(d.meta.layer);
-            let described = BaseDirection {
-                source,
-                layer,
-                position: d.meta.position,
-                norm: d.meta.norm,
-            };
-            (d.vector, described)
-        }
-        None => {
-            let Some(layer) = args.layer else {
-                bail!("give the base direction (--direction, from `directions`) or --layer");
-            };
-            block_on(BaseDirection::difference_in_means(
-                base,
-                &split,
-                layer,
-                args.position,
-                args.judge.batch_size,
-                &mut |p| bar.update(p),
-            ))
-            .with_context(|| format!("--layer {layer} --position {}", args.position))?
-        }
-    };
-    if vector.len() != base.config().d_model {
-        bail!("the direction does not fit the base model's width");
-    }
-    let layer = base_direction.layer;
-    let tokens = refusal_tokens(
-        &loaded,
-        &args.judge.refusal_tokens,
-        &split.harmful,
-        args.judge.batch_size,
-        &mut bar,
-    )?;
-    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
-
-    let calibration = lazy_calibration(&args.calibration, &loaded.text);
-    let c = compressed_model(
-        &args.compressed,
-        &base_args,
-        base,
-        &calibration,
-        args.judge.batch_size,
-        control,
-    )?;
-    let settings = AirdSettings {
-        layer,
-        alpha: args.alpha.alpha,
-        lambda: args.lambda,
-        batch_size: args.judge.batch_size,
-    };
-    let text = args
-        .cross_entropy
-        .as_ref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?;
-    let judge = sets.judge(&loaded.text, &tokens, args.judge.settings())?;
-    let validation = sets.validation_judge(&loaded.text, &tokens, args.judge.settings())?;
-    let grid = args.alpha.grid();
-    eprintln!("repairing with AIRD at layer {layer} and judging five variants");
-    let RepairStudy {
+    let mut io = Terminal::new(control, &base_args);
+    let run = block_on(aird::run(
+        &args.request(),
+        &loaded.llama,
+        &loaded.text,
+        fingerprint,
+        &mut io,
+    ));
+    io.bar.finish();
+    let AirdRun {
         repaired,
-        fit,
-        alpha_selection,
-        densification,
-        drift,
-        variants,
-    } = block_on(repair_study(
-        base,
-        &c.llama,
-        &vector,
-        args.position,
-        settings,
-        &split,
-        &judge,
-        text.as_deref().map(|text| PerplexityText {
-            text,
-            window: args.window,
-        }),
-        grid.as_ref().map(|grid| AlphaSearch {
-            grid,
-            validation: &validation,
-        }),
-        &mut |p| bar.update(p),
-    ))?;
-    bar.finish();
-    eprintln!(
-        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
-        fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
-    );
-    if let Some(sel) = &alpha_selection {
-        eprintln!(
-            "alpha chosen on the validation prompts: {} (compressed model's harmless refusal {:.1}%, bound +{:.1} points)",
-            sel.alpha,
-            100.0 * sel.compressed_harmless_refusal,
-            100.0 * sel.grid.max_harmless_increase
-        );
-        for a in &sel.scores {
-            eprintln!(
-                "  alpha {:<5} ASR {:>5.1}%  harmless refusal {:>5.1}%{}",
-                a.alpha,
-                100.0 * a.asr,
-                100.0 * a.harmless_refusal,
-                if a.allowed { "" } else { "  (over the bound)" }
-            );
-        }
-    }
+        mut report,
+    } = run?;
+    let (layer, fit) = (report.base_direction.layer, &report.fit);
 
     // Every linear layer differs from the base (compressed, and one repaired).
     let changed: Vec<WeightName> = (0..repaired.config().n_layers)
@@ -218,20 +129,8 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         },
         &args.out,
     )?;
-    let report = AirdReport {
-        base: fingerprint,
-        compressed: args.compressed.clone(),
-        compression: c.compression,
-        prompts: sets.uses,
-        base_direction,
-        fit,
-        alpha_selection,
-        densification,
-        drift,
-        variants,
-        output: Some(args.out.display().to_string()),
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    report.output = Some(args.out.display().to_string());
+    report.seconds = started.elapsed().as_secs_f64();
     let path = report_path(&args.out);
     write_atomic(&path, |f| {
         serde_json::to_writer_pretty(f, &report)?;
@@ -255,8 +154,8 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     println!(
         "density of block {}'s down projection: {:.3} -> {:.3}",
         layer - 1,
-        densification.density_before,
-        densification.density_after
+        report.densification.density_before,
+        report.densification.density_after
     );
     println!("wrote {} and {}", args.out.display(), path.display());
     Ok(())

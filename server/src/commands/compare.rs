@@ -8,20 +8,17 @@ use std::path::PathBuf;
 use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::defaults;
-use refusal_core::refusal::compare::{
-    BaseReport, Chosen, CompareReport, Comparison, CompressedReport, RepairSettings, cosine_figure,
-};
-use refusal_core::refusal::find::FindSettings;
-use refusal_core::refusal::plots::layer_curves;
+use refusal_core::refusal::compare::CompareReport;
+use refusal_core::runs::compare::{self, CompareRequest};
 
 use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;
-use super::pipeline::{AlphaArgs, PromptArgs, compressed_model, find_direction, lazy_calibration};
-use super::{JudgeArgs, describe_tokens, refusal_tokens};
+use super::pipeline::{AlphaArgs, PromptArgs};
+use super::{JudgeArgs, Terminal};
 use crate::model_args::BaseArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{RunControl, StageBar};
+use crate::progress::RunControl;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
@@ -67,126 +64,40 @@ pub struct CompareArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
-    let (loaded, fingerprint) = args.base.model_args().load_with_fingerprint()?;
-    let sets = args.prompts.load()?;
-    let split = sets.encoded_split(&loaded.text)?;
-    let mut bar = StageBar::new(true, control.clone());
-    let tokens = refusal_tokens(
-        &loaded,
-        &args.judge.refusal_tokens,
-        &split.harmful,
-        args.judge.batch_size,
-        &mut bar,
-    )?;
-    bar.finish();
-    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
-    let find = FindSettings {
-        selection: args
-            .filters
-            .settings(args.judge.batch_size, args.score_deep_layers),
-        positions: (!args.positions.is_empty()).then(|| args.positions.clone()),
-        fallback_kl_max: args.fallback_kl_max,
-    };
-    let judge = sets.judge(&loaded.text, &tokens, args.judge.settings())?;
-    let validation = sets.validation_judge(&loaded.text, &tokens, args.judge.settings())?;
-
-    eprintln!(
-        "base model {}: finding its refusal direction",
-        args.base.base
-    );
-    let base = &loaded.llama;
-    let base_found = find_direction(base, &split, &tokens, &find, &mut bar)?;
-    let base_baseline = block_on(judge.baseline(base, &mut |p| bar.update(p)))?;
-    bar.finish();
-    eprintln!(
-        "base: layer {} position {} ({:?}); ASR {:.3}, harmless refusal {:.3}",
-        base_found.chosen.layer,
-        base_found.chosen.position,
-        base_found.chosen_by,
-        base_baseline.asr,
-        base_baseline.harmless_refusal
-    );
-    let comparison = Comparison {
-        base,
-        base_found: &base_found,
-        split: &split,
-        judge: &judge,
-        validation: &validation,
-        find: &find,
-        coeff: args.coeff,
-        repair: args.aird.then(|| RepairSettings {
-            alpha: args.alpha.alpha,
-            lambda: args.lambda,
-            alpha_grid: args.alpha.grid(),
-        }),
-    };
-
-    let calibration = lazy_calibration(&args.calibration, &loaded.text);
-    let mut reports = Vec::with_capacity(args.compressed.len());
-    for spec in &args.compressed {
-        let c = compressed_model(
-            spec,
-            &args.base.model_args(),
-            base,
-            &calibration,
-            args.judge.batch_size,
-            control,
-        )?;
-        eprintln!("{spec}: finding its refusal direction and measuring it");
-        let report =
-            block_on(comparison.measure(spec, &c.llama, c.compression, &mut |p| bar.update(p)))?;
-        bar.finish();
-        eprintln!("{}", row(&report));
-        reports.push(report);
+impl CompareArgs {
+    pub fn request(&self) -> CompareRequest {
+        CompareRequest {
+            compressed: self.compressed.clone(),
+            study: self.prompts.study(&self.calibration, &self.judge),
+            positions: (!self.positions.is_empty()).then(|| self.positions.clone()),
+            score_deep_layers: self.score_deep_layers,
+            filters: self.filters.filters(),
+            fallback_kl_max: self.fallback_kl_max,
+            coeff: self.coeff,
+            aird: self.aird,
+            alpha: self.alpha.request(self.lambda),
+        }
     }
+}
 
-    let positions = base_found.candidates.positions.clone();
-    let n_layers = base_found.candidates.n_layers;
-    let base_cell = base_found.cell();
-    let report: CompareReport<Fingerprint> = CompareReport {
-        base: BaseReport {
-            model: fingerprint,
-            direction: Chosen::of(&base_found),
-            baseline: base_baseline,
-        },
-        prompts: sets.uses,
-        positions,
-        n_layers,
-        refusal_tokens: tokens.clone(),
-        coeff: args.coeff,
-        max_new_tokens: args.judge.max_new_tokens,
-        compressed: reports,
-    };
-    let positions = &report.positions;
-    let reports = &report.compressed;
+pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
+    let models = args.base.model_args();
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
+    let mut io = Terminal::new(control, &models);
+    let report = block_on(compare::run(
+        &args.request(),
+        &loaded.llama,
+        &loaded.text,
+        fingerprint,
+        &mut io,
+    ));
+    io.bar.finish();
+    let report = report?;
+
     let mut staged = StagedDir::new(&args.out)?;
     staged.write("compare.json", serde_json::to_string_pretty(&report)?)?;
-    let p = base_found.chosen.position;
-    let p_index = positions.iter().position(|&q| q == p).unwrap_or(0);
-    let series: Vec<(String, Vec<f64>)> = reports
-        .iter()
-        .map(|r| {
-            let by_layer = (0..n_layers)
-                .map(|l| r.cosines[l * positions.len() + p_index])
-                .collect();
-            (r.spec.clone(), by_layer)
-        })
-        .collect();
-    staged.write(
-        "cosine-by-layer.svg",
-        layer_curves(
-            &format!("cos(base, compressed) at position {p}"),
-            "cosine",
-            &series,
-            Some(base_found.chosen.layer),
-        ),
-    )?;
-    for (i, r) in reports.iter().enumerate() {
-        staged.write(
-            &format!("cosine-{}.svg", i + 1),
-            cosine_figure(n_layers, positions, &r.cosines, Some(base_cell)),
-        )?;
+    for (name, svg) in compare::figures(&report) {
+        staged.write(&name, svg)?;
     }
     let table = table(&report);
     staged.write("summary.txt", &table)?;
@@ -194,34 +105,6 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     println!("{table}");
     println!("wrote {}", args.out.display());
     Ok(())
-}
-
-fn row(r: &CompressedReport) -> String {
-    let pct = |x: f64| format!("{:.1}", 100.0 * x);
-    let (aird_asr, aird_refusal, aird_kl) = match &r.aird {
-        Some(a) => (
-            pct(a.asr.rate),
-            pct(a.harmless_refusal.rate),
-            format!("{:.3}", a.kl_to_compressed),
-        ),
-        None => ("-".into(), "-".into(), "-".into()),
-    };
-    format!(
-        "{:<16} {:>6.3} {:>4}:{:<3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
-        r.spec,
-        r.cosine_at_base_selected,
-        r.direction.layer,
-        r.direction.position,
-        pct(r.baseline.asr),
-        pct(r.baseline.harmless_refusal),
-        pct(r.asr_ablate_own.rate),
-        pct(r.harmless_refusal_add_own.rate),
-        pct(r.asr_ablate_base.rate),
-        pct(r.harmless_refusal_add_base.rate),
-        aird_asr,
-        aird_refusal,
-        aird_kl,
-    )
 }
 
 /// The one-screen summary.
@@ -244,7 +127,7 @@ fn table(report: &CompareReport<Fingerprint>) -> String {
         "model             cos@B  l:pos    ASR    ref  ASR-ab  ref+add ASR-abB ref+addB AIRD-ASR AIRD-ref AIRD-KL\n",
     );
     for r in &report.compressed {
-        s.push_str(&row(r));
+        s.push_str(&compare::row(r));
         s.push('\n');
     }
     s.push_str(

@@ -11,15 +11,14 @@ use refusal_core::compress::recipe::ggml_type_name;
 use refusal_core::compress::{
     Compressed, LinearReport, Method, QuantGrid, Sparsity, Summary, compress,
 };
-use refusal_core::defaults;
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
-use refusal_core::refusal::EncodedPrompts;
-use refusal_core::refusal::prompts::builtin_harmless;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use super::read_prompts_or;
+use refusal_core::runs::PromptSource;
+use refusal_core::runs::compress::{Calibration, CalibrationRequest};
+
+use super::PromptFiles;
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::write_atomic;
@@ -120,92 +119,31 @@ pub struct CalibrationArgs {
     #[arg(long)]
     pub calib_text: Option<PathBuf>,
     /// At most this many calibration prompts or windows.
-    #[arg(long, default_value_t = defaults::N_CALIB)]
+    #[arg(long, default_value_t = CalibrationRequest::N_CALIB)]
     pub n_calib: usize,
     /// Tokens per window of --calib-text.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = CalibrationRequest::CALIB_SEQ)]
     pub calib_seq: usize,
 }
 
-/// The calibration set, tokenized, and what identifies it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Calibration {
-    pub source: String,
-    /// `prompts` (chat-formatted) or `text` windows.
-    pub kind: &'static str,
-    pub samples: usize,
-    pub tokens: usize,
-    /// SHA-256 of the token ids (u32 little-endian, each sample prefixed by its length).
-    pub sha256: String,
-    #[serde(skip)]
-    pub ids: Vec<Vec<u32>>,
-}
-
-impl Calibration {
-    /// No calibration at all, for a method that decides without one when its output error is
-    /// not wanted (the playground's compressed column).
-    pub fn none() -> Calibration {
-        Calibration {
-            source: "none".into(),
-            kind: "prompts",
-            samples: 0,
-            tokens: 0,
-            sha256: String::new(),
-            ids: Vec::new(),
+impl CalibrationArgs {
+    pub fn request(&self) -> CalibrationRequest {
+        let name = |p: &PathBuf| p.display().to_string();
+        CalibrationRequest {
+            calib: self.calib.as_ref().map(|p| PromptSource::Named(name(p))),
+            calib_text: self.calib_text.as_ref().map(name),
+            n_calib: self.n_calib,
+            calib_seq: self.calib_seq,
         }
     }
-}
 
-impl CalibrationArgs {
     /// Tokenizes the calibration set for this model.
     ///
     /// # Errors
     ///
     /// Unreadable files, an empty set, template and tokenizer errors.
     pub fn load(&self, text: &TextAssets) -> Result<Calibration> {
-        let (source, kind, ids) = if let Some(path) = &self.calib_text {
-            let content = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let tokens = text.tokenizer.encode(&content, false)?;
-            let seq = self.calib_seq.max(1);
-            let ids: Vec<Vec<u32>> = tokens
-                .chunks(seq)
-                .filter(|w| w.len() == seq || tokens.len() < seq)
-                .take(self.n_calib)
-                .map(<[u32]>::to_vec)
-                .collect();
-            (path.display().to_string(), "text", ids)
-        } else {
-            let mut prompts = read_prompts_or(self.calib.as_deref(), builtin_harmless)?;
-            prompts.truncate(self.n_calib);
-            let source = self.calib.as_ref().map_or_else(
-                || "built-in harmless set".to_owned(),
-                |p| p.display().to_string(),
-            );
-            (
-                source,
-                "prompts",
-                EncodedPrompts::new(text, &prompts, None)?.ids,
-            )
-        };
-        if ids.iter().all(Vec::is_empty) {
-            bail!("the calibration set {source} is empty");
-        }
-        let mut hasher = Sha256::new();
-        for sample in &ids {
-            hasher.update((sample.len() as u32).to_le_bytes());
-            for id in sample {
-                hasher.update(id.to_le_bytes());
-            }
-        }
-        Ok(Calibration {
-            source,
-            kind,
-            samples: ids.len(),
-            tokens: ids.iter().map(Vec::len).sum(),
-            sha256: format!("{:x}", hasher.finalize()),
-            ids,
-        })
+        Ok(self.request().load(text, &mut PromptFiles)?)
     }
 }
 

@@ -3,30 +3,25 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::export::f32_safetensors;
 use refusal_core::model::HostTensor;
-use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::plots::selection_figures;
 pub use refusal_core::refusal::prompts::PromptUse;
-use refusal_core::refusal::prompts::{
-    Prompt, builtin_harmful, builtin_harmless, hold_out, shuffled,
-};
-use refusal_core::refusal::select::{CandidateScore, select};
-use refusal_core::refusal::{
-    CandidateDirections, EncodedPrompts, RefusalTokens, Selection, SelectionSettings,
-};
-use serde::Serialize;
+use refusal_core::refusal::select::CandidateScore;
+use refusal_core::refusal::{CandidateDirections, RefusalTokens, Selection, SelectionSettings};
+use refusal_core::runs::directions::{self, DirectionsRequest, SelectionFilters, Timings};
+use refusal_core::runs::prompts::Splits;
+use refusal_core::runs::{Choice, PromptSource, SplitRequest};
 
-use super::{describe_tokens, read_prompts, read_prompts_or, refusal_tokens};
+use super::{PromptFiles, Terminal};
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{RunControl, StageBar};
+use crate::progress::RunControl;
 
 /// Training and validation prompts for the directions and their selection.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,59 +39,41 @@ pub struct SplitArgs {
     /// Harmless validation prompts; by default held out from --harmless.
     #[arg(long)]
     pub harmless_val: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = SplitRequest::N_TRAIN)]
     pub n_train: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = SplitRequest::N_VAL)]
     pub n_val: usize,
     /// Seed of the prompt sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
-/// The four prompt sets of a directions run and where they came from.
-pub struct Splits {
-    pub harmful: Vec<Prompt>,
-    pub harmless: Vec<Prompt>,
-    pub val_harmful: Vec<Prompt>,
-    pub val_harmless: Vec<Prompt>,
-    pub harmful_use: PromptUse,
-    pub harmless_use: PromptUse,
-}
-
 impl SplitArgs {
+    pub fn request(&self) -> SplitRequest {
+        let file = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| PromptSource::Named(p.display().to_string()))
+        };
+        SplitRequest {
+            harmful: file(&self.harmful),
+            harmless: file(&self.harmless),
+            harmful_val: file(&self.harmful_val),
+            harmless_val: file(&self.harmless_val),
+            n_train: self.n_train,
+            n_val: self.n_val,
+            seed: self.seed,
+        }
+    }
+
     /// Reads and splits both sets.
     ///
     /// # Errors
     ///
     /// Unreadable files and sets too small to split.
     pub fn load(&self) -> Result<Splits> {
-        let set = |name, file: &Option<PathBuf>, val: &Option<PathBuf>, builtin| {
-            split(
-                name,
-                file.as_ref(),
-                val.as_ref(),
-                builtin,
-                self.n_train,
-                self.n_val,
-                self.seed,
-            )
-        };
-        let (harmful, val_harmful, harmful_use) =
-            set("harmful", &self.harmful, &self.harmful_val, builtin_harmful)?;
-        let (harmless, val_harmless, harmless_use) = set(
-            "harmless",
-            &self.harmless,
-            &self.harmless_val,
-            builtin_harmless,
-        )?;
-        Ok(Splits {
-            harmful,
-            harmless,
-            val_harmful,
-            val_harmless,
-            harmful_use,
-            harmless_use,
-        })
+        let request = self.request();
+        request.validate()?;
+        Ok(request.load(&mut PromptFiles)?)
     }
 }
 
@@ -104,24 +81,22 @@ impl SplitArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelectionArgs {
     /// Drop candidates whose ablation moves harmless predictions more than this KL.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SelectionSettings::DEFAULT.kl_max)]
     pub kl_max: f64,
     /// Drop candidates at layers >= floor(this * n_layers).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = SelectionSettings::DEFAULT.max_layer_fraction)]
     pub max_layer_fraction: f64,
     /// Drop candidates whose addition leaves the harmless refusal score below this.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SelectionSettings::DEFAULT.induce_min)]
     pub induce_min: f64,
 }
 
 impl SelectionArgs {
-    pub fn settings(&self, batch_size: usize, score_deep_layers: bool) -> SelectionSettings {
-        SelectionSettings {
+    pub fn filters(&self) -> SelectionFilters {
+        SelectionFilters {
             kl_max: self.kl_max,
             max_layer_fraction: self.max_layer_fraction,
             induce_min: self.induce_min,
-            batch_size,
-            score_deep_layers,
         }
     }
 }
@@ -136,7 +111,7 @@ pub struct DirectionsArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Prompts per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DirectionsRequest::BATCH_SIZE)]
     pub batch_size: usize,
     /// Refusal tokens, comma-separated (default: the model family's, else derived from data).
     #[arg(long, value_delimiter = ',')]
@@ -144,97 +119,21 @@ pub struct DirectionsArgs {
     #[command(flatten)]
     pub filters: SelectionArgs,
     /// Choose the direction yourself, as LAYER:POSITION (e.g. 12:-1), instead of METHOD §6.
-    #[arg(long, value_parser = parse_choice)]
-    pub select: Option<(usize, isize)>,
+    #[arg(long)]
+    pub select: Option<Choice>,
 }
 
-fn parse_choice(s: &str) -> Result<(usize, isize), String> {
-    let (l, p) = s
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}` is not LAYER:POSITION, e.g. 12:-1"))?;
-    let layer = l.trim().parse().map_err(|_| format!("bad layer `{l}`"))?;
-    let position: isize = p
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad position `{p}`"))?;
-    if position >= 0 {
-        return Err(format!(
-            "position {position} must be negative (counted from the end)"
-        ));
-    }
-    Ok((layer, position))
-}
-
-/// `selection.json`.
-#[derive(Debug, Serialize)]
-struct SelectionReport<'a> {
-    model: &'a Fingerprint,
-    seed: u64,
-    harmful: PromptUse,
-    harmless: PromptUse,
-    post_instruction_positions: &'a [isize],
-    refusal_tokens: &'a RefusalTokens,
-    selection: &'a Selection,
-    chosen: Option<&'a CandidateScore>,
-    chosen_by: Option<ChosenBy>,
-    seconds: Timings,
-}
-
-#[derive(Debug, Serialize)]
-struct Timings {
-    refusal_tokens: f64,
-    extract: f64,
-    select: f64,
-}
-
-/// Train and validation prompts: a separate validation file, or held out from the same file.
-fn split(
-    name: &str,
-    file: Option<&PathBuf>,
-    val_file: Option<&PathBuf>,
-    builtin: fn() -> Vec<Prompt>,
-    n_train: usize,
-    n_val: usize,
-    seed: u64,
-) -> Result<(Vec<Prompt>, Vec<Prompt>, PromptUse)> {
-    let source = |f: Option<&PathBuf>| {
-        f.map_or_else(
-            || format!("built-in {name} set"),
-            |p| p.display().to_string(),
-        )
-    };
-    let all = read_prompts_or(file.map(PathBuf::as_path), builtin)?;
-    let (train, val) = match val_file {
-        Some(p) => {
-            let val = shuffled(read_prompts(p)?, seed.wrapping_add(1));
-            (
-                shuffled(all, seed).into_iter().take(n_train).collect(),
-                val.into_iter().take(n_val).collect(),
-            )
+impl DirectionsArgs {
+    pub fn request(&self) -> DirectionsRequest {
+        DirectionsRequest {
+            split: self.splits.request(),
+            batch_size: self.batch_size,
+            refusal_tokens: self.refusal_tokens.clone(),
+            filters: self.filters.filters(),
+            select: self.select,
+            positions: None,
         }
-        None => hold_out(all, n_train, n_val, seed),
-    };
-    if train.len() < 2 || val.is_empty() {
-        bail!(
-            "the {name} prompts give {} training and {} validation prompts; at least 2 and 1 are needed",
-            train.len(),
-            val.len()
-        );
     }
-    if train.len() < n_train || val.len() < n_val {
-        eprintln!(
-            "note: {name}: using {} training and {} validation prompts (asked for {n_train} and {n_val})",
-            train.len(),
-            val.len()
-        );
-    }
-    let used = PromptUse {
-        train_source: source(file),
-        val_source: source(val_file.or(file)),
-        n_train: train.len(),
-        n_val: val.len(),
-    };
-    Ok((train, val, used))
 }
 
 /// `directions.safetensors`: every candidate and both means, `[layer, position, d_model]`.
@@ -266,111 +165,44 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
 
 pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    let Splits {
-        harmful: harmful_train,
-        harmless: harmless_train,
-        val_harmful: harmful_val,
-        val_harmless: harmless_val,
-        harmful_use,
-        harmless_use,
-    } = args.splits.load()?;
-    let encode = |p: &[Prompt]| EncodedPrompts::new(&loaded.text, p, None);
-    let (harmful, harmless) = (encode(&harmful_train)?, encode(&harmless_train)?);
-    let (val_harmful, val_harmless) = (encode(&harmful_val)?, encode(&harmless_val)?);
-
-    let mut bar = StageBar::new(true, control.clone());
-    let started = Instant::now();
-    let tokens = refusal_tokens(
-        &loaded,
-        &args.refusal_tokens,
-        &harmful,
-        args.batch_size,
-        &mut bar,
-    )?;
-    let t_tokens = started.elapsed().as_secs_f64();
-    bar.finish();
-    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
-
-    let started = Instant::now();
-    let candidates = block_on(extract(
+    let mut io = Terminal::new(control, &args.model);
+    let found = block_on(directions::run(
+        &args.request(),
         &loaded.llama,
-        &harmful,
-        &harmless,
-        args.batch_size,
-        &mut |p| bar.update(p),
-    ))
-    .context("extracting candidate directions")?;
-    let t_extract = started.elapsed().as_secs_f64();
-
-    let settings = args.filters.settings(args.batch_size, true);
-    let started = Instant::now();
-    let selection = block_on(select(
-        &loaded.llama,
-        &candidates,
-        &val_harmful,
-        &val_harmless,
-        &tokens,
-        settings,
-        &mut |p| bar.update(p),
-    ))
-    .context("scoring candidate directions")?;
-    let t_select = started.elapsed().as_secs_f64();
-    bar.finish();
-
-    let (chosen, chosen_by) = selection.choose(args.select).context("--select")?.unzip();
-    let chosen_score = chosen.map(|i| &selection.candidates[i]);
+        &loaded.text,
+        &mut io,
+    ));
+    io.bar.finish();
+    let found = found.context("finding the refusal direction")?;
 
     let mut staged = StagedDir::new(&args.out)?;
     staged.write(
         "directions.safetensors",
-        candidates_file(&candidates, &fingerprint)?,
+        candidates_file(&found.candidates, &fingerprint)?,
     )?;
-    let report = SelectionReport {
-        model: &fingerprint,
-        seed: args.splits.seed,
-        harmful: harmful_use,
-        harmless: harmless_use,
-        post_instruction_positions: &candidates.positions,
-        refusal_tokens: &tokens,
-        selection: &selection,
-        chosen: chosen_score,
-        chosen_by,
-        seconds: Timings {
-            refusal_tokens: t_tokens,
-            extract: t_extract,
-            select: t_select,
-        },
-    };
+    let report = found.report(&fingerprint);
     staged.write("selection.json", serde_json::to_string_pretty(&report)?)?;
-    if let (Some(score), Some(by)) = (chosen_score, chosen_by) {
-        let p = candidates.position_index(score.position)?;
-        let file = DirectionFile {
-            vector: candidates.direction(score.layer, p),
-            meta: DirectionMeta {
-                layer: score.layer,
-                position: score.position,
-                norm: score.norm,
-                model: fingerprint.clone(),
-                refusal_tokens: tokens.clone(),
-                scores: score.clone(),
-                chosen_by: by,
-            },
-        };
-        let (st, json) = file.to_bytes()?;
+    if let Some((meta, vector)) = found.direction(fingerprint.clone()) {
+        let (st, json) = DirectionFile { vector, meta }.to_bytes()?;
         staged.write("direction.safetensors", st)?;
         staged.write("direction.json", json)?;
     }
-    for (name, svg) in selection_figures(&selection) {
+    for (name, svg) in selection_figures(&found.selection) {
         staged.write(name, svg)?;
     }
     let written = staged.commit()?;
 
     println!(
         "{}",
-        summary(&selection, chosen_score, &tokens, t_extract, t_select)
+        summary(
+            &found.selection,
+            report.chosen.as_ref(),
+            &found.refusal_tokens,
+            report.seconds
+        )
     );
     println!("wrote {} files to {}", written.len(), args.out.display());
-    if chosen_score.is_none() {
+    if report.chosen.is_none() {
         bail!(
             "no candidate passed the filters (see selection.json); choose one with --select LAYER:POSITION"
         );
@@ -382,15 +214,16 @@ fn summary(
     selection: &Selection,
     chosen: Option<&CandidateScore>,
     tokens: &RefusalTokens,
-    t_extract: f64,
-    t_select: f64,
+    seconds: Timings,
 ) -> String {
     let mut s = format!(
         "refusal tokens {:?}; baseline refusal score: harmful {:.3}, harmless {:.3}\n\
-         extraction {t_extract:.1} s, selection {t_select:.1} s ({} candidates)\n",
+         extraction {:.1} s, selection {:.1} s ({} candidates)\n",
         tokens.tokens,
         selection.baseline_harmful_score,
         selection.baseline_harmless_score,
+        seconds.extract,
+        seconds.select,
         selection.candidates.len()
     );
     let mut eligible: Vec<&CandidateScore> = selection
@@ -428,8 +261,8 @@ pub struct ChooseArgs {
     #[arg(long)]
     pub run: PathBuf,
     /// The candidate, as LAYER:POSITION (e.g. 16:-1).
-    #[arg(long, value_parser = parse_choice)]
-    pub select: (usize, isize),
+    #[arg(long)]
+    pub select: Choice,
 }
 
 #[derive(serde::Deserialize)]
@@ -445,7 +278,7 @@ pub fn choose(args: &ChooseArgs) -> Result<()> {
         &std::fs::read(&json_path).with_context(|| format!("reading {}", json_path.display()))?,
     )
     .with_context(|| format!("parsing {}", json_path.display()))?;
-    let (layer, position) = args.select;
+    let Choice { layer, position } = args.select;
     let positions = &saved.selection.positions;
     let p = positions
         .iter()

@@ -12,12 +12,12 @@ use refusal_core::refusal::prompts::without;
 use refusal_core::refusal::{EncodedPrompts, Intervention, RefusalTokens};
 use serde::Serialize;
 
-use super::{JudgeArgs, describe_tokens, load_prompts, read_prompts, refusal_tokens};
+use super::{JudgeArgs, Terminal, load_prompts, read_prompts, refusal_tokens};
 use crate::direction_file::{DirectionFile, DirectionMeta};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
-use crate::progress::{RunControl, StageBar};
+use crate::progress::RunControl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InterventionArg {
@@ -128,13 +128,15 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
         }
     }
 
-    let mut bar = StageBar::new(true, control.clone());
+    let mut io = Terminal::new(control, &args.model);
     let tokens = match &direction {
         Some(d)
             if args.judge.refusal_tokens.is_empty()
                 && d.meta.model.architecture == fingerprint.architecture =>
         {
-            d.meta.refusal_tokens.clone()
+            let tokens = d.meta.refusal_tokens.clone();
+            eprintln!("refusal tokens: {} (the direction's)", tokens.describe());
+            tokens
         }
         _ => {
             let encoded = EncodedPrompts::new(&loaded.text, &prompts, None)?;
@@ -143,11 +145,10 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
                 &args.judge.refusal_tokens,
                 &encoded,
                 args.judge.batch_size,
-                &mut bar,
+                &mut io,
             )?
         }
     };
-    eprintln!("refusal tokens: {}", describe_tokens(&tokens));
 
     let interventions: Vec<(Intervention, Option<usize>, Option<f32>)> =
         match (args.intervention, &direction) {
@@ -197,7 +198,7 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
             &intervention,
             &tokens,
             settings,
-            &mut |p| bar.update(p),
+            &mut |p| io.bar.update(p),
         ))?;
         let ce = match &text {
             Some(t) => Some(block_on(cross_entropy(
@@ -206,7 +207,7 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
                 t,
                 &intervention,
                 args.window,
-                &mut |p| bar.update(p),
+                &mut |p| io.bar.update(p),
             ))?),
             None => None,
         };
@@ -219,7 +220,7 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
             report,
         });
     }
-    bar.finish();
+    io.bar.finish();
 
     println!("{}", table(&runs));
     let file = EvalFile {

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
-use refusal_core::compress::Method;
 use refusal_core::defaults;
 use refusal_core::generate::{GenerationSettings, Sampling, generate};
 use refusal_core::model::Llama;
@@ -18,8 +17,10 @@ use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::variant::{Completion, CompressedUse, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection, VariantModels};
 
-use super::compress::{Calibration, CalibrationArgs};
-use super::pipeline::compressed_model;
+use refusal_core::runs::compress::compressed_model;
+
+use super::Terminal;
+use super::compress::CalibrationArgs;
 use crate::direction_file::DirectionFile;
 use crate::model_args::ModelArgs;
 use crate::open::{Fingerprint, LoadedModel};
@@ -269,22 +270,18 @@ fn compressed_columns(
         return Ok(None);
     }
     // The report gives no output errors, so a method that decides without calibration skips it.
-    let needs_calibration = spec.parse::<Method>().is_ok_and(|m| m.needs_calibration());
-    let calibration = || {
-        if needs_calibration {
-            args.calibration.load(&loaded.text)
-        } else {
-            Ok(Calibration::none())
-        }
-    };
-    let c = compressed_model(
+    let mut io = Terminal::new(control, &args.model);
+    let c = block_on(compressed_model(
         spec,
-        &args.model,
         &loaded.llama,
-        &calibration,
+        &loaded.text,
+        &args.calibration.request(),
         args.batch_size,
-        control,
-    )?;
+        false,
+        &mut io,
+    ));
+    io.bar.finish();
+    let c = c?;
     let (repaired, fit) = match direction {
         Some(d) if variants.contains(&Variant::CompressedAird) => {
             let prompts = builtin_fit_prompts(&loaded.text, args.aird_prompts)?;

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod orthogonalize;
 pub mod pipeline;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -20,11 +21,17 @@ use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{
     self, Prompt, PromptFormat, builtin_harmful, builtin_harmless,
 };
-use refusal_core::refusal::score::TokenOrigin;
-use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
+use refusal_core::refusal::{EncodedPrompts, Progress, RefusalTokens};
+use refusal_core::runs::{self, RunError, RunIo};
 
+use refusal_core::model::Llama;
+use refusal_core::runs::aird::GivenDirection;
+use refusal_core::runs::study::JudgeRequest;
+
+use crate::direction_file::DirectionFile;
+use crate::model_args::ModelArgs;
 use crate::open::LoadedModel;
-use crate::progress::StageBar;
+use crate::progress::{RunControl, StageBar};
 
 /// How completions are generated and judged (`eval`, `compare`, `aird`).
 #[derive(Debug, Clone, clap::Args)]
@@ -33,7 +40,7 @@ pub struct JudgeArgs {
     #[arg(long, default_value_t = defaults::JUDGED_TOKENS)]
     pub max_new_tokens: usize,
     /// Prompts per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = JudgeRequest::BATCH_SIZE)]
     pub batch_size: usize,
     /// Refusal tokens, comma-separated (default: a direction's, else the model family's, else
     /// derived from data).
@@ -42,11 +49,16 @@ pub struct JudgeArgs {
 }
 
 impl JudgeArgs {
-    pub fn settings(&self) -> EvalSettings {
-        EvalSettings {
+    pub fn request(&self) -> JudgeRequest {
+        JudgeRequest {
             max_new_tokens: self.max_new_tokens,
             batch_size: self.batch_size,
+            refusal_tokens: self.refusal_tokens.clone(),
         }
+    }
+
+    pub fn settings(&self) -> EvalSettings {
+        self.request().settings()
     }
 }
 
@@ -85,38 +97,102 @@ pub fn refusal_tokens(
     given: &[String],
     harmful: &EncodedPrompts,
     batch_size: usize,
-    bar: &mut StageBar,
+    io: &mut dyn RunIo,
 ) -> Result<RefusalTokens> {
-    if !given.is_empty() {
-        let words: Vec<&str> = given.iter().map(String::as_str).collect();
-        return Ok(RefusalTokens::from_words(
-            &loaded.text,
-            &words,
-            TokenOrigin::User,
-        )?);
-    }
-    Ok(block_on(RefusalTokens::for_model(
+    Ok(block_on(runs::directions::refusal_tokens(
         &loaded.llama,
         &loaded.text,
+        given,
         harmful,
-        32,
         batch_size,
-        &mut |p| bar.update(p),
+        io,
     ))?)
 }
 
-/// A short description of where refusal tokens came from.
-pub fn describe_tokens(tokens: &RefusalTokens) -> String {
-    let origin = match &tokens.origin {
-        TokenOrigin::Family { family } => format!("known for the {family:?} family"),
-        TokenOrigin::Data {
-            completions,
-            refusals,
-        } => format!("first tokens of {refusals} refusals in {completions} greedy completions"),
-        TokenOrigin::Fallback { completions } => {
-            format!("no refusal in {completions} greedy completions: generic fallback")
+/// A core run's I/O on the command line for a step with no progress to show: prompt sets and
+/// texts named by file, notes on stderr.
+pub struct PromptFiles;
+
+impl RunIo for PromptFiles {
+    fn progress(&mut self, _: Progress) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError> {
+        read_prompts(Path::new(name)).map_err(|e| RunError::Input(format!("{e:#}")))
+    }
+
+    fn note(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
+
+    fn read_text(&mut self, name: &str) -> Result<String, RunError> {
+        std::fs::read_to_string(name)
+            .with_context(|| format!("reading {name}"))
+            .map_err(input_error)
+    }
+}
+
+/// A core run's I/O on the command line: the bar (a job's events in the server) and its
+/// cancel, prompt sets, texts and directions named by path, models opened on the base's
+/// backend, notes on stderr.
+pub struct Terminal {
+    pub bar: StageBar,
+    /// How the models a run names are opened (`--backend`, `--weights` of the base).
+    pub models: ModelArgs,
+}
+
+impl Terminal {
+    pub fn new(control: &RunControl, models: &ModelArgs) -> Terminal {
+        Terminal {
+            bar: StageBar::new(true, control.clone()),
+            models: models.clone(),
         }
-        TokenOrigin::User => "given by the user".to_owned(),
-    };
-    format!("{:?} ({origin})", tokens.tokens)
+    }
+}
+
+fn input_error(e: anyhow::Error) -> RunError {
+    RunError::Input(format!("{e:#}"))
+}
+
+impl RunIo for Terminal {
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
+        self.bar.update(progress)
+    }
+
+    fn note(&mut self, message: &str) {
+        self.bar.suspend(|| PromptFiles.note(message));
+    }
+
+    fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError> {
+        PromptFiles.read_prompts(name)
+    }
+
+    fn read_text(&mut self, name: &str) -> Result<String, RunError> {
+        PromptFiles.read_text(name)
+    }
+
+    fn read_direction(&mut self, name: &str) -> Result<GivenDirection, RunError> {
+        let d = DirectionFile::read(Path::new(name)).map_err(input_error)?;
+        Ok(GivenDirection {
+            vector: d.vector,
+            layer: d.meta.layer,
+            position: d.meta.position,
+        })
+    }
+
+    fn names_model(&mut self, spec: &str) -> bool {
+        Path::new(spec).exists()
+    }
+
+    fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {
+        let args = ModelArgs {
+            model: spec.to_owned(),
+            ..self.models.clone()
+        };
+        let loaded = self.bar.suspend(|| args.load()).with_context(|| {
+            format!("`{spec}` is neither a model nor a recipe such as wanda:0.5 or rtn:4:128")
+        });
+        Ok(loaded.map_err(input_error)?.llama)
+    }
 }

@@ -1,26 +1,15 @@
-//! Steps `compare` and `aird` share: the prompt sets, the compressed model (a file or a recipe
-//! compressed on the fly), finding a model's refusal direction, and the judge of the
-//! evaluation sets.
+//! Flags `compare` and `aird` share: the prompt sets and AIRD's scale, mapped onto the core's
+//! study requests.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use futures_lite::future::block_on;
-use refusal_core::compress::recipe::looks_like_recipe;
-use refusal_core::compress::{Method, Summary};
 use refusal_core::defaults;
-use refusal_core::load::TextAssets;
-use refusal_core::model::Llama;
-use refusal_core::refusal::find::{self, FindSettings, FoundDirection};
-use refusal_core::refusal::prompts::{PromptUses, StudyPrompts, without};
-use refusal_core::refusal::repair_study::AlphaGrid;
-use refusal_core::refusal::{EncodedSplit, RefusalTokens};
+use refusal_core::runs::PromptSource;
+use refusal_core::runs::study::{AlphaRequest, StudyRequest};
 
-use super::compress::{Calibration, CalibrationArgs, compress_model};
-use super::directions::{SplitArgs, Splits};
-use super::{load_prompts, read_prompts};
-use crate::model_args::ModelArgs;
-use crate::progress::{RunControl, StageBar};
+use super::JudgeArgs;
+use super::compress::CalibrationArgs;
+use super::directions::SplitArgs;
 
 /// Training, validation and evaluation prompts.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,64 +26,25 @@ pub struct PromptArgs {
     #[arg(long)]
     pub eval_harmless: Option<String>,
     /// Evaluate at most this many prompts of each evaluation set.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = StudyRequest::N_EVAL)]
     pub n_eval: usize,
 }
 
 impl PromptArgs {
-    /// Reads and splits every set.
-    ///
-    /// # Errors
-    ///
-    /// Unreadable files and sets too small to split.
-    pub fn load(&self) -> Result<StudyPrompts> {
-        let Splits {
-            harmful,
-            harmless,
-            val_harmful,
-            val_harmless,
-            harmful_use,
-            harmless_use,
-        } = self.splits.load()?;
-        let mut eval_harmful = match &self.eval_harmful {
-            Some(spec) => load_prompts(spec)?,
-            None => val_harmful.clone(),
-        };
-        if let Some(ex) = &self.exclude {
-            eval_harmful = without(eval_harmful, &read_prompts(ex)?);
+    /// The study these flags, the calibration's and the judge's ask for.
+    pub fn study(&self, calibration: &CalibrationArgs, judge: &JudgeArgs) -> StudyRequest {
+        StudyRequest {
+            split: self.splits.request(),
+            eval_harmful: self.eval_harmful.clone().map(PromptSource::Named),
+            exclude: self
+                .exclude
+                .as_ref()
+                .map(|p| PromptSource::Named(p.display().to_string())),
+            eval_harmless: self.eval_harmless.clone().map(PromptSource::Named),
+            n_eval: self.n_eval,
+            calibration: calibration.request(),
+            judge: judge.request(),
         }
-        eval_harmful.truncate(self.n_eval);
-        let mut eval_harmless = match &self.eval_harmless {
-            Some(spec) => load_prompts(spec)?,
-            None => val_harmless.clone(),
-        };
-        eval_harmless.truncate(self.n_eval);
-        if eval_harmful.is_empty() || eval_harmless.is_empty() {
-            bail!("an evaluation set is empty (check --eval-harmful, --exclude, --n-eval)");
-        }
-        let uses = PromptUses {
-            eval_harmful: self
-                .eval_harmful
-                .clone()
-                .unwrap_or_else(|| "harmful validation set".into()),
-            eval_harmless: self
-                .eval_harmless
-                .clone()
-                .unwrap_or_else(|| "harmless validation set".into()),
-            n_eval_harmful: eval_harmful.len(),
-            n_eval_harmless: eval_harmless.len(),
-            harmful: harmful_use,
-            harmless: harmless_use,
-        };
-        Ok(StudyPrompts {
-            harmful,
-            harmless,
-            val_harmful,
-            val_harmless,
-            eval_harmful,
-            eval_harmless,
-            uses,
-        })
     }
 }
 
@@ -116,129 +66,14 @@ pub struct AlphaArgs {
 }
 
 impl AlphaArgs {
-    /// The grid to search, when one was given.
-    pub fn grid(&self) -> Option<AlphaGrid> {
-        (!self.alpha_grid.is_empty()).then(|| AlphaGrid {
-            candidates: self.alpha_grid.clone(),
+    /// The scale, and the ridge penalty `lambda` (`--lambda`, chosen on the validation
+    /// prompts when absent).
+    pub fn request(&self, lambda: Option<f64>) -> AlphaRequest {
+        AlphaRequest {
+            alpha: self.alpha,
+            alpha_grid: self.alpha_grid.clone(),
             max_harmless_increase: self.max_harmless_increase,
-        })
-    }
-}
-
-/// Finds a model's direction (METHOD §3-6, with the fallback) under the progress bar.
-///
-/// # Errors
-///
-/// Pipeline errors, no candidate even under the fallback, and cancellation.
-pub fn find_direction(
-    model: &Llama,
-    sets: &EncodedSplit,
-    tokens: &RefusalTokens,
-    settings: &FindSettings,
-    bar: &mut StageBar,
-) -> Result<FoundDirection> {
-    Ok(block_on(find::find_direction(
-        model,
-        sets,
-        tokens,
-        settings,
-        &mut |p| bar.update(p),
-    ))?)
-}
-
-/// A compressed model: loaded from a file, or the base compressed by a recipe.
-pub struct CompressedModel {
-    /// What the user gave (`wanda:0.5`, a path, an alias).
-    pub spec: String,
-    pub llama: Llama,
-    /// The recipe, when the model was compressed here.
-    pub method: Option<Method>,
-    pub compression: Option<Summary>,
-}
-
-/// Loads `spec` as a model if it names one (an alias, an existing path, a Hub id), else
-/// compresses `base` by the recipe it spells.
-///
-/// # Errors
-///
-/// A spec that is neither; incompatible shapes; compression errors.
-pub fn compressed_model(
-    spec: &str,
-    base: &ModelArgs,
-    base_model: &Llama,
-    calibration: &dyn Fn() -> Result<Calibration>,
-    batch_size: usize,
-    control: &RunControl,
-) -> Result<CompressedModel> {
-    let as_recipe = spec.parse::<Method>();
-    let is_path = std::path::Path::new(spec).exists();
-    if let Err(e) = &as_recipe
-        && looks_like_recipe(spec)
-        && !is_path
-    {
-        bail!("{e}");
-    }
-    match as_recipe {
-        Ok(method) if !is_path => {
-            let calibration = calibration()?;
-            let calibrated = if calibration.samples == 0 {
-                "no calibration".to_owned()
-            } else {
-                format!(
-                    "calibration: {} {} from {}",
-                    calibration.samples, calibration.kind, calibration.source
-                )
-            };
-            eprintln!("compressing {} with {method} ({calibrated})", base.model);
-            let compressed = compress_model(
-                base_model.clone(),
-                method,
-                &calibration,
-                batch_size,
-                control,
-            )?;
-            Ok(CompressedModel {
-                spec: spec.to_owned(),
-                compression: Some(Summary::of(&compressed.layers)),
-                llama: compressed.model,
-                method: Some(method),
-            })
-        }
-        _ => {
-            let args = ModelArgs {
-                model: spec.to_owned(),
-                backend: base.backend,
-                weights: base.weights,
-            };
-            let loaded = args.load().with_context(|| {
-                format!("`{spec}` is neither a model nor a recipe such as wanda:0.5 or rtn:4:128")
-            })?;
-            let (b, c) = (base_model.config(), loaded.llama.config());
-            if (b.n_layers, b.d_model, b.d_ff, b.vocab_size)
-                != (c.n_layers, c.d_model, c.d_ff, c.vocab_size)
-            {
-                bail!(
-                    "{spec} does not have the shapes of the base model ({} layers x {} vs {} x {})",
-                    c.n_layers,
-                    c.d_model,
-                    b.n_layers,
-                    b.d_model
-                );
-            }
-            Ok(CompressedModel {
-                spec: spec.to_owned(),
-                llama: loaded.llama,
-                method: None,
-                compression: None,
-            })
+            lambda,
         }
     }
-}
-
-/// Calibration for recipes, loaded on first use.
-pub fn lazy_calibration<'a>(
-    args: &'a CalibrationArgs,
-    text: &'a TextAssets,
-) -> impl Fn() -> Result<Calibration> + 'a {
-    move || args.load(text)
 }

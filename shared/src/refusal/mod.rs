@@ -81,10 +81,11 @@ pub enum PipelineError {
     #[error("the {0} prompt set is empty")]
     NoPrompts(&'static str),
     #[error(
-        "the built-in {set} set gives {n_train} training and {n_val} validation prompts; at least 2 and 1 are needed"
+        "the {set} give {n_train} training and {n_val} validation prompts; at least 2 and 1 are needed"
     )]
     TooFewPrompts {
-        set: &'static str,
+        /// The kind and its source, e.g. "harmful prompts (built-in harmful set)".
+        set: String,
         n_train: usize,
         n_val: usize,
     },

@@ -220,36 +220,6 @@ impl BuiltinSet {
     }
 }
 
-/// Training and validation prompts held out from a built-in set by [`hold_out`], and their
-/// use for a report.
-///
-/// # Errors
-///
-/// [`PipelineError::TooFewPrompts`] for fewer than 2 training or 1 validation prompts.
-pub fn builtin_split(
-    set: BuiltinSet,
-    n_train: usize,
-    n_val: usize,
-    seed: u64,
-) -> Result<(Vec<Prompt>, Vec<Prompt>, PromptUse), PipelineError> {
-    let (train, val) = hold_out(set.prompts(), n_train, n_val, seed);
-    if train.len() < 2 || val.is_empty() {
-        return Err(PipelineError::TooFewPrompts {
-            set: set.name(),
-            n_train: train.len(),
-            n_val: val.len(),
-        });
-    }
-    let source = format!("built-in {} set", set.name());
-    let used = PromptUse {
-        train_source: source.clone(),
-        val_source: source,
-        n_train: train.len(),
-        n_val: val.len(),
-    };
-    Ok((train, val, used))
-}
-
 /// Every prompt set of a study (compare, repair): training and validation prompts of each
 /// kind, the evaluation sets, and where they came from.
 #[derive(Debug, Clone)]
@@ -264,45 +234,6 @@ pub struct StudyPrompts {
 }
 
 impl StudyPrompts {
-    /// The built-in sets, each held out by [`hold_out`] with `seed`, evaluated on the first
-    /// `n_eval` validation prompts: what the CLI uses when no prompt file is given.
-    ///
-    /// # Errors
-    ///
-    /// [`PipelineError::TooFewPrompts`] when a set gives fewer than 2 training or 1
-    /// validation prompts; [`PipelineError::NoPrompts`] for `n_eval == 0`.
-    pub fn builtin(
-        n_train: usize,
-        n_val: usize,
-        n_eval: usize,
-        seed: u64,
-    ) -> Result<StudyPrompts, PipelineError> {
-        if n_eval == 0 {
-            return Err(PipelineError::NoPrompts("evaluation"));
-        }
-        let split = |set| builtin_split(set, n_train, n_val, seed);
-        let (harmful, val_harmful, harmful_use) = split(BuiltinSet::Harmful)?;
-        let (harmless, val_harmless, harmless_use) = split(BuiltinSet::Harmless)?;
-        let eval = |val: &[Prompt]| val[..n_eval.min(val.len())].to_vec();
-        let (eval_harmful, eval_harmless) = (eval(&val_harmful), eval(&val_harmless));
-        Ok(StudyPrompts {
-            uses: PromptUses {
-                harmful: harmful_use,
-                harmless: harmless_use,
-                eval_harmful: "harmful validation set".into(),
-                eval_harmless: "harmless validation set".into(),
-                n_eval_harmful: eval_harmful.len(),
-                n_eval_harmless: eval_harmless.len(),
-            },
-            harmful,
-            harmless,
-            val_harmful,
-            val_harmless,
-            eval_harmful,
-            eval_harmless,
-        })
-    }
-
     /// The training and validation sets as token ids.
     ///
     /// # Errors
@@ -400,24 +331,6 @@ mod tests {
         assert_eq!(train, order[3..9]);
         let (train, val) = hold_out(all, 20, 4, 5);
         assert_eq!((train.len(), val.len()), (6, 4));
-    }
-
-    #[test]
-    fn a_builtin_study_evaluates_on_the_first_validation_prompts() {
-        let sets = StudyPrompts::builtin(10, 6, 4, 3).unwrap();
-        let (train, val) = hold_out(builtin_harmful(), 10, 6, 3);
-        assert_eq!((sets.harmful, sets.val_harmful.clone()), (train, val));
-        assert_eq!(sets.eval_harmful, sets.val_harmful[..4]);
-        assert_eq!(sets.eval_harmless, sets.val_harmless[..4]);
-        assert_eq!(sets.uses.n_eval_harmless, 4);
-        assert!(matches!(
-            StudyPrompts::builtin(1, 6, 4, 3),
-            Err(PipelineError::TooFewPrompts { n_train: 1, .. })
-        ));
-        assert!(matches!(
-            StudyPrompts::builtin(10, 6, 0, 3),
-            Err(PipelineError::NoPrompts("evaluation"))
-        ));
     }
 
     #[test]

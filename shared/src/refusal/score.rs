@@ -73,6 +73,24 @@ pub struct RefusalTokens {
     pub origin: TokenOrigin,
 }
 
+impl RefusalTokens {
+    /// The tokens and where they came from, for a line of progress.
+    pub fn describe(&self) -> String {
+        let origin = match &self.origin {
+            TokenOrigin::Family { family } => format!("known for the {family:?} family"),
+            TokenOrigin::Data {
+                completions,
+                refusals,
+            } => format!("first tokens of {refusals} refusals in {completions} greedy completions"),
+            TokenOrigin::Fallback { completions } => {
+                format!("no refusal in {completions} greedy completions: generic fallback")
+            }
+            TokenOrigin::User => "given by the user".to_owned(),
+        };
+        format!("{:?} ({origin})", self.tokens)
+    }
+}
+
 /// Greedy tokens generated per prompt to recognise a refusal opening.
 const DERIVE_TOKENS: usize = 8;
 

@@ -38,15 +38,20 @@ fn score_every_layer() -> bool {
     true
 }
 
+impl SelectionSettings {
+    /// The filters of METHOD §6 as the paper sets them.
+    pub const DEFAULT: SelectionSettings = SelectionSettings {
+        kl_max: 0.1,
+        max_layer_fraction: 0.8,
+        induce_min: 0.0,
+        batch_size: 32,
+        score_deep_layers: true,
+    };
+}
+
 impl Default for SelectionSettings {
     fn default() -> Self {
-        SelectionSettings {
-            kl_max: 0.1,
-            max_layer_fraction: 0.8,
-            induce_min: 0.0,
-            batch_size: 32,
-            score_deep_layers: true,
-        }
+        SelectionSettings::DEFAULT
     }
 }
 

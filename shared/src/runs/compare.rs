@@ -1,0 +1,247 @@
+//! `compare` (METHOD §9): the base model's refusal direction and each compressed model's own,
+//! found on the same prompts and positions and measured against each other, optionally with
+//! the AIRD repair of each (METHOD §10). The report is `compare.json`.
+
+use serde::{Deserialize, Serialize};
+
+use super::compress::{check_spec, compressed_model};
+use super::directions::{SelectionFilters, refusal_tokens};
+use super::study::{AlphaRequest, StudyRequest};
+use super::{RunError, RunIo};
+use crate::defaults;
+use crate::load::TextAssets;
+use crate::model::Llama;
+use crate::refusal::compare::{
+    BaseReport, Chosen, CompareReport, Comparison, CompressedReport, RepairSettings, cosine_figure,
+};
+use crate::refusal::find::{FindSettings, find_direction};
+use crate::refusal::plots::layer_curves;
+
+/// One comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct CompareRequest {
+    /// Compressed models: recipes (`rtn:4:128`, `wanda:0.5`) compressed in turn, or models
+    /// the host opens.
+    pub compressed: Vec<String>,
+    #[serde(flatten)]
+    pub study: StudyRequest,
+    /// Score only these post-instruction positions in selection (all of them when absent).
+    /// Cosines are reported for every position either way.
+    pub positions: Option<Vec<isize>>,
+    /// Also score candidates past the layer limit (slower; they fill the heatmaps).
+    pub score_deep_layers: bool,
+    #[serde(flatten)]
+    pub filters: SelectionFilters,
+    /// When no candidate passes METHOD §6: the lowest bypass score among candidates with KL
+    /// at most this (and below the layer limit).
+    pub fallback_kl_max: f64,
+    /// Activation-addition coefficient for sufficiency and transfer.
+    pub coeff: f32,
+    /// Also repair every compressed model with AIRD and evaluate the repair.
+    pub aird: bool,
+    #[serde(flatten)]
+    pub alpha: AlphaRequest,
+}
+
+impl Default for CompareRequest {
+    fn default() -> CompareRequest {
+        CompareRequest {
+            compressed: Vec::new(),
+            study: StudyRequest::default(),
+            positions: None,
+            score_deep_layers: false,
+            filters: SelectionFilters::default(),
+            fallback_kl_max: defaults::FALLBACK_KL_MAX,
+            coeff: defaults::ACTADD_COEFF,
+            aird: false,
+            alpha: AlphaRequest::default(),
+        }
+    }
+}
+
+impl CompareRequest {
+    /// # Errors
+    ///
+    /// [`RunError::Invalid`] naming the first field out of bounds.
+    pub fn validate(&self) -> Result<(), RunError> {
+        if self.compressed.is_empty() {
+            return Err(RunError::invalid(
+                "compressed",
+                "give at least one compressed model or recipe",
+            ));
+        }
+        self.study.validate()?;
+        super::directions::check_positions(self.positions.as_deref())?;
+        self.filters.validate()?;
+        if self.fallback_kl_max.is_nan() {
+            return Err(RunError::invalid("fallback-kl-max", "is not a number"));
+        }
+        if !self.coeff.is_finite() {
+            return Err(RunError::invalid("coeff", "must be a finite number"));
+        }
+        self.alpha.validate()
+    }
+}
+
+/// Runs METHOD §9 on `base` (described in the report by `model`) and every compressed model
+/// of the request.
+///
+/// # Errors
+///
+/// [`RunError::Invalid`] for a request out of bounds, inputs the host cannot read or open,
+/// cancellation and the pipeline's errors.
+pub async fn run<M>(
+    request: &CompareRequest,
+    base: &Llama,
+    text: &TextAssets,
+    model: M,
+    io: &mut dyn RunIo,
+) -> Result<CompareReport<M>, RunError> {
+    request.validate()?;
+    for spec in &request.compressed {
+        check_spec(spec, io)?;
+    }
+    let study = &request.study;
+    let sets = study.prompts(io)?;
+    let split = sets.encoded_split(text)?;
+    let batch_size = study.judge.batch_size;
+    let tokens = refusal_tokens(
+        base,
+        text,
+        &study.judge.refusal_tokens,
+        &split.harmful,
+        batch_size,
+        io,
+    )
+    .await?;
+    let find = FindSettings {
+        selection: request
+            .filters
+            .settings(batch_size, request.score_deep_layers),
+        positions: request.positions.clone(),
+        fallback_kl_max: request.fallback_kl_max,
+    };
+    let judge = sets.judge(text, &tokens, study.judge.settings())?;
+    let validation = sets.validation_judge(text, &tokens, study.judge.settings())?;
+
+    io.note("the base model: finding its refusal direction");
+    let base_found = find_direction(base, &split, &tokens, &find, &mut |p| io.progress(p)).await?;
+    let baseline = judge.baseline(base, &mut |p| io.progress(p)).await?;
+    io.note(&format!(
+        "base: layer {} position {} ({:?}); ASR {:.3}, harmless refusal {:.3}",
+        base_found.chosen.layer,
+        base_found.chosen.position,
+        base_found.chosen_by,
+        baseline.asr,
+        baseline.harmless_refusal
+    ));
+    let comparison = Comparison {
+        base,
+        base_found: &base_found,
+        split: &split,
+        judge: &judge,
+        validation: &validation,
+        find: &find,
+        coeff: request.coeff,
+        repair: request.aird.then(|| RepairSettings {
+            alpha: request.alpha.alpha,
+            lambda: request.alpha.lambda,
+            alpha_grid: request.alpha.grid(),
+        }),
+    };
+    let mut compressed = Vec::with_capacity(request.compressed.len());
+    for spec in &request.compressed {
+        let c =
+            compressed_model(spec, base, text, &study.calibration, batch_size, true, io).await?;
+        io.note(&format!(
+            "{spec}: finding its refusal direction and measuring it"
+        ));
+        let measured = comparison
+            .measure(spec, &c.llama, c.compression, &mut |p| io.progress(p))
+            .await?;
+        io.note(&row(&measured));
+        compressed.push(measured);
+    }
+    Ok(CompareReport {
+        base: BaseReport {
+            model,
+            direction: Chosen::of(&base_found),
+            baseline,
+        },
+        prompts: sets.uses,
+        positions: base_found.candidates.positions.clone(),
+        n_layers: base_found.candidates.n_layers,
+        refusal_tokens: tokens,
+        coeff: request.coeff,
+        max_new_tokens: study.judge.max_new_tokens,
+        compressed,
+    })
+}
+
+/// The figures of a comparison, by file name: the cosine to the base direction by layer at
+/// the base's selected position, and each compressed model's cosine heatmap.
+pub fn figures<M>(report: &CompareReport<M>) -> Vec<(String, String)> {
+    let (n_layers, positions) = (report.n_layers, &report.positions);
+    let chosen = &report.base.direction;
+    let p_index = positions
+        .iter()
+        .position(|&q| q == chosen.position)
+        .unwrap_or(0);
+    let series: Vec<(String, Vec<f64>)> = report
+        .compressed
+        .iter()
+        .map(|r| {
+            let by_layer = (0..n_layers)
+                .map(|l| r.cosines[l * positions.len() + p_index])
+                .collect();
+            (r.spec.clone(), by_layer)
+        })
+        .collect();
+    let mut figures = vec![(
+        "cosine-by-layer.svg".to_owned(),
+        layer_curves(
+            &format!("cos(base, compressed) at position {}", chosen.position),
+            "cosine",
+            &series,
+            Some(chosen.layer),
+        ),
+    )];
+    let base_cell = chosen.layer * positions.len() + p_index;
+    for (i, r) in report.compressed.iter().enumerate() {
+        figures.push((
+            format!("cosine-{}.svg", i + 1),
+            cosine_figure(n_layers, positions, &r.cosines, Some(base_cell)),
+        ));
+    }
+    figures
+}
+
+/// One compressed model's line of the summary table.
+pub fn row(r: &CompressedReport) -> String {
+    let pct = |x: f64| format!("{:.1}", 100.0 * x);
+    let (aird_asr, aird_refusal, aird_kl) = match &r.aird {
+        Some(a) => (
+            pct(a.asr.rate),
+            pct(a.harmless_refusal.rate),
+            format!("{:.3}", a.kl_to_compressed),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    format!(
+        "{:<16} {:>6.3} {:>4}:{:<3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        r.spec,
+        r.cosine_at_base_selected,
+        r.direction.layer,
+        r.direction.position,
+        pct(r.baseline.asr),
+        pct(r.baseline.harmless_refusal),
+        pct(r.asr_ablate_own.rate),
+        pct(r.harmless_refusal_add_own.rate),
+        pct(r.asr_ablate_base.rate),
+        pct(r.harmless_refusal_add_base.rate),
+        aird_asr,
+        aird_refusal,
+        aird_kl,
+    )
+}

@@ -1,0 +1,276 @@
+//! The pipelines, each defined once: a request with its defaults and bounds, an `async fn run`
+//! and the report it returns. The command line, the server's jobs and the browser build the
+//! same request and lend the run what it cannot do itself through [`RunIo`]: showing progress
+//! and taking a cancel, reading a prompt set named by the user, telling the user something.
+
+pub mod aird;
+pub mod compare;
+pub mod compress;
+pub mod directions;
+pub mod prompts;
+pub mod study;
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+
+use crate::compress::{Method, Summary};
+use crate::model::Llama;
+use crate::refusal::{PipelineError, Progress, Prompt};
+
+pub use prompts::{PromptSource, SplitRequest};
+
+/// A future a host's [`RunIo`] returns (the browser's are not `Send`).
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// What a run needs from where it runs. Only progress, notes and prompt sets are asked of
+/// every host; the rest answer "not here" unless the host can (the command line reads files
+/// and opens models, a tab keeps what it compressed).
+pub trait RunIo {
+    /// Called as work advances; `Break` cancels the run.
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()>;
+
+    /// Something the user should know that does not stop the run.
+    fn note(&mut self, message: &str);
+
+    /// The prompts of a set the user named that is not built in (on the command line, a
+    /// file's path).
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] naming the set when it cannot be read.
+    fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError>;
+
+    /// A text the user named (calibration or perplexity text).
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] naming it when it cannot be read.
+    fn read_text(&mut self, name: &str) -> Result<String, RunError> {
+        Err(RunError::Input(format!(
+            "`{name}`: texts are not read here; give a recipe's built-in calibration instead"
+        )))
+    }
+
+    /// A stored direction the user named (on the command line, a `direction.json` path).
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] naming it when it cannot be read.
+    fn read_direction(&mut self, name: &str) -> Result<aird::GivenDirection, RunError> {
+        Err(RunError::Input(format!(
+            "`{name}`: stored directions are not read here; give the direction itself"
+        )))
+    }
+
+    /// Whether `spec` names a model the host opens (then a recipe of the same spelling does
+    /// not shadow it).
+    fn names_model(&mut self, _spec: &str) -> bool {
+        false
+    }
+
+    /// Opens the model `spec` names.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] naming it when it cannot be opened.
+    fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {
+        Err(RunError::Input(format!(
+            "`{spec}` is not a compression recipe (such as rtn:4:128 or wanda:0.5), and models \
+             are not opened here"
+        )))
+    }
+
+    /// `base` compressed by `method`, and what compression did; a host may keep it for its
+    /// next run.
+    fn compress<'a>(
+        &'a mut self,
+        base: &'a Llama,
+        method: Method,
+        calibration: &'a compress::Calibration,
+        batch_size: usize,
+    ) -> LocalFuture<'a, Result<(Llama, Summary), RunError>> {
+        Box::pin(async move {
+            let compressed = crate::compress::compress(
+                base.clone(),
+                method,
+                &calibration.ids,
+                0,
+                batch_size,
+                &mut |p| self.progress(p),
+            )
+            .await
+            .map_err(|e| RunError::Input(format!("compressing with {method}: {e}")))?;
+            Ok((compressed.model.clone(), Summary::of(&compressed.layers)))
+        })
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A request field out of its bounds.
+    #[error("`{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// An input named by the user (a prompt set, a text, a model, a recipe) that could not
+    /// be read or used, named.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl RunError {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> RunError {
+        RunError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request read from JSON over `defaults`: the fields it names replace theirs. Field names
+/// are the command line's flags (`n-train`); the snake-case spelling of earlier browser
+/// requests (`n_train`, kept in shared links) reads the same.
+///
+/// # Errors
+///
+/// JSON that is not an object, unknown fields and fields of the wrong type, named.
+pub fn request_from_json<R>(defaults: &R, json: &str) -> Result<R, RunError>
+where
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let invalid = |e: serde_json::Error| RunError::invalid("request", e.to_string());
+    let serde_json::Value::Object(given) = serde_json::from_str(json).map_err(invalid)? else {
+        return Err(RunError::invalid("request", "not a JSON object"));
+    };
+    let mut merged = match serde_json::to_value(defaults).map_err(invalid)? {
+        serde_json::Value::Object(fields) => fields,
+        _ => unreachable!("a request serialises as an object"),
+    };
+    for (key, value) in given {
+        let key = key.replace('_', "-");
+        if !merged.contains_key(&key) {
+            let known: Vec<&str> = merged.keys().map(String::as_str).collect();
+            return Err(RunError::Input(format!(
+                "unknown field `{key}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        merged.insert(key, value);
+    }
+    serde_json::from_value(serde_json::Value::Object(merged)).map_err(invalid)
+}
+
+/// A candidate named by the user, `LAYER:POSITION` (e.g. `12:-1`); JSON takes the string or
+/// a `[layer, position]` pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub layer: usize,
+    /// Counted from the end: -1 is the last token.
+    pub position: isize,
+}
+
+impl std::str::FromStr for Choice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Choice, String> {
+        let (l, p) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not LAYER:POSITION, e.g. 12:-1"))?;
+        let layer = l.trim().parse().map_err(|_| format!("bad layer `{l}`"))?;
+        let position: isize = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad position `{p}`"))?;
+        Choice::new(layer, position)
+    }
+}
+
+impl Choice {
+    /// # Errors
+    ///
+    /// A position that is not negative.
+    pub fn new(layer: usize, position: isize) -> Result<Choice, String> {
+        if position >= 0 {
+            return Err(format!(
+                "position {position} must be negative (counted from the end)"
+            ));
+        }
+        Ok(Choice { layer, position })
+    }
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.layer, self.position)
+    }
+}
+
+impl serde::Serialize for Choice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Choice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Choice, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Text(String),
+            Pair(usize, isize),
+        }
+        match Given::deserialize(d)? {
+            Given::Text(s) => s.parse(),
+            Given::Pair(layer, position) => Choice::new(layer, position),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_takes_its_defaults_for_the_fields_it_leaves_out() {
+        let base = directions::DirectionsRequest {
+            batch_size: 8,
+            ..Default::default()
+        };
+        let r = request_from_json(
+            &base,
+            r#"{"n_train": 16, "kl-max": 0.2, "select": [3, -1]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.split.n_train, 16);
+        assert_eq!(r.split.n_val, SplitRequest::N_VAL);
+        assert_eq!(r.batch_size, 8);
+        assert_eq!(r.filters.kl_max, 0.2);
+        assert_eq!(r.select, Some(Choice::new(3, -1).unwrap()));
+        let err = request_from_json(&base, r#"{"n-train": "many"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert!(request_from_json(&base, "[1]").is_err());
+        let err = request_from_json(&base, r#"{"n-trian": 16}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `n-trian`"), "{err}");
+    }
+
+    #[test]
+    fn a_choice_reads_as_text_or_as_a_pair_and_needs_a_negative_position() {
+        let text: Choice = serde_json::from_str("\"12:-1\"").unwrap();
+        let pair: Choice = serde_json::from_str("[12, -1]").unwrap();
+        assert_eq!(text, pair);
+        assert_eq!(serde_json::to_string(&text).unwrap(), "\"12:-1\"");
+        assert!("12:1".parse::<Choice>().unwrap_err().contains("negative"));
+        assert!(
+            "12".parse::<Choice>()
+                .unwrap_err()
+                .contains("LAYER:POSITION")
+        );
+        assert!(serde_json::from_str::<Choice>("[3, 0]").is_err());
+    }
+}

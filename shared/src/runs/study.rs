@@ -1,0 +1,279 @@
+//! What the two studies of a compressed model (`compare`, `aird`) ask alike: training,
+//! validation and evaluation prompts, calibration, how completions are judged, and AIRD's
+//! scale.
+
+use serde::{Deserialize, Serialize};
+
+use super::compress::CalibrationRequest;
+use super::{PromptSource, RunError, RunIo, SplitRequest};
+use crate::defaults;
+use crate::refusal::evaluate::EvalSettings;
+use crate::refusal::prompts::{PromptUses, StudyPrompts, without};
+use crate::refusal::repair_study::AlphaGrid;
+
+/// The prompt sets and judging of a study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct StudyRequest {
+    #[serde(flatten)]
+    pub split: SplitRequest,
+    /// Harmful prompts for ASR; the harmful validation set when absent.
+    pub eval_harmful: Option<PromptSource>,
+    /// Instructions left out of `eval-harmful` (e.g. AdvBench minus the training split).
+    pub exclude: Option<PromptSource>,
+    /// Harmless prompts for refusal under addition; the harmless validation set when absent.
+    pub eval_harmless: Option<PromptSource>,
+    /// At most this many prompts of each evaluation set.
+    pub n_eval: usize,
+    #[serde(flatten)]
+    pub calibration: CalibrationRequest,
+    #[serde(flatten)]
+    pub judge: JudgeRequest,
+}
+
+impl StudyRequest {
+    pub const N_EVAL: usize = 64;
+
+    /// # Errors
+    ///
+    /// [`RunError::Invalid`] naming the first field out of bounds.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.split.validate()?;
+        if self.n_eval == 0 {
+            return Err(RunError::invalid(
+                "n-eval",
+                "at least 1 evaluation prompt is needed",
+            ));
+        }
+        self.calibration.validate()?;
+        self.judge.validate()
+    }
+
+    /// Reads and splits every set.
+    ///
+    /// # Errors
+    ///
+    /// Sets the host cannot read, sets too small to split, and an evaluation set left empty.
+    pub fn prompts(&self, io: &mut dyn RunIo) -> Result<StudyPrompts, RunError> {
+        let splits = self.split.load(io)?;
+        let (mut eval_harmful, eval_harmful_source) = match &self.eval_harmful {
+            Some(set) => set.read(io)?,
+            None => (splits.val_harmful.clone(), "harmful validation set".into()),
+        };
+        if let Some(set) = &self.exclude {
+            eval_harmful = without(eval_harmful, &set.read(io)?.0);
+        }
+        eval_harmful.truncate(self.n_eval);
+        let (mut eval_harmless, eval_harmless_source) = match &self.eval_harmless {
+            Some(set) => set.read(io)?,
+            None => (
+                splits.val_harmless.clone(),
+                "harmless validation set".into(),
+            ),
+        };
+        eval_harmless.truncate(self.n_eval);
+        if eval_harmful.is_empty() || eval_harmless.is_empty() {
+            return Err(RunError::Input(
+                "an evaluation set is empty (check eval-harmful, exclude, n-eval)".into(),
+            ));
+        }
+        Ok(StudyPrompts {
+            uses: PromptUses {
+                eval_harmful: eval_harmful_source,
+                eval_harmless: eval_harmless_source,
+                n_eval_harmful: eval_harmful.len(),
+                n_eval_harmless: eval_harmless.len(),
+                harmful: splits.harmful_use,
+                harmless: splits.harmless_use,
+            },
+            harmful: splits.harmful,
+            harmless: splits.harmless,
+            val_harmful: splits.val_harmful,
+            val_harmless: splits.val_harmless,
+            eval_harmful,
+            eval_harmless,
+        })
+    }
+}
+
+impl Default for StudyRequest {
+    fn default() -> StudyRequest {
+        StudyRequest {
+            split: SplitRequest::default(),
+            eval_harmful: None,
+            exclude: None,
+            eval_harmless: None,
+            n_eval: StudyRequest::N_EVAL,
+            calibration: CalibrationRequest::default(),
+            judge: JudgeRequest::default(),
+        }
+    }
+}
+
+/// How completions are made and judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct JudgeRequest {
+    /// Greedy tokens per completion.
+    pub max_new_tokens: usize,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+    /// Refusal tokens (default: the model family's, else derived from greedy completions of
+    /// the harmful training prompts).
+    pub refusal_tokens: Vec<String>,
+}
+
+impl JudgeRequest {
+    pub const BATCH_SIZE: usize = 16;
+
+    pub fn settings(&self) -> EvalSettings {
+        EvalSettings {
+            max_new_tokens: self.max_new_tokens,
+            batch_size: self.batch_size,
+        }
+    }
+
+    /// # Errors
+    ///
+    /// [`RunError::Invalid`] for batches of no prompts.
+    pub fn validate(&self) -> Result<(), RunError> {
+        if self.batch_size == 0 {
+            return Err(RunError::invalid("batch-size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for JudgeRequest {
+    fn default() -> JudgeRequest {
+        JudgeRequest {
+            max_new_tokens: defaults::JUDGED_TOKENS,
+            batch_size: JudgeRequest::BATCH_SIZE,
+            refusal_tokens: Vec::new(),
+        }
+    }
+}
+
+/// AIRD's scale α and ridge penalty λ: given, or chosen on the validation prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AlphaRequest {
+    /// The update scale (1 matches the base projection on the training prompts).
+    pub alpha: f32,
+    /// Choose α on the validation prompts among these instead: the lowest validation ASR
+    /// whose harmless refusal stays within `max-harmless-increase` of the compressed model's.
+    pub alpha_grid: Vec<f32>,
+    /// The bound of `alpha-grid`: the largest rise in harmless refusal rate allowed (0.05 is
+    /// five points).
+    pub max_harmless_increase: f64,
+    /// The ridge penalty (chosen on the validation prompts when absent).
+    pub lambda: Option<f64>,
+}
+
+impl AlphaRequest {
+    /// The grid to search, when one was given.
+    pub fn grid(&self) -> Option<AlphaGrid> {
+        (!self.alpha_grid.is_empty()).then(|| AlphaGrid {
+            candidates: self.alpha_grid.clone(),
+            max_harmless_increase: self.max_harmless_increase,
+        })
+    }
+
+    /// # Errors
+    ///
+    /// [`RunError::Invalid`] for a scale or penalty that is not a finite number.
+    pub fn validate(&self) -> Result<(), RunError> {
+        if !self.alpha.is_finite() || self.alpha_grid.iter().any(|a| !a.is_finite()) {
+            return Err(RunError::invalid("alpha", "must be a finite number"));
+        }
+        if self.lambda.is_some_and(|l| !l.is_finite() || l < 0.0) {
+            return Err(RunError::invalid(
+                "lambda",
+                "must be a finite number, at least 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AlphaRequest {
+    fn default() -> AlphaRequest {
+        AlphaRequest {
+            alpha: defaults::AIRD_ALPHA,
+            alpha_grid: Vec::new(),
+            max_harmless_increase: defaults::MAX_HARMLESS_INCREASE,
+            lambda: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refusal::prompts::{Prompt, builtin_harmful, hold_out};
+
+    struct NoFiles;
+
+    impl RunIo for NoFiles {
+        fn progress(&mut self, _: crate::refusal::Progress) -> std::ops::ControlFlow<()> {
+            std::ops::ControlFlow::Continue(())
+        }
+
+        fn note(&mut self, _: &str) {}
+
+        fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError> {
+            Err(RunError::Input(format!("no file {name}")))
+        }
+    }
+
+    fn request(n_train: usize, n_val: usize, n_eval: usize) -> StudyRequest {
+        StudyRequest {
+            split: SplitRequest {
+                n_train,
+                n_val,
+                seed: 3,
+                ..SplitRequest::default()
+            },
+            n_eval,
+            ..StudyRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_builtin_study_evaluates_on_the_first_validation_prompts() {
+        let sets = request(10, 6, 4).prompts(&mut NoFiles).unwrap();
+        let (train, val) = hold_out(builtin_harmful(), 10, 6, 3);
+        assert_eq!((sets.harmful, sets.val_harmful.clone()), (train, val));
+        assert_eq!(sets.eval_harmful, sets.val_harmful[..4]);
+        assert_eq!(sets.eval_harmless, sets.val_harmless[..4]);
+        assert_eq!(sets.uses.n_eval_harmless, 4);
+        assert_eq!(sets.uses.eval_harmful, "harmful validation set");
+        assert!(request(1, 6, 4).validate().is_err());
+        let err = request(10, 6, 0).validate().unwrap_err().to_string();
+        assert!(err.contains("n-eval"), "{err}");
+    }
+
+    #[test]
+    fn excluded_instructions_leave_the_evaluation_set() {
+        let mut r = request(10, 6, 64);
+        let all: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        r.eval_harmful = Some(PromptSource::Inline(all));
+        r.exclude = Some(PromptSource::Inline(vec![" b ".into()]));
+        let sets = r.prompts(&mut NoFiles).unwrap();
+        let kept: Vec<&str> = sets
+            .eval_harmful
+            .iter()
+            .map(|p| p.instruction.as_str())
+            .collect();
+        assert_eq!(kept, ["a", "c"]);
+        assert_eq!(sets.uses.eval_harmful, "3 inline prompts");
+        r.exclude = Some(PromptSource::Inline(
+            ["a", "b", "c"].map(String::from).to_vec(),
+        ));
+        let err = r.prompts(&mut NoFiles).unwrap_err().to_string();
+        assert!(err.contains("evaluation set is empty"), "{err}");
+        r.exclude = Some(PromptSource::Named("advbench.csv".into()));
+        let err = r.prompts(&mut NoFiles).unwrap_err().to_string();
+        assert!(err.contains("no file advbench.csv"), "{err}");
+    }
+}
