@@ -375,6 +375,17 @@ fn invalid_requests_get_clear_4xx_errors() {
             "`n-train` 100",
         ),
         (
+            json!({"kind": "directions", "args": {"n-train": 1}}),
+            422,
+            "`n-train`: at least 2 training prompts",
+        ),
+        (
+            json!({"kind": "aird", "args": {"compressed": "wanda:0.5", "n-train": 4, "n-val": 2,
+                   "n-eval": 2, "n-calib": 4}}),
+            422,
+            "`layer`: give the base direction",
+        ),
+        (
             json!({"kind": "generate", "args": {"prompt": "x", "model": "no-such-model"}}),
             422,
             "no model `no-such-model`",

@@ -406,6 +406,11 @@ fn check_prompts(flag: &str, prompts: &[String], limits: &Limits) -> Result<(), 
     Ok(())
 }
 
+/// A request the core's pipeline refuses (its own bounds, checked before the job is queued).
+fn run_error(e: refusal_core::runs::RunError) -> RequestError {
+    invalid(e.to_string())
+}
+
 /// The numeric limits, on the parsed command.
 fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> {
     let mut counts: Vec<(&str, usize)> = Vec::new();
@@ -430,6 +435,7 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
             }
         }
         Command::Directions(a) => {
+            a.request().validate().map_err(run_error)?;
             counts.extend([("n-train", a.splits.n_train), ("n-val", a.splits.n_val)]);
         }
         Command::Eval(a) => {
@@ -438,10 +444,12 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
         }
         Command::Compress(a) => counts.push(("n-calib", a.calibration.n_calib)),
         Command::Compare(a) => {
+            a.request().validate().map_err(run_error)?;
             tokens = Some(a.judge.max_new_tokens);
             counts.extend(study_counts(&a.prompts, &a.calibration));
         }
         Command::Aird(a) => {
+            a.request().validate().map_err(run_error)?;
             tokens = Some(a.judge.max_new_tokens);
             counts.extend(study_counts(&a.prompts, &a.calibration));
         }
