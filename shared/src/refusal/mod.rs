@@ -8,6 +8,7 @@
 
 pub mod aird;
 pub mod compare;
+pub mod cosine;
 pub mod directions;
 pub mod encoding;
 pub mod evaluate;

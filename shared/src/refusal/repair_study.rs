@@ -11,7 +11,7 @@ use crate::model::Llama;
 use super::aird::{
     AirdFit, AirdSettings, Densification, Repaired, apply, compressed_direction, repair,
 };
-use super::compare::{Decomposition, decompose};
+use super::cosine::{Decomposition, decompose};
 use super::directions::extract;
 use super::evaluate::{CrossEntropy, Judge, Judged, cross_entropy};
 use super::orthogonalize::orthogonalize;
