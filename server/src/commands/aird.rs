@@ -95,19 +95,16 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let resolved = base_args.resolve()?;
     OutFormat::of(&args.out, &resolved)?;
     let (loaded, fingerprint) = base_args.load_with_fingerprint()?;
-    let mut io = Terminal::new(control, &base_args);
-    let run = block_on(aird::run(
+    let AirdRun {
+        repaired,
+        mut report,
+    } = block_on(aird::run(
         &args.request(),
         &loaded.llama,
         &loaded.text,
         fingerprint,
-        &mut io,
-    ));
-    io.bar.finish();
-    let AirdRun {
-        repaired,
-        mut report,
-    } = run?;
+        &mut Terminal::new(control, &base_args),
+    ))?;
     let (layer, fit) = (report.base_direction.layer, &report.fit);
 
     // Every linear layer differs from the base (compressed, and one repaired).

@@ -83,16 +83,13 @@ impl CompareArgs {
 pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let models = args.base.model_args();
     let (loaded, fingerprint) = models.load_with_fingerprint()?;
-    let mut io = Terminal::new(control, &models);
     let report = block_on(compare::run(
         &args.request(),
         &loaded.llama,
         &loaded.text,
         fingerprint,
-        &mut io,
-    ));
-    io.bar.finish();
-    let report = report?;
+        &mut Terminal::new(control, &models),
+    ))?;
 
     let mut staged = StagedDir::new(&args.out)?;
     staged.write("compare.json", serde_json::to_string_pretty(&report)?)?;

@@ -165,15 +165,13 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
 
 pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
     let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    let mut io = Terminal::new(control, &args.model);
     let found = block_on(directions::run(
         &args.request(),
         &loaded.llama,
         &loaded.text,
-        &mut io,
-    ));
-    io.bar.finish();
-    let found = found.context("finding the refusal direction")?;
+        &mut Terminal::new(control, &args.model),
+    ))
+    .context("finding the refusal direction")?;
 
     let mut staged = StagedDir::new(&args.out)?;
     staged.write(

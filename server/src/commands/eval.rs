@@ -220,7 +220,7 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
             report,
         });
     }
-    io.bar.finish();
+    drop(io); // clears the bar before the table is printed
 
     println!("{}", table(&runs));
     let file = EvalFile {

@@ -270,7 +270,6 @@ fn compressed_columns(
         return Ok(None);
     }
     // The report gives no output errors, so a method that decides without calibration skips it.
-    let mut io = Terminal::new(control, &args.model);
     let c = block_on(compressed_model(
         spec,
         &loaded.llama,
@@ -278,10 +277,8 @@ fn compressed_columns(
         &args.calibration.request(),
         args.batch_size,
         false,
-        &mut io,
-    ));
-    io.bar.finish();
-    let c = c?;
+        &mut Terminal::new(control, &args.model),
+    ))?;
     let (repaired, fit) = match direction {
         Some(d) if variants.contains(&Variant::CompressedAird) => {
             let prompts = builtin_fit_prompts(&loaded.text, args.aird_prompts)?;

@@ -151,6 +151,13 @@ impl Terminal {
     }
 }
 
+/// The bar is cleared however the run ends, the error path included.
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.bar.finish();
+    }
+}
+
 fn input_error(e: anyhow::Error) -> RunError {
     RunError::Input(format!("{e:#}"))
 }

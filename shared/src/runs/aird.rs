@@ -7,14 +7,13 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use super::compress::{check_spec, compressed_model};
-use super::directions::refusal_tokens;
 use super::study::{AlphaRequest, StudyRequest};
 use super::{RunError, RunIo};
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::aird::AirdSettings;
 use crate::refusal::repair_study::{
-    AirdReport, AlphaSearch, BaseDirection, PerplexityText, RepairStudy, repair_study,
+    AirdReport, AlphaSearch, BaseDirection, PerplexityText, repair_study,
 };
 
 /// One repair.
@@ -195,15 +194,7 @@ pub async fn run<M>(
         }
     };
     let layer = base_direction.layer;
-    let tokens = refusal_tokens(
-        base,
-        text,
-        &study.judge.refusal_tokens,
-        &split.harmful,
-        batch_size,
-        io,
-    )
-    .await?;
+    let tokens = study.refusal_tokens(base, text, &split.harmful, io).await?;
     let c = compressed_model(
         &request.compressed,
         base,
@@ -230,14 +221,7 @@ pub async fn run<M>(
         lambda: request.alpha.lambda,
         batch_size,
     };
-    let RepairStudy {
-        repaired,
-        fit,
-        alpha_selection,
-        densification,
-        drift,
-        variants,
-    } = repair_study(
+    let study = repair_study(
         base,
         &c.llama,
         &vector,
@@ -256,11 +240,12 @@ pub async fn run<M>(
         &mut |p| io.progress(p),
     )
     .await?;
+    let (fit, drift) = (&study.fit, &study.drift);
     io.note(&format!(
         "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
         fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
     ));
-    if let Some(sel) = &alpha_selection {
+    if let Some(sel) = &study.alpha_selection {
         let mut lines = format!(
             "alpha chosen on the validation prompts: {} (compressed model's harmless refusal {:.1}%, bound +{:.1} points)",
             sel.alpha,
@@ -279,18 +264,18 @@ pub async fn run<M>(
         io.note(&lines);
     }
     Ok(AirdRun {
-        repaired,
+        repaired: study.repaired,
         report: AirdReport {
             base: model,
             compressed: request.compressed.clone(),
             compression: c.compression,
             prompts: sets.uses,
             base_direction,
-            fit,
-            alpha_selection,
-            densification,
-            drift,
-            variants,
+            fit: study.fit,
+            alpha_selection: study.alpha_selection,
+            densification: study.densification,
+            drift: study.drift,
+            variants: study.variants,
             output: None,
             seconds: started.elapsed().as_secs_f64(),
         },

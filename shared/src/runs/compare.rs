@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::compress::{check_spec, compressed_model};
-use super::directions::{SelectionFilters, refusal_tokens};
+use super::directions::SelectionFilters;
 use super::study::{AlphaRequest, StudyRequest};
 use super::{RunError, RunIo};
 use crate::defaults;
@@ -106,15 +106,7 @@ pub async fn run<M>(
     let sets = study.prompts(io)?;
     let split = sets.encoded_split(text)?;
     let batch_size = study.judge.batch_size;
-    let tokens = refusal_tokens(
-        base,
-        text,
-        &study.judge.refusal_tokens,
-        &split.harmful,
-        batch_size,
-        io,
-    )
-    .await?;
+    let tokens = study.refusal_tokens(base, text, &split.harmful, io).await?;
     let find = FindSettings {
         selection: request
             .filters

@@ -5,11 +5,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::compress::CalibrationRequest;
+use super::directions::refusal_tokens;
 use super::{PromptSource, RunError, RunIo, SplitRequest};
 use crate::defaults;
+use crate::load::TextAssets;
+use crate::model::Llama;
 use crate::refusal::evaluate::EvalSettings;
 use crate::refusal::prompts::{PromptUses, StudyPrompts, without};
 use crate::refusal::repair_study::AlphaGrid;
+use crate::refusal::{EncodedPrompts, RefusalTokens};
 
 /// The prompt sets and judging of a study.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +97,33 @@ impl StudyRequest {
             eval_harmful,
             eval_harmless,
         })
+    }
+}
+
+impl StudyRequest {
+    /// The refusal tokens the study judges by: the request's, else `model`'s (its family's,
+    /// or derived from greedy completions of `harmful`).
+    ///
+    /// # Errors
+    ///
+    /// A word that is not one token, and the pipeline's errors.
+    pub async fn refusal_tokens(
+        &self,
+        model: &Llama,
+        text: &TextAssets,
+        harmful: &EncodedPrompts,
+        io: &mut dyn RunIo,
+    ) -> Result<RefusalTokens, RunError> {
+        let judge = &self.judge;
+        refusal_tokens(
+            model,
+            text,
+            &judge.refusal_tokens,
+            harmful,
+            judge.batch_size,
+            io,
+        )
+        .await
     }
 }
 
