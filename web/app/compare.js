@@ -60,7 +60,7 @@ export async function render(root, { kind }) {
   const maxTokens = num('max-new-tokens');
   const aird = h('input', { type: 'checkbox', name: 'aird' });
   // one scale, or several to choose from on the validation prompts (--alpha-grid)
-  const alpha = h('input', { name: 'alpha', value: String(def('alpha') || 1), pattern: '\\s*\\d*\\.?\\d+(\\s*,\\s*\\d*\\.?\\d+)*\\s*', placeholder: '1, or 1,2,4,8' });
+  const alpha = h('input', { name: 'alpha', value: String(def('alpha')), pattern: '\\s*\\d*\\.?\\d+(\\s*,\\s*\\d*\\.?\\d+)*\\s*', placeholder: '1, or 1,2,4,8' });
   const positions = h('select', { name: 'positions' },
     h('option', { value: 'last' }, 'the last token only (fewer candidates, faster)'),
     h('option', { value: 'all' }, 'every post-instruction position (METHOD §6)'));

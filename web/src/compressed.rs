@@ -7,14 +7,16 @@
 use std::cell::RefCell;
 
 use js_sys::Function;
-use refusal_core::compress::{Method, Summary, compress};
+use refusal_core::compress::{Method, Summary};
 use refusal_core::model::Llama;
 use refusal_core::refusal::OnProgress;
 use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::variant::CompressedUse;
 use refusal_core::runs::RunError;
 use refusal_core::runs::aird::GivenDirection;
-use refusal_core::runs::compress::{Calibration, CalibrationRequest, compressed_model};
+use refusal_core::runs::compress::{
+    Calibration, CalibrationRequest, compress_base, compressed_model,
+};
 
 use crate::engine::{Engine, TabIo};
 use crate::js_progress;
@@ -130,25 +132,16 @@ impl Engine {
         }
         self.forget_compressed();
         self.check_memory(method).map_err(RunError::Input)?;
-        let compressed = compress(
-            base.clone(),
-            method,
-            &calibration.ids,
-            0,
-            batch_size,
-            on_progress,
-        )
-        .await
-        .map_err(|e| RunError::Input(format!("compressing with {method}: {e}")))?;
-        let summary = Summary::of(&compressed.layers);
+        let (model, summary) =
+            compress_base(base, method, calibration, batch_size, on_progress).await?;
         *self.kept().0.borrow_mut() = Some(KeptCompressed {
             recipe,
             calibration: calibration.sha256.clone(),
-            model: compressed.model.clone(),
+            model: model.clone(),
             summary: summary.clone(),
             repaired: None,
         });
-        Ok((compressed.model, summary))
+        Ok((model, summary))
     }
 
     /// Drops the kept models before compressing anew, so that two compressed copies never

@@ -66,9 +66,9 @@ async fn init_webgpu() -> Result<Device, JsValue> {
     Err(JsValue::from_str("WebGPU exists only in the wasm build"))
 }
 
-/// The request of `kind` (`directions`, `compare`, `aird`) with every field at the tab's default, as JSON whose
-/// keys are the command line's flags: what a page's form starts from when no server is there
-/// to ask.
+/// The request of `kind` (`directions`, `compare`, `aird`) with every field at the tab's
+/// default, as JSON whose keys are the command line's flags: what a page's form starts from
+/// when no server is there to ask.
 #[wasm_bindgen]
 pub fn request_defaults(kind: &str) -> Result<String, JsValue> {
     match kind {

@@ -13,10 +13,9 @@ use refusal_core::compress::{
 };
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
-use serde::Serialize;
-
 use refusal_core::runs::PromptSource;
 use refusal_core::runs::compress::{Calibration, CalibrationRequest};
+use serde::Serialize;
 
 use super::PromptFiles;
 use crate::model_args::ModelArgs;

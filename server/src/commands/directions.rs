@@ -13,10 +13,9 @@ pub use refusal_core::refusal::prompts::PromptUse;
 use refusal_core::refusal::select::CandidateScore;
 use refusal_core::refusal::{CandidateDirections, RefusalTokens, Selection, SelectionSettings};
 use refusal_core::runs::directions::{self, DirectionsRequest, SelectionFilters, Timings};
-use refusal_core::runs::prompts::Splits;
 use refusal_core::runs::{Choice, PromptSource, SplitRequest};
 
-use super::{PromptFiles, Terminal};
+use super::Terminal;
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model_args::ModelArgs;
 use crate::open::Fingerprint;
@@ -63,17 +62,6 @@ impl SplitArgs {
             n_val: self.n_val,
             seed: self.seed,
         }
-    }
-
-    /// Reads and splits both sets.
-    ///
-    /// # Errors
-    ///
-    /// Unreadable files and sets too small to split.
-    pub fn load(&self) -> Result<Splits> {
-        let request = self.request();
-        request.validate()?;
-        Ok(request.load(&mut PromptFiles)?)
     }
 }
 

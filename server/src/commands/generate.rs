@@ -16,7 +16,6 @@ use refusal_core::model::Llama;
 use refusal_core::refusal::aird::{AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::variant::{Completion, CompressedUse, DirectionUse, GenerateReport};
 use refusal_core::refusal::{Variant, VariantDirection, VariantModels};
-
 use refusal_core::runs::compress::compressed_model;
 
 use super::Terminal;

@@ -17,16 +17,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use futures_lite::future::block_on;
 use refusal_core::defaults;
-use refusal_core::refusal::evaluate::EvalSettings;
-use refusal_core::refusal::prompts::{
-    self, Prompt, PromptFormat, builtin_harmful, builtin_harmless,
-};
-use refusal_core::refusal::{EncodedPrompts, Progress, RefusalTokens};
-use refusal_core::runs::{self, RunError, RunIo};
-
 use refusal_core::model::Llama;
+use refusal_core::refusal::evaluate::EvalSettings;
+use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
+use refusal_core::refusal::{EncodedPrompts, Progress, RefusalTokens};
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::study::JudgeRequest;
+use refusal_core::runs::{self, PromptSource, RunError, RunIo};
 
 use crate::direction_file::DirectionFile;
 use crate::model_args::ModelArgs;
@@ -64,11 +61,9 @@ impl JudgeArgs {
 
 /// Prompts named on the command line: a file, or `builtin:harmful` / `builtin:harmless`.
 pub fn load_prompts(spec: &str) -> Result<Vec<Prompt>> {
-    Ok(match spec {
-        "builtin:harmful" => builtin_harmful(),
-        "builtin:harmless" => builtin_harmless(),
-        path => read_prompts(path.as_ref())?,
-    })
+    Ok(PromptSource::Named(spec.to_owned())
+        .read(&mut PromptFiles)?
+        .0)
 }
 
 /// Reads a prompt file, its format chosen by extension (`.json`, `.csv`, else one per line).

@@ -6,10 +6,10 @@ use sha2::{Digest, Sha256};
 
 use super::{PromptSource, RunError, RunIo};
 use crate::compress::recipe::looks_like_recipe;
-use crate::compress::{Method, Summary};
+use crate::compress::{Method, Summary, compress};
 use crate::load::TextAssets;
 use crate::model::Llama;
-use crate::refusal::EncodedPrompts;
+use crate::refusal::{EncodedPrompts, OnProgress};
 
 /// The prompts or text calibrated methods (GPTQ, Wanda, SparseGPT) measure activations on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +162,33 @@ pub struct CompressedModel {
     /// The recipe, when the model was compressed here.
     pub method: Option<Method>,
     pub compression: Option<Summary>,
+}
+
+/// `base` compressed by `method` on `calibration`, and what compression did: what
+/// [`RunIo::compress`] does for a host that keeps nothing.
+///
+/// # Errors
+///
+/// The method's errors, naming it, and cancellation.
+pub async fn compress_base(
+    base: &Llama,
+    method: Method,
+    calibration: &Calibration,
+    batch_size: usize,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<(Llama, Summary), RunError> {
+    let compressed = compress(
+        base.clone(),
+        method,
+        &calibration.ids,
+        0,
+        batch_size,
+        on_progress,
+    )
+    .await
+    .map_err(|e| RunError::Input(format!("compressing with {method}: {e}")))?;
+    let summary = Summary::of(&compressed.layers);
+    Ok((compressed.model, summary))
 }
 
 /// Checks a spec before the work that comes first: one that starts like a recipe

@@ -91,17 +91,10 @@ pub trait RunIo {
         batch_size: usize,
     ) -> LocalFuture<'a, Result<(Llama, Summary), RunError>> {
         Box::pin(async move {
-            let compressed = crate::compress::compress(
-                base.clone(),
-                method,
-                &calibration.ids,
-                0,
-                batch_size,
-                &mut |p| self.progress(p),
-            )
+            compress::compress_base(base, method, calibration, batch_size, &mut |p| {
+                self.progress(p)
+            })
             .await
-            .map_err(|e| RunError::Input(format!("compressing with {method}: {e}")))?;
-            Ok((compressed.model.clone(), Summary::of(&compressed.layers)))
         })
     }
 }
