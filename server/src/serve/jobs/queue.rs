@@ -1,0 +1,312 @@
+//! The queue: a bounded channel of prepared jobs, worker threads that run them with the job's
+//! control (cancel, events), and the jobs the server knows in memory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::results::store_result;
+use super::{EventLog, JobEvent, lock};
+use crate::cli::Command;
+use crate::commands::{aird, compare, compress, directions, eval, generate};
+use crate::progress::RunControl;
+use crate::serve::models::Registry;
+use crate::serve::new_id;
+use crate::serve::request::{JobKind, JobRequest, Prepared};
+use crate::serve::store::Store;
+
+/// A job the server knows in memory (since it started).
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub request: JobRequest,
+    pub events: Arc<EventLog>,
+    control: RunControl,
+    prepared: Mutex<Option<Prepared>>,
+    pub(super) dir: PathBuf,
+    created: Instant,
+}
+
+impl Job {
+    /// queued, running, succeeded, failed or cancelled.
+    pub fn state(&self) -> &'static str {
+        match self.events.last() {
+            None | Some(JobEvent::Queued { .. }) => "queued",
+            Some(JobEvent::Succeeded { .. }) => "succeeded",
+            Some(JobEvent::Failed { .. }) => "failed",
+            Some(JobEvent::Cancelled) => "cancelled",
+            Some(_) => "running",
+        }
+    }
+
+    /// Whether it succeeded, failed or was cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.events.last().is_some_and(|e| e.is_final())
+    }
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the job queue is full ({0} jobs waiting); try again later")]
+    QueueFull(usize),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Finished jobs whose full event logs stay in memory.
+const KEEP_FINISHED: usize = 256;
+
+pub struct Jobs {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    jobs_dir: PathBuf,
+    queue: SyncSender<Arc<Job>>,
+    capacity: usize,
+    live: Mutex<HashMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    /// Starts `workers` threads taking jobs from a queue of `capacity`.
+    ///
+    /// # Errors
+    ///
+    /// An unwritable jobs directory.
+    pub fn start(
+        store: Arc<Store>,
+        registry: Arc<Registry>,
+        jobs_dir: PathBuf,
+        workers: usize,
+        capacity: usize,
+    ) -> Result<Arc<Jobs>> {
+        // Work directories of jobs a previous process did not finish.
+        if jobs_dir.exists() {
+            fs::remove_dir_all(&jobs_dir)
+                .with_context(|| format!("clearing {}", jobs_dir.display()))?;
+        }
+        fs::create_dir_all(&jobs_dir)
+            .with_context(|| format!("creating {}", jobs_dir.display()))?;
+        let (queue, rx) = sync_channel(capacity);
+        let jobs = Arc::new(Jobs {
+            store,
+            registry,
+            jobs_dir,
+            queue,
+            capacity,
+            live: Mutex::new(HashMap::new()),
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..workers.max(1) {
+            let jobs = Arc::downgrade(&jobs);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("job-worker-{n}"))
+                .spawn(move || work(&jobs, &rx))
+                .context("starting a job worker")?;
+        }
+        Ok(jobs)
+    }
+
+    /// A fresh work directory for a job about to be prepared.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn new_dir(&self) -> Result<(String, PathBuf)> {
+        let id = new_id();
+        let dir = self.jobs_dir.join(&id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok((id, dir))
+    }
+
+    /// Queues a prepared job.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::QueueFull`] when `capacity` jobs are already waiting.
+    pub fn submit(
+        &self,
+        id: String,
+        dir: PathBuf,
+        request: JobRequest,
+        prepared: Prepared,
+    ) -> Result<Arc<Job>, SubmitError> {
+        let events = Arc::new(EventLog::new());
+        let log = events.clone();
+        let job = Arc::new(Job {
+            id: id.clone(),
+            kind: request.kind,
+            control: RunControl::observed(move |e| log.push_run_event(e)),
+            events,
+            request,
+            prepared: Mutex::new(Some(prepared)),
+            dir,
+            created: Instant::now(),
+        });
+        let request_json = serde_json::to_value(&job.request).context("encoding a request")?;
+        self.store
+            .insert_job(&id, job.kind.command(), &request_json)?;
+        let ahead = lock(&self.live)
+            .values()
+            .filter(|j| !j.is_finished())
+            .count();
+        job.events.push(JobEvent::Queued { ahead });
+        lock(&self.live).insert(id.clone(), job.clone());
+        match self.queue.try_send(job.clone()) {
+            Ok(()) => Ok(job),
+            Err(e) => {
+                lock(&self.live).remove(&id);
+                let _ = fs::remove_dir_all(&job.dir);
+                let reason = "the queue was full";
+                self.store.finish_job(&id, "failed", Some(reason), None)?;
+                match e {
+                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.capacity)),
+                    TrySendError::Disconnected(_) => {
+                        Err(anyhow::anyhow!("the job workers have stopped").into())
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        lock(&self.live).get(id).cloned()
+    }
+
+    /// Asks a job to stop; a queued job never starts. Returns false when it had finished.
+    pub fn cancel(&self, job: &Job) -> bool {
+        if job.is_finished() {
+            return false;
+        }
+        job.control.cancel();
+        if job.state() == "queued" {
+            self.finish(job, JobEvent::Cancelled);
+        }
+        true
+    }
+
+    /// Cancels every queued and running job (the server is stopping).
+    pub fn cancel_all(&self) {
+        let live: Vec<Arc<Job>> = lock(&self.live).values().cloned().collect();
+        for job in live {
+            self.cancel(&job);
+        }
+    }
+
+    /// Records a job's final event (`succeeded`, `failed` or `cancelled`: its state's name).
+    fn finish(&self, job: &Job, event: JobEvent) {
+        let (error, result) = match &event {
+            JobEvent::Succeeded { result_id, .. } => (None, Some(result_id.as_str())),
+            JobEvent::Failed { error, result_id } => (Some(error.as_str()), result_id.as_deref()),
+            _ => (None, None),
+        };
+        if let Err(e) = self.store.finish_job(&job.id, event.name(), error, result) {
+            tracing::error!("recording the end of job {}: {e:#}", job.id);
+        }
+        job.events.push(event);
+        let _ = fs::remove_dir_all(&job.dir);
+        self.forget_old_jobs();
+    }
+
+    /// Keeps the event logs of the newest finished jobs only; older ones are answered from
+    /// their records in the database (state, outcome), without their progress events.
+    fn forget_old_jobs(&self) {
+        let mut live = lock(&self.live);
+        let mut finished: Vec<(Instant, String)> = live
+            .values()
+            .filter(|j| j.is_finished())
+            .map(|j| (j.created, j.id.clone()))
+            .collect();
+        if finished.len() > KEEP_FINISHED {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - KEEP_FINISHED] {
+                live.remove(id);
+            }
+        }
+    }
+
+    fn run(&self, job: &Job) {
+        // Cancelled while queued: already recorded.
+        if job.is_finished() {
+            return;
+        }
+        if job.control.cancelled() {
+            self.finish(job, JobEvent::Cancelled);
+            return;
+        }
+        let Some(prepared) = lock(&job.prepared).take() else {
+            return;
+        };
+        if let Err(e) = self.store.set_job_running(&job.id) {
+            tracing::error!("recording the start of job {}: {e:#}", job.id);
+        }
+        job.events.push(JobEvent::Started);
+        tracing::info!(job = %job.id, kind = job.kind.command(), "started");
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            execute(&prepared.command, &job.control)
+        }));
+        let failed = |error: String| JobEvent::Failed {
+            error,
+            result_id: None,
+        };
+        let event = match ran {
+            Ok(Ok(())) => match store_result(&self.store, &self.registry, job, &prepared, None) {
+                Ok(result_id) => JobEvent::Succeeded {
+                    share_url: format!("/r/{result_id}"),
+                    result_id,
+                },
+                Err(e) => failed(format!("storing the result: {e:#}")),
+            },
+            _ if job.control.cancelled() => JobEvent::Cancelled,
+            Ok(Err(e)) => {
+                let error = format!("{e:#}");
+                // A model written by a failed job is never offered; reports are kept.
+                let result_id = (!job.kind.writes_model())
+                    .then(|| {
+                        store_result(&self.store, &self.registry, job, &prepared, Some(&error)).ok()
+                    })
+                    .flatten();
+                JobEvent::Failed { error, result_id }
+            }
+            Err(panic) => failed(format!(
+                "internal error: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the job panicked")
+            )),
+        };
+        tracing::info!(job = %job.id, outcome = event.name(), "finished");
+        self.finish(job, event);
+    }
+}
+
+/// Runs a job's command with the job's control (cancel, events).
+fn execute(command: &Command, control: &RunControl) -> Result<()> {
+    match command {
+        Command::Generate(a) => generate::run(a, control),
+        Command::Directions(a) => directions::run(a, control),
+        Command::Eval(a) => eval::run(a, control),
+        Command::Compress(a) => compress::run(a, control),
+        Command::Compare(a) => compare::run(a, control),
+        Command::Aird(a) => aird::run(a, control),
+        _ => anyhow::bail!("not a job command"),
+    }
+}
+
+fn work(jobs: &std::sync::Weak<Jobs>, rx: &Mutex<Receiver<Arc<Job>>>) {
+    loop {
+        let next = lock(rx).recv();
+        let (Ok(job), Some(jobs)) = (next, jobs.upgrade()) else {
+            return;
+        };
+        jobs.run(&job);
+    }
+}
