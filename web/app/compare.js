@@ -151,7 +151,7 @@ export async function render(root, { kind }) {
     }
     await runInPanel(panel, async () => {
       const report = multi ? await engine.compare(request, progressClock(panel))
-        : await engine.repair(request, progressClock(panel));
+        : await engine.aird(request, progressClock(panel));
       share.replaceChildren(fragmentShareBar({ kind, request, report }, fragmentLink));
       out.replaceChildren(browserCompareResult(kind, report));
     });

@@ -10,7 +10,7 @@
 //   defaults {kind}             a request kind's fields at the tab's defaults (flag names)
 //   directions {request}        METHOD §3-6 on the built-in prompt sets, with progress messages
 //   compare {request}           METHOD §9 on recipes compressed in the tab, with progress
-//   repair  {request}           METHOD §10: AIRD and its baselines, with progress
+//   aird    {request}           METHOD §10: AIRD and its baselines, with progress
 //   logits  {prompt}            the chat-formatted prompt's last-position logits
 //   cancel                      stop the running generation (a load is stopped by terminating
 //                               the worker, which engine.js does)
@@ -50,7 +50,7 @@ self.onmessage = async ({ data: msg }) => {
         break;
       case 'directions':
       case 'compare':
-      case 'repair': {
+      case 'aird': {
         cancelRequested = false;
         const progress = progressPoster(post);
         const report = await loaded()[msg.type](JSON.stringify(msg.request), (stage, done, total) => {

@@ -121,9 +121,9 @@ class BrowserEngine {
     return this.call('compare', { request }, onEvent);
   }
 
-  /** METHOD §10's repair study (the .aird.json's fields); `onEvent` gets progress. */
-  repair(request, onEvent) {
-    return this.call('repair', { request }, onEvent);
+  /** METHOD §10's AIRD study (the .aird.json's fields); `onEvent` gets progress. */
+  aird(request, onEvent) {
+    return this.call('aird', { request }, onEvent);
   }
 
   /** Last-position logits of the chat-formatted `prompt` (a Float32Array). */

@@ -156,7 +156,7 @@ async function renderFragment(root, packed) {
             message(same ? 'The re-run chose the same direction.' : 'The re-run chose another direction (another backend’s rounding can tip close scores).', same ? 'info' : 'warn'),
             browserDirectionsResult(again));
         } else if (isStudy) {
-          again = await (result.kind === 'compare' ? engine.compare : engine.repair).call(engine, result.request, progressClock(panel));
+          again = await (result.kind === 'compare' ? engine.compare : engine.aird).call(engine, result.request, progressClock(panel));
           live.replaceChildren(h('h2', {}, 'Re-run'), browserCompareResult(result.kind, again));
         } else {
           const variants = report.completions.map((c) => c.variant);

@@ -4,17 +4,17 @@
 //! - [`engine`]: a model loaded from checkpoint bytes; completions side by side, logits.
 //! - [`compressed`]: the playground's compressed columns, compressed and repaired in the tab.
 //! - [`compare`]: the Compressed vs base page's run (METHOD §9) on recipes compressed in the tab.
-//! - [`repair`]: the Repair page's run (METHOD §10): AIRD and its baselines.
+//! - [`aird`]: the Repair page's run (METHOD §10): AIRD and its baselines.
 //! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
 //! - [`inspect`]: what a checkpoint is and what memory it needs, from its header alone.
 //! - [`smoke`]: the seeded tiny model the browser smoke test compares with the native engine.
 
+pub mod aird;
 pub mod compare;
 pub mod compressed;
 pub mod directions;
 pub mod engine;
 pub mod inspect;
-pub mod repair;
 pub mod smoke;
 
 use std::ops::ControlFlow;
@@ -74,7 +74,7 @@ pub fn request_defaults(kind: &str) -> Result<String, JsValue> {
     match kind {
         "directions" => serde_json::to_string(&directions::tab_request()),
         "compare" => serde_json::to_string(&compare::tab_request()),
-        "aird" => serde_json::to_string(&repair::tab_request()),
+        "aird" => serde_json::to_string(&aird::tab_request()),
         _ => return Err(js_error(format!("no request kind `{kind}` runs in a tab"))),
     }
     .map_err(js_error)

@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use crate::engine::{Engine, TabIo, tab_study};
 use crate::js_error;
 
-/// A repair request with the tab's defaults for what it leaves out.
+/// An AIRD request with the tab's defaults for what it leaves out.
 pub fn tab_request() -> AirdRequest {
     AirdRequest {
         study: tab_study(),
@@ -21,10 +21,10 @@ pub fn tab_request() -> AirdRequest {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Runs METHOD §10's repair study (request: JSON [`AirdRequest`], the direction given
+    /// Runs METHOD §10's AIRD study (request: JSON [`AirdRequest`], the direction given
     /// whole as `{vector, layer, position}`), calling `on_progress(stage, done, total)`; a
     /// `false` answer cancels. Resolves with the JSON of `.aird.json`.
-    pub async fn repair(&self, request: String, on_progress: Function) -> Result<String, JsValue> {
+    pub async fn aird(&self, request: String, on_progress: Function) -> Result<String, JsValue> {
         let request = request_from_json(&tab_request(), &request).map_err(js_error)?;
         let mut io = TabIo::new(self, &on_progress);
         let run = aird::run(
