@@ -70,7 +70,7 @@ if [ "$APP" = 1 ]; then
     # The server: APP_BIN, else the debug build (the workspace's target dir). The model: a tiny
     # random Llama as a Hugging Face directory in APP_MODELS_DIR, else the one the API tests
     # wrote (cargo test -p refusal-lens --test api), else written now by
-    # server/examples/tiny-model.rs (the same model; needs SmolLM2-135M in the model cache).
+    # tests/bin/write_tiny_model.rs (the same model; needs SmolLM2-135M in the model cache).
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/refusal-lens/target}"
     if [ -z "${APP_BIN:-}" ]; then
         (cd "$ROOT" && nice -n 19 cargo build --quiet -p refusal-lens)
@@ -81,13 +81,13 @@ if [ "$APP" = 1 ]; then
         if [ ! -f "$APP_MODELS_DIR/tiny-llama/model.safetensors" ]; then
             APP_MODELS_DIR="$CARGO_TARGET_DIR/browser-models"
             [ -f "$APP_MODELS_DIR/tiny-llama/model.safetensors" ] ||
-                (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-lens --example tiny-model -- "$APP_MODELS_DIR")
+                (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-tests --bin write-tiny-model -- "$APP_MODELS_DIR")
         fi
     fi
     APP_BIN="$APP_BIN" APP_MODELS_DIR="$APP_MODELS_DIR" node "$ROOT/tests/browser/app.mjs" || STATUS=1
     # In-browser mode: the native engine's logits for the tiny model, which the tab must match.
     APP_EXPECTED="$CARGO_TARGET_DIR/browser-expected-logits.json"
-    (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-lens --example tiny-model -- \
+    (cd "$ROOT" && nice -n 19 cargo run --quiet -p refusal-tests --bin write-tiny-model -- \
         "$APP_MODELS_DIR" --logits "Write a haiku about the sea." "$APP_EXPECTED" >/dev/null)
     APP_BIN="$APP_BIN" APP_MODELS_DIR="$APP_MODELS_DIR" APP_EXPECTED="$APP_EXPECTED" \
         node "$ROOT/tests/browser/in-browser.mjs" || STATUS=1

@@ -12,7 +12,7 @@ use refusal_core::load;
 use refusal_core::model::{BlockWeight, NoHook, TokenBatch, WeightName, read_f32};
 use refusal_core::refusal::EncodedPrompts;
 use refusal_core::refusal::prompts::builtin_harmless;
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::{builtin_gguf, load_builtin, load_builtin_assets};
 
 const MODEL: BuiltinModel = BuiltinModel::SmolLm2_135m;

@@ -10,7 +10,7 @@ use refusal_core::model::{Capture, HookPoint, KvCache, TokenBatch, read_f32};
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
 use refusal_core::refusal::{EncodedPrompts, Intervention};
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::{fixture, load_builtin, load_builtin_assets, shared_dir};
 use serde::Deserialize;
 

@@ -15,8 +15,8 @@ use refusal_core::model::{
 };
 use refusal_core::refusal::score::{ModelFamily, TokenOrigin};
 use refusal_core::refusal::{EncodedPrompts, Prompt, RefusalTokens};
-use refusal_lens::open::{LoadedModel, open};
-use refusal_lens::source::ResolvedModel;
+use refusal_lens::model::open::{LoadedModel, open};
+use refusal_lens::model::source::ResolvedModel;
 use refusal_tests::greedy;
 use refusal_tests::tiny_gguf::{
     LLAMA2_TEMPLATE, LLAMA3_TEMPLATE, MISTRAL_TEMPLATE, SCALING, converter_rope_freqs, tiny_llama,

@@ -2,7 +2,7 @@
 
 use refusal_core::gguf::GgufError;
 use refusal_core::load::{self, LoadError};
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::builtin_gguf;
 
 fn load_bytes(bytes: &[u8]) -> Result<(), LoadError> {

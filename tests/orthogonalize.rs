@@ -8,7 +8,7 @@ use refusal_core::load;
 use refusal_core::model::{NoHook, TokenBatch, WeightStorage, read_f32};
 use refusal_core::refusal::Intervention;
 use refusal_core::refusal::orthogonalize::{edited_weights, orthogonalize};
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::{builtin_gguf, fixture};
 use serde::Deserialize;
 

@@ -8,7 +8,7 @@ use refusal_core::chat::{Message, Role};
 use refusal_core::gguf::GgmlType;
 use refusal_core::load;
 use refusal_core::model::{Capture, HookPoint, Llama, NoHook, TokenBatch, WeightStorage, read_f32};
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::{builtin_gguf, fixture, load_builtin_as, load_builtin_assets, widened_gguf};
 use serde::Deserialize;
 

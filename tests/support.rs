@@ -9,10 +9,11 @@ use refusal_core::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, quantize
 use refusal_core::load::{self, TextAssets};
 use refusal_core::model::{Llama, NoHook, WeightStorage};
 use refusal_core::tokenizer::Tokenizer;
-use refusal_lens::fetch::Cache;
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
+use refusal_lens::model::fetch::Cache;
 
 pub mod tiny_gguf;
+pub mod tiny_model;
 
 /// `../shared/` beside the repository: data and fixtures made outside the project.
 pub fn shared_dir() -> PathBuf {
@@ -29,7 +30,7 @@ pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
 /// The GGUF of a built-in model, fetched into the cache if it is not there yet.
 pub fn builtin_gguf(model: BuiltinModel) -> PathBuf {
     let cache = Cache::from_env().unwrap_or_else(|e| panic!("model cache: {e:#}"));
-    refusal_lens::fetch::ensure_builtin(&model.artifact(), model.alias(), &cache, false)
+    refusal_lens::model::fetch::ensure_builtin(&model.artifact(), model.alias(), &cache, false)
         .unwrap_or_else(|e| panic!("fetching {}: {e:#}", model.alias()))
 }
 

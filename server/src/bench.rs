@@ -20,7 +20,7 @@ use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless};
 use serde::Serialize;
 
 use crate::commands::read_prompts_or;
-use crate::open::LoadedModel;
+use crate::model::open::LoadedModel;
 
 /// Workload sizes.
 #[derive(Debug, Clone, clap::Args)]

@@ -13,12 +13,12 @@ use crate::commands::directions::{self, ChooseArgs, DirectionsArgs};
 use crate::commands::eval::{self, EvalArgs};
 use crate::commands::generate::{self, GenerateArgs};
 use crate::commands::orthogonalize::{self, OrthogonalizeArgs};
-use crate::fetch::{self, Cache};
+use crate::model::builtin::BuiltinModel;
+use crate::model::fetch::{self, Cache};
+use crate::model::open::inspect;
 use crate::model_args::ModelArgs;
-use crate::open::inspect;
 use crate::progress::RunControl;
 use crate::serve::{self, ServeArgs};
-use crate::source::BuiltinModel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,7 +83,7 @@ fn parse_builtin(s: &str) -> Result<BuiltinModel, String> {
     BuiltinModel::from_alias(s).ok_or_else(|| {
         format!(
             "unknown model `{s}`; built-in models: {}",
-            crate::source::alias_list()
+            crate::model::builtin::alias_list()
         )
     })
 }

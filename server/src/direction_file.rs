@@ -10,7 +10,7 @@ use refusal_core::model::HostTensor;
 pub use refusal_core::refusal::select::ChosenBy;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::open::Fingerprint;
+use crate::model::open::Fingerprint;
 
 const TENSOR: &str = "direction";
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use refusal_core::refusal::{Progress, Stage};
+use refusal_core::pipeline::{Progress, Stage};
 
 /// What a running command reports besides its progress bar: the server turns these into
 /// job events.

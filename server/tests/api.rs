@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use refusal_lens::source::BuiltinModel;
-use refusal_lens::tiny_model::write_tiny_model;
+use refusal_lens::model::builtin::BuiltinModel;
+use refusal_tests::tiny_model::write_tiny_model;
 use serde_json::{Value, json};
 
 /// A `refusal-lens serve` process, killed when dropped.
@@ -166,13 +166,13 @@ fn wait_for_state(server: &Server, job: &str, state: &str) {
 
 const TINY: &str = "tiny-llama";
 
-/// A models directory with the tiny random Llama (`refusal_lens::tiny_model`), shared by
+/// A models directory with the tiny random Llama (`refusal_tests::tiny_model`), shared by
 /// every test.
 fn models_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("api-models");
-        write_tiny_model(&dir, TINY).unwrap();
+        write_tiny_model(&dir, TINY);
         dir
     })
 }

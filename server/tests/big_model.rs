@@ -18,8 +18,8 @@ use refusal_core::model::{
     Architecture, BlockWeight, ModelConfig, NoHook, RopePairing, TokenBatch, WeightName,
     WeightStorage, read_f32,
 };
-use refusal_lens::open::{LoadedModel, open_as};
-use refusal_lens::source::ResolvedModel;
+use refusal_lens::model::open::{LoadedModel, open_as};
+use refusal_lens::model::source::ResolvedModel;
 use safetensors::{Dtype, View};
 
 /// Llama-2-7B's dimensions with `n_layers` blocks.

@@ -26,13 +26,13 @@ use refusal_core::runs::study::{JudgeRequest, StudyRequest};
 use refusal_core::runs::{RunError, SplitRequest};
 use refusal_lens::commands::PromptFiles;
 use refusal_lens::device::Backend;
+use refusal_lens::model::open::LoadedModel;
 use refusal_lens::model_args::ModelArgs;
-use refusal_lens::open::LoadedModel;
-use refusal_lens::tiny_model::write_tiny_model;
+use refusal_tests::tiny_model::write_tiny_model;
 
 fn tiny() -> LoadedModel {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("study-models");
-    let path = write_tiny_model(&dir, "tiny-llama").unwrap();
+    let path = write_tiny_model(&dir, "tiny-llama");
     ModelArgs {
         model: path.display().to_string(),
         backend: Backend::Cpu,
@@ -42,7 +42,7 @@ fn tiny() -> LoadedModel {
     .unwrap()
 }
 
-fn quiet() -> impl FnMut(refusal_core::refusal::Progress) -> ControlFlow<()> {
+fn quiet() -> impl FnMut(refusal_core::pipeline::Progress) -> ControlFlow<()> {
     |_| ControlFlow::Continue(())
 }
 

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod load;
 pub mod model;
+pub mod pipeline;
 pub mod refusal;
 pub mod runs;
 mod threads;

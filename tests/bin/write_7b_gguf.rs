@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use half::f16;
 use refusal_core::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
-use refusal_lens::source::BuiltinModel;
+use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::builtin_gguf;
 
 const N_LAYERS: u32 = 32;

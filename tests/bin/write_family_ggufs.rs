@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use refusal_core::model::{Llama, NoHook, RopeScaling, TokenBatch, read_f32};
-use refusal_lens::open::open;
-use refusal_lens::source::ResolvedModel;
+use refusal_lens::model::open::open;
+use refusal_lens::model::source::ResolvedModel;
 use refusal_tests::tiny_gguf::{
     LLAMA2_TEMPLATE, LLAMA3_TEMPLATE, SCALING, converter_rope_freqs, tiny_llama, token_count,
     vocab_metadata, write_gguf,

@@ -36,7 +36,7 @@
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
-//   APP_EXPECTED   {"prompt", "logits"} from `cargo run -p refusal-lens --example tiny-model --
+//   APP_EXPECTED   {"prompt", "logits"} from `cargo run -p refusal-tests --bin write-tiny-model --
 //                  MODELS_DIR --logits PROMPT OUT.json` (required)
 //   APP_ATOL, APP_RTOL   logits tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
 

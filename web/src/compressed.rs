@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use js_sys::Function;
 use refusal_core::compress::{Method, Summary};
 use refusal_core::model::Llama;
-use refusal_core::refusal::OnProgress;
+use refusal_core::pipeline::OnProgress;
 use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
 use refusal_core::refusal::variant::CompressedUse;
 use refusal_core::runs::RunError;

@@ -21,7 +21,7 @@ use std::ops::ControlFlow;
 
 use burn::tensor::Device;
 use js_sys::Function;
-use refusal_core::refusal::Progress;
+use refusal_core::pipeline::Progress;
 use wasm_bindgen::prelude::*;
 
 /// Runs once when the module is instantiated: turn Rust panics into readable console errors

@@ -18,10 +18,10 @@ use refusal_core::runs::aird::{self, AirdRequest, AirdRun, DirectionSource};
 use super::compress::CalibrationArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
 use super::{JudgeArgs, Terminal};
+use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::BaseArgs;
 use crate::outputs::write_atomic;
 use crate::progress::RunControl;
-use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AirdArgs {

@@ -15,8 +15,8 @@ use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
 use super::{JudgeArgs, Terminal};
+use crate::model::open::Fingerprint;
 use crate::model_args::BaseArgs;
-use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
 use crate::progress::RunControl;
 

@@ -18,11 +18,11 @@ use refusal_core::runs::compress::{Calibration, CalibrationRequest};
 use serde::Serialize;
 
 use super::PromptFiles;
+use crate::model::open::Fingerprint;
+use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::ModelArgs;
-use crate::open::Fingerprint;
 use crate::outputs::write_atomic;
 use crate::progress::{RunControl, StageBar};
-use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MethodArg {

@@ -17,8 +17,8 @@ use refusal_core::runs::{Choice, PromptSource, SplitRequest};
 
 use super::Terminal;
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
+use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
-use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
 use crate::progress::RunControl;
 

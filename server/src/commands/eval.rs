@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::{JudgeArgs, Terminal, load_prompts, read_prompts, refusal_tokens};
 use crate::direction_file::{DirectionFile, DirectionMeta};
+use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
-use crate::open::Fingerprint;
 use crate::outputs::StagedDir;
 use crate::progress::RunControl;
 

@@ -21,8 +21,8 @@ use refusal_core::runs::compress::compressed_model;
 use super::Terminal;
 use super::compress::CalibrationArgs;
 use crate::direction_file::DirectionFile;
+use crate::model::open::{Fingerprint, LoadedModel};
 use crate::model_args::ModelArgs;
-use crate::open::{Fingerprint, LoadedModel};
 use crate::outputs::StagedDir;
 use crate::progress::{RunControl, RunEvent, StageBar};
 

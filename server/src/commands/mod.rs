@@ -18,16 +18,17 @@ use anyhow::{Context, Result};
 use futures_lite::future::block_on;
 use refusal_core::defaults;
 use refusal_core::model::Llama;
+use refusal_core::pipeline::Progress;
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
-use refusal_core::refusal::{EncodedPrompts, Progress, RefusalTokens};
+use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::study::JudgeRequest;
 use refusal_core::runs::{self, PromptSource, RunError, RunIo};
 
 use crate::direction_file::DirectionFile;
+use crate::model::open::LoadedModel;
 use crate::model_args::ModelArgs;
-use crate::open::LoadedModel;
 use crate::progress::{RunControl, StageBar};
 
 /// How completions are generated and judged (`eval`, `compare`, `aird`).

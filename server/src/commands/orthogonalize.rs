@@ -14,8 +14,8 @@ use anyhow::Result;
 use refusal_core::refusal::orthogonalize::{edited_weights, orthogonalize};
 
 use crate::direction_file::DirectionFile;
+use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::ModelArgs;
-use crate::saved_model::{DerivedModel, OutFormat, save};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrthogonalizeArgs {

@@ -28,7 +28,7 @@ use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
 use super::store::{JobRecord, StoredResult};
 use super::{AppState, is_generated_id};
-use crate::fetch::ensure_builtin;
+use crate::model::fetch::ensure_builtin;
 
 type AppStateRef = State<Arc<AppState>>;
 
@@ -269,7 +269,7 @@ async fn model_dir_file(
     })
     .await?;
     // Weak: size and modification time stand for the bytes.
-    let etag = crate::source::size_and_mtime(&path)
+    let etag = crate::model::source::size_and_mtime(&path)
         .ok()
         .map(|(size, mtime)| format!("W/\"{size:x}-{mtime:x}\""));
     Ok(serve_file(path, etag, req).await)

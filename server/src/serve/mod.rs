@@ -19,8 +19,8 @@ use self::models::Registry;
 use self::request::Limits;
 use self::store::Store;
 use crate::device::Backend;
-use crate::fetch::{Cache, ensure_builtin};
-use crate::source::BuiltinModel;
+use crate::model::builtin::BuiltinModel;
+use crate::model::fetch::{Cache, ensure_builtin};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -150,7 +150,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     let state = args.state()?;
-    crate::model_args::keep_last_model();
+    crate::model::kept::keep_last_model();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

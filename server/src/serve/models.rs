@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::fetch::Cache;
-use crate::source::{BuiltinModel, check_model_dir};
+use crate::model::builtin::BuiltinModel;
+use crate::model::fetch::Cache;
+use crate::model::hf_dir::check_model_dir;
 
 /// Where a model comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -22,7 +22,7 @@ use crate::cli::{Cli, Command};
 use crate::commands::compress::CalibrationArgs;
 use crate::commands::pipeline::PromptArgs;
 use crate::device::Backend;
-use crate::source::BuiltinModel;
+use crate::model::builtin::BuiltinModel;
 
 /// The commands a job can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -6,7 +6,7 @@ use burn::tensor::{Int, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
-use crate::refusal::{PipelineError, read};
+use crate::pipeline::{PipelineError, read};
 
 use super::HostMatrix;
 

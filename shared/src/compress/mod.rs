@@ -18,7 +18,7 @@ pub use model::{Compressed, LinearReport, PackedWeight, Summary, compress};
 pub use prune::Sparsity;
 pub use recipe::Method;
 
-use crate::refusal::PipelineError;
+use crate::pipeline::PipelineError;
 
 /// Why a model or a matrix could not be compressed.
 #[derive(Debug, thiserror::Error)]

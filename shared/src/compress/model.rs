@@ -12,7 +12,7 @@ use crate::model::llama::{Block, Linear, Weight};
 use crate::model::quantized::QuantizedMatrix;
 use crate::model::weights::transposed;
 use crate::model::{BlockContext, BlockWeight, HostTensor, Llama, TokenBatch, WeightName};
-use crate::refusal::{OnProgress, PipelineError, Stage, read, report};
+use crate::pipeline::{OnProgress, PipelineError, Stage, read, report};
 
 use super::grid::{GroupScale, QuantGrid};
 use super::hessian::{HostStats, InputStats};

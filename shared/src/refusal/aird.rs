@@ -22,7 +22,8 @@ use crate::load::TextAssets;
 use crate::model::{Llama, TokenBatch};
 
 use super::intervention::{check_width, unit};
-use super::{EncodedPrompts, EncodedSplit, OnProgress, PipelineError, Stage, read, report};
+use super::{EncodedPrompts, EncodedSplit};
+use crate::pipeline::{OnProgress, PipelineError, Stage, read, report};
 
 /// Ridge penalties tried, as multiples of the mean squared norm of the samples `a_C`.
 pub const LAMBDA_GRID: [f64; 6] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];

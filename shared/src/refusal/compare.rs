@@ -16,7 +16,8 @@ use super::plots::{ColorScale, heatmap};
 use super::prompts::PromptUses;
 use super::repair_study::{AlphaGrid, AlphaSearch, AlphaSelection, repair_with_alpha};
 use super::select::{CandidateScore, ChosenBy, nan_from_null};
-use super::{EncodedSplit, Intervention, OnProgress, PipelineError, RefusalTokens};
+use super::{EncodedSplit, Intervention, RefusalTokens};
+use crate::pipeline::{OnProgress, PipelineError};
 
 /// The cosine heatmap with the base's selected cell outlined.
 pub fn cosine_figure(

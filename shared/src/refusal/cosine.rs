@@ -2,9 +2,9 @@
 //! compressed model's direction decomposed along its base's (METHOD §9). The comparison and
 //! the repair study both use it.
 
-use super::PipelineError;
 use super::directions::CandidateDirections;
 use super::intervention::check_width;
+use crate::pipeline::PipelineError;
 
 /// `cos(r_B^{l,i}, r_C^{l,i})` for every layer and position (layer-major); NaN where either
 /// direction is zero (layer 0 at positions every prompt shares).

@@ -6,7 +6,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::model::{Llama, TokenBatch};
 
-use super::{EncodedPrompts, OnProgress, PipelineError, Stage, read, report};
+use super::EncodedPrompts;
+use crate::pipeline::{OnProgress, PipelineError, Stage, read, report};
 
 /// Mean `resid_pre` activations on both prompt sets, for every layer and position.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,8 +2,9 @@
 
 use crate::load::TextAssets;
 
+use super::Prompt;
 use super::prompts::{builtin_harmful, builtin_harmless, hold_out};
-use super::{PipelineError, Prompt};
+use crate::pipeline::PipelineError;
 
 /// Token ids of chat-formatted prompts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,8 @@ use crate::tokenizer::Tokenizer;
 
 use super::judge::is_refusal;
 use super::score::{kl_from_base, refusal_score};
-use super::{
-    EncodedPrompts, Intervention, OnProgress, PipelineError, Prompt, RefusalTokens, Stage, read,
-    report,
-};
+use super::{EncodedPrompts, Intervention, Prompt, RefusalTokens};
+use crate::pipeline::{OnProgress, PipelineError, Stage, read, report};
 
 /// One prompt's greedy completion, with what the first step's logits said.
 #[derive(Debug, Clone, PartialEq)]

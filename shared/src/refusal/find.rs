@@ -7,10 +7,8 @@ use web_time::Instant;
 
 use super::directions::extract;
 use super::select::{CandidateScore, ChosenBy, select};
-use super::{
-    CandidateDirections, EncodedSplit, OnProgress, PipelineError, RefusalTokens, Selection,
-    SelectionSettings,
-};
+use super::{CandidateDirections, EncodedSplit, RefusalTokens, Selection, SelectionSettings};
+use crate::pipeline::{OnProgress, PipelineError};
 
 /// How a model's direction is found.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::{ActivationAddition, DirectionalAblation, Hook, HookContext, HookPoint, Llama};
 
-use super::PipelineError;
+use crate::pipeline::PipelineError;
 
 /// What is done to the residual stream while the model runs.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use burn::tensor::Tensor;
 
 use crate::model::{BlockWeight, Llama, ModelConfig, WeightName};
 
-use super::PipelineError;
 use super::intervention::{check_width, unit, vector};
+use crate::pipeline::PipelineError;
 
 /// The weights [`orthogonalize`] changes in a model of this configuration (taken before the
 /// edit): a tied output head becomes a weight of its own, an untied one is left as it is.

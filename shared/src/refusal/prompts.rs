@@ -10,8 +10,9 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::{EvalSettings, Judge};
-use super::{EncodedSplit, PipelineError, RefusalTokens};
+use super::{EncodedSplit, RefusalTokens};
 use crate::load::TextAssets;
+use crate::pipeline::PipelineError;
 
 /// One instruction, with the category its set gives it, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,8 @@ use super::directions::extract;
 use super::evaluate::{CrossEntropy, Judge, Judged, cross_entropy};
 use super::orthogonalize::orthogonalize;
 use super::prompts::PromptUses;
-use super::{EncodedSplit, Intervention, OnProgress, PipelineError};
+use super::{EncodedSplit, Intervention};
+use crate::pipeline::{OnProgress, PipelineError};
 
 /// The variants, in the order a report lists them.
 pub const VARIANTS: [&str; 5] = [

@@ -7,9 +7,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::load::TextAssets;
 use crate::model::{Architecture, Llama, ModelConfig, NoHook};
 
+use super::EncodedPrompts;
 use super::evaluate::{FirstStep, complete};
 use super::judge::starts_refusal;
-use super::{EncodedPrompts, OnProgress, PipelineError, Stage};
+use crate::pipeline::{OnProgress, PipelineError, Stage};
 
 /// Model families whose refusal tokens are known (METHOD §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

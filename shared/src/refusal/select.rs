@@ -7,9 +7,8 @@ use crate::model::{Hook, Llama, NoHook, TokenBatch};
 
 use super::directions::{CandidateDirections, projections};
 use super::score::{kl_from_base, refusal_score};
-use super::{
-    EncodedPrompts, Intervention, OnProgress, PipelineError, RefusalTokens, Stage, read, report,
-};
+use super::{EncodedPrompts, Intervention, RefusalTokens};
+use crate::pipeline::{OnProgress, PipelineError, Stage, read, report};
 
 /// The filters of METHOD §6.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -9,10 +9,10 @@ use std::str::FromStr;
 use crate::generate::FinishReason;
 use crate::model::Llama;
 
-use super::PipelineError;
 use super::aird::AirdFit;
 use super::intervention::Intervention;
 use super::orthogonalize::orthogonalize;
+use crate::pipeline::PipelineError;
 
 /// One completion of a side-by-side generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

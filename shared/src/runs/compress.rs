@@ -9,7 +9,8 @@ use crate::compress::recipe::looks_like_recipe;
 use crate::compress::{Method, Summary, compress};
 use crate::load::TextAssets;
 use crate::model::Llama;
-use crate::refusal::{EncodedPrompts, OnProgress};
+use crate::pipeline::OnProgress;
+use crate::refusal::EncodedPrompts;
 
 /// The prompts or text calibrated methods (GPTQ, Wanda, SparseGPT) measure activations on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,8 @@ use std::pin::Pin;
 
 use crate::compress::{Method, Summary};
 use crate::model::Llama;
-use crate::refusal::{PipelineError, Progress, Prompt};
+use crate::pipeline::{PipelineError, Progress};
+use crate::refusal::Prompt;
 
 pub use prompts::{PromptSource, SplitRequest};
 

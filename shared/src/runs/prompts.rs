@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{RunError, RunIo};
-use crate::refusal::PipelineError;
+use crate::pipeline::PipelineError;
 use crate::refusal::prompts::{
     BuiltinSet, Prompt, PromptUse, builtin_harmful, builtin_harmless, hold_out, shuffled,
 };

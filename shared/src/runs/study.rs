@@ -246,7 +246,7 @@ mod tests {
     struct NoFiles;
 
     impl RunIo for NoFiles {
-        fn progress(&mut self, _: crate::refusal::Progress) -> std::ops::ControlFlow<()> {
+        fn progress(&mut self, _: crate::pipeline::Progress) -> std::ops::ControlFlow<()> {
             std::ops::ControlFlow::Continue(())
         }
 

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use refusal_core::refusal::Stage;
+use refusal_core::pipeline::Stage;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -166,7 +166,7 @@ impl EventLog {
 mod tests {
     use std::time::Duration;
 
-    use refusal_core::refusal::Progress;
+    use refusal_core::pipeline::Progress;
 
     use super::*;
 

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::Job;
-use crate::open::fingerprint;
+use crate::model::open::fingerprint;
+use crate::model::source::{ModelSource, ResolvedModel, size_and_mtime};
 use crate::serve::models::{Format, ModelEntry, Registry};
 use crate::serve::new_id;
 use crate::serve::request::Prepared;
 use crate::serve::store::{NewResult, Store};
-use crate::source::{ModelSource, ResolvedModel, size_and_mtime};
 
 /// Moves a written model among the server's models and stores everything else. With
 /// `error` (the command failed), stores what it wrote, if anything, with the error.

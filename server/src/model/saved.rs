@@ -13,8 +13,8 @@ use refusal_core::export::{
 use refusal_core::load::TextAssets;
 use refusal_core::model::{Llama, WeightName};
 
+use crate::model::source::ResolvedModel;
 use crate::outputs::{StagedDir, parent_dir, write_atomic};
-use crate::source::ResolvedModel;
 
 /// What a model is written as, from the file name the user gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
