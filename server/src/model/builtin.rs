@@ -138,7 +138,10 @@ pub struct GgufArtifact<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::model::source::has_gguf_extension;
 
     #[test]
     fn artifacts_are_consistent() {
@@ -147,7 +150,7 @@ mod tests {
             assert_eq!(a.sha256.len(), 64);
             assert!(a.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(!a.parts.is_empty());
-            assert!(a.file_name.to_ascii_lowercase().ends_with(".gguf"));
+            assert!(has_gguf_extension(Path::new(a.file_name)));
         }
     }
 }

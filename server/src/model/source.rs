@@ -127,7 +127,7 @@ fn expected_forms() -> String {
     )
 }
 
-fn has_gguf_extension(path: &Path) -> bool {
+pub(crate) fn has_gguf_extension(path: &Path) -> bool {
     path.extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
 }
