@@ -14,14 +14,11 @@ import { modelChooser, sizeForMode } from './browser-model.js';
 import { fetchDirection, parseDirection } from './direction-source.js';
 import { fragmentLink } from './fragment.js';
 
-/** generate's defaults when no server is there to ask. */
-const DEFAULTS = { 'max-new-tokens': 64, temperature: 0, seed: 0, coeff: 1, 'n-calib': 128, 'aird-prompts': 32, 'aird-alpha': 1 };
-
 /**
- * Calibration and AIRD prompt counts for a tab, where one WebAssembly thread runs about 10x
- * slower than the CLI on two cores.
+ * Completion length, calibration and AIRD prompt counts for a tab, where one WebAssembly
+ * thread runs about 10x slower than the CLI on two cores.
  */
-const IN_TAB = { 'n-calib': 32, 'aird-prompts': 16 };
+const IN_TAB = { 'max-new-tokens': 64, 'n-calib': 32, 'aird-prompts': 16 };
 
 /** What each column needs besides the base model. */
 const NEEDS = {
@@ -51,7 +48,8 @@ export async function flagDefaults(kind) {
 
 export async function render(root) {
   const server = await hasServer();
-  const defaults = server ? { ...DEFAULTS, ...(await flagDefaults('generate')) } : DEFAULTS;
+  // generate's defaults: the server's flags, or the in-browser engine's request
+  const defaults = server ? await flagDefaults('generate') : await engine.defaults('generate');
   const serverModels = server ? await models$() : [];
   const chooser = modelChooser(server ? await modelPicker('model') : null, serverModels, () => {
     fitToMode();
@@ -91,14 +89,14 @@ export async function render(root) {
   const recipeList = h('datalist', { id: 'playground-recipes' },
     [...RECIPES, ...serverModels.filter((m) => m.available).map((m) => m.id)].map((r) => h('option', { value: r })));
   const compressed = h('input', { name: 'compressed', list: 'playground-recipes', placeholder: 'none, or a recipe: wanda:0.5, rtn:4:128…', autocomplete: 'off' });
-  const num = (name) => h('input', { name, type: 'number', min: 1, value: defaults[name] ?? DEFAULTS[name] });
+  const num = (name) => h('input', { name, type: 'number', min: 1, value: defaults[name] });
   const nCalib = num('n-calib');
   const airdPrompts = num('aird-prompts');
-  const airdAlpha = h('input', { name: 'aird-alpha', type: 'number', min: 0, step: 0.5, value: defaults['aird-alpha'] ?? DEFAULTS['aird-alpha'] });
-  /** Smaller calibration and AIRD sets in a tab; the server's sizes back on the server. */
-  const fitToMode = () => sizeForMode(chooser.inBrowser(), [nCalib, airdPrompts].map((input) =>
-    [input, defaults[input.name] ?? DEFAULTS[input.name], IN_TAB[input.name]]));
-  const coeff = h('input', { type: 'range', name: 'coeff', min: -2, max: 4, step: 0.1, value: defaults.coeff ?? 1 });
+  const airdAlpha = h('input', { name: 'aird-alpha', type: 'number', min: 0, step: 0.5, value: defaults['aird-alpha'] });
+  /** Shorter completions and smaller calibration and AIRD sets in a tab; the full sizes back on the server. */
+  const fitToMode = () => sizeForMode(chooser.inBrowser(), [maxTokens, nCalib, airdPrompts].map((input) =>
+    [input, defaults[input.name], IN_TAB[input.name]]));
+  const coeff = h('input', { type: 'range', name: 'coeff', min: -2, max: 4, step: 0.1, value: defaults.coeff });
   const coeffOut = h('output', {}, fmt(Number(coeff.value)));
   coeff.addEventListener('input', () => { coeffOut.textContent = fmt(Number(coeff.value)); });
   const layer = h('input', { name: 'layer', type: 'number', min: 0, placeholder: 'direction’s' });
@@ -197,7 +195,7 @@ export async function render(root) {
   const browserRequest = async (a) => {
     const req = {
       prompt: a.prompt, max_new_tokens: a['max-new-tokens'], temperature: a.temperature, seed: a.seed,
-      variants: a.variants || [], coeff: a.coeff ?? 1,
+      variants: a.variants || [], coeff: a.coeff,
     };
     if (a.system) req.system = a.system;
     if (a.layer !== undefined) req.layer = a.layer;

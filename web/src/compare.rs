@@ -8,8 +8,9 @@ use refusal_core::runs::compare::{self, CompareRequest};
 use refusal_core::runs::request_from_json;
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, TabIo, tab_study};
+use crate::engine::{Engine, tab_study};
 use crate::js_error;
+use crate::tab_io::TabIo;
 
 /// A compare request with the tab's defaults for what it leaves out.
 pub fn tab_request() -> CompareRequest {

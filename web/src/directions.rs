@@ -8,8 +8,9 @@ use refusal_core::runs::request_from_json;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, EngineInfo, TAB_BATCH_SIZE, TabIo};
+use crate::engine::{Engine, EngineInfo, TAB_BATCH_SIZE};
 use crate::js_error;
+use crate::tab_io::TabIo;
 
 /// A directions request with the tab's defaults for what it leaves out.
 pub fn tab_request() -> DirectionsRequest {

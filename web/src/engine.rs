@@ -1,37 +1,23 @@
 //! The in-browser engine: a model loaded from checkpoint bytes (one GGUF file, or a Hugging
 //! Face checkpoint's config.json, tokenizer.json and safetensors shards) on WebGPU or the CPU,
-//! answering one prompt side by side under each variant of METHOD §5, and compressed by a
-//! recipe (with its AIRD repair) for the compressed columns.
-//!
-//! Every readback is awaited (WebGPU cannot block), and the token callback may return a
-//! Promise: the worker awaits a macrotask there, which is when it sees a Cancel message.
+//! what it is, and its logits; the runs on it are the core's, one module each beside this one.
+//! Every readback is awaited (WebGPU cannot block).
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 
 use burn::tensor::Device;
 use bytes::Bytes;
-use js_sys::{Array, Function, Promise, Uint8Array};
-use refusal_core::chat::FormattedPrompt;
-use refusal_core::compress::{Method, Summary};
-use refusal_core::defaults;
-use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
+use js_sys::{Array, Function, Uint8Array};
 use refusal_core::load::{self, LoadOptions, TextAssets, gguf};
 use refusal_core::model::{Llama, NoHook, TokenBatch};
-use refusal_core::pipeline::{Progress, read};
-use refusal_core::refusal::variant::{Completion, DirectionUse, GenerateReport};
-use refusal_core::refusal::{Prompt, Variant, VariantDirection, VariantModels};
-use refusal_core::runs::aird::GivenDirection;
-use refusal_core::runs::compress::{Calibration, CalibrationRequest};
+use refusal_core::pipeline::read;
 use refusal_core::runs::study::{JudgeRequest, StudyRequest};
-use refusal_core::runs::{LocalFuture, RunError, RunIo};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::JsFuture;
 
-use crate::compressed::{Columns, CompressSettings, Kept};
+use crate::compressed::Kept;
 use crate::inspect::CheckpointInfo;
-use crate::{init_device, js_error, js_progress};
+use crate::{init_device, js_error};
 
 /// A loaded model and what the page shows about it.
 #[wasm_bindgen]
@@ -54,66 +40,6 @@ pub struct EngineInfo {
     pub checkpoint: CheckpointInfo,
 }
 
-/// One playground request (JSON), the browser's `refusal-lens generate`.
-#[derive(Debug, Deserialize)]
-pub struct GenerateRequest {
-    pub prompt: String,
-    #[serde(default)]
-    pub system: Option<String>,
-    pub max_new_tokens: usize,
-    #[serde(default)]
-    pub temperature: f32,
-    #[serde(default = "default_top_p")]
-    pub top_p: f32,
-    #[serde(default)]
-    pub seed: u64,
-    /// Empty: the base model, or every variant when a direction is given.
-    #[serde(default)]
-    pub variants: Vec<Variant>,
-    #[serde(default)]
-    pub direction: Option<GivenDirection>,
-    #[serde(default = "default_coeff")]
-    pub coeff: f32,
-    /// Layer of the activation addition (default: the direction's).
-    #[serde(default)]
-    pub layer: Option<usize>,
-    /// The compressed columns' recipe (`rtn:4:128`, `wanda:0.5`), compressed in the tab.
-    #[serde(default)]
-    pub compressed: Option<String>,
-    /// Built-in harmless prompts that calibrated recipes see.
-    #[serde(default = "default_n_calib")]
-    pub n_calib: usize,
-    /// Training prompts of each built-in set that AIRD is fitted on.
-    #[serde(default = "default_aird_prompts")]
-    pub aird_prompts: usize,
-    #[serde(default = "default_aird_alpha")]
-    pub aird_alpha: f32,
-    /// Prompts per forward pass while compressing and fitting AIRD.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-}
-
-// The CLI's defaults (`refusal-lens generate --help`), but batches of 8 as in every tab run.
-fn default_top_p() -> f32 {
-    defaults::TOP_P
-}
-
-fn default_coeff() -> f32 {
-    defaults::ACTADD_COEFF
-}
-
-fn default_n_calib() -> usize {
-    CalibrationRequest::N_CALIB
-}
-
-fn default_aird_prompts() -> usize {
-    defaults::AIRD_FIT_PROMPTS
-}
-
-fn default_aird_alpha() -> f32 {
-    defaults::AIRD_ALPHA
-}
-
 /// Prompts per forward pass in a tab: a tab's memory is shorter than the CLI's machine.
 pub const TAB_BATCH_SIZE: usize = 8;
 
@@ -127,74 +53,6 @@ pub fn tab_study() -> StudyRequest {
         ..StudyRequest::default()
     }
 }
-
-fn default_batch_size() -> usize {
-    TAB_BATCH_SIZE
-}
-
-/// A core run's I/O in the tab: progress through the page's callback (whose `false` answer
-/// cancels), the built-in prompt sets and inline lists only, models made by recipes from the
-/// loaded one (kept for the next run), notes in the console.
-pub struct TabIo<'a> {
-    engine: &'a Engine,
-    on_progress: &'a Function,
-}
-
-impl<'a> TabIo<'a> {
-    pub fn new(engine: &'a Engine, on_progress: &'a Function) -> TabIo<'a> {
-        TabIo {
-            engine,
-            on_progress,
-        }
-    }
-}
-
-impl RunIo for TabIo<'_> {
-    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
-        js_progress(self.on_progress)(progress)
-    }
-
-    fn note(&mut self, message: &str) {
-        web_sys::console::info_1(&message.into());
-    }
-
-    fn read_prompts(&mut self, name: &str) -> Result<Vec<Prompt>, RunError> {
-        Err(RunError::Input(format!(
-            "`{name}`: a tab has only the built-in prompt sets (builtin:harmful, builtin:harmless) and inline lists"
-        )))
-    }
-
-    fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {
-        Err(RunError::Input(format!(
-            "`{spec}`: in this browser the compressed model is made by a recipe such as \
-             rtn:4:128 or wanda:0.5"
-        )))
-    }
-
-    fn compress<'b>(
-        &'b mut self,
-        base: &'b Llama,
-        method: Method,
-        calibration: &'b Calibration,
-        batch_size: usize,
-    ) -> LocalFuture<'b, Result<(Llama, Summary), RunError>> {
-        Box::pin(async move {
-            self.engine
-                .compressed_kept(
-                    base,
-                    method,
-                    calibration,
-                    batch_size,
-                    &mut js_progress(self.on_progress),
-                )
-                .await
-        })
-    }
-}
-
-/// What [`Engine::generate`] returns: the CLI's `generate.json`, so the app shows and shares
-/// both alike.
-pub type Report = GenerateReport<EngineInfo>;
 
 /// Checkpoint files by name; every name a checkpoint needs is looked up here.
 struct Files(HashMap<String, Bytes>);
@@ -360,25 +218,6 @@ impl Engine {
             kept: Kept::default(),
         })
     }
-
-    /// The chat-formatted prompt and its token ids, as the model sees them.
-    fn encode_prompt(
-        &self,
-        prompt: &str,
-        system: Option<&str>,
-    ) -> Result<(FormattedPrompt, Vec<u32>), JsValue> {
-        let formatted = self
-            .text
-            .chat
-            .user_prompt(prompt, system)
-            .map_err(js_error)?;
-        let ids = self
-            .text
-            .tokenizer
-            .encode(&formatted.text, false)
-            .map_err(js_error)?;
-        Ok((formatted, ids))
-    }
 }
 
 #[wasm_bindgen]
@@ -392,134 +231,20 @@ impl Engine {
     /// The chat-formatted `prompt`'s last-position logits (`[vocab]`): what the browser test
     /// compares with the native engine.
     pub async fn prompt_logits(&self, prompt: String) -> Result<Vec<f32>, JsValue> {
-        let (_, ids) = self.encode_prompt(&prompt, None)?;
+        let formatted = self
+            .text
+            .chat
+            .user_prompt(&prompt, None)
+            .map_err(js_error)?;
+        let ids = self
+            .text
+            .tokenizer
+            .encode(&formatted.text, false)
+            .map_err(js_error)?;
         let device = self.llama.device();
         let batch = TokenBatch::left_padded(&[ids], 0, &device);
         read(self.llama.last_logits(&batch, &mut NoHook))
             .await
             .map_err(js_error)
     }
-
-    /// Generates every requested variant in turn (request: JSON [`GenerateRequest`]), calling
-    /// `on_token(variant, text)` after each token (`text` may be empty while a character is
-    /// incomplete). When it returns `false`, or a Promise of `false`, generation stops and
-    /// this rejects with "cancelled". The compressed columns' models are made first, calling
-    /// `on_progress(stage, done, total)` (`false` cancels). Resolves with JSON [`Report`].
-    pub async fn generate(
-        &self,
-        request: String,
-        on_token: Function,
-        on_progress: Function,
-    ) -> Result<String, JsValue> {
-        let req: GenerateRequest = serde_json::from_str(&request)
-            .map_err(|e| js_error(format!("invalid request: {e}")))?;
-        if let Some(d) = &req.direction {
-            d.check(&self.llama).map_err(js_error)?;
-        }
-        let variants = match req.variants.as_slice() {
-            [] => Variant::defaults(req.direction.is_some(), req.compressed.is_some()),
-            given => given.to_vec(),
-        };
-        let columns = match &req.compressed {
-            Some(recipe) if variants.iter().any(|v| v.is_compressed()) => {
-                let settings = CompressSettings {
-                    recipe: recipe.clone(),
-                    n_calib: req.n_calib,
-                    aird_prompts: req.aird_prompts,
-                    aird_alpha: req.aird_alpha,
-                    batch_size: req.batch_size,
-                };
-                let repair_toward = req
-                    .direction
-                    .as_ref()
-                    .filter(|_| variants.contains(&Variant::CompressedAird));
-                Some(
-                    self.compressed_columns(&settings, repair_toward, &on_progress)
-                        .await
-                        .map_err(js_error)?,
-                )
-            }
-            _ => None,
-        };
-        let models = VariantModels {
-            base: &self.llama,
-            compressed: columns.as_ref().map(|c| &c.compressed),
-            repaired: columns.as_ref().and_then(|c| c.repaired.as_ref()),
-        };
-        let (formatted, ids) = self.encode_prompt(&req.prompt, req.system.as_deref())?;
-        let applied = req.direction.as_ref().map(|d| VariantDirection {
-            vector: &d.vector,
-            actadd_layer: req.layer.unwrap_or(d.layer),
-            coeff: req.coeff,
-        });
-        let sampling = Sampling::from_temperature(req.temperature, req.top_p, req.seed);
-        let mut completions = Vec::with_capacity(variants.len());
-        for variant in variants {
-            let run = variant.setup(models, applied.as_ref()).map_err(js_error)?;
-            let model = run.model.as_ref();
-            let mut hook = run.intervention.hook(model).map_err(js_error)?;
-            let settings = GenerationSettings {
-                max_new_tokens: req.max_new_tokens,
-                sampling,
-                stop_ids: self.text.tokenizer.stop_ids(),
-            };
-            let mut decoder = Decoder::new(model, std::slice::from_ref(&ids), 0, settings);
-            let mut stream = self.text.tokenizer.stream(true);
-            let mut cancelled = false;
-            while let Some(logits) = decoder.forward(&mut hook) {
-                let host = read(logits).await.map_err(js_error)?;
-                for (_, token) in decoder.accept(&host) {
-                    let piece = stream.push(token).map_err(js_error)?.unwrap_or_default();
-                    if !keep_going(&on_token, variant, &piece).await? {
-                        cancelled = true;
-                    }
-                }
-                if cancelled {
-                    decoder.cancel();
-                }
-            }
-            if cancelled {
-                return Err(js_error("cancelled"));
-            }
-            if let Some(rest) = stream.flush().map_err(js_error)? {
-                keep_going(&on_token, variant, &rest).await?;
-            }
-            let out = decoder.finish();
-            let tokens = out.tokens.into_iter().next().unwrap_or_default();
-            let text = self
-                .text
-                .tokenizer
-                .decode(&tokens, true)
-                .map_err(js_error)?;
-            completions.push(Completion::judged(variant, text, tokens, out.finish[0]));
-        }
-        let report = Report {
-            model: self.info.clone(),
-            prompt: req.prompt,
-            formatted_prompt: formatted.text,
-            prompt_tokens: ids.len(),
-            max_new_tokens: req.max_new_tokens,
-            temperature: req.temperature,
-            seed: req.seed,
-            direction: req.direction.as_ref().map(|d| DirectionUse {
-                layer: d.layer,
-                position: d.position,
-                actadd_layer: req.layer.unwrap_or(d.layer),
-                coeff: req.coeff,
-            }),
-            compressed: columns.map(|c: Columns| c.used),
-            completions,
-        };
-        serde_json::to_string(&report).map_err(js_error)
-    }
-}
-
-/// Calls the token callback; `false` (or a Promise of it) asks to stop.
-async fn keep_going(on_token: &Function, variant: Variant, piece: &str) -> Result<bool, JsValue> {
-    let answer = on_token.call2(&JsValue::NULL, &variant.name().into(), &piece.into())?;
-    let answer = match answer.dyn_into::<Promise>() {
-        Ok(promise) => JsFuture::from(promise).await?,
-        Err(value) => value,
-    };
-    Ok(answer.as_bool() != Some(false))
 }

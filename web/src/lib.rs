@@ -1,8 +1,10 @@
 //! Refusal Lens in the browser: wasm-bindgen entry points over `refusal-core`, run by the app's
 //! Web Worker (`web/app/engine-worker.js`) on WebGPU or on the CPU.
 //!
-//! - [`engine`]: a model loaded from checkpoint bytes; completions side by side, logits.
-//! - [`compressed`]: the playground's compressed columns, compressed and repaired in the tab.
+//! - [`engine`]: a model loaded from checkpoint bytes; what it is, its logits.
+//! - [`generate`]: the Playground's run: completions side by side, streamed.
+//! - [`tab_io`]: what the core's runs ask of a tab (progress, cancel, kept models, tokens).
+//! - [`compressed`]: the models a tab keeps between runs, compressed and repaired in the tab.
 //! - [`compare`]: the Compressed vs base page's run (METHOD §9) on recipes compressed in the tab.
 //! - [`aird`]: the Repair page's run (METHOD §10): AIRD and its baselines.
 //! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
@@ -14,8 +16,10 @@ pub mod compare;
 pub mod compressed;
 pub mod directions;
 pub mod engine;
+pub mod generate;
 pub mod inspect;
 pub mod smoke;
+pub mod tab_io;
 
 use std::ops::ControlFlow;
 
@@ -66,12 +70,13 @@ async fn init_webgpu() -> Result<Device, JsValue> {
     Err(JsValue::from_str("WebGPU exists only in the wasm build"))
 }
 
-/// The request of `kind` (`directions`, `compare`, `aird`) with every field at the tab's
+/// The request of `kind` (`generate`, `directions`, `compare`, `aird`) with every field at the tab's
 /// default, as JSON whose keys are the command line's flags: what a page's form starts from
 /// when no server is there to ask.
 #[wasm_bindgen]
 pub fn request_defaults(kind: &str) -> Result<String, JsValue> {
     match kind {
+        "generate" => serde_json::to_string(&generate::tab_request()),
         "directions" => serde_json::to_string(&directions::tab_request()),
         "compare" => serde_json::to_string(&compare::tab_request()),
         "aird" => serde_json::to_string(&aird::tab_request()),

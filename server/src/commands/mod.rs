@@ -11,6 +11,7 @@ pub mod generate;
 pub mod orthogonalize;
 pub mod pipeline;
 
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -23,13 +24,14 @@ use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
 use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
 use refusal_core::runs::aird::GivenDirection;
+use refusal_core::runs::generate::Streamed;
 use refusal_core::runs::study::JudgeRequest;
-use refusal_core::runs::{self, PromptSource, RunError, RunIo};
+use refusal_core::runs::{self, LocalFuture, PromptSource, RunError, RunIo};
 
 use crate::direction_file::DirectionFile;
 use crate::model::open::LoadedModel;
 use crate::model_args::ModelArgs;
-use crate::progress::{RunControl, StageBar};
+use crate::progress::{RunControl, RunEvent, StageBar};
 
 /// How completions are generated and judged (`eval`, `compare`, `aird`).
 #[derive(Debug, Clone, clap::Args)]
@@ -131,11 +133,15 @@ impl RunIo for PromptFiles {
 
 /// A core run's I/O on the command line: the bar (a job's events in the server) and its
 /// cancel, prompt sets, texts and directions named by path, models opened on the base's
-/// backend, notes on stderr.
+/// backend, completions streamed as the job's token events (and to stdout when asked),
+/// notes on stderr.
 pub struct Terminal {
     pub bar: StageBar,
     /// How the models a run names are opened (`--backend`, `--weights` of the base).
     pub models: ModelArgs,
+    /// Whether completions are printed as they are decoded.
+    pub print_completions: bool,
+    control: RunControl,
 }
 
 impl Terminal {
@@ -143,6 +149,20 @@ impl Terminal {
         Terminal {
             bar: StageBar::new(true, control.clone()),
             models: models.clone(),
+            print_completions: false,
+            control: control.clone(),
+        }
+    }
+
+    /// Prints a piece of a completion; a closed stdout (e.g. piped into `head`) stops the
+    /// printing, not the run, whose report is still written.
+    fn print(&mut self, text: &str) {
+        let mut stdout = std::io::stdout();
+        if write!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            self.print_completions = false;
         }
     }
 }
@@ -186,6 +206,33 @@ impl RunIo for Terminal {
 
     fn names_model(&mut self, spec: &str) -> bool {
         Path::new(spec).exists()
+    }
+
+    fn streamed<'a>(&'a mut self, completion: Streamed<'a>) -> LocalFuture<'a, ControlFlow<()>> {
+        if self.control.cancelled() {
+            return Box::pin(async { ControlFlow::Break(()) });
+        }
+        match completion {
+            Streamed::Begin { variant, of } => {
+                // Completions have no bar of their own; the stages before them are done.
+                self.bar.finish();
+                if self.print_completions && of > 1 {
+                    self.print(&format!("--- {}\n", variant.name()));
+                }
+            }
+            Streamed::Token { variant, text } if !text.is_empty() => {
+                self.control.emit(RunEvent::Token {
+                    variant: variant.name().to_owned(),
+                    text: text.to_owned(),
+                });
+                if self.print_completions {
+                    self.print(text);
+                }
+            }
+            Streamed::End { .. } if self.print_completions => self.print("\n"),
+            _ => {}
+        }
+        Box::pin(async { ControlFlow::Continue(()) })
     }
 
     fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {

@@ -417,6 +417,7 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
     let mut tokens = None;
     match command {
         Command::Generate(a) => {
+            a.request().validate().map_err(run_error)?;
             tokens = Some(a.max_new_tokens);
             let chars =
                 a.prompt.chars().count() + a.system.as_deref().map_or(0, |s| s.chars().count());

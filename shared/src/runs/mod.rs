@@ -7,6 +7,7 @@ pub mod aird;
 pub mod compare;
 pub mod compress;
 pub mod directions;
+pub mod generate;
 pub mod prompts;
 pub mod study;
 
@@ -15,9 +16,11 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use crate::compress::{Method, Summary};
+use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::pipeline::{PipelineError, Progress};
 use crate::refusal::Prompt;
+use crate::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
 
 pub use prompts::{PromptSource, SplitRequest};
 
@@ -96,6 +99,40 @@ pub trait RunIo {
                 self.progress(p)
             })
             .await
+        })
+    }
+
+    /// A completion as it is decoded (`generate`); `Break` cancels the run.
+    fn streamed<'a>(
+        &'a mut self,
+        _completion: generate::Streamed<'a>,
+    ) -> LocalFuture<'a, ControlFlow<()>> {
+        Box::pin(async { ControlFlow::Continue(()) })
+    }
+
+    /// `compressed` repaired by AIRD toward `direction`, fitted on `fit_prompts` training
+    /// prompts of each built-in set; a host may keep it for its next run.
+    fn repair<'a>(
+        &'a mut self,
+        base: &'a Llama,
+        compressed: &'a Llama,
+        text: &'a TextAssets,
+        direction: &'a aird::GivenDirection,
+        settings: AirdSettings,
+        fit_prompts: usize,
+    ) -> LocalFuture<'a, Result<(Llama, AirdFit), RunError>> {
+        Box::pin(async move {
+            let prompts = builtin_fit_prompts(text, fit_prompts)?;
+            let repaired = repair(
+                base,
+                compressed.clone(),
+                &direction.vector,
+                settings,
+                &prompts,
+                &mut |p| self.progress(p),
+            )
+            .await?;
+            Ok((repaired.model, repaired.fit))
         })
     }
 }
