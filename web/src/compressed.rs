@@ -9,7 +9,7 @@ use refusal_core::compress::{Method, Summary};
 use refusal_core::load::TextAssets;
 use refusal_core::model::Llama;
 use refusal_core::pipeline::OnProgress;
-use refusal_core::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
+use refusal_core::refusal::aird::{AirdFit, AirdSettings, repair_on_builtin};
 use refusal_core::runs::RunError;
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::compress::{Calibration, compress_base};
@@ -98,13 +98,13 @@ impl Kept {
             return Ok((r.model.clone(), r.fit.clone()));
         }
         let (layer, alpha) = (settings.layer, settings.alpha);
-        let prompts = builtin_fit_prompts(text, fit_prompts)?;
-        let repaired = repair(
+        let repaired = repair_on_builtin(
             base,
             compressed.clone(),
             &direction.vector,
             settings,
-            &prompts,
+            text,
+            fit_prompts,
             on_progress,
         )
         .await?;

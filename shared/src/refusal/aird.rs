@@ -360,17 +360,31 @@ pub async fn apply(
     ))
 }
 
-/// The built-in prompts the playground fits AIRD on: `n_train` of each set, and a quarter as
-/// many more (rounded up), held out, to choose the penalty.
+/// AIRD as the playground fits it: [`repair`] on `n_train` prompts of each built-in set, and
+/// a quarter as many more (rounded up), held out, to choose the penalty.
 ///
 /// # Errors
 ///
-/// Template and tokenizer errors.
-pub fn builtin_fit_prompts(
+/// Template and tokenizer errors, and those of [`repair`].
+pub async fn repair_on_builtin(
+    base: &Llama,
+    compressed: Llama,
+    base_direction: &[f32],
+    settings: AirdSettings,
     text: &TextAssets,
     n_train: usize,
-) -> Result<EncodedSplit, PipelineError> {
-    EncodedSplit::builtin(text, n_train, n_train.div_ceil(4), 0)
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Repaired, PipelineError> {
+    let prompts = EncodedSplit::builtin(text, n_train, n_train.div_ceil(4), 0)?;
+    repair(
+        base,
+        compressed,
+        base_direction,
+        settings,
+        &prompts,
+        on_progress,
+    )
+    .await
 }
 
 /// A compressed model repaired by AIRD, with what the fit recorded.

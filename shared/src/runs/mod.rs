@@ -20,7 +20,7 @@ use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::pipeline::{PipelineError, Progress};
 use crate::refusal::Prompt;
-use crate::refusal::aird::{AirdFit, AirdSettings, builtin_fit_prompts, repair};
+use crate::refusal::aird::{AirdFit, AirdSettings, repair_on_builtin};
 
 pub use prompts::{PromptSource, SplitRequest};
 
@@ -122,13 +122,13 @@ pub trait RunIo {
         fit_prompts: usize,
     ) -> LocalFuture<'a, Result<(Llama, AirdFit), RunError>> {
         Box::pin(async move {
-            let prompts = builtin_fit_prompts(text, fit_prompts)?;
-            let repaired = repair(
+            let repaired = repair_on_builtin(
                 base,
                 compressed.clone(),
                 &direction.vector,
                 settings,
-                &prompts,
+                text,
+                fit_prompts,
                 &mut |p| self.progress(p),
             )
             .await?;
