@@ -8,14 +8,16 @@ use refusal_core::runs::generate::{self, GenerateRequest};
 use refusal_core::runs::request_from_json;
 use wasm_bindgen::prelude::*;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, TAB_BATCH_SIZE};
 use crate::js_error;
 use crate::tab_io::TabIo;
 
-/// A generate request with the tab's defaults for what it leaves out: the CLI's, whose
-/// batches of 8 already fit a tab.
+/// A generate request with the tab's defaults for what it leaves out.
 pub fn tab_request() -> GenerateRequest {
-    GenerateRequest::default()
+    GenerateRequest {
+        batch_size: TAB_BATCH_SIZE,
+        ..GenerateRequest::default()
+    }
 }
 
 #[wasm_bindgen]

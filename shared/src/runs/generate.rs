@@ -179,12 +179,12 @@ pub async fn run<M>(
         sampling: Sampling::from_temperature(request.temperature, request.top_p, request.seed),
         stop_ids: text.tokenizer.stop_ids(),
     };
-    let mut completions = Vec::with_capacity(variants.len());
+    let of = variants.len();
+    let mut completions = Vec::with_capacity(of);
     for &variant in &variants {
         let setup = variant.setup(models, applied.as_ref())?;
         let on = setup.model.as_ref();
         let mut hook = setup.intervention.hook(on)?;
-        let of = variants.len();
         if io
             .streamed(Streamed::Begin { variant, of })
             .await
@@ -202,9 +202,11 @@ pub async fn run<M>(
                     .push(token)
                     .map_err(PipelineError::from)?
                     .unwrap_or_default();
-                let text = piece.as_str();
                 cancelled |= io
-                    .streamed(Streamed::Token { variant, text })
+                    .streamed(Streamed::Token {
+                        variant,
+                        text: &piece,
+                    })
                     .await
                     .is_break();
             }
@@ -213,9 +215,11 @@ pub async fn run<M>(
             }
         }
         if !cancelled && let Some(rest) = stream.flush().map_err(PipelineError::from)? {
-            let text = rest.as_str();
             cancelled = io
-                .streamed(Streamed::Token { variant, text })
+                .streamed(Streamed::Token {
+                    variant,
+                    text: &rest,
+                })
                 .await
                 .is_break();
         }
@@ -300,7 +304,11 @@ async fn compressed_columns(
             };
             let (model, fit) = io
                 .repair(base, &compressed, text, d, settings, request.aird_prompts)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    RunError::Pipeline(PipelineError::Cancelled) => e,
+                    e => RunError::Input(format!("repairing with AIRD: {e}")),
+                })?;
             (Some(model), Some(fit))
         }
         _ => (None, None),
