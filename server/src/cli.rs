@@ -1,5 +1,6 @@
 //! The `refusal-lens` command line: every subcommand and its arguments, parsed by clap. The
-//! server parses job requests with the same definitions, so a job takes the CLI's parameters.
+//! server lists a job kind's flags from the same definitions (`GET /api/jobs/kinds`), so a job
+//! takes the CLI's parameters.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use refusal_core::export::f32_safetensors;
 use refusal_core::model::HostTensor;
 pub use refusal_core::refusal::select::ChosenBy;
+use refusal_core::runs::aird::GivenDirection;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::model::open::Fingerprint;
@@ -43,52 +44,78 @@ impl DirectionFile {
     /// Reads a direction given as its directory, its `.safetensors` or its `.json`.
     pub fn read(path: &Path) -> Result<DirectionFile> {
         let (st_path, json_path) = paths(path);
-        let tensor = read_f32_tensor(&st_path, TENSOR)?;
-        if tensor.shape.len() != 1 {
-            bail!(
-                "{}: `{TENSOR}` must be 1-D, found shape {:?}",
-                st_path.display(),
-                tensor.shape
-            );
-        }
-        let vector = tensor.data;
-        if vector.iter().any(|v| !v.is_finite()) {
-            bail!("{}: the direction has non-finite values", st_path.display());
-        }
+        let st =
+            std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
         let json = std::fs::read(&json_path).with_context(|| {
             format!(
                 "reading {} (written beside the direction)",
                 json_path.display()
             )
         })?;
-        let meta: DirectionMeta = serde_json::from_slice(&json)
-            .with_context(|| format!("parsing {}", json_path.display()))?;
+        DirectionFile::from_bytes(
+            &st,
+            &json,
+            &st_path.display().to_string(),
+            &json_path.display().to_string(),
+        )
+    }
+
+    /// A direction from its two files' contents, each named in errors by `st_name` and
+    /// `json_name`.
+    pub fn from_bytes(
+        st: &[u8],
+        json: &[u8],
+        st_name: &str,
+        json_name: &str,
+    ) -> Result<DirectionFile> {
+        let tensor = f32_tensor(st, st_name, TENSOR)?;
+        if tensor.shape.len() != 1 {
+            bail!(
+                "{st_name}: `{TENSOR}` must be 1-D, found shape {:?}",
+                tensor.shape
+            );
+        }
+        let vector = tensor.data;
+        if vector.iter().any(|v| !v.is_finite()) {
+            bail!("{st_name}: the direction has non-finite values");
+        }
+        let meta: DirectionMeta =
+            serde_json::from_slice(json).with_context(|| format!("parsing {json_name}"))?;
         if meta.model.d_model != vector.len() {
             bail!(
-                "{}: the vector has {} values but the model it names has width {}",
-                st_path.display(),
+                "{st_name}: the vector has {} values but the model it names has width {}",
                 vector.len(),
                 meta.model.d_model
             );
         }
         Ok(DirectionFile { vector, meta })
     }
+
+    /// The direction as a run takes it.
+    pub fn given(&self) -> GivenDirection {
+        GivenDirection {
+            vector: self.vector.clone(),
+            layer: self.meta.layer,
+            position: self.meta.position,
+        }
+    }
 }
 
 /// The f32 tensor `name` of the safetensors file at `path`, with its shape.
 pub fn read_f32_tensor(path: &Path, name: &str) -> Result<HostTensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let tensors = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    f32_tensor(&bytes, &path.display().to_string(), name)
+}
+
+/// The f32 tensor `name` of the safetensors bytes of `file`, with its shape.
+fn f32_tensor(bytes: &[u8], file: &str, name: &str) -> Result<HostTensor> {
+    let tensors = SafeTensors::deserialize(bytes)
+        .with_context(|| format!("{file} is not a safetensors file"))?;
     let view = tensors
         .tensor(name)
-        .with_context(|| format!("{} has no tensor `{name}`", path.display()))?;
+        .with_context(|| format!("{file} has no tensor `{name}`"))?;
     if view.dtype() != Dtype::F32 {
-        bail!(
-            "{}: `{name}` is {:?}, not f32",
-            path.display(),
-            view.dtype()
-        );
+        bail!("{file}: `{name}` is {:?}, not f32", view.dtype());
     }
     Ok(HostTensor {
         shape: view.shape().to_vec(),

@@ -13,13 +13,14 @@ use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
 use refusal_core::model::WeightName;
+use refusal_core::runs::RunIo;
 use refusal_core::runs::aird::{self, AirdRequest, AirdRun, DirectionSource};
 
 use super::compress::CalibrationArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
-use super::{JudgeArgs, Terminal};
+use super::{JudgeArgs, Terminal, Written};
 use crate::model::saved::{DerivedModel, OutFormat, save};
-use crate::model_args::BaseArgs;
+use crate::model_args::{BaseArgs, ModelArgs};
 use crate::outputs::write_atomic;
 use crate::progress::RunControl;
 
@@ -90,20 +91,39 @@ impl AirdArgs {
 }
 
 pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
+    let models = args.base.model_args();
+    let mut io = Terminal::new(control, &models);
+    let written = write(&args.request(), &models, &args.out, &mut io)?;
+    drop(io);
+    written.finish()
+}
+
+/// Repairs the model `request` names as compressed from the base `models` names, writes the
+/// repaired model to `out` and the report beside it.
+///
+/// # Errors
+///
+/// The request's, an output that does not suit the base's format, the models' and the run's
+/// errors.
+pub fn write(
+    request: &AirdRequest,
+    models: &ModelArgs,
+    out: &Path,
+    io: &mut dyn RunIo,
+) -> Result<Written> {
     let started = Instant::now();
-    let base_args = args.base.model_args();
-    let resolved = base_args.resolve()?;
-    OutFormat::of(&args.out, &resolved)?;
-    let (loaded, fingerprint) = base_args.load_with_fingerprint()?;
+    let resolved = models.resolve()?;
+    OutFormat::of(out, &resolved)?;
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
     let AirdRun {
         repaired,
         mut report,
     } = block_on(aird::run(
-        &args.request(),
+        request,
         &loaded.llama,
         &loaded.text,
         fingerprint,
-        &mut Terminal::new(control, &base_args),
+        io,
     ))?;
     let (layer, fit) = (report.base_direction.layer, &report.fit);
 
@@ -113,7 +133,7 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
         .collect();
     let note = format!(
         "{} repaired by AIRD at layer {layer} (alpha {}, lambda {:.3e})",
-        args.compressed, fit.settings.alpha, fit.lambda
+        request.compressed, fit.settings.alpha, fit.lambda
     );
     save(
         &DerivedModel {
@@ -124,36 +144,37 @@ pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
             packed: &[],
             note: ("repair", note),
         },
-        &args.out,
+        out,
     )?;
-    report.output = Some(args.out.display().to_string());
+    report.output = Some(out.display().to_string());
     report.seconds = started.elapsed().as_secs_f64();
-    let path = report_path(&args.out);
+    let path = report_path(out);
     write_atomic(&path, |f| {
         serde_json::to_writer_pretty(f, &report)?;
         Ok(())
     })?;
-    println!(
-        "{:<32} {:>7} {:>9} {:>8} {:>8}",
+    let mut text = format!(
+        "{:<32} {:>7} {:>9} {:>8} {:>8}\n",
         "variant", "ASR %", "refusal %", "KL(C||.)", "ppl"
     );
     for v in &report.variants {
-        println!(
-            "{:<32} {:>7.1} {:>9.1} {:>8.4} {:>8}",
+        text.push_str(&format!(
+            "{:<32} {:>7.1} {:>9.1} {:>8.4} {:>8}\n",
             v.name,
             100.0 * v.asr.rate,
             100.0 * v.harmless_refusal.rate,
             v.kl_to_compressed,
             v.cross_entropy
                 .map_or("-".into(), |c| format!("{:.2}", c.perplexity)),
-        );
+        ));
     }
-    println!(
-        "density of block {}'s down projection: {:.3} -> {:.3}",
+    text.push_str(&format!(
+        "density of block {}'s down projection: {:.3} -> {:.3}\nwrote {} and {}",
         layer - 1,
         report.densification.density_before,
-        report.densification.density_after
-    );
-    println!("wrote {} and {}", args.out.display(), path.display());
-    Ok(())
+        report.densification.density_after,
+        out.display(),
+        path.display()
+    ));
+    Ok(Written::done(text))
 }

@@ -3,20 +3,21 @@
 //! AIRD repair of each (METHOD §10). One report (compare.json), figures, and a table in the
 //! terminal.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::defaults;
 use refusal_core::refusal::compare::CompareReport;
+use refusal_core::runs::RunIo;
 use refusal_core::runs::compare::{self, CompareRequest};
 
 use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
-use super::{JudgeArgs, Terminal};
+use super::{JudgeArgs, Terminal, Written};
 use crate::model::open::Fingerprint;
-use crate::model_args::BaseArgs;
+use crate::model_args::{BaseArgs, ModelArgs};
 use crate::outputs::StagedDir;
 use crate::progress::RunControl;
 
@@ -82,16 +83,34 @@ impl CompareArgs {
 
 pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let models = args.base.model_args();
+    let mut io = Terminal::new(control, &models);
+    let written = write(&args.request(), &models, &args.out, &mut io)?;
+    drop(io);
+    written.finish()
+}
+
+/// Runs `request` with the base model `models` names and writes compare.json, its figures
+/// and the summary table into `out`.
+///
+/// # Errors
+///
+/// The request's, the models' and the run's errors.
+pub fn write(
+    request: &CompareRequest,
+    models: &ModelArgs,
+    out: &Path,
+    io: &mut dyn RunIo,
+) -> Result<Written> {
     let (loaded, fingerprint) = models.load_with_fingerprint()?;
     let report = block_on(compare::run(
-        &args.request(),
+        request,
         &loaded.llama,
         &loaded.text,
         fingerprint,
-        &mut Terminal::new(control, &models),
+        io,
     ))?;
 
-    let mut staged = StagedDir::new(&args.out)?;
+    let mut staged = StagedDir::new(out)?;
     staged.write("compare.json", serde_json::to_string_pretty(&report)?)?;
     for (name, svg) in compare::figures(&report) {
         staged.write(&name, svg)?;
@@ -99,9 +118,7 @@ pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let table = table(&report);
     staged.write("summary.txt", &table)?;
     staged.commit()?;
-    println!("{table}");
-    println!("wrote {}", args.out.display());
-    Ok(())
+    Ok(Written::done(format!("{table}\nwrote {}", out.display())))
 }
 
 /// The one-screen summary.

@@ -5,46 +5,33 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::builder::PossibleValuesParser;
 use futures_lite::future::block_on;
-use refusal_core::compress::recipe::ggml_type_name;
-use refusal_core::compress::{
-    Compressed, LinearReport, Method, QuantGrid, Sparsity, Summary, compress,
-};
-use refusal_core::load::TextAssets;
-use refusal_core::model::Llama;
-use refusal_core::runs::PromptSource;
-use refusal_core::runs::compress::{Calibration, CalibrationRequest};
+use refusal_core::compress::recipe::{METHOD_NAMES, ggml_type_name};
+use refusal_core::compress::{LinearReport, Method, Sparsity, Summary, compress};
+use refusal_core::runs::compress::{Calibration, CalibrationRequest, CompressRequest};
+use refusal_core::runs::{PromptSource, RunIo};
 use serde::Serialize;
 
-use super::PromptFiles;
+use super::{Terminal, Written};
 use crate::model::open::Fingerprint;
 use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::ModelArgs;
 use crate::outputs::write_atomic;
-use crate::progress::{RunControl, StageBar};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MethodArg {
-    Rtn,
-    Gguf,
-    Gptq,
-    Magnitude,
-    Wanda,
-    Sparsegpt,
-}
+use crate::progress::RunControl;
 
 /// The method's parameters as flags (`--bits 4 --group 128`, `--type q4_0`, `--sparsity 0.5`
 /// or `--pattern 2:4`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MethodArgs {
-    #[arg(long, value_enum)]
-    pub method: MethodArg,
+    #[arg(long, value_parser = PossibleValuesParser::new(METHOD_NAMES))]
+    pub method: String,
     /// Bits per weight (rtn, gptq): 2 to 8.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = CompressRequest::BITS)]
     pub bits: usize,
     /// Inputs sharing a scale (rtn, gptq); 0 for one scale per output row.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = CompressRequest::GROUP)]
     pub group: usize,
     /// Asymmetric grid (min/max with a zero point) instead of the symmetric default.
     #[arg(long, conflicts_with = "sym")]
@@ -63,51 +50,6 @@ pub struct MethodArgs {
     pub pattern: Option<String>,
 }
 
-impl MethodArgs {
-    /// The method these flags describe.
-    ///
-    /// # Errors
-    ///
-    /// A missing or bad parameter for the chosen method.
-    pub fn method(&self) -> Result<Method> {
-        let grid = || {
-            QuantGrid::new(self.bits, self.group, !self.asym)
-                .map_err(|e| anyhow::anyhow!("--bits: {e}"))
-        };
-        let sparsity = || -> Result<Sparsity> {
-            match (&self.sparsity, &self.pattern) {
-                (_, Some(p)) => {
-                    let parts: Vec<&str> = p.split(':').collect();
-                    if parts.len() != 2 {
-                        bail!("--pattern {p}: expected N:M, e.g. 2:4");
-                    }
-                    Sparsity::parse(&parts).map_err(|e| anyhow::anyhow!("--pattern: {e}"))
-                }
-                (Some(s), None) => Sparsity::parse(&[&s.to_string()])
-                    .map_err(|e| anyhow::anyhow!("--sparsity: {e}")),
-                (None, None) => bail!(
-                    "{:?} needs --sparsity FRACTION or --pattern N:M",
-                    self.method
-                ),
-            }
-        };
-        Ok(match self.method {
-            MethodArg::Rtn => Method::Rtn(grid()?),
-            MethodArg::Gptq => Method::Gptq(grid()?),
-            MethodArg::Gguf => {
-                let Some(name) = &self.ggml_type else {
-                    bail!("--method gguf needs --type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
-                };
-                format!("gguf:{name}").parse()?
-            }
-            MethodArg::Magnitude => Method::Magnitude(sparsity()?),
-            MethodArg::Wanda => Method::Wanda(sparsity()?),
-            MethodArg::Sparsegpt => Method::SparseGpt(sparsity()?),
-        })
-    }
-}
-
-/// Where calibration activations come from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CalibrationArgs {
     /// Calibration prompts (any prompt file), chat-formatted; default: the built-in harmless
@@ -135,15 +77,6 @@ impl CalibrationArgs {
             calib_seq: self.calib_seq,
         }
     }
-
-    /// Tokenizes the calibration set for this model.
-    ///
-    /// # Errors
-    ///
-    /// Unreadable files, an empty set, template and tokenizer errors.
-    pub fn load(&self, text: &TextAssets) -> Result<Calibration> {
-        Ok(self.request().load(text, &mut PromptFiles)?)
-    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -155,13 +88,31 @@ pub struct CompressArgs {
     #[command(flatten)]
     pub calibration: CalibrationArgs,
     /// Calibration prompts per forward batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = CompressRequest::BATCH_SIZE)]
     pub batch_size: usize,
     /// The compressed model: FILE.gguf (GGUF sources; GGUF block types, and the rtn/gptq
     /// grids one stores, are packed, other methods f32) or DIR/model.safetensors. The manifest is written beside it as
     /// FILE.manifest.json.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+impl CompressArgs {
+    pub fn request(&self) -> CompressRequest {
+        let m = &self.method;
+        CompressRequest {
+            method: Some(m.method.clone()),
+            bits: m.bits,
+            group: m.group,
+            asym: m.asym,
+            sym: m.sym,
+            ggml_type: m.ggml_type.clone(),
+            sparsity: m.sparsity,
+            pattern: m.pattern.clone(),
+            calibration: self.calibration.request(),
+            batch_size: self.batch_size,
+        }
+    }
 }
 
 /// The manifest written beside a compressed model.
@@ -190,32 +141,6 @@ pub fn parameters(method: Method) -> serde_json::Value {
     }
 }
 
-/// Compresses a loaded model with a progress bar.
-///
-/// # Errors
-///
-/// The method's errors and cancellation.
-pub fn compress_model(
-    llama: Llama,
-    method: Method,
-    calibration: &Calibration,
-    batch_size: usize,
-    control: &RunControl,
-) -> Result<Compressed> {
-    let mut bar = StageBar::new(true, control.clone());
-    let compressed = block_on(compress(
-        llama,
-        method,
-        &calibration.ids,
-        0,
-        batch_size,
-        &mut |p| bar.update(p),
-    ))
-    .with_context(|| format!("compressing with {method}"))?;
-    bar.finish();
-    Ok(compressed)
-}
-
 /// `<out>.manifest.json` beside the model (inside the directory for safetensors output).
 fn manifest_path(out: &Path) -> PathBuf {
     let mut name = out.file_stem().unwrap_or_default().to_os_string();
@@ -224,17 +149,45 @@ fn manifest_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(args: &CompressArgs, control: &RunControl) -> Result<()> {
-    let method = args.method.method()?;
-    let resolved = args.model.resolve()?;
-    OutFormat::of(&args.out, &resolved)?;
-    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    let calibration = args.calibration.load(&loaded.text)?;
-    eprintln!(
+    let mut io = Terminal::new(control, &args.model);
+    let written = write(&args.request(), &args.model, &args.out, &mut io)?;
+    drop(io);
+    written.finish()
+}
+
+/// Compresses the model `models` names as `request` asks and writes it to `out` with its
+/// manifest beside it.
+///
+/// # Errors
+///
+/// The request's, an output that does not suit the model's format, calibration and
+/// compression errors.
+pub fn write(
+    request: &CompressRequest,
+    models: &ModelArgs,
+    out: &Path,
+    io: &mut dyn RunIo,
+) -> Result<Written> {
+    request.validate()?;
+    let method = request.method()?;
+    let resolved = models.resolve()?;
+    OutFormat::of(out, &resolved)?;
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
+    let calibration = request.calibration.load(&loaded.text, io)?;
+    io.note(&format!(
         "compressing with {method}: calibration {} ({} {}, {} tokens)",
         calibration.source, calibration.samples, calibration.kind, calibration.tokens
-    );
+    ));
     let start = Instant::now();
-    let compressed = compress_model(loaded.llama, method, &calibration, args.batch_size, control)?;
+    let compressed = block_on(compress(
+        loaded.llama,
+        method,
+        &calibration.ids,
+        0,
+        request.batch_size,
+        &mut |p| io.progress(p),
+    ))
+    .with_context(|| format!("compressing with {method}"))?;
     let seconds = start.elapsed().as_secs_f64();
     let changed = compressed.unpacked_weights();
     let note = format!(
@@ -250,7 +203,7 @@ pub fn run(args: &CompressArgs, control: &RunControl) -> Result<()> {
             packed: &compressed.packed,
             note: ("compression", note),
         },
-        &args.out,
+        out,
     )?;
     let summary = Summary::of(&compressed.layers);
     let manifest = Manifest {
@@ -261,27 +214,24 @@ pub fn run(args: &CompressArgs, control: &RunControl) -> Result<()> {
         calibration: &calibration,
         summary,
         layers: &compressed.layers,
-        output: args.out.display().to_string(),
+        output: out.display().to_string(),
         seconds,
     };
-    let path = manifest_path(&args.out);
+    let path = manifest_path(out);
     write_atomic(&path, |f| {
         serde_json::to_writer_pretty(f, &manifest)?;
         Ok(())
     })?;
     let s = &manifest.summary;
-    println!(
-        "{method}: {} parameters, sparsity {:.3}, {:.2} bits/weight, weight error {:.4}, output error {}",
+    Ok(Written::done(format!(
+        "{method}: {} parameters, sparsity {:.3}, {:.2} bits/weight, weight error {:.4}, output error {}\n\
+         wrote {} and {} in {seconds:.1} s",
         s.parameters,
         s.sparsity,
         s.bits_per_weight,
         s.weight_error,
         s.output_error.map_or("-".to_owned(), |e| format!("{e:.4}")),
-    );
-    println!(
-        "wrote {} and {} in {seconds:.1} s",
-        args.out.display(),
+        out.display(),
         path.display()
-    );
-    Ok(())
+    )))
 }

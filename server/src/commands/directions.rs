@@ -2,7 +2,7 @@
 //! position, the selection table of METHOD §6, the selected direction and figures.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use futures_lite::future::block_on;
@@ -13,9 +13,9 @@ pub use refusal_core::refusal::prompts::PromptUse;
 use refusal_core::refusal::select::CandidateScore;
 use refusal_core::refusal::{CandidateDirections, RefusalTokens, Selection, SelectionSettings};
 use refusal_core::runs::directions::{self, DirectionsRequest, SelectionFilters, Timings};
-use refusal_core::runs::{Choice, PromptSource, SplitRequest};
+use refusal_core::runs::{Choice, PromptSource, RunIo, SplitRequest};
 
-use super::Terminal;
+use super::{Terminal, Written};
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
@@ -152,16 +152,30 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
 }
 
 pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
-    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    let found = block_on(directions::run(
-        &args.request(),
-        &loaded.llama,
-        &loaded.text,
-        &mut Terminal::new(control, &args.model),
-    ))
-    .context("finding the refusal direction")?;
+    let mut io = Terminal::new(control, &args.model);
+    let written = write(&args.request(), &args.model, &args.out, &mut io)?;
+    drop(io);
+    written.finish()
+}
 
-    let mut staged = StagedDir::new(&args.out)?;
+/// Runs `request` on the model `models` names and writes the candidates, the selection
+/// table, the chosen direction and the figures into `out`.
+///
+/// # Errors
+///
+/// The request's, the model's and the run's errors; a run where no candidate passes is
+/// written, then fails.
+pub fn write(
+    request: &DirectionsRequest,
+    models: &ModelArgs,
+    out: &Path,
+    io: &mut dyn RunIo,
+) -> Result<Written> {
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
+    let found = block_on(directions::run(request, &loaded.llama, &loaded.text, io))
+        .context("finding the refusal direction")?;
+
+    let mut staged = StagedDir::new(out)?;
     staged.write(
         "directions.safetensors",
         candidates_file(&found.candidates, &fingerprint)?,
@@ -178,22 +192,27 @@ pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
     }
     let written = staged.commit()?;
 
-    println!(
-        "{}",
+    let text = format!(
+        "{}\nwrote {} files to {}",
         summary(
             &found.selection,
             report.chosen.as_ref(),
             &found.refusal_tokens,
             report.seconds
-        )
+        ),
+        written.len(),
+        out.display()
     );
-    println!("wrote {} files to {}", written.len(), args.out.display());
-    if report.chosen.is_none() {
-        bail!(
-            "no candidate passed the filters (see selection.json); choose one with --select LAYER:POSITION"
-        );
-    }
-    Ok(())
+    Ok(if report.chosen.is_none() {
+        Written::failed(
+            text,
+            "no candidate passed the filters (see selection.json); choose one with --select \
+             LAYER:POSITION"
+                .into(),
+        )
+    } else {
+        Written::done(text)
+    })
 }
 
 fn summary(

@@ -1,30 +1,23 @@
 //! `refusal-lens eval`: greedy completions under an intervention, judged by substring, with
 //! refusal rate / ASR, refusal score, KL to the unmodified model and optional cross-entropy.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
-use refusal_core::refusal::evaluate::{CrossEntropy, EvalReport, cross_entropy, evaluate};
+use refusal_core::refusal::RefusalTokens;
 use refusal_core::refusal::intervention::InterventionKind;
-use refusal_core::refusal::prompts::without;
-use refusal_core::refusal::{EncodedPrompts, Intervention, RefusalTokens};
+use refusal_core::runs::eval::{self, EvalDirection, EvalRequest, InterventionRun};
+use refusal_core::runs::{PromptSource, RunIo};
 use serde::Serialize;
 
-use super::{JudgeArgs, Terminal, load_prompts, read_prompts, refusal_tokens};
+use super::{JudgeArgs, Terminal, Written};
 use crate::direction_file::{DirectionFile, DirectionMeta};
 use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
 use crate::outputs::StagedDir;
 use crate::progress::RunControl;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InterventionArg {
-    None,
-    Ablate,
-    Actadd,
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
@@ -40,8 +33,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N prompts (after --exclude).
     #[arg(long)]
     pub limit: Option<usize>,
-    #[arg(long, value_enum, default_value_t = InterventionArg::None)]
-    pub intervention: InterventionArg,
+    #[arg(long, default_value = "none", value_parser = intervention_parser())]
+    pub intervention: InterventionKind,
     /// A direction written by `directions` (its directory, .safetensors or .json).
     #[arg(long)]
     pub direction: Option<PathBuf>,
@@ -57,22 +50,35 @@ pub struct EvalArgs {
     #[arg(long)]
     pub cross_entropy: Option<PathBuf>,
     /// Tokens per cross-entropy window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = EvalRequest::WINDOW)]
     pub window: usize,
     /// Output directory (eval.json).
     #[arg(long)]
     pub out: PathBuf,
 }
 
-#[derive(Debug, Serialize)]
-struct Run {
-    intervention: InterventionKind,
-    layer: Option<usize>,
-    coeff: Option<f32>,
-    seconds: f64,
-    cross_entropy: Option<CrossEntropy>,
-    #[serde(flatten)]
-    report: EvalReport,
+impl EvalArgs {
+    pub fn request(&self) -> EvalRequest {
+        let name = |p: &PathBuf| p.display().to_string();
+        EvalRequest {
+            prompts: Some(PromptSource::Named(self.prompts.clone())),
+            exclude: self.exclude.as_ref().map(|p| PromptSource::Named(name(p))),
+            limit: self.limit,
+            intervention: self.intervention,
+            direction: self.direction.as_ref().map(name),
+            layer: self.layer,
+            coeff: self.coeff.clone(),
+            judge: self.judge.request(),
+            cross_entropy: self.cross_entropy.as_ref().map(name),
+            window: self.window,
+        }
+    }
+}
+
+/// `--intervention` values: the core's names (clap lists them in --help and the job API).
+fn intervention_parser() -> impl TypedValueParser<Value = InterventionKind> {
+    PossibleValuesParser::new(InterventionKind::ALL.map(InterventionKind::name))
+        .try_map(|name| name.parse::<InterventionKind>())
 }
 
 #[derive(Debug, Serialize)]
@@ -84,163 +90,86 @@ struct EvalFile<'a> {
     max_new_tokens: usize,
     refusal_tokens: &'a RefusalTokens,
     direction: Option<&'a DirectionMeta>,
-    runs: Vec<Run>,
+    runs: Vec<InterventionRun>,
 }
 
 pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
-    let mut prompts = load_prompts(&args.prompts)?;
-    if let Some(ex) = &args.exclude {
-        let before = prompts.len();
-        prompts = without(prompts, &read_prompts(ex)?);
-        eprintln!(
-            "{} of {before} prompts remain after --exclude {}",
-            prompts.len(),
-            ex.display()
-        );
-    }
-    if let Some(n) = args.limit {
-        prompts.truncate(n);
-    }
-    if prompts.is_empty() {
-        bail!("no prompts left to evaluate");
-    }
-    let direction = match (&args.direction, args.intervention) {
-        (Some(p), _) => Some(DirectionFile::read(p)?),
-        (None, InterventionArg::None) => None,
-        (None, _) => bail!("--intervention {:?} needs --direction", args.intervention),
-    };
-    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
-    if let Some(d) = &direction {
-        if d.vector.len() != loaded.llama.config().d_model {
-            bail!(
-                "the direction has {} dimensions but {} has width {}",
-                d.vector.len(),
-                args.model.model,
-                loaded.llama.config().d_model
-            );
-        }
+    let direction = args
+        .direction
+        .as_deref()
+        .map(DirectionFile::read)
+        .transpose()?;
+    let mut io = Terminal::new(control, &args.model);
+    let written = write(
+        &args.request(),
+        direction.as_ref(),
+        &args.model,
+        &args.out,
+        &mut io,
+    )?;
+    drop(io); // clears the bar before the table is printed
+    written.finish()
+}
+
+/// Runs `request` on the model `models` names, with the direction the request names (read
+/// by the host), and writes eval.json into `out`.
+///
+/// # Errors
+///
+/// The request's, the model's and the run's errors.
+pub fn write(
+    request: &EvalRequest,
+    direction: Option<&DirectionFile>,
+    models: &ModelArgs,
+    out: &Path,
+    io: &mut dyn RunIo,
+) -> Result<Written> {
+    request.validate()?;
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
+    let given = direction.map(|d| {
         if d.meta.model.sha256 != fingerprint.sha256 {
-            eprintln!(
+            io.note(&format!(
                 "note: the direction was extracted from {} ({}), not from this model",
                 d.meta.model.model,
                 &d.meta.model.sha256[..12.min(d.meta.model.sha256.len())]
-            );
+            ));
         }
-    }
-
-    let mut io = Terminal::new(control, &args.model);
-    let tokens = match &direction {
-        Some(d)
-            if args.judge.refusal_tokens.is_empty()
-                && d.meta.model.architecture == fingerprint.architecture =>
-        {
-            let tokens = d.meta.refusal_tokens.clone();
-            eprintln!("refusal tokens: {} (the direction's)", tokens.describe());
-            tokens
+        EvalDirection {
+            vector: d.vector.clone(),
+            layer: d.meta.layer,
+            refusal_tokens: (d.meta.model.architecture == fingerprint.architecture)
+                .then(|| d.meta.refusal_tokens.clone()),
         }
-        _ => {
-            let encoded = EncodedPrompts::new(&loaded.text, &prompts, None)?;
-            refusal_tokens(
-                &loaded,
-                &args.judge.refusal_tokens,
-                &encoded,
-                args.judge.batch_size,
-                &mut io,
-            )?
-        }
-    };
-
-    let interventions: Vec<(Intervention, Option<usize>, Option<f32>)> =
-        match (args.intervention, &direction) {
-            (InterventionArg::None, _) => vec![(Intervention::None, None, None)],
-            (InterventionArg::Ablate, Some(d)) => vec![(
-                Intervention::Ablate {
-                    direction: d.vector.clone(),
-                },
-                None,
-                None,
-            )],
-            (InterventionArg::Actadd, Some(d)) => {
-                let layer = args.layer.unwrap_or(d.meta.layer);
-                args.coeff
-                    .iter()
-                    .map(|&coeff| {
-                        (
-                            Intervention::ActAdd {
-                                layer,
-                                vector: d.vector.clone(),
-                                coeff,
-                            },
-                            Some(layer),
-                            Some(coeff),
-                        )
-                    })
-                    .collect()
-            }
-            (_, None) => {
-                unreachable!("checked above: interventions other than none need a direction")
-            }
-        };
-    let text = args
-        .cross_entropy
-        .as_ref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?;
-
-    let settings = args.judge.settings();
-    let mut runs = Vec::with_capacity(interventions.len());
-    for (intervention, layer, coeff) in interventions {
-        let started = Instant::now();
-        let report = block_on(evaluate(
-            &loaded.llama,
-            &loaded.text,
-            &prompts,
-            &intervention,
-            &tokens,
-            settings,
-            &mut |p| io.bar.update(p),
-        ))?;
-        let ce = match &text {
-            Some(t) => Some(block_on(cross_entropy(
-                &loaded.llama,
-                &loaded.text.tokenizer,
-                t,
-                &intervention,
-                args.window,
-                &mut |p| io.bar.update(p),
-            ))?),
-            None => None,
-        };
-        runs.push(Run {
-            intervention: intervention.kind(),
-            layer,
-            coeff,
-            seconds: started.elapsed().as_secs_f64(),
-            cross_entropy: ce,
-            report,
-        });
-    }
-    drop(io); // clears the bar before the table is printed
-
-    println!("{}", table(&runs));
+    });
+    let found = block_on(eval::run(
+        request,
+        &loaded.llama,
+        &loaded.text,
+        given.as_ref(),
+        io,
+    ))
+    .with_context(|| format!("evaluating {}", models.model))?;
+    let table = table(&found.runs);
     let file = EvalFile {
         model: &fingerprint,
-        prompts: args.prompts.clone(),
-        excluded: args.exclude.as_ref().map(|p| p.display().to_string()),
-        n_prompts: prompts.len(),
-        max_new_tokens: args.judge.max_new_tokens,
-        refusal_tokens: &tokens,
-        direction: direction.as_ref().map(|d| &d.meta),
-        runs,
+        prompts: found.prompts,
+        excluded: found.excluded,
+        n_prompts: found.n_prompts,
+        max_new_tokens: request.judge.max_new_tokens,
+        refusal_tokens: &found.refusal_tokens,
+        direction: direction.map(|d| &d.meta),
+        runs: found.runs,
     };
-    let mut staged = StagedDir::new(&args.out)?;
+    let mut staged = StagedDir::new(out)?;
     staged.write("eval.json", serde_json::to_string_pretty(&file)?)?;
     let written = staged.commit()?;
-    println!("wrote {}", written[0].display());
-    Ok(())
+    Ok(Written::done(format!(
+        "{table}\nwrote {}",
+        written[0].display()
+    )))
 }
 
-fn table(runs: &[Run]) -> String {
+fn table(runs: &[InterventionRun]) -> String {
     let mut s = String::from(
         "intervention  layer  coeff  prompts  refused  refusal_rate    ASR  mean_score  mean_KL  CE(nats)\n",
     );

@@ -3,13 +3,14 @@
 //! a compressed model (or a recipe), by that model too (METHOD §8), and with a direction as
 //! well, by the compressed model repaired by AIRD (METHOD §10).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
 use refusal_core::defaults;
 use refusal_core::refusal::Variant;
+use refusal_core::runs::RunIo;
 use refusal_core::runs::aird::DirectionSource;
 use refusal_core::runs::generate::{self, GenerateRequest};
 
@@ -110,30 +111,47 @@ pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     let request = args.request();
     // Checked before the model is loaded, which takes seconds.
     request.validate()?;
-    let (loaded, fingerprint) = args.model.load_with_fingerprint()?;
     let mut io = Terminal::new(control, &args.model);
     io.print_completions = !args.json && !control.is_observed();
-    let report = block_on(generate::run(
-        &request,
-        &loaded.llama,
-        &loaded.text,
-        fingerprint,
-        &mut io,
-    ))?;
+    let json = write(&request, &args.model, args.out.as_deref(), &mut io)?;
     // The bar is cleared before the report is printed.
     drop(io);
-    let json = serde_json::to_string_pretty(&report)?;
     if args.json {
         println!("{json}");
     }
-    if let Some(dir) = &args.out {
+    Ok(())
+}
+
+/// Runs `request` on the model `models` names and, given `out`, writes the completions as
+/// generate.json into it; returns that JSON.
+///
+/// # Errors
+///
+/// The request's, the model's and the run's errors.
+pub fn write(
+    request: &GenerateRequest,
+    models: &ModelArgs,
+    out: Option<&Path>,
+    io: &mut dyn RunIo,
+) -> Result<String> {
+    request.validate()?;
+    let (loaded, fingerprint) = models.load_with_fingerprint()?;
+    let report = block_on(generate::run(
+        request,
+        &loaded.llama,
+        &loaded.text,
+        fingerprint,
+        io,
+    ))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(dir) = out {
         let mut staged = StagedDir::new(dir)?;
         staged.write("generate.json", &json)?;
         staged
             .commit()
             .with_context(|| format!("writing {}", dir.display()))?;
     }
-    Ok(())
+    Ok(json)
 }
 
 /// `--variants` values: the core's variant names (clap lists them in --help and the job API).

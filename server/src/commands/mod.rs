@@ -16,20 +16,17 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use futures_lite::future::block_on;
 use refusal_core::defaults;
 use refusal_core::model::Llama;
 use refusal_core::pipeline::Progress;
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
-use refusal_core::refusal::{EncodedPrompts, RefusalTokens};
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::generate::Streamed;
 use refusal_core::runs::study::JudgeRequest;
-use refusal_core::runs::{self, LocalFuture, PromptSource, RunError, RunIo};
+use refusal_core::runs::{LocalFuture, RunError, RunIo};
 
 use crate::direction_file::DirectionFile;
-use crate::model::open::LoadedModel;
 use crate::model_args::ModelArgs;
 use crate::progress::{RunControl, RunEvent, StageBar};
 
@@ -62,11 +59,40 @@ impl JudgeArgs {
     }
 }
 
-/// Prompts named on the command line: a file, or `builtin:harmful` / `builtin:harmless`.
-pub fn load_prompts(spec: &str) -> Result<Vec<Prompt>> {
-    Ok(PromptSource::Named(spec.to_owned())
-        .read(&mut PromptFiles)?
-        .0)
+/// What a command wrote, as the terminal summarises it, and the error it ends with when it
+/// wrote its outputs without reaching its goal (a directions run where no candidate passed).
+pub struct Written {
+    summary: String,
+    failure: Option<String>,
+}
+
+impl Written {
+    pub fn done(summary: String) -> Written {
+        Written {
+            summary,
+            failure: None,
+        }
+    }
+
+    pub fn failed(summary: String, failure: String) -> Written {
+        Written {
+            summary,
+            failure: Some(failure),
+        }
+    }
+
+    /// Prints the summary, then ends with the failure, if any.
+    ///
+    /// # Errors
+    ///
+    /// The failure.
+    pub fn finish(self) -> Result<()> {
+        println!("{}", self.summary);
+        match self.failure {
+            Some(failure) => Err(anyhow::anyhow!(failure)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Reads a prompt file, its format chosen by extension (`.json`, `.csv`, else one per line).
@@ -86,25 +112,6 @@ pub fn read_prompts_or(file: Option<&Path>, builtin: fn() -> Vec<Prompt>) -> Res
         Some(p) => read_prompts(p),
         None => Ok(builtin()),
     }
-}
-
-/// The refusal tokens: the user's (`--refusal-tokens I,As`), else the model family's, else
-/// derived from greedy completions of `harmful` prompts.
-pub fn refusal_tokens(
-    loaded: &LoadedModel,
-    given: &[String],
-    harmful: &EncodedPrompts,
-    batch_size: usize,
-    io: &mut dyn RunIo,
-) -> Result<RefusalTokens> {
-    Ok(block_on(runs::directions::refusal_tokens(
-        &loaded.llama,
-        &loaded.text,
-        given,
-        harmful,
-        batch_size,
-        io,
-    ))?)
 }
 
 /// A core run's I/O on the command line for a step with no progress to show: prompt sets and
@@ -196,12 +203,9 @@ impl RunIo for Terminal {
     }
 
     fn read_direction(&mut self, name: &str) -> Result<GivenDirection, RunError> {
-        let d = DirectionFile::read(Path::new(name)).map_err(input_error)?;
-        Ok(GivenDirection {
-            vector: d.vector,
-            layer: d.meta.layer,
-            position: d.meta.position,
-        })
+        Ok(DirectionFile::read(Path::new(name))
+            .map_err(input_error)?
+            .given())
     }
 
     fn names_model(&mut self, spec: &str) -> bool {

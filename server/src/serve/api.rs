@@ -319,7 +319,7 @@ pub struct JobCreated {
     /// Server-Sent Events of the job.
     pub events_url: String,
     pub status_url: String,
-    /// The command line it runs as.
+    /// The command line it corresponds to (inline prompts and texts shown by size).
     pub argv: Vec<String>,
 }
 

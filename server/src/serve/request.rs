@@ -1,28 +1,37 @@
-//! A job request turned into the command line it runs as.
+//! A job request turned into the core request it runs.
 //!
 //! A request names a kind (a CLI subcommand) and its flags by their long names, so a job takes
-//! exactly the CLI's parameters and clap validates them. What would be a path on the command
-//! line never comes from the request as a path: models are ids from the server's listing,
-//! prompt sets are inline lists (or `builtin:*`), texts are inline strings, directions are
-//! stored result ids. The server writes these into the job's directory and names those files.
+//! exactly the CLI's parameters; the flags become the fields of the kind's core request
+//! (`runs::*`), checked against its bounds before the job is queued. What would be a path on
+//! the command line never comes from the request as a path: models are ids from the server's
+//! listing, prompt sets are inline lists (or `builtin:*`), texts are inline strings, directions
+//! are stored result ids. The job's I/O answers for them (`jobs::io`).
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use refusal_core::compress::Method;
 use refusal_core::compress::recipe::looks_like_recipe;
+use refusal_core::runs::aird::AirdRequest;
+use refusal_core::runs::compare::CompareRequest;
+use refusal_core::runs::compress::CompressRequest;
+use refusal_core::runs::directions::DirectionsRequest;
+use refusal_core::runs::eval::EvalRequest;
+use refusal_core::runs::generate::GenerateRequest;
+use refusal_core::runs::request_from_fields;
+use refusal_core::runs::study::StudyRequest;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::models::{Format, LookupError, ModelEntry, Registry};
 use super::store::Store;
-use crate::cli::{Cli, Command};
-use crate::commands::compress::CalibrationArgs;
-use crate::commands::pipeline::PromptArgs;
+use crate::cli::Cli;
 use crate::device::Backend;
+use crate::direction_file::DirectionFile;
 use crate::model::builtin::BuiltinModel;
+use crate::model_args::{ModelArgs, Weights};
 
 /// The commands a job can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -72,8 +81,9 @@ impl JobKind {
 pub struct JobRequest {
     pub kind: JobKind,
     /// The subcommand's flags by long name (`"n-train": 32`, `"intervention": "ablate"`), as
-    /// `GET /api/jobs/kinds` lists them. A flag's value is a string, number or boolean (a
-    /// switch), or a list (joined with commas). Models are ids from `GET /api/models`;
+    /// `GET /api/jobs/kinds` lists them: the fields of the kind's core request. A flag's value
+    /// is a string, number or boolean (a switch), or a list; a string reads as on the command
+    /// line where a number, switch or list is expected. Models are ids from `GET /api/models`;
     /// prompt sets are lists of strings or `builtin:harmful` / `builtin:harmless`; `direction`
     /// is the id of a stored `directions` result.
     #[serde(default)]
@@ -160,14 +170,56 @@ pub fn role(flag: &str, takes_value: bool) -> Option<Role> {
     })
 }
 
-/// A request checked and written out: the command line, parsed, and where it writes.
+/// A job's core request.
+#[derive(Debug)]
+pub enum JobRun {
+    Generate(GenerateRequest),
+    Directions(DirectionsRequest),
+    Eval(EvalRequest),
+    Compress(CompressRequest),
+    Compare(CompareRequest),
+    Aird(AirdRequest),
+}
+
+impl JobRun {
+    /// The request of `kind` from its fields, over the kind's defaults.
+    fn from_fields(kind: JobKind, fields: Map<String, Value>) -> Result<JobRun, RequestError> {
+        fn read<R: Default + Serialize + DeserializeOwned>(
+            fields: Map<String, Value>,
+        ) -> Result<R, RequestError> {
+            request_from_fields(&R::default(), fields).map_err(run_error)
+        }
+        Ok(match kind {
+            JobKind::Generate => JobRun::Generate(read(fields)?),
+            JobKind::Directions => JobRun::Directions(read(fields)?),
+            JobKind::Eval => JobRun::Eval(read(fields)?),
+            JobKind::Compress => JobRun::Compress(read(fields)?),
+            JobKind::Compare => JobRun::Compare(read(fields)?),
+            JobKind::Aird => JobRun::Aird(read(fields)?),
+        })
+    }
+}
+
+/// What a job reads that its request names instead of holding: the texts given inline (by
+/// flag name) and the stored direction (by result id).
+#[derive(Debug, Default)]
+pub struct JobInputs {
+    pub texts: BTreeMap<String, String>,
+    pub direction: Option<(String, DirectionFile)>,
+}
+
+/// A request checked: the core request, what it reads, the model and where it writes.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The command line the job corresponds to, shown with its result.
     pub argv: Vec<String>,
-    pub command: Command,
+    pub run: JobRun,
+    pub inputs: JobInputs,
     /// The model the job runs on (`--model`, or `--base`).
     pub model: ModelEntry,
-    /// The output the command writes: a directory, or a model file.
+    /// How it is opened: its files, the server's backend, the request's weights.
+    pub models: ModelArgs,
+    /// The output the job writes: a directory, or a model file.
     pub out: PathBuf,
 }
 
@@ -197,8 +249,26 @@ fn strings(flag: &str, v: &Value) -> Result<Vec<String>, RequestError> {
     }
 }
 
-/// Checks `request`, writes its inline inputs into `job_dir/inputs`, and returns the command
-/// line it runs as, parsed by the CLI's own definitions.
+/// How the command line the job corresponds to shows a flag's value.
+fn shown(role: Role, value: &Value) -> String {
+    match (role, value) {
+        (Role::Prompts | Role::PromptsOrBuiltin, Value::Array(p)) => {
+            format!("<{} inline prompts>", p.len())
+        }
+        (Role::Text, Value::String(t)) => {
+            format!("<inline text, {} characters>", t.chars().count())
+        }
+        (_, Value::Array(items)) => items
+            .iter()
+            .map(|i| scalar("", i).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(","),
+        (_, v) => scalar("", v).unwrap_or_default(),
+    }
+}
+
+/// Checks `request` and turns it into its kind's core request, with the stored direction it
+/// names read and the texts it holds set aside.
 ///
 /// # Errors
 ///
@@ -209,22 +279,18 @@ pub fn prepare(
     job_dir: &Path,
 ) -> Result<Prepared, RequestError> {
     let kind = request.kind;
-    let inputs = job_dir.join("inputs");
-    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, RequestError> {
-        fs::create_dir_all(&inputs).map_err(anyhow::Error::from)?;
-        let path = inputs.join(name);
-        fs::write(&path, bytes).map_err(anyhow::Error::from)?;
-        Ok(path)
-    };
-    let flags = flag_roles(kind);
+    let flags = kind_flags(kind);
     let mut argv = vec!["refusal-lens".to_owned(), kind.command().to_owned()];
+    let mut fields = Map::new();
+    let mut inputs = JobInputs::default();
     let mut model_id = None;
+    let mut weights = Weights::default();
     for (key, value) in &request.args {
         let flag = key.replace('_', "-");
         if SERVER_FLAGS.contains(&flag.as_str()) {
             return Err(invalid(format!("`{flag}` is set by the server")));
         }
-        let Some(&role) = flags.get(&flag) else {
+        let Some(info) = flags.get(&flag) else {
             return Err(invalid(format!(
                 "`{flag}` is not a flag of {} (GET /api/jobs/kinds lists them)",
                 kind.command()
@@ -233,89 +299,55 @@ pub fn prepare(
         if value.is_null() {
             continue;
         }
-        let mut push = |v: String| argv.push(format!("--{flag}={v}"));
+        let role = info.role;
         match role {
             Role::Switch => match value {
                 Value::Bool(true) => argv.push(format!("--{flag}")),
                 Value::Bool(false) => {}
                 _ => return Err(invalid(format!("`{flag}` is a switch: true or false"))),
             },
-            Role::Value => push(strings(&flag, value)?.join(",")),
+            _ => argv.push(format!("--{flag}={}", shown(role, value))),
+        }
+        let field = match role {
+            Role::Switch => value.clone(),
+            Role::Value if flag == "weights" => {
+                let name = scalar(&flag, value)?;
+                weights = clap::ValueEnum::from_str(&name, false).map_err(|_| {
+                    invalid(format!(
+                        "`weights`: `{name}` is not one of {}",
+                        info.values.join(", ")
+                    ))
+                })?;
+                continue;
+            }
+            Role::Value => value.clone(),
             Role::Model => {
                 let id = scalar(&flag, value)?;
-                let entry = cx.registry.find(&id)?;
-                check_size(&entry, cx.limits)?;
-                push(Registry::cli_value(&entry));
+                check_size(&cx.registry.find(&id)?, cx.limits)?;
                 model_id.get_or_insert(id);
+                continue;
             }
             Role::ModelOrRecipe => {
                 for spec in strings(&flag, value)? {
-                    match cx.registry.find(&spec) {
-                        Ok(entry) => {
-                            check_size(&entry, cx.limits)?;
-                            push(Registry::cli_value(&entry));
-                        }
-                        Err(LookupError::Io(e)) => return Err(e.into()),
-                        Err(_) => match spec.parse::<Method>() {
-                            Ok(_) => push(spec),
-                            // A mistyped recipe: what is wrong with it says more.
-                            Err(e) if looks_like_recipe(&spec) => {
-                                return Err(invalid(format!("`{flag}`: {e}")));
-                            }
-                            Err(_) => {
-                                return Err(invalid(format!(
-                                    "`{flag}`: `{spec}` is neither a model id (GET /api/models) \
-                                     nor a compression recipe such as wanda:2:4 or rtn:4:128"
-                                )));
-                            }
-                        },
-                    }
+                    check_model_or_recipe(&flag, &spec, cx)?;
                 }
+                value.clone()
             }
             Role::Direction => {
                 let id = scalar(&flag, value)?;
-                let dir = inputs.join("direction");
-                let stored = if super::is_generated_id(&id) {
-                    let meta = cx
-                        .store
-                        .result(&id)?
-                        .and_then(|r| r.report.get("direction.json").cloned());
-                    let vector = cx.store.result_file(&id, "direction.safetensors")?;
-                    meta.zip(vector)
-                } else {
-                    None
-                };
-                let Some((meta, vector)) = stored else {
-                    return Err(invalid(format!(
-                        "`direction`: `{id}` is not the id of a stored directions result"
-                    )));
-                };
-                fs::create_dir_all(&dir).map_err(anyhow::Error::from)?;
-                fs::write(dir.join("direction.safetensors"), vector)
-                    .and_then(|()| fs::write(dir.join("direction.json"), meta.to_string()))
-                    .map_err(anyhow::Error::from)?;
-                push(dir.display().to_string());
+                inputs.direction = Some((id.clone(), stored_direction(&id, cx.store)?));
+                Value::String(id)
             }
             Role::Prompts | Role::PromptsOrBuiltin => match value {
                 Value::String(s)
                     if role == Role::PromptsOrBuiltin
                         && matches!(s.as_str(), "builtin:harmful" | "builtin:harmless") =>
                 {
-                    push(s.clone());
+                    value.clone()
                 }
                 Value::Array(_) => {
-                    let prompts = strings(&flag, value)?;
-                    check_prompts(&flag, &prompts, cx.limits)?;
-                    let list: Vec<_> = prompts
-                        .iter()
-                        .map(|p| serde_json::json!({ "instruction": p }))
-                        .collect();
-                    let bytes = serde_json::to_vec(&list).map_err(anyhow::Error::from)?;
-                    push(
-                        write(&format!("{flag}.json"), &bytes)?
-                            .display()
-                            .to_string(),
-                    );
+                    check_prompts(&flag, &strings(&flag, value)?, cx.limits)?;
+                    value.clone()
                 }
                 _ => {
                     let builtin = if role == Role::PromptsOrBuiltin {
@@ -335,37 +367,101 @@ pub fn prepare(
                 if text.trim().is_empty() {
                     return Err(invalid(format!("`{flag}` is empty")));
                 }
-                push(
-                    write(&format!("{flag}.txt"), text.as_bytes())?
-                        .display()
-                        .to_string(),
-                );
+                inputs.texts.insert(flag.clone(), text.clone());
+                Value::String(flag.clone())
             }
-        }
+        };
+        fields.insert(flag, field);
     }
+    let given = |name: &str| {
+        request
+            .args
+            .iter()
+            .any(|(k, v)| k.replace('_', "-") == name && !v.is_null())
+    };
+    if let Some(missing) = flags.values().find(|f| f.required && !given(&f.name)) {
+        return Err(invalid(format!(
+            "the required flag `--{}` is missing",
+            missing.name
+        )));
+    }
+    let run = JobRun::from_fields(kind, fields)?;
+    check_limits(&run, cx.limits)?;
     let default = BuiltinModel::default().alias().to_owned();
     let model = cx.registry.find(model_id.as_deref().unwrap_or(&default))?;
     check_size(&model, cx.limits)?;
+    let model_flag = if flags.contains_key("base") {
+        "base"
+    } else {
+        "model"
+    };
+    argv.insert(2, format!("--{model_flag}={}", model.id));
+    if let Some(backend) = clap::ValueEnum::to_possible_value(&cx.backend) {
+        argv.push(format!("--backend={}", backend.get_name()));
+    }
     let out_dir = job_dir.join("out");
     let out = match (kind.writes_model(), model.format) {
         (false, _) => out_dir,
         (true, Format::Gguf) => out_dir.join("model.gguf"),
         (true, Format::Safetensors) => out_dir.join("model").join("model.safetensors"),
     };
-    argv.push(format!("--out={}", out.display()));
-    if let Some(backend) = clap::ValueEnum::to_possible_value(&cx.backend) {
-        argv.push(format!("--backend={}", backend.get_name()));
-    }
-    let command = Cli::try_parse_from(&argv)
-        .map_err(|e| invalid(e.render().to_string().trim().to_owned()))?
-        .command;
-    check_limits(&command, cx.limits)?;
+    let models = ModelArgs {
+        model: Registry::cli_value(&model),
+        backend: cx.backend,
+        weights,
+    };
     Ok(Prepared {
         argv,
-        command,
+        run,
+        inputs,
         model,
+        models,
         out,
     })
+}
+
+/// A `compressed` value: a model id from the listing, or a recipe that parses.
+fn check_model_or_recipe(flag: &str, spec: &str, cx: &Context<'_>) -> Result<(), RequestError> {
+    match cx.registry.find(spec) {
+        Ok(entry) => check_size(&entry, cx.limits),
+        Err(LookupError::Io(e)) => Err(e.into()),
+        Err(_) => match spec.parse::<Method>() {
+            Ok(_) => Ok(()),
+            // A mistyped recipe: what is wrong with it says more.
+            Err(e) if looks_like_recipe(spec) => Err(invalid(format!("`{flag}`: {e}"))),
+            Err(_) => Err(invalid(format!(
+                "`{flag}`: `{spec}` is neither a model id (GET /api/models) nor a compression \
+                 recipe such as wanda:2:4 or rtn:4:128"
+            ))),
+        },
+    }
+}
+
+/// The direction of the stored `directions` result `id`.
+fn stored_direction(id: &str, store: &Store) -> Result<DirectionFile, RequestError> {
+    let not_stored = || {
+        invalid(format!(
+            "`direction`: `{id}` is not the id of a stored directions result"
+        ))
+    };
+    if !super::is_generated_id(id) {
+        return Err(not_stored());
+    }
+    let meta = store
+        .result(id)?
+        .and_then(|r| r.report.get("direction.json").cloned());
+    let vector = store.result_file(id, "direction.safetensors")?;
+    let (Some(meta), Some(vector)) = (meta, vector) else {
+        return Err(not_stored());
+    };
+    let json = serde_json::to_vec(&meta).map_err(anyhow::Error::from)?;
+    DirectionFile::from_bytes(
+        &vector,
+        &json,
+        &format!("{id}/direction.safetensors"),
+        &format!("{id}/direction.json"),
+    )
+    .map_err(|e| invalid(format!("`direction`: {e:#}")))
 }
 
 fn check_size(entry: &ModelEntry, limits: &Limits) -> Result<(), RequestError> {
@@ -411,16 +507,14 @@ fn run_error(e: refusal_core::runs::RunError) -> RequestError {
     invalid(e.to_string())
 }
 
-/// The numeric limits, on the parsed command.
-fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> {
+/// The request's own bounds, then the server's numeric limits.
+fn check_limits(run: &JobRun, limits: &Limits) -> Result<(), RequestError> {
     let mut counts: Vec<(&str, usize)> = Vec::new();
-    let mut tokens = None;
-    match command {
-        Command::Generate(a) => {
-            a.request().validate().map_err(run_error)?;
-            tokens = Some(a.max_new_tokens);
+    let tokens = match run {
+        JobRun::Generate(r) => {
+            r.validate().map_err(run_error)?;
             let chars =
-                a.prompt.chars().count() + a.system.as_deref().map_or(0, |s| s.chars().count());
+                r.prompt.chars().count() + r.system.as_deref().map_or(0, |s| s.chars().count());
             if chars > limits.max_prompt_chars {
                 return Err(RequestError::TooLarge(format!(
                     "`prompt`: {chars} characters; at most {}",
@@ -428,34 +522,40 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
                 )));
             }
             // The compressed columns' prompt counts matter only when they are asked for.
-            if a.compressed.is_some() {
-                counts.push(("n-calib", a.calibration.n_calib));
-                if a.direction.is_some() {
-                    counts.push(("aird-prompts", a.aird_prompts));
+            if r.compressed.is_some() {
+                counts.push(("n-calib", r.calibration.n_calib));
+                if r.direction.is_some() {
+                    counts.push(("aird-prompts", r.aird_prompts));
                 }
             }
+            Some(r.max_new_tokens)
         }
-        Command::Directions(a) => {
-            a.request().validate().map_err(run_error)?;
-            counts.extend([("n-train", a.splits.n_train), ("n-val", a.splits.n_val)]);
+        JobRun::Directions(r) => {
+            r.validate().map_err(run_error)?;
+            counts.extend([("n-train", r.split.n_train), ("n-val", r.split.n_val)]);
+            None
         }
-        Command::Eval(a) => {
-            tokens = Some(a.judge.max_new_tokens);
-            counts.extend(a.limit.map(|n| ("limit", n)));
+        JobRun::Eval(r) => {
+            r.validate().map_err(run_error)?;
+            counts.extend(r.limit.map(|n| ("limit", n)));
+            Some(r.judge.max_new_tokens)
         }
-        Command::Compress(a) => counts.push(("n-calib", a.calibration.n_calib)),
-        Command::Compare(a) => {
-            a.request().validate().map_err(run_error)?;
-            tokens = Some(a.judge.max_new_tokens);
-            counts.extend(study_counts(&a.prompts, &a.calibration));
+        JobRun::Compress(r) => {
+            r.validate().map_err(run_error)?;
+            counts.push(("n-calib", r.calibration.n_calib));
+            None
         }
-        Command::Aird(a) => {
-            a.request().validate().map_err(run_error)?;
-            tokens = Some(a.judge.max_new_tokens);
-            counts.extend(study_counts(&a.prompts, &a.calibration));
+        JobRun::Compare(r) => {
+            r.validate().map_err(run_error)?;
+            counts.extend(study_counts(&r.study));
+            Some(r.study.judge.max_new_tokens)
         }
-        _ => return Err(invalid("not a job command")),
-    }
+        JobRun::Aird(r) => {
+            r.validate().map_err(run_error)?;
+            counts.extend(study_counts(&r.study));
+            Some(r.study.judge.max_new_tokens)
+        }
+    };
     if let Some(n) = tokens
         && n > limits.max_new_tokens
     {
@@ -474,12 +574,12 @@ fn check_limits(command: &Command, limits: &Limits) -> Result<(), RequestError> 
 }
 
 /// The prompt counts of `compare` and `aird`.
-fn study_counts(prompts: &PromptArgs, calibration: &CalibrationArgs) -> [(&'static str, usize); 4] {
+fn study_counts(study: &StudyRequest) -> [(&'static str, usize); 4] {
     [
-        ("n-train", prompts.splits.n_train),
-        ("n-val", prompts.splits.n_val),
-        ("n-eval", prompts.n_eval),
-        ("n-calib", calibration.n_calib),
+        ("n-train", study.split.n_train),
+        ("n-val", study.split.n_val),
+        ("n-eval", study.n_eval),
+        ("n-calib", study.calibration.n_calib),
     ]
 }
 
@@ -545,12 +645,12 @@ pub fn describe_kinds() -> Vec<KindInfo> {
         .collect()
 }
 
-/// The roles of `kind`'s flags, by long name.
-fn flag_roles(kind: JobKind) -> BTreeMap<String, Role> {
+/// `kind`'s flags, by long name.
+fn kind_flags(kind: JobKind) -> BTreeMap<String, FlagInfo> {
     describe_kinds()
         .into_iter()
         .find(|k| k.kind == kind)
-        .map(|k| k.flags.into_iter().map(|f| (f.name, f.role)).collect())
+        .map(|k| k.flags.into_iter().map(|f| (f.name.clone(), f)).collect())
         .unwrap_or_default()
 }
 
@@ -575,6 +675,62 @@ mod tests {
                         "{} --{long} takes a path but is passed through as a value",
                         kind.command()
                     );
+                }
+            }
+        }
+    }
+
+    /// The request's default of every field, by flag name.
+    fn request_defaults(kind: JobKind) -> Map<String, Value> {
+        let value = match kind {
+            JobKind::Generate => serde_json::to_value(GenerateRequest::default()),
+            JobKind::Directions => serde_json::to_value(DirectionsRequest::default()),
+            JobKind::Eval => serde_json::to_value(EvalRequest::default()),
+            JobKind::Compress => serde_json::to_value(CompressRequest::default()),
+            JobKind::Compare => serde_json::to_value(CompareRequest::default()),
+            JobKind::Aird => serde_json::to_value(AirdRequest::default()),
+        };
+        match value.expect("a request serialises") {
+            Value::Object(fields) => fields,
+            other => panic!("{other} is not an object"),
+        }
+    }
+
+    /// Every flag a job takes is a field of its kind's core request (but the model's), with
+    /// the flag's default: `GET /api/jobs/kinds` lists the defaults a job runs with.
+    #[test]
+    fn every_flag_of_a_job_kind_is_a_field_of_its_request_with_the_same_default() {
+        let same = |a: &str, b: &str| {
+            let (a, b): (Vec<&str>, Vec<&str>) = (a.split(',').collect(), b.split(',').collect());
+            a.len() == b.len()
+                && a.iter().zip(&b).all(|(x, y)| {
+                    // f32 defaults widen to f64 in JSON (0.9 reads as 0.8999999761581421).
+                    x == y
+                        || matches!((x.parse::<f64>(), y.parse::<f64>()),
+                            (Ok(x), Ok(y)) if (x - y).abs() <= 1e-6 * x.abs().max(1.0))
+                })
+        };
+        for kind in JobKind::ALL {
+            let defaults = request_defaults(kind);
+            for flag in kind_flags(kind).values() {
+                if flag.role == Role::Model || flag.name == "weights" {
+                    continue;
+                }
+                let name = format!("{} --{}", kind.command(), flag.name);
+                let Some(default) = defaults.get(&flag.name) else {
+                    panic!("{name} is not a field of the {kind:?} request");
+                };
+                match &flag.default {
+                    Some(d) => assert!(
+                        same(&shown(flag.role, default), d),
+                        "{name}: the flag's default is {d}, the request's {default}"
+                    ),
+                    None => assert!(
+                        matches!(default, Value::Null | Value::Bool(false))
+                            || default.as_array().is_some_and(Vec::is_empty)
+                            || (flag.required && default.as_str() == Some("")),
+                        "{name}: no default on the command line, {default} in the request"
+                    ),
                 }
             }
         }

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS results (
     created_at  TEXT NOT NULL,
     model       TEXT NOT NULL,   -- JSON: the model's fingerprint
     request     TEXT NOT NULL,   -- JSON: the job request as submitted
-    argv        TEXT NOT NULL,   -- JSON: the command line it ran as
+    argv        TEXT NOT NULL,   -- JSON: the command line it corresponds to
     report      TEXT NOT NULL    -- JSON: every JSON file the command wrote, by name
 ) STRICT;
 CREATE TABLE IF NOT EXISTS result_files (
@@ -77,7 +77,7 @@ pub struct StoredResult {
     /// The job request as submitted.
     #[schema(value_type = Object)]
     pub request: Value,
-    /// The command line the job ran as (paths are the server's).
+    /// The command line the job corresponds to (inline inputs shown by size).
     pub argv: Vec<String>,
     /// Every JSON report the command wrote, by file name: metrics, plot data, completions.
     #[schema(value_type = Object)]

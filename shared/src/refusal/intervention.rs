@@ -30,6 +30,33 @@ pub enum InterventionKind {
     Actadd,
 }
 
+impl InterventionKind {
+    pub const ALL: [InterventionKind; 3] = [
+        InterventionKind::None,
+        InterventionKind::Ablate,
+        InterventionKind::Actadd,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InterventionKind::None => "none",
+            InterventionKind::Ablate => "ablate",
+            InterventionKind::Actadd => "actadd",
+        }
+    }
+}
+
+impl std::str::FromStr for InterventionKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<InterventionKind, String> {
+        InterventionKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown intervention `{s}`; one of none, ablate, actadd"))
+    }
+}
+
 impl Intervention {
     pub fn kind(&self) -> InterventionKind {
         match self {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{PromptSource, RunError, RunIo};
-use crate::compress::recipe::looks_like_recipe;
+use crate::compress::recipe::{METHOD_NAMES, looks_like_recipe};
 use crate::compress::{Method, Summary, compress};
 use crate::load::TextAssets;
 use crate::model::Llama;
@@ -110,6 +110,130 @@ impl Default for CalibrationRequest {
             calib_text: None,
             n_calib: CalibrationRequest::N_CALIB,
             calib_seq: CalibrationRequest::CALIB_SEQ,
+        }
+    }
+}
+
+/// `compress`: a method and its parameters, the calibration set, and the batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct CompressRequest {
+    /// rtn, gguf, gptq, magnitude, wanda or sparsegpt.
+    pub method: Option<String>,
+    /// Bits per weight (rtn, gptq).
+    pub bits: usize,
+    /// Weights per quantization group; 0 for one group per row (rtn, gptq).
+    pub group: usize,
+    /// Asymmetric grid (zero point); symmetric by default.
+    pub asym: bool,
+    /// Symmetric grid (the default; for recipes that spell it).
+    pub sym: bool,
+    /// The GGUF block type (gguf): q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k.
+    #[serde(rename = "type")]
+    pub ggml_type: Option<String>,
+    /// Fraction of weights pruned per row (magnitude, wanda, sparsegpt).
+    pub sparsity: Option<f64>,
+    /// N:M pattern instead of a fraction (e.g. 2:4).
+    pub pattern: Option<String>,
+    #[serde(flatten)]
+    pub calibration: CalibrationRequest,
+    /// Calibration prompts per forward pass.
+    pub batch_size: usize,
+}
+
+impl CompressRequest {
+    pub const BITS: usize = 4;
+    pub const GROUP: usize = 128;
+    pub const BATCH_SIZE: usize = 16;
+
+    /// The method the fields spell, as the recipe it would be written as (`rtn:4:128:sym`).
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Invalid`] naming the missing or conflicting field, and the recipe's parse
+    /// error for parameters out of range.
+    pub fn method(&self) -> Result<Method, RunError> {
+        let Some(name) = self.method.as_deref() else {
+            return Err(RunError::invalid(
+                "method",
+                format!("required: one of {}", METHOD_NAMES.join(", ")),
+            ));
+        };
+        if self.asym && self.sym {
+            return Err(RunError::invalid("asym", "give asym or sym, not both"));
+        }
+        let pruning = || match (self.sparsity, &self.pattern) {
+            (Some(_), Some(_)) => Err(RunError::invalid(
+                "pattern",
+                "give sparsity or pattern, not both",
+            )),
+            (_, Some(p)) if p.split(':').count() != 2 => Err(RunError::invalid(
+                "pattern",
+                format!("`{p}`: expected N:M, e.g. 2:4"),
+            )),
+            (_, Some(p)) => Ok(format!("{name}:{p}")),
+            (Some(s), None) => Ok(format!("{name}:{s}")),
+            (None, None) => Err(RunError::invalid(
+                "sparsity",
+                format!("{name} needs sparsity FRACTION or pattern N:M"),
+            )),
+        };
+        let recipe = match name {
+            "rtn" | "gptq" => {
+                let grid = if self.asym { "asym" } else { "sym" };
+                format!("{name}:{}:{}:{grid}", self.bits, self.group)
+            }
+            "gguf" => match &self.ggml_type {
+                Some(ty) => format!("gguf:{ty}"),
+                None => {
+                    return Err(RunError::invalid(
+                        "type",
+                        "gguf needs a type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)",
+                    ));
+                }
+            },
+            "magnitude" | "wanda" | "sparsegpt" => pruning()?,
+            other => {
+                return Err(RunError::invalid(
+                    "method",
+                    format!(
+                        "unknown method `{other}`; one of {}",
+                        METHOD_NAMES.join(", ")
+                    ),
+                ));
+            }
+        };
+        recipe
+            .parse()
+            .map_err(|e: crate::compress::CompressError| RunError::Input(e.to_string()))
+    }
+
+    /// # Errors
+    ///
+    /// The method's and the calibration's, and a batch size of 0.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.method()?;
+        self.calibration.validate()?;
+        if self.batch_size == 0 {
+            return Err(RunError::invalid("batch-size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for CompressRequest {
+    fn default() -> CompressRequest {
+        CompressRequest {
+            method: None,
+            bits: CompressRequest::BITS,
+            group: CompressRequest::GROUP,
+            asym: false,
+            sym: false,
+            ggml_type: None,
+            sparsity: None,
+            pattern: None,
+            calibration: CalibrationRequest::default(),
+            batch_size: CompressRequest::BATCH_SIZE,
         }
     }
 }

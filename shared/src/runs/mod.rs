@@ -7,6 +7,7 @@ pub mod aird;
 pub mod compare;
 pub mod compress;
 pub mod directions;
+pub mod eval;
 pub mod generate;
 pub mod prompts;
 pub mod study;
@@ -169,7 +170,7 @@ impl RunError {
 ///
 /// # Errors
 ///
-/// JSON that is not an object, unknown fields and fields of the wrong type, named.
+/// JSON that is not an object, and what [`request_from_fields`] refuses.
 pub fn request_from_json<R>(defaults: &R, json: &str) -> Result<R, RunError>
 where
     R: serde::Serialize + serde::de::DeserializeOwned,
@@ -178,22 +179,94 @@ where
     let serde_json::Value::Object(given) = serde_json::from_str(json).map_err(invalid)? else {
         return Err(RunError::invalid("request", "not a JSON object"));
     };
-    let mut merged = match serde_json::to_value(defaults).map_err(invalid)? {
-        serde_json::Value::Object(fields) => fields,
-        _ => unreachable!("a request serialises as an object"),
+    request_from_fields(defaults, given)
+}
+
+/// A request from the fields given over `defaults`, checked one field at a time so that an
+/// error names the field. `null` keeps the default. A string where the field takes a number,
+/// a switch or a list reads as the command line reads it (`"32"`, `"true"`, `"I,As"`), so a
+/// request may carry the values a form or a command line would.
+///
+/// # Errors
+///
+/// Unknown fields (listing the known ones) and values of the wrong type, named.
+pub fn request_from_fields<R>(
+    defaults: &R,
+    given: serde_json::Map<String, serde_json::Value>,
+) -> Result<R, RunError>
+where
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    use serde_json::Value;
+    let invalid = |e: serde_json::Error| RunError::invalid("request", e.to_string());
+    let Value::Object(mut merged) = serde_json::to_value(defaults).map_err(invalid)? else {
+        unreachable!("a request serialises as an object")
+    };
+    let reads = |fields: &serde_json::Map<String, Value>| {
+        serde_json::from_value::<R>(Value::Object(fields.clone()))
     };
     for (key, value) in given {
         let key = key.replace('_', "-");
-        if !merged.contains_key(&key) {
+        let Some(default) = merged.get(&key).cloned() else {
             let known: Vec<&str> = merged.keys().map(String::as_str).collect();
             return Err(RunError::Input(format!(
                 "unknown field `{key}` (known: {})",
                 known.join(", ")
             )));
+        };
+        if value.is_null() {
+            continue;
         }
-        merged.insert(key, value);
+        let shown = match &value {
+            Value::String(s) => format!("'{s}'"),
+            other => other.to_string(),
+        };
+        let mut error = None;
+        for candidate in spellings(value) {
+            merged.insert(key.clone(), candidate);
+            match reads(&merged) {
+                Ok(_) => {
+                    error = None;
+                    break;
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = error {
+            merged.insert(key.clone(), default);
+            let message = e.to_string();
+            // serde_json's position is of the merged object, not of anything the user wrote.
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            return Err(RunError::Input(format!(
+                "invalid value {shown} for `{key}`: {message}"
+            )));
+        }
     }
-    serde_json::from_value(serde_json::Value::Object(merged)).map_err(invalid)
+    reads(&merged).map_err(invalid)
+}
+
+/// A value as given, then (for a string) as the command line would read it: a number or a
+/// switch, then a comma-separated list of such.
+fn spellings(value: serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    let Value::String(s) = &value else {
+        return vec![value];
+    };
+    let literal = |t: &str| {
+        serde_json::from_str::<Value>(t.trim())
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| Value::String(t.trim().to_owned()))
+    };
+    let list = Value::Array(s.split(',').map(literal).collect());
+    let strings = Value::Array(
+        s.split(',')
+            .map(|t| Value::String(t.trim().to_owned()))
+            .collect(),
+    );
+    vec![value.clone(), literal(s), list, strings]
 }
 
 /// A candidate named by the user, `LAYER:POSITION` (e.g. `12:-1`); JSON takes the string or
@@ -288,6 +361,31 @@ mod tests {
         assert!(request_from_json(&base, "[1]").is_err());
         let err = request_from_json(&base, r#"{"n-trian": 16}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `n-trian`"), "{err}");
+    }
+
+    #[test]
+    fn a_field_given_as_the_command_line_spells_it_reads_and_a_wrong_one_is_named() {
+        let base = directions::DirectionsRequest::default();
+        let r = request_from_json(
+            &base,
+            r#"{"n-train": "16", "refusal-tokens": "I,As", "positions": "-1",
+                "kl-max": null, "select": "12:-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.split.n_train, 16);
+        assert_eq!(r.refusal_tokens, ["I", "As"]);
+        assert_eq!(r.positions, Some(vec![-1]));
+        assert_eq!(r.filters.kl_max, base.filters.kl_max);
+        let err = request_from_json(&base, r#"{"seed": 1, "n-val": [1, 2]}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid value [1,2] for `n-val`: invalid type"),
+            "{err}"
+        );
+        let prompt =
+            request_from_json(&generate::GenerateRequest::default(), r#"{"prompt": "42"}"#)
+                .unwrap();
+        assert_eq!(prompt.prompt, "42");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Jobs: a bounded queue, worker threads that run the CLI's commands, an event log per job
-//! (progress, streamed tokens, the outcome) that any number of SSE clients replay and follow,
-//! and the result stored in SQLite before anyone is told its id.
+//! Jobs: a bounded queue, worker threads that run each job's core request as its command
+//! does, an event log per job (progress, streamed tokens, the outcome) that any number of SSE
+//! clients replay and follow, and the result stored in SQLite before anyone is told its id.
 
 mod events;
+mod io;
 mod queue;
 mod results;
 

@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::io::JobIo;
 use super::results::store_result;
 use super::{EventLog, JobEvent, lock};
-use crate::cli::Command;
-use crate::commands::{aird, compare, compress, directions, eval, generate};
+use crate::commands::{Terminal, aird, compare, compress, directions, eval, generate};
 use crate::progress::RunControl;
 use crate::serve::models::Registry;
 use crate::serve::new_id;
-use crate::serve::request::{JobKind, JobRequest, Prepared};
+use crate::serve::request::{JobKind, JobRequest, JobRun, Prepared};
 use crate::serve::store::Store;
 
 /// A job the server knows in memory (since it started).
@@ -249,7 +249,7 @@ impl Jobs {
         job.events.push(JobEvent::Started);
         tracing::info!(job = %job.id, kind = job.kind.command(), "started");
         let ran = catch_unwind(AssertUnwindSafe(|| {
-            execute(&prepared.command, &job.control)
+            execute(&prepared, &self.registry, &job.control)
         }));
         let failed = |error: String| JobEvent::Failed {
             error,
@@ -288,17 +288,32 @@ impl Jobs {
     }
 }
 
-/// Runs a job's command with the job's control (cancel, events).
-fn execute(command: &Command, control: &RunControl) -> Result<()> {
-    match command {
-        Command::Generate(a) => generate::run(a, control),
-        Command::Directions(a) => directions::run(a, control),
-        Command::Eval(a) => eval::run(a, control),
-        Command::Compress(a) => compress::run(a, control),
-        Command::Compare(a) => compare::run(a, control),
-        Command::Aird(a) => aird::run(a, control),
-        _ => anyhow::bail!("not a job command"),
-    }
+/// Runs a job's request with the job's control (cancel, events), writing what the command
+/// of its kind writes into the job's output.
+fn execute(prepared: &Prepared, registry: &Registry, control: &RunControl) -> Result<()> {
+    let mut io = JobIo {
+        terminal: Terminal::new(control, &prepared.models),
+        registry,
+        inputs: &prepared.inputs,
+    };
+    let (models, out) = (&prepared.models, prepared.out.as_path());
+    let written = match &prepared.run {
+        JobRun::Generate(r) => {
+            generate::write(r, models, Some(out), &mut io)?;
+            return Ok(());
+        }
+        JobRun::Directions(r) => directions::write(r, models, out, &mut io)?,
+        JobRun::Eval(r) => {
+            let direction = prepared.inputs.direction.as_ref().map(|(_, d)| d);
+            eval::write(r, direction, models, out, &mut io)?
+        }
+        JobRun::Compress(r) => compress::write(r, models, out, &mut io)?,
+        JobRun::Compare(r) => compare::write(r, models, out, &mut io)?,
+        JobRun::Aird(r) => aird::write(r, models, out, &mut io)?,
+    };
+    // The bar is cleared before the summary is printed.
+    drop(io);
+    written.finish()
 }
 
 fn work(jobs: &std::sync::Weak<Jobs>, rx: &Mutex<Receiver<Arc<Job>>>) {

@@ -52,7 +52,7 @@ pub(super) fn store_result(
         report.insert("model_id".into(), Value::String(name.clone()));
         derived = Some(name);
     }
-    let model = model_fingerprint(&store, &registry, &prepared.model)?;
+    let model = model_fingerprint(store, registry, &prepared.model)?;
     let stored = NewResult {
         id: id.clone(),
         kind: job.kind.command().to_owned(),
