@@ -13,7 +13,7 @@ use refusal_core::gguf::{GgufFile, GgufWriter, MetadataValue};
 use refusal_core::model::{
     Llama, Llama3RopeScaling, ModelConfig, NoHook, RopeScaling, TokenBatch, read_f32,
 };
-use refusal_core::refusal::score::{ModelFamily, TokenOrigin};
+use refusal_core::refusal::refusal_tokens::{ModelFamily, TokenOrigin};
 use refusal_core::refusal::{EncodedPrompts, Prompt, RefusalTokens};
 use refusal_lens::model::open::{LoadedModel, open};
 use refusal_lens::model::source::ResolvedModel;

@@ -3,7 +3,7 @@
 //! takes the CLI's parameters.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::bench;
 use crate::commands::aird::{self, AirdArgs};
@@ -130,7 +130,7 @@ impl Cli {
             Command::Compress(args) => compress::run(&args, &RunControl::ctrl_c()?)?,
             Command::Compare(args) => compare::run(&args, &RunControl::ctrl_c()?)?,
             Command::Aird(args) => aird::run(&args, &RunControl::ctrl_c()?)?,
-            Command::Serve(args) => serve::run(&args)?,
+            Command::Serve(args) => serve::run(&args, &Cli::command())?,
             Command::Fetch { models } => {
                 let cache = Cache::from_env()?;
                 let models = if models.is_empty() {

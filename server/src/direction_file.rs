@@ -143,7 +143,7 @@ fn paths(path: &Path) -> (PathBuf, PathBuf) {
 #[cfg(test)]
 mod tests {
     use refusal_core::refusal::RefusalTokens;
-    use refusal_core::refusal::score::TokenOrigin;
+    use refusal_core::refusal::refusal_tokens::TokenOrigin;
     use refusal_core::refusal::select::CandidateScore;
 
     use super::*;

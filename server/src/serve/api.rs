@@ -308,8 +308,8 @@ async fn serve_file(path: PathBuf, etag: Option<String>, req: Request) -> Respon
 
 /// Every job kind and its flags (the CLI subcommand's, minus those the server sets).
 #[utoipa::path(get, path = "/api/jobs/kinds", responses((status = 200, body = [KindInfo])))]
-async fn job_kinds() -> Json<Vec<KindInfo>> {
-    Json(request::describe_kinds())
+async fn job_kinds(State(s): AppStateRef) -> Json<Vec<KindInfo>> {
+    Json(s.kinds.clone())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -337,6 +337,7 @@ async fn submit_job(
     let job = blocking(move || {
         let (id, dir) = s.jobs.new_dir()?;
         let cx = Context {
+            kinds: &s.kinds,
             registry: &s.registry,
             store: &s.store,
             limits: &s.limits,

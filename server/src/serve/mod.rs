@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use self::jobs::Jobs;
 use self::models::Registry;
-use self::request::Limits;
+use self::request::{KindInfo, Limits};
 use self::store::Store;
 use crate::device::Backend;
 use crate::model::builtin::BuiltinModel;
@@ -62,6 +62,8 @@ pub struct AppState {
     pub limits: Limits,
     pub backend: Backend,
     pub web_dir: Option<PathBuf>,
+    /// The job kinds and their flags, from the command line the server was started by.
+    pub kinds: Vec<KindInfo>,
 }
 
 /// 128 random bits, hex: ids of jobs and results, unguessable.
@@ -79,12 +81,12 @@ pub fn is_generated_id(s: &str) -> bool {
 }
 
 impl ServeArgs {
-    /// Opens the database and starts the job workers.
+    /// Opens the database and starts the job workers, which take the job kinds of `cli`.
     ///
     /// # Errors
     ///
     /// Unwritable data directory, unreadable database.
-    pub fn state(&self) -> Result<Arc<AppState>> {
+    pub fn state(&self, cli: &clap::Command) -> Result<Arc<AppState>> {
         let data_dir = match &self.data_dir {
             Some(d) => d.clone(),
             None => dirs::data_dir()
@@ -117,16 +119,17 @@ impl ServeArgs {
             limits: self.limits.clone(),
             backend: self.backend,
             web_dir: self.web_dir.clone(),
+            kinds: self::request::describe_kinds(cli),
         }))
     }
 }
 
-/// Serves until Ctrl-C or SIGTERM.
+/// Serves until Ctrl-C or SIGTERM, with the job kinds of the command line `cli`.
 ///
 /// # Errors
 ///
 /// The address is taken, the data directory is unusable, the default model cannot be fetched.
-pub fn run(args: &ServeArgs) -> Result<()> {
+pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -149,7 +152,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             web.display()
         );
     }
-    let state = args.state()?;
+    let state = args.state(cli)?;
     crate::model::kept::keep_last_model();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

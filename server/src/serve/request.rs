@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
 use refusal_core::compress::Method;
 use refusal_core::compress::recipe::looks_like_recipe;
 use refusal_core::runs::aird::AirdRequest;
@@ -27,7 +26,6 @@ use serde_json::{Map, Value};
 
 use super::models::{Format, LookupError, ModelEntry, Registry};
 use super::store::Store;
-use crate::cli::Cli;
 use crate::device::Backend;
 use crate::direction_file::DirectionFile;
 use crate::model::builtin::BuiltinModel;
@@ -225,6 +223,8 @@ pub struct Prepared {
 
 /// Everything preparing a request needs from the server.
 pub struct Context<'a> {
+    /// The job kinds and their flags ([`describe_kinds`]).
+    pub kinds: &'a [KindInfo],
     pub registry: &'a Registry,
     pub store: &'a Store,
     pub limits: &'a Limits,
@@ -279,7 +279,7 @@ pub fn prepare(
     job_dir: &Path,
 ) -> Result<Prepared, RequestError> {
     let kind = request.kind;
-    let flags = kind_flags(kind);
+    let flags = kind_flags(cx.kinds, kind);
     let mut argv = vec!["refusal-lens".to_owned(), kind.command().to_owned()];
     let mut fields = Map::new();
     let mut inputs = JobInputs::default();
@@ -603,9 +603,9 @@ pub struct KindInfo {
     pub flags: Vec<FlagInfo>,
 }
 
-/// Every job kind's flags, read from the CLI's definitions.
-pub fn describe_kinds() -> Vec<KindInfo> {
-    let cli = Cli::command();
+/// Every job kind's flags, read from the CLI's definitions (`cli`, the command line the
+/// server was started by, so the server needs no copy of them).
+pub fn describe_kinds(cli: &clap::Command) -> Vec<KindInfo> {
     JobKind::ALL
         .iter()
         .filter_map(|&kind| {
@@ -646,17 +646,25 @@ pub fn describe_kinds() -> Vec<KindInfo> {
 }
 
 /// `kind`'s flags, by long name.
-fn kind_flags(kind: JobKind) -> BTreeMap<String, FlagInfo> {
-    describe_kinds()
-        .into_iter()
+fn kind_flags(kinds: &[KindInfo], kind: JobKind) -> BTreeMap<String, FlagInfo> {
+    kinds
+        .iter()
         .find(|k| k.kind == kind)
-        .map(|k| k.flags.into_iter().map(|f| (f.name.clone(), f)).collect())
+        .map(|k| {
+            k.flags
+                .iter()
+                .map(|f| (f.name.clone(), f.clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+    use crate::cli::Cli;
 
     /// A flag that takes a path must have a role that keeps the request from naming one;
     /// this fails when a new path flag is added to a job command without one.
@@ -712,7 +720,7 @@ mod tests {
         };
         for kind in JobKind::ALL {
             let defaults = request_defaults(kind);
-            for flag in kind_flags(kind).values() {
+            for flag in kind_flags(&describe_kinds(&Cli::command()), kind).values() {
                 if flag.role == Role::Model || flag.name == "weights" {
                     continue;
                 }

@@ -260,7 +260,7 @@ mod tests {
     use super::*;
     use crate::model::{Capture, HookPoint, KvCache, ModelConfig, read_f32};
     use crate::refusal::RefusalTokens;
-    use crate::refusal::score::TokenOrigin;
+    use crate::refusal::refusal_tokens::TokenOrigin;
     use crate::refusal::select::{SelectionSettings, select};
     use futures_lite::future::block_on;
 

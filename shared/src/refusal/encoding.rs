@@ -3,7 +3,7 @@
 use crate::load::TextAssets;
 
 use super::Prompt;
-use super::prompts::{builtin_harmful, builtin_harmless, hold_out};
+use super::prompts::{StudyPrompts, builtin_harmful, builtin_harmless, hold_out};
 use crate::pipeline::PipelineError;
 
 /// Token ids of chat-formatted prompts.
@@ -138,6 +138,24 @@ impl EncodedSplit {
         let (harmful, val_harmful) = hold_out(builtin_harmful(), n_train, n_val, seed);
         let (harmless, val_harmless) = hold_out(builtin_harmless(), n_train, n_val, seed);
         EncodedSplit::new(text, &harmful, &harmless, &val_harmful, &val_harmless)
+    }
+}
+
+/// A study's training and validation sets, encoded.
+impl StudyPrompts {
+    /// The training and validation sets as token ids.
+    ///
+    /// # Errors
+    ///
+    /// Template and tokenizer errors.
+    pub fn encoded_split(&self, text: &TextAssets) -> Result<EncodedSplit, PipelineError> {
+        EncodedSplit::new(
+            text,
+            &self.harmful,
+            &self.harmless,
+            &self.val_harmful,
+            &self.val_harmless,
+        )
     }
 }
 

@@ -118,7 +118,7 @@ pub async fn find_direction(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::refusal::score::TokenOrigin;
+    use crate::refusal::refusal_tokens::TokenOrigin;
 
     fn selection(candidates: &[(usize, f64, f64)], selected: Option<usize>) -> Selection {
         Selection {

@@ -9,6 +9,7 @@
 
 pub mod aird;
 pub mod compare;
+pub(crate) mod complete;
 pub mod cosine;
 pub mod directions;
 pub mod encoding;
@@ -19,6 +20,7 @@ pub mod judge;
 pub mod orthogonalize;
 pub mod plots;
 pub mod prompts;
+pub mod refusal_tokens;
 pub mod repair_study;
 pub mod score;
 pub mod select;
@@ -28,6 +30,6 @@ pub use directions::CandidateDirections;
 pub use encoding::{EncodedPrompts, EncodedSplit};
 pub use intervention::Intervention;
 pub use prompts::{Prompt, PromptFormat};
-pub use score::RefusalTokens;
+pub use refusal_tokens::RefusalTokens;
 pub use select::{Selection, SelectionSettings};
 pub use variant::{Variant, VariantDirection, VariantModels};

@@ -9,11 +9,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{EvalSettings, Judge};
-use super::{EncodedSplit, RefusalTokens};
-use crate::load::TextAssets;
-use crate::pipeline::PipelineError;
-
 /// One instruction, with the category its set gives it, if any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prompt {
@@ -232,64 +227,6 @@ pub struct StudyPrompts {
     pub eval_harmful: Vec<Prompt>,
     pub eval_harmless: Vec<Prompt>,
     pub uses: PromptUses,
-}
-
-impl StudyPrompts {
-    /// The training and validation sets as token ids.
-    ///
-    /// # Errors
-    ///
-    /// Template and tokenizer errors.
-    pub fn encoded_split(&self, text: &TextAssets) -> Result<EncodedSplit, PipelineError> {
-        EncodedSplit::new(
-            text,
-            &self.harmful,
-            &self.harmless,
-            &self.val_harmful,
-            &self.val_harmless,
-        )
-    }
-
-    /// The judge of the validation sets (choices made on them, such as AIRD's scale, are
-    /// then measured on the evaluation sets).
-    ///
-    /// # Errors
-    ///
-    /// Those of [`Judge::new`].
-    pub fn validation_judge<'a>(
-        &'a self,
-        text: &'a TextAssets,
-        tokens: &'a RefusalTokens,
-        settings: EvalSettings,
-    ) -> Result<Judge<'a>, PipelineError> {
-        Judge::new(
-            text,
-            &self.val_harmful,
-            &self.val_harmless,
-            tokens,
-            settings,
-        )
-    }
-
-    /// The judge of the evaluation sets.
-    ///
-    /// # Errors
-    ///
-    /// Those of [`Judge::new`].
-    pub fn judge<'a>(
-        &'a self,
-        text: &'a TextAssets,
-        tokens: &'a RefusalTokens,
-        settings: EvalSettings,
-    ) -> Result<Judge<'a>, PipelineError> {
-        Judge::new(
-            text,
-            &self.eval_harmful,
-            &self.eval_harmless,
-            tokens,
-            settings,
-        )
-    }
 }
 
 /// Training and validation prompts held out from one set: the set in the seeded order of

@@ -391,7 +391,7 @@ mod tests {
             refusal_tokens: RefusalTokens {
                 ids: vec![1],
                 tokens: vec!["I".into()],
-                origin: super::super::score::TokenOrigin::User,
+                origin: super::super::refusal_tokens::TokenOrigin::User,
             },
             n_layers: 2,
             positions: vec![-2, -1],

@@ -10,7 +10,7 @@ use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::directions::extract;
 use crate::refusal::prompts::PromptUse;
-use crate::refusal::score::TokenOrigin;
+use crate::refusal::refusal_tokens::TokenOrigin;
 use crate::refusal::select::{CandidateScore, ChosenBy, select};
 use crate::refusal::{
     CandidateDirections, EncodedPrompts, Prompt, RefusalTokens, Selection, SelectionSettings,
