@@ -449,6 +449,28 @@ fn a_job_streams_progress_in_order_and_its_result_is_shared() {
     assert_eq!(result["kind"], "directions");
     assert_eq!(result["model"]["d_model"], 64);
     assert_eq!(result["request"]["args"]["select"], "1:-1");
+    // The command line it corresponds to: the model once, by id; inline prompts by their count.
+    let argv: Vec<&str> = result["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv[..3],
+        ["refusal-lens", "directions", &format!("--model={TINY}")]
+    );
+    assert_eq!(
+        argv.iter().filter(|a| a.starts_with("--model")).count(),
+        1,
+        "{argv:?}"
+    );
+    assert!(argv.contains(&"--select=1:-1"), "{argv:?}");
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("--harmful=<") && a.ends_with(" inline prompts>")),
+        "{argv:?}"
+    );
     assert_eq!(result["report"]["direction.json"]["layer"], 1);
     let files: BTreeSet<&str> = result["files"]
         .as_array()

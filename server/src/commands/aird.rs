@@ -18,7 +18,7 @@ use refusal_core::runs::aird::{self, AirdRequest, AirdRun, DirectionSource};
 
 use super::compress::CalibrationArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
-use super::{JudgeArgs, Terminal, Written};
+use super::{JudgeArgs, Written, in_terminal};
 use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::{BaseArgs, ModelArgs};
 use crate::outputs::write_atomic;
@@ -92,10 +92,9 @@ impl AirdArgs {
 
 pub fn run(args: &AirdArgs, control: &RunControl) -> Result<()> {
     let models = args.base.model_args();
-    let mut io = Terminal::new(control, &models);
-    let written = write(&args.request(), &models, &args.out, &mut io)?;
-    drop(io);
-    written.finish()
+    in_terminal(control, &models, |io| {
+        write(&args.request(), &models, &args.out, io)
+    })
 }
 
 /// Repairs the model `request` names as compressed from the base `models` names, writes the

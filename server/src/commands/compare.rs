@@ -15,7 +15,7 @@ use refusal_core::runs::compare::{self, CompareRequest};
 use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;
 use super::pipeline::{AlphaArgs, PromptArgs};
-use super::{JudgeArgs, Terminal, Written};
+use super::{JudgeArgs, Written, in_terminal};
 use crate::model::open::Fingerprint;
 use crate::model_args::{BaseArgs, ModelArgs};
 use crate::outputs::StagedDir;
@@ -83,10 +83,9 @@ impl CompareArgs {
 
 pub fn run(args: &CompareArgs, control: &RunControl) -> Result<()> {
     let models = args.base.model_args();
-    let mut io = Terminal::new(control, &models);
-    let written = write(&args.request(), &models, &args.out, &mut io)?;
-    drop(io);
-    written.finish()
+    in_terminal(control, &models, |io| {
+        write(&args.request(), &models, &args.out, io)
+    })
 }
 
 /// Runs `request` with the base model `models` names and writes compare.json, its figures

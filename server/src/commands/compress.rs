@@ -14,7 +14,7 @@ use refusal_core::runs::compress::{Calibration, CalibrationRequest, CompressRequ
 use refusal_core::runs::{PromptSource, RunIo};
 use serde::Serialize;
 
-use super::{Terminal, Written};
+use super::{Written, in_terminal};
 use crate::model::open::Fingerprint;
 use crate::model::saved::{DerivedModel, OutFormat, save};
 use crate::model_args::ModelArgs;
@@ -149,10 +149,9 @@ fn manifest_path(out: &Path) -> PathBuf {
 }
 
 pub fn run(args: &CompressArgs, control: &RunControl) -> Result<()> {
-    let mut io = Terminal::new(control, &args.model);
-    let written = write(&args.request(), &args.model, &args.out, &mut io)?;
-    drop(io);
-    written.finish()
+    in_terminal(control, &args.model, |io| {
+        write(&args.request(), &args.model, &args.out, io)
+    })
 }
 
 /// Compresses the model `models` names as `request` asks and writes it to `out` with its

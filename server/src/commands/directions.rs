@@ -15,7 +15,7 @@ use refusal_core::refusal::{CandidateDirections, RefusalTokens, Selection, Selec
 use refusal_core::runs::directions::{self, DirectionsRequest, SelectionFilters, Timings};
 use refusal_core::runs::{Choice, PromptSource, RunIo, SplitRequest};
 
-use super::{Terminal, Written};
+use super::{Written, in_terminal};
 use crate::direction_file::{ChosenBy, DirectionFile, DirectionMeta, read_f32_tensor};
 use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
@@ -152,10 +152,9 @@ fn candidates_file(c: &CandidateDirections, model: &Fingerprint) -> Result<Vec<u
 }
 
 pub fn run(args: &DirectionsArgs, control: &RunControl) -> Result<()> {
-    let mut io = Terminal::new(control, &args.model);
-    let written = write(&args.request(), &args.model, &args.out, &mut io)?;
-    drop(io);
-    written.finish()
+    in_terminal(control, &args.model, |io| {
+        write(&args.request(), &args.model, &args.out, io)
+    })
 }
 
 /// Runs `request` on the model `models` names and writes the candidates, the selection

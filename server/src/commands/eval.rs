@@ -12,7 +12,7 @@ use refusal_core::runs::eval::{self, EvalDirection, EvalRequest, InterventionRun
 use refusal_core::runs::{PromptSource, RunIo};
 use serde::Serialize;
 
-use super::{JudgeArgs, Terminal, Written};
+use super::{JudgeArgs, Written, in_terminal};
 use crate::direction_file::{DirectionFile, DirectionMeta};
 use crate::model::open::Fingerprint;
 use crate::model_args::ModelArgs;
@@ -99,16 +99,15 @@ pub fn run(args: &EvalArgs, control: &RunControl) -> Result<()> {
         .as_deref()
         .map(DirectionFile::read)
         .transpose()?;
-    let mut io = Terminal::new(control, &args.model);
-    let written = write(
-        &args.request(),
-        direction.as_ref(),
-        &args.model,
-        &args.out,
-        &mut io,
-    )?;
-    drop(io); // clears the bar before the table is printed
-    written.finish()
+    in_terminal(control, &args.model, |io| {
+        write(
+            &args.request(),
+            direction.as_ref(),
+            &args.model,
+            &args.out,
+            io,
+        )
+    })
 }
 
 /// Runs `request` on the model `models` names, with the direction the request names (read

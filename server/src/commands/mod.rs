@@ -95,6 +95,23 @@ impl Written {
     }
 }
 
+/// Runs `write` with the command line's I/O for `models`, then prints what it wrote once the
+/// bar is cleared.
+///
+/// # Errors
+///
+/// What `write` fails with, and the failure it wrote.
+pub fn in_terminal(
+    control: &RunControl,
+    models: &ModelArgs,
+    write: impl FnOnce(&mut dyn RunIo) -> Result<Written>,
+) -> Result<()> {
+    let mut io = Terminal::new(control, models);
+    let written = write(&mut io)?;
+    drop(io);
+    written.finish()
+}
+
 /// Reads a prompt file, its format chosen by extension (`.json`, `.csv`, else one per line).
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -306,6 +306,8 @@ pub fn prepare(
                 Value::Bool(false) => {}
                 _ => return Err(invalid(format!("`{flag}` is a switch: true or false"))),
             },
+            // The model is shown once, by the id it resolves to, after the loop.
+            Role::Model => {}
             _ => argv.push(format!("--{flag}={}", shown(role, value))),
         }
         let field = match role {
