@@ -5,7 +5,6 @@
 
 pub mod chat;
 pub mod compress;
-pub mod defaults;
 pub mod export;
 pub mod generate;
 pub mod gguf;

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use futures_lite::future::block_on;
-use refusal_core::defaults;
 use refusal_core::refusal::compare::CompareReport;
 use refusal_core::runs::RunIo;
 use refusal_core::runs::compare::{self, CompareRequest};
+use refusal_core::runs::defaults;
 
 use super::compress::CalibrationArgs;
 use super::directions::SelectionArgs;

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
-use refusal_core::defaults;
 use refusal_core::refusal::Variant;
 use refusal_core::runs::RunIo;
 use refusal_core::runs::aird::DirectionSource;
+use refusal_core::runs::defaults;
 use refusal_core::runs::generate::{self, GenerateRequest};
 
 use super::Terminal;
@@ -109,8 +109,6 @@ impl GenerateArgs {
 /// An intervention without a direction, a direction of another width, and model errors.
 pub fn run(args: &GenerateArgs, control: &RunControl) -> Result<()> {
     let request = args.request();
-    // Checked before the model is loaded, which takes seconds.
-    request.validate()?;
     let mut io = Terminal::new(control, &args.model);
     io.print_completions = !args.json && !control.is_observed();
     let json = write(&request, &args.model, args.out.as_deref(), &mut io)?;
@@ -134,6 +132,7 @@ pub fn write(
     out: Option<&Path>,
     io: &mut dyn RunIo,
 ) -> Result<String> {
+    // Checked before the model is loaded, which takes seconds.
     request.validate()?;
     let (loaded, fingerprint) = models.load_with_fingerprint()?;
     let report = block_on(generate::run(

@@ -16,12 +16,12 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use refusal_core::defaults;
 use refusal_core::model::Llama;
 use refusal_core::pipeline::Progress;
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
 use refusal_core::runs::aird::GivenDirection;
+use refusal_core::runs::defaults;
 use refusal_core::runs::generate::Streamed;
 use refusal_core::runs::study::JudgeRequest;
 use refusal_core::runs::{LocalFuture, RunError, RunIo};

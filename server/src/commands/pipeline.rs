@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use refusal_core::defaults;
 use refusal_core::runs::PromptSource;
+use refusal_core::runs::defaults;
 use refusal_core::runs::study::{AlphaRequest, StudyRequest};
 
 use super::JudgeArgs;

@@ -5,10 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::compress::{check_spec, compressed_model};
+use super::defaults;
 use super::directions::SelectionFilters;
 use super::study::{AlphaRequest, StudyRequest};
 use super::{RunError, RunIo};
-use crate::defaults;
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::compare::{

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::aird::{DirectionSource, GivenDirection};
 use super::compress::{CalibrationRequest, compressed_model};
+use super::defaults;
 use super::{RunError, RunIo};
-use crate::defaults;
 use crate::generate::{Decoder, GenerationSettings, Sampling};
 use crate::load::TextAssets;
 use crate::model::Llama;

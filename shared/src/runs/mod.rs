@@ -6,6 +6,7 @@
 pub mod aird;
 pub mod compare;
 pub mod compress;
+pub mod defaults;
 pub mod directions;
 pub mod eval;
 pub mod generate;

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::compress::CalibrationRequest;
+use super::defaults;
 use super::directions::refusal_tokens;
 use super::{PromptSource, RunError, RunIo, SplitRequest};
-use crate::defaults;
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::evaluate::EvalSettings;
