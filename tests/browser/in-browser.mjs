@@ -36,8 +36,8 @@
 // Screenshots: target/browser/in-browser-*.png. Ends with `in-browser: N passed, M failed`.
 //
 // Environment: as app.mjs, plus
-//   APP_EXPECTED   {"prompt", "logits"} from `cargo run -p refusal-tests --bin write-tiny-model --
-//                  MODELS_DIR --logits PROMPT OUT.json` (required)
+//   APP_EXPECTED   {"prompts": [one], "logits"} from `cargo run -p refusal-tests --bin
+//                  write-tiny-model -- MODELS_DIR --logits OUT.json PROMPT` (required)
 //   APP_ATOL, APP_RTOL   logits tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
 
 import { execFileSync } from 'node:child_process';
@@ -126,6 +126,12 @@ async function main() {
     return 1;
   }
   const expected = JSON.parse(fs.readFileSync(EXPECTED, 'utf8'));
+  if (expected.prompts?.length !== 1) {
+    console.error(`in-browser: ${EXPECTED} must hold the logits of exactly one prompt`);
+    console.log('in-browser: 0 passed, 1 failed');
+    return 1;
+  }
+  const [nativePrompt] = expected.prompts;
   fs.mkdirSync(SHOTS, { recursive: true });
   // Only this run's screenshots (a failure's picture from an earlier run would mislead).
   for (const f of fs.readdirSync(SHOTS)) if (f.startsWith('in-browser-')) fs.rmSync(path.join(SHOTS, f));
@@ -159,7 +165,7 @@ async function main() {
         check(/2 layers × 64/.test(needs) && /memory/.test(needs), `the header check shows: ${needs}`);
         const mode = await page.textContent('#mode');
         check(mode.includes(backend === 'webgpu' ? 'WebGPU' : 'CPU'), `the mode badge says "${mode}"`);
-        const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt);
+        const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), nativePrompt);
         const worst = compareLogits(got, expected.logits);
         await shot(page, `loaded-${backend}`);
         return `${got.length} logits, largest difference ${worst.toExponential(2)}`;
@@ -440,7 +446,7 @@ async function main() {
         .some((b) => b.textContent === 'Download and load' && !b.disabled), null, { timeout: 60_000 });
       await page.click('.browser-model button:text("Download and load")');
       await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
-      const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt);
+      const got = await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), nativePrompt);
       const worst = compareLogits(got, expected.logits);
 
       // The whole folder picked, with what a Hub folder also holds: a README and a subfolder
@@ -459,7 +465,7 @@ async function main() {
       await page.click('.browser-model button:text("Download and load")');
       await page.waitForSelector('.browser-model .loaded-model[data-loaded=cpu]', { timeout: JOB_TIMEOUT_MS });
       const fromFolder = compareLogits(
-        await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), expected.prompt), expected.logits);
+        await page.evaluate(async (p) => Array.from(await window.refusalEngine.logits(p)), nativePrompt), expected.logits);
       return `${names.length} files dropped (${names.join(', ')}); logits within ${worst.toExponential(2)} of native; `
         + `the folder picked: within ${fromFolder.toExponential(2)}`;
     });

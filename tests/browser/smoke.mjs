@@ -2,27 +2,32 @@
 //
 //   node tests/browser/smoke.mjs            (after scripts/build-web.sh; or use scripts/test-browser.sh)
 //
-// Serves dist/ on 127.0.0.1, drives Debian's Chromium headless through playwright-core
-// (no browser download, ever) and runs `smoke_forward` from the wasm module:
+// Serves dist/ and the tiny random model (SMOKE_MODEL_DIR) on 127.0.0.1, drives Debian's Chromium
+// headless through playwright-core (no browser download, ever) and, with the wasm module, loads
+// the model's files through the app's loader (`load_engine`) and computes the last-position
+// logits of two prompts of different lengths in one batch (so left padding and its mask are
+// exercised):
 //   1. webgpu            Chromium with --enable-unsafe-webgpu (SwiftShader's Vulkan on a GPU-less
-//                        machine), smoke_forward(true)
+//                        machine), on WebGPU
 //   2. cpu-only          a second Chromium WITHOUT that flag, where requestAdapter() gives null:
-//                        the CPU-only browser, smoke_forward(false) on Burn's flex backend
-//   3. no-adapter-error  in that CPU-only browser, smoke_forward(true) must reject with a readable
+//                        the CPU-only browser, on Burn's flex backend
+//   3. no-adapter-error  in that CPU-only browser, loading on WebGPU must reject with a readable
 //                        error (not a panic), and the CPU path must still work afterwards
-//   4. cpu-after-webgpu  smoke_forward(false) in the WebGPU page, after the WebGPU run
+//   4. cpu-after-webgpu  on the CPU in the WebGPU page, after the WebGPU run
 // Each result must be non-empty and finite; the CPU results must match the WebGPU one, and all
 // must match the native engine's logits when SMOKE_EXPECTED (default target/smoke-expected.json,
-// written by `cargo run -p refusal-web --bin smoke-expected`) exists.
+// written by `cargo run -p refusal-tests --bin write-tiny-model -- MODELS_DIR --logits OUT.json
+// PROMPT...`) exists; its prompts are the ones run.
 // Ends with a line `browser: N passed, M failed`; exit status 1 if anything failed.
 //
 // Environment:
+//   SMOKE_MODEL_DIR   the tiny model's Hugging Face folder (required; scripts/test-browser.sh)
 //   SMOKE_DIST        folder to serve (default: <repo>/dist)
-//   SMOKE_EXPECTED    native logits JSON (default: <repo>/target/smoke-expected.json);
-//                     a bare array of numbers or {"logits": [...], "shape": [..], "atol", "rtol"}
+//   SMOKE_EXPECTED    native logits JSON (default: <repo>/target/smoke-expected.json):
+//                     {"prompts": [...], "logits": [...], "shape": [..], "atol"?, "rtol"?}
 //   SMOKE_REQUIRE_EXPECTED=1   fail (instead of skipping) when that file is absent
 //   SMOKE_ATOL, SMOKE_RTOL     tolerance |a-b| <= atol + rtol*|b| (default 1e-4, 1e-4)
-//   SMOKE_TIMEOUT_S   limit for one smoke_forward call (default 600; SwiftShader is slow)
+//   SMOKE_TIMEOUT_S   limit for one load and forward (default 600; SwiftShader is slow)
 //   CHROMIUM          browser binary (default /usr/bin/chromium)
 //   SMOKE_HEADFUL=1   show the browser window
 
@@ -35,6 +40,9 @@ import { serveStatic } from './harness.mjs';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
 const DIST = path.resolve(process.env.SMOKE_DIST || path.join(ROOT, 'dist'));
+const MODEL_DIR = process.env.SMOKE_MODEL_DIR;
+// Without native logits to take the prompts from: two of different lengths all the same.
+const FALLBACK_PROMPTS = ['Hi', 'Write a haiku about the sea, then explain its imagery in two lines.'];
 const EXPECTED = path.resolve(process.env.SMOKE_EXPECTED || path.join(ROOT, 'target', 'smoke-expected.json'));
 const SHOTS = path.join(ROOT, 'target', 'browser');
 const ATOL = Number(process.env.SMOKE_ATOL || 1e-4);
@@ -90,10 +98,13 @@ function compare(actual, expected, what, atol = ATOL, rtol = RTOL) {
 function loadExpected() {
   if (!fs.existsSync(EXPECTED)) return null;
   const json = JSON.parse(fs.readFileSync(EXPECTED, 'utf8'));
-  const logits = Array.isArray(json) ? json : json.logits;
-  if (!Array.isArray(logits)) throw new Error(`${EXPECTED}: no "logits" array`);
+  if (!Array.isArray(json.logits)) throw new Error(`${EXPECTED}: no "logits" array`);
+  if (!Array.isArray(json.prompts) || json.prompts.length < 2) {
+    throw new Error(`${EXPECTED}: "prompts" must list the batch's prompts (two or more)`);
+  }
   return {
-    logits,
+    logits: json.logits,
+    prompts: json.prompts,
     shape: json.shape,
     atol: json.atol ?? ATOL,
     rtol: json.rtol ?? RTOL,
@@ -132,12 +143,25 @@ async function openPage(flags, url, name, consoleLines) {
   return { browser, page, adapter };
 }
 
-async function smokeForward(page, webgpu, what) {
+/** Load the model's files in the page on WebGPU or the CPU and return the batch's logits. */
+async function smokeForward(page, webgpu, prompts, what) {
   const t0 = Date.now();
   const ticker = setInterval(() => log(`  ... ${what} still running (${Math.round((Date.now() - t0) / 1000)} s)`), 30_000);
   try {
     const values = await withTimeout(
-      page.evaluate(async (gpu) => Array.from(await window.refusal.smoke_forward(gpu)), webgpu),
+      page.evaluate(async ({ gpu, names, prompts }) => {
+        const contents = await Promise.all(names.map(async (name) => {
+          const res = await fetch(`model/${name}`);
+          if (!res.ok) throw new Error(`model/${name}: ${res.status}`);
+          return new Uint8Array(await res.arrayBuffer());
+        }));
+        const engine = await window.refusal.load_engine(gpu, names, contents, () => {});
+        try {
+          return Array.from(await engine.prompts_logits(prompts));
+        } finally {
+          engine.free();
+        }
+      }, { gpu: webgpu, names: modelFiles(), prompts }),
       CALL_TIMEOUT_MS, what);
     return { values, seconds: (Date.now() - t0) / 1000 };
   } finally {
@@ -145,10 +169,20 @@ async function smokeForward(page, webgpu, what) {
   }
 }
 
+/** The model folder's files, as the app's loader is given them. */
+function modelFiles() {
+  return fs.readdirSync(MODEL_DIR).filter((name) => fs.statSync(path.join(MODEL_DIR, name)).isFile());
+}
+
 // ------------------------------------------------------------------ main
 async function main() {
   if (!fs.existsSync(path.join(DIST, 'index.html'))) {
     console.error(`browser: ${DIST}/index.html not found; run scripts/build-web.sh first`);
+    console.log('browser: 0 passed, 1 failed');
+    return 1;
+  }
+  if (!MODEL_DIR || !fs.existsSync(path.join(MODEL_DIR, 'config.json'))) {
+    console.error('browser: SMOKE_MODEL_DIR must be the tiny model\'s folder (scripts/test-browser.sh)');
     console.log('browser: 0 passed, 1 failed');
     return 1;
   }
@@ -184,13 +218,14 @@ async function main() {
       log(`native logits: ${path.relative(ROOT, EXPECTED)} not found, comparing WebGPU against CPU only`);
     }
   }
+  const prompts = expected ? expected.prompts : FALLBACK_PROMPTS;
   const vsNative = (values, what) => {
     if (!expected) return '';
     const d = compare(values, expected.logits, `${what} vs native`, expected.atol, expected.rtol);
     return `, max |${what} - native| ${d.toExponential(2)}`;
   };
 
-  const server = await serveStatic({ '/': DIST });
+  const server = await serveStatic({ '/': DIST, '/model/': MODEL_DIR });
   const url = `http://127.0.0.1:${server.address().port}/`;
   log(`serving ${path.relative(ROOT, DIST) || DIST} at ${url}`);
 
@@ -204,7 +239,7 @@ async function main() {
       browsers.push(browser);
       gpuPage = page;
       if (!adapter) throw new Error('no WebGPU adapter, even with --enable-unsafe-webgpu');
-      const { values, seconds } = await smokeForward(page, true, 'webgpu smoke_forward');
+      const { values, seconds } = await smokeForward(page, true, prompts, 'webgpu forward');
       checkLogits(values, 'webgpu');
       gpuLogits = values;
       return `adapter ${adapter}, ${values.length} logits in ${seconds.toFixed(1)} s${vsNative(values, 'webgpu')}`;
@@ -217,7 +252,7 @@ async function main() {
       browsers.push(browser);
       cpuPage = page;
       if (adapter) log(`  note: this browser has a WebGPU adapter (${adapter}) even without the flag`);
-      const { values, seconds } = await smokeForward(page, false, 'cpu-only smoke_forward');
+      const { values, seconds } = await smokeForward(page, false, prompts, 'cpu-only forward');
       checkLogits(values, 'cpu-only');
       let detail = `${adapter ? 'adapter ' + adapter : 'no WebGPU adapter'}, ${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;
@@ -227,19 +262,15 @@ async function main() {
     //    no "unreachable"), and the CPU path must keep working afterwards.
     await record('no-adapter-error', async () => {
       if (!cpuPage) throw new Error('the CPU-only page did not open');
-      const outcome = await withTimeout(cpuPage.evaluate(async () => {
-        try {
-          await window.refusal.smoke_forward(true);
-          return { ok: true };
-        } catch (e) {
-          return { ok: false, message: String(e) };
-        }
-      }), CALL_TIMEOUT_MS, 'no-adapter smoke_forward(true)');
+      const outcome = await smokeForward(cpuPage, true, prompts, 'no-adapter WebGPU load').then(
+        () => ({ ok: true }),
+        (e) => ({ ok: false, message: String(e.message || e) }),
+      );
       if (outcome.ok) return 'this browser has a WebGPU adapter after all; nothing to check';
       if (!/WebGPU initialization failed/.test(outcome.message)) {
         throw new Error(`unexpected rejection: ${outcome.message}`);
       }
-      const { values } = await smokeForward(cpuPage, false, 'cpu after failed WebGPU init');
+      const { values } = await smokeForward(cpuPage, false, prompts, 'cpu after failed WebGPU init');
       checkLogits(values, 'cpu after failed WebGPU init');
       return `rejected with "${outcome.message.slice(0, 60)}…", CPU still runs`;
     });
@@ -250,7 +281,7 @@ async function main() {
     // 4. CPU in the page that already runs WebGPU (switching device at run time).
     await record('cpu-after-webgpu', async () => {
       if (!gpuPage) throw new Error('the WebGPU page did not open');
-      const { values, seconds } = await smokeForward(gpuPage, false, 'cpu-after-webgpu smoke_forward');
+      const { values, seconds } = await smokeForward(gpuPage, false, prompts, 'cpu-after-webgpu forward');
       checkLogits(values, 'cpu-after-webgpu');
       let detail = `${values.length} logits in ${seconds.toFixed(1)} s`;
       if (gpuLogits) detail += `, max |cpu - webgpu| ${compare(values, gpuLogits, 'cpu vs webgpu').toExponential(2)}`;

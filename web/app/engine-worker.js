@@ -61,7 +61,7 @@ self.onmessage = async ({ data: msg }) => {
         break;
       }
       case 'logits': {
-        const logits = await loaded().prompt_logits(msg.prompt);
+        const logits = await loaded().prompts_logits([msg.prompt]);
         post('done', { result: logits }, [logits.buffer]);
         break;
       }

@@ -228,21 +228,19 @@ impl Engine {
         serde_json::to_string(&self.info).map_err(js_error)
     }
 
-    /// The chat-formatted `prompt`'s last-position logits (`[vocab]`): what the browser test
-    /// compares with the native engine.
-    pub async fn prompt_logits(&self, prompt: String) -> Result<Vec<f32>, JsValue> {
-        let formatted = self
-            .text
-            .chat
-            .user_prompt(&prompt, None)
-            .map_err(js_error)?;
-        let ids = self
-            .text
-            .tokenizer
-            .encode(&formatted.text, false)
+    /// The chat-formatted `prompts`' last-position logits, `[prompts, vocab]` row-major, run as
+    /// one left-padded batch: what the browser tests compare with the native engine.
+    pub async fn prompts_logits(&self, prompts: Vec<String>) -> Result<Vec<f32>, JsValue> {
+        let ids = prompts
+            .iter()
+            .map(|prompt| {
+                let formatted = self.text.chat.user_prompt(prompt, None)?;
+                Ok(self.text.tokenizer.encode(&formatted.text, false)?)
+            })
+            .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()
             .map_err(js_error)?;
         let device = self.llama.device();
-        let batch = TokenBatch::left_padded(&[ids], 0, &device);
+        let batch = TokenBatch::left_padded(&ids, 0, &device);
         read(self.llama.last_logits(&batch, &mut NoHook))
             .await
             .map_err(js_error)

@@ -9,7 +9,6 @@
 //! - [`aird`]: the Repair page's run (METHOD §10): AIRD and its baselines.
 //! - [`directions`]: the Directions page's run (METHOD §3-6) on the loaded model.
 //! - [`inspect`]: what a checkpoint is and what memory it needs, from its header alone.
-//! - [`smoke`]: the seeded tiny model the browser smoke test compares with the native engine.
 
 pub mod aird;
 pub mod compare;
@@ -18,7 +17,6 @@ pub mod directions;
 pub mod engine;
 pub mod generate;
 pub mod inspect;
-pub mod smoke;
 pub mod tab_io;
 
 use std::ops::ControlFlow;

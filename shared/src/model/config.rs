@@ -190,8 +190,9 @@ impl ModelConfig {
         Ok(self)
     }
 
-    /// A tiny valid configuration for tests and the browser smoke check: 2 layers, width 64,
-    /// grouped-query attention and q/k/v biases so every code path runs.
+    /// A tiny valid configuration for tests: 2 layers, width 64, grouped-query attention and
+    /// q/k/v biases so every code path runs.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn tiny() -> Self {
         ModelConfig {
             architecture: Architecture::Qwen2,

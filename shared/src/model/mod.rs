@@ -1,9 +1,11 @@
-//! The decoder, its configuration, hooks, and random initialisation for tests.
+//! The decoder, its configuration, hooks, and (test support) random initialisation.
 
 pub mod config;
 pub mod hooks;
 pub mod llama;
 pub mod quantized;
+// Test support: random models for the tests of every crate, kept out of what ships.
+#[cfg(any(test, feature = "test-support"))]
 pub mod random;
 mod swiglu;
 pub mod weights;

@@ -1,4 +1,4 @@
-//! Random models for tests and the browser smoke check: real architecture, random weights.
+//! Random models for tests (the `test-support` feature): real architecture, random weights.
 
 use burn::tensor::Device;
 use rand::rngs::StdRng;
