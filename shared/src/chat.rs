@@ -5,6 +5,10 @@
 //! llama.cpp configure Jinja), Python string methods (`.strip()`, `.startswith()`, ...) through
 //! minijinja-contrib's pycompat layer, and the globals templates expect: `messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none) and `raise_exception`.
+//!
+//! A template is code from the model file, so rendering is bounded: it runs on a fuel budget
+//! (a template that loops ends with an error instead of holding its worker forever) and its
+//! output is capped (one that prints gigabytes stops at the cap instead of filling memory).
 
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, context};
@@ -18,6 +22,19 @@ const TEMPLATE_NAME: &str = "chat";
 /// Stand-in instruction used to locate the instruction inside a rendered prompt. Plain ASCII
 /// without whitespace, so templates that trim or strip content leave it intact.
 const SENTINEL: &str = "REFUSAL_LENS_INSTRUCTION_SENTINEL_5f1c";
+
+/// Instructions one rendering may execute. A single-turn prompt through the largest real
+/// templates (Qwen's with its tools branch, Llama 3.1's) takes a few hundred; a template that
+/// loops runs out of it in well under a second.
+const FUEL: u64 = 1_000_000;
+
+/// Output one rendering may produce beyond its messages' own text (each counted
+/// [`CONTENT_ECHOES`] times, for templates that repeat a message): far past any real
+/// template's markup, far below what would strain memory.
+const MARKUP_BYTES: usize = 1 << 20;
+
+/// How many times a template may repeat its messages' text in its output.
+const CONTENT_ECHOES: usize = 4;
 
 /// Stand-in system prompt used to find a system turn the template inserts by itself.
 const SYSTEM_SENTINEL: &str = "REFUSAL_LENS_SYSTEM_SENTINEL_9b2e";
@@ -40,6 +57,13 @@ pub enum ChatError {
     /// The template itself rejected the conversation through `raise_exception(message)`.
     #[error("chat template raised an exception: {0}")]
     Raised(String),
+    /// Rendering printed more than a prompt's template could need ([`MARKUP_BYTES`] past its
+    /// messages' text).
+    #[error(
+        "chat template printed more than {0} bytes for one prompt; a chat template adds \
+             markup around the messages, not megabytes"
+    )]
+    TooLong(usize),
     /// The instruction does not appear exactly once in the rendered prompt, so the text after it
     /// cannot be determined.
     #[error("the instruction appears {0} times in the rendered prompt (expected once)")]
@@ -120,6 +144,28 @@ fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
     )
 }
 
+/// A rendering's output, which refuses to grow past `limit` bytes.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("past the output cap"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Maps a rendering error, surfacing `raise_exception` as [`ChatError::Raised`].
 fn render_error(err: minijinja::Error) -> ChatError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
@@ -150,6 +196,7 @@ impl ChatTemplate {
         // leave newlines and indentation behind.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
@@ -193,15 +240,32 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(ChatError::Render)?;
-        template
-            .render(context! {
-                messages => Value::from_serialize(messages),
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-                tools => Value::from(()),
-            })
-            .map_err(render_error)
+        let content: usize = messages.iter().map(|m| m.content.len()).sum();
+        let mut out = CappedOutput {
+            bytes: Vec::new(),
+            limit: MARKUP_BYTES.saturating_add(content.saturating_mul(CONTENT_ECHOES)),
+            overflowed: false,
+        };
+        let context = context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+            tools => Value::from(()),
+        };
+        if let Err(e) = template.render_captured_to(context, &mut out) {
+            return Err(if out.overflowed {
+                ChatError::TooLong(out.limit)
+            } else {
+                render_error(e)
+            });
+        }
+        String::from_utf8(out.bytes).map_err(|e| {
+            ChatError::Render(minijinja::Error::new(
+                ErrorKind::BadSerialization,
+                format!("rendered text is not UTF-8: {e}"),
+            ))
+        })
     }
 
     /// Formats a single user turn (optionally after a system prompt) followed by the
@@ -435,6 +499,38 @@ mod tests {
             t.render(&user("x"), true),
             Err(ChatError::Render(_))
         ));
+    }
+
+    #[test]
+    fn a_template_that_loops_runs_out_of_fuel() {
+        let looping = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}\
+                       {% endfor %}";
+        let t = ChatTemplate::new(looping, "", "").unwrap();
+        let started = std::time::Instant::now();
+        let err = t.render(&user("x"), true).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+        // 10^10 iterations would take hours; the fuel ends it at a million instructions.
+        assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_template_that_prints_megabytes_is_cut_off() {
+        let t = ChatTemplate::new(
+            "{% for i in range(50) %}{{ 'x' * 1000000 }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let err = t.render(&user("hello"), true).unwrap_err();
+        assert!(
+            matches!(err, ChatError::TooLong(n) if n == MARKUP_BYTES + 20),
+            "{err}"
+        );
+        assert!(err.to_string().contains("printed more than"), "{err}");
+        // A long message is not markup: it may be echoed without reaching the cap.
+        let long = "y".repeat(3 << 20);
+        let echo = ChatTemplate::new("{{ messages[0]['content'] }}", "", "").unwrap();
+        assert_eq!(echo.render(&user(&long), true).unwrap(), long);
     }
 
     #[test]

@@ -72,6 +72,10 @@ const STOP_TOKEN_TEXTS: &[&str] = &[
     "<EOT>",
 ];
 
+/// The most token ids a vocabulary may span: past every real one (Gemma's 262k) and far from
+/// what would exhaust memory.
+const MAX_VOCAB: usize = 1 << 21;
+
 /// A text tokenizer with the special-token information needed for chat generation.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -108,6 +112,15 @@ impl Tokenizer {
 
         let vocab = inner.get_vocab(true);
         let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        // Ids are a table's indices: a hostile file's id 2^31 would allocate gigabytes.
+        if size > MAX_VOCAB || size > 2 * vocab.len() + 1024 {
+            return Err(TokenizerError::InvalidVocab(format!(
+                "token ids run to {} for {} tokens; a vocabulary spans at most {MAX_VOCAB} ids, \
+                 with few gaps",
+                size - 1,
+                vocab.len()
+            )));
+        }
         let mut id_to_token = vec![String::new(); size];
         for (token, id) in vocab {
             id_to_token[id as usize] = token;
@@ -551,5 +564,19 @@ pub(crate) mod tests {
         assert_eq!(j.vocab_size(), t.vocab_size());
         let s = "<|im_start|>hello world<|im_end|>";
         assert_eq!(j.encode(s, false).unwrap(), t.encode(s, false).unwrap());
+    }
+
+    #[test]
+    fn a_token_id_far_past_the_vocabulary_is_an_error_not_an_allocation() {
+        let t = Tokenizer::from_gguf_vocab(&toy_vocab("gpt-2")).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_str(&t.inner.to_string(false).unwrap()).unwrap();
+        let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+        let token = vocab.keys().next().unwrap().clone();
+        vocab.insert(token, serde_json::json!(1u32 << 31));
+        let Err(e) = Tokenizer::from_json_bytes(json.to_string().as_bytes(), None) else {
+            panic!("a vocabulary spanning 2^31 ids loaded");
+        };
+        assert!(e.to_string().contains("token ids run to 2147483648"), "{e}");
     }
 }
