@@ -4,6 +4,7 @@
 //! and taking a cancel, reading a prompt set named by the user, telling the user something.
 
 pub mod aird;
+pub mod bounds;
 pub mod compare;
 pub mod compress;
 pub mod defaults;
@@ -24,6 +25,7 @@ use crate::pipeline::{PipelineError, Progress};
 use crate::refusal::Prompt;
 use crate::refusal::aird::{AirdFit, AirdSettings, repair_on_builtin};
 
+pub use bounds::Bounds;
 pub use prompts::{PromptSource, SplitRequest};
 
 /// A future a host's [`RunIo`] returns (the browser's are not `Send`).
@@ -147,6 +149,21 @@ pub enum RunError {
     Invalid {
         field: &'static str,
         message: String,
+    },
+    /// A request field over what the host lends a run ([`Bounds`]).
+    #[error("`{field}` {value}{unit}: at most {limit}")]
+    TooLarge {
+        field: &'static str,
+        value: u64,
+        unit: &'static str,
+        limit: u64,
+    },
+    /// A run whose estimated work is over the host's budget ([`Bounds::work_tokens`]).
+    #[error("about {tokens} tokens to generate and read ({made_of}); at most {limit} per run")]
+    TooMuchWork {
+        tokens: u64,
+        limit: u64,
+        made_of: &'static str,
     },
     /// An input named by the user (a prompt set, a text, a model, a recipe) that could not
     /// be read or used, named.
