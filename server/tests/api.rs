@@ -117,10 +117,30 @@ fn submit(server: &Server, body: &Value) -> String {
 
 /// Every event of a job, read from its SSE stream until the final one.
 fn job_events(server: &Server, job: &str) -> Vec<Value> {
-    let res = agent()
-        .get(&server.url(&format!("/api/jobs/{job}/events")))
-        .call()
-        .unwrap();
+    events_from(server, job, None)
+}
+
+/// The events after `last_id`, as a reconnecting EventSource asks for them; the stream must end
+/// by itself, within a minute.
+fn job_events_after(server: &Server, job: &str, last_id: &str) -> Vec<Value> {
+    events_from(server, job, Some(last_id))
+}
+
+fn events_from(server: &Server, job: &str, last_id: Option<&str>) -> Vec<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(if last_id.is_some() {
+            60
+        } else {
+            600
+        })))
+        .build()
+        .into();
+    let mut request = agent.get(&server.url(&format!("/api/jobs/{job}/events")));
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
+    }
+    let res = request.call().unwrap();
     assert_eq!(res.status().as_u16(), 200);
     let mut out = Vec::new();
     let mut name = String::new();
@@ -328,10 +348,60 @@ fn invalid_requests_get_clear_4xx_errors() {
     let server = Server::start(
         data.path(),
         models_dir(),
-        &["--max-prompts", "8", "--max-request-bytes", "65536"],
+        &[
+            "--max-prompts",
+            "8",
+            "--max-request-bytes",
+            "65536",
+            "--max-work-tokens",
+            "10000",
+        ],
     );
     let url = server.url("/api/jobs");
     let cases = [
+        // What once aborted the server or ran unbounded: every number and list is bounded.
+        (
+            json!({"kind": "eval", "args": {"prompts": "builtin:harmful", "window": 1_000_000_000}}),
+            413,
+            "`window` 1000000000 tokens: at most 2048",
+        ),
+        (
+            json!({"kind": "compress", "args": {"method": "rtn", "n-calib": 4, "calib-seq": 100_000}}),
+            413,
+            "`calib-seq` 100000 tokens: at most 2048",
+        ),
+        (
+            json!({"kind": "directions", "args": {"n-train": 4, "n-val": 2, "batch-size": 100_000}}),
+            413,
+            "`batch-size` 100000: at most 64",
+        ),
+        (
+            json!({"kind": "generate", "args": {"prompt": "x", "variants": vec!["none"; 200]}}),
+            413,
+            "`variants` 200 values: at most 32",
+        ),
+        (
+            json!({"kind": "eval", "args": {"prompts": "builtin:harmful", "coeff": vec![1.0; 100]}}),
+            413,
+            "`coeff` 100 values: at most 32",
+        ),
+        (
+            json!({"kind": "compare", "args": {"compressed": vec!["rtn:4:128"; 40]}}),
+            413,
+            "`compressed` 40 values: at most 32",
+        ),
+        (
+            json!({"kind": "directions", "args": {"n-train": 4, "n-val": 2,
+                   "refusal-tokens": vec!["I"; 100]}}),
+            413,
+            "`refusal-tokens` 100 values: at most 32",
+        ),
+        (
+            json!({"kind": "generate", "args": {"prompt": "x", "variants": vec!["none"; 32],
+                   "max-new-tokens": 512}}),
+            413,
+            "about 16384 tokens to generate and read",
+        ),
         (json!({"kind": "train"}), 422, "unknown variant"),
         (
             json!({"kind": "eval", "args": {"nope": 1}}),
@@ -424,6 +494,15 @@ fn a_job_streams_progress_in_order_and_its_result_is_shared() {
     assert_eq!(events[1]["type"], "started");
     let done = final_event(&events);
     assert_eq!(done["type"], "succeeded", "{done}");
+    // Resumed where it ended, the stream closes at once; resumed mid-way it replays what
+    // follows; an id past every event (u64::MAX) replays nothing rather than wrapping round.
+    let last = events.len() - 1;
+    assert!(job_events_after(&server, &job, &last.to_string()).is_empty());
+    assert_eq!(
+        job_events_after(&server, &job, &(last - 1).to_string()),
+        events[last..]
+    );
+    assert!(job_events_after(&server, &job, &u64::MAX.to_string()).is_empty());
     let progress: Vec<&Value> = events.iter().filter(|e| e["type"] == "progress").collect();
     assert!(!progress.is_empty());
     for pair in progress.windows(2) {
@@ -596,6 +675,15 @@ fn jobs_can_be_cancelled_and_a_full_queue_answers_503() {
         final_event(&job_events(&server, &queued))["type"],
         "cancelled"
     );
+    // The cancelled job's place in the queue is free at once, while the first still runs.
+    let next = submit(&server, &long);
+    assert_eq!(cancel(&next).0, 202);
+    // A refused submission left no row: only the three accepted jobs are recorded.
+    let db = rusqlite::Connection::open(data.path().join("refusal-lens.sqlite3")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3, "jobs recorded");
     let started = Instant::now();
     assert_eq!(cancel(&running).0, 202);
     let ended = job_events(&server, &running);
@@ -609,6 +697,65 @@ fn jobs_can_be_cancelled_and_a_full_queue_answers_503() {
     let (_, record) = get(&server.url(&format!("/api/jobs/{running}")));
     assert_eq!(record["state"], "cancelled");
     assert!(record["result_id"].is_null());
+}
+
+#[test]
+fn a_job_past_the_time_limit_is_stopped_and_fails_naming_the_limit() {
+    let data = temp_data("time-limit");
+    let server = Server::start(data.path(), models_dir(), &["--job-timeout-s", "2"]);
+    let long = json!({"kind": "directions", "args": {"model": "smollm2-135m", "n-train": 200, "n-val": 32, "batch-size": 4}});
+    let job = submit(&server, &long);
+    let started = Instant::now();
+    let events = job_events(&server, &job);
+    let last = final_event(&events);
+    assert_eq!(last["type"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains("stopped after 2 s") && error.contains("--job-timeout-s"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the limit stops the job promptly"
+    );
+    let (_, record) = get(&server.url(&format!("/api/jobs/{job}")));
+    assert_eq!(record["state"], "failed");
+}
+
+#[test]
+fn connections_that_never_finish_their_headers_are_closed_and_do_not_lock_others_out() {
+    use std::io::Write;
+    let data = temp_data("slow-clients");
+    let server = Server::start(
+        data.path(),
+        models_dir(),
+        &["--max-connections", "4", "--header-timeout-s", "1"],
+    );
+    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    // As many half-sent requests as the server takes connections.
+    let hogs: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let (status, models) = get(&server.url("/api/models"));
+    assert_eq!(status, 200, "{models}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "served once the half-sent requests timed out: {:?}",
+        started.elapsed()
+    );
+    for mut hog in hogs {
+        let mut rest = Vec::new();
+        // Closed by the server (whatever it said first), not left waiting for its headers.
+        hog.read_to_end(&mut rest)
+            .expect("the server closes a connection whose headers never finish");
+    }
 }
 
 #[test]

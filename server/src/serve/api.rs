@@ -20,6 +20,7 @@ use serde::Serialize;
 use tower::ServiceExt;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -31,6 +32,9 @@ use super::{AppState, is_generated_id};
 use crate::model::fetch::ensure_builtin;
 
 type AppStateRef = State<Arc<AppState>>;
+
+/// Longest a request body may go without sending more.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An error answer: `{"error": "..."}` with its status.
 #[derive(Debug)]
@@ -175,6 +179,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             header::ETAG,
         ]);
     app.layer(DefaultBodyLimit::max(body_limit))
+        // A body that stalls between reads holds its connection; it gets this long per read.
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -459,11 +465,18 @@ async fn job_events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // EventSource resends the id it saw last; an id past any event (u64::MAX) resumes past
+    // the end instead of wrapping round to the start.
     let start = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(0, |i| i + 1);
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| i.checked_add(1))
+                .unwrap_or(usize::MAX)
+        });
     let s2 = s.clone();
     let id2 = id.clone();
     let record = blocking(move || job_status_of(&s2, &id2)).await?.record;
@@ -500,6 +513,10 @@ async fn job_events(
                 if let Some(event) = l.get(next) {
                     let fin = event.is_final();
                     return Some((Ok(sse_event(next, &event)), (log, rx, None, next + 1, fin)));
+                }
+                // Resumed after the final event: nothing more will come.
+                if l.last().is_some_and(|e| e.is_final()) {
+                    return None;
                 }
                 if r.changed().await.is_err() {
                     return None;

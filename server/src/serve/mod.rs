@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod jobs;
+pub mod listen;
 pub mod models;
 pub mod request;
 pub mod store;
@@ -10,11 +11,13 @@ pub mod store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use self::jobs::Jobs;
+use self::listen::ConnectionLimits;
 use self::models::Registry;
 use self::request::{KindInfo, Limits};
 use self::store::Store;
@@ -52,6 +55,8 @@ pub struct ServeArgs {
     pub no_fetch: bool,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 /// What every request handler shares.
@@ -111,6 +116,7 @@ impl ServeArgs {
             data_dir.join("jobs"),
             self.workers,
             self.queue,
+            Duration::from_secs(self.limits.job_timeout_s),
         )?;
         Ok(Arc::new(AppState {
             store,
@@ -168,10 +174,14 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
         // The first line on stdout, for scripts and tests that start the server on port 0.
         println!("listening on http://{addr}");
         tracing::info!("Refusal Lens at http://{addr} (API docs at /api/docs)");
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal(jobs))
-            .await
-            .context("serving")
+        listen::serve(
+            listener,
+            api::router(state),
+            &args.connections,
+            shutdown_signal(jobs),
+        )
+        .await;
+        Ok(())
     })
 }
 

@@ -18,8 +18,7 @@ use refusal_core::runs::compress::CompressRequest;
 use refusal_core::runs::directions::DirectionsRequest;
 use refusal_core::runs::eval::EvalRequest;
 use refusal_core::runs::generate::GenerateRequest;
-use refusal_core::runs::request_from_fields;
-use refusal_core::runs::study::StudyRequest;
+use refusal_core::runs::{Bounds, RunError, request_from_fields};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -93,13 +92,13 @@ pub struct JobRequest {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Most prompts in one inline prompt set, and most training/validation/evaluation prompts.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = Bounds::DEFAULT.prompts)]
     pub max_prompts: usize,
     /// Longest prompt, in characters.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = Bounds::DEFAULT.prompt_chars)]
     pub max_prompt_chars: usize,
     /// Most tokens generated per completion.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = Bounds::DEFAULT.new_tokens)]
     pub max_new_tokens: usize,
     /// Largest model a job may load, in bytes.
     #[arg(long, default_value_t = 20_000_000_000)]
@@ -107,6 +106,39 @@ pub struct Limits {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_request_bytes: usize,
+    /// Most values in a list flag (variants, coeff, compressed, positions, refusal-tokens,
+    /// alpha-grid).
+    #[arg(long, default_value_t = Bounds::DEFAULT.list_items)]
+    pub max_list_items: usize,
+    /// Longest token window (window, calib-seq); eval's holds [window, vocab] logits.
+    #[arg(long, default_value_t = Bounds::DEFAULT.window_tokens)]
+    pub max_window_tokens: usize,
+    /// Largest batch-size.
+    #[arg(long, default_value_t = Bounds::DEFAULT.batch_size)]
+    pub max_batch_size: usize,
+    /// Most tokens one job may generate and read for calibration, all told (judged completions
+    /// × max-new-tokens + n-calib × calib-seq).
+    #[arg(long, default_value_t = Bounds::DEFAULT.work_tokens)]
+    pub max_work_tokens: u64,
+    /// Longest a job may run, in seconds, before it is stopped and recorded as failed (the
+    /// README's compare and aird runs take 20-40 minutes on 2 cores).
+    #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_timeout_s: u64,
+}
+
+impl Limits {
+    /// What a job's request is checked against.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            prompts: self.max_prompts,
+            prompt_chars: self.max_prompt_chars,
+            new_tokens: self.max_new_tokens,
+            list_items: self.max_list_items,
+            window_tokens: self.max_window_tokens,
+            batch_size: self.max_batch_size,
+            work_tokens: self.max_work_tokens,
+        }
+    }
 }
 
 /// A request the server refuses, with what to fix.
@@ -504,85 +536,29 @@ fn check_prompts(flag: &str, prompts: &[String], limits: &Limits) -> Result<(), 
     Ok(())
 }
 
-/// A request the core's pipeline refuses (its own bounds, checked before the job is queued).
-fn run_error(e: refusal_core::runs::RunError) -> RequestError {
-    invalid(e.to_string())
+/// A request the core's pipeline refuses: over what the server lends a job (413), or invalid
+/// in itself (422).
+fn run_error(e: RunError) -> RequestError {
+    match e {
+        RunError::TooLarge { .. } | RunError::TooMuchWork { .. } => {
+            RequestError::TooLarge(e.to_string())
+        }
+        _ => invalid(e.to_string()),
+    }
 }
 
-/// The request's own bounds, then the server's numeric limits.
+/// The request's own checks, then the bounds the server lends a job.
 fn check_limits(run: &JobRun, limits: &Limits) -> Result<(), RequestError> {
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    let tokens = match run {
-        JobRun::Generate(r) => {
-            r.validate().map_err(run_error)?;
-            let chars =
-                r.prompt.chars().count() + r.system.as_deref().map_or(0, |s| s.chars().count());
-            if chars > limits.max_prompt_chars {
-                return Err(RequestError::TooLarge(format!(
-                    "`prompt`: {chars} characters; at most {}",
-                    limits.max_prompt_chars
-                )));
-            }
-            // The compressed columns' prompt counts matter only when they are asked for.
-            if r.compressed.is_some() {
-                counts.push(("n-calib", r.calibration.n_calib));
-                if r.direction.is_some() {
-                    counts.push(("aird-prompts", r.aird_prompts));
-                }
-            }
-            Some(r.max_new_tokens)
-        }
-        JobRun::Directions(r) => {
-            r.validate().map_err(run_error)?;
-            counts.extend([("n-train", r.split.n_train), ("n-val", r.split.n_val)]);
-            None
-        }
-        JobRun::Eval(r) => {
-            r.validate().map_err(run_error)?;
-            counts.extend(r.limit.map(|n| ("limit", n)));
-            Some(r.judge.max_new_tokens)
-        }
-        JobRun::Compress(r) => {
-            r.validate().map_err(run_error)?;
-            counts.push(("n-calib", r.calibration.n_calib));
-            None
-        }
-        JobRun::Compare(r) => {
-            r.validate().map_err(run_error)?;
-            counts.extend(study_counts(&r.study));
-            Some(r.study.judge.max_new_tokens)
-        }
-        JobRun::Aird(r) => {
-            r.validate().map_err(run_error)?;
-            counts.extend(study_counts(&r.study));
-            Some(r.study.judge.max_new_tokens)
-        }
-    };
-    if let Some(n) = tokens
-        && n > limits.max_new_tokens
-    {
-        return Err(RequestError::TooLarge(format!(
-            "`max-new-tokens` {n}: at most {}",
-            limits.max_new_tokens
-        )));
+    let bounds = limits.bounds();
+    match run {
+        JobRun::Generate(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
+        JobRun::Directions(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
+        JobRun::Eval(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
+        JobRun::Compress(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
+        JobRun::Compare(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
+        JobRun::Aird(r) => r.validate().and_then(|()| r.check_bounds(&bounds)),
     }
-    if let Some((flag, n)) = counts.into_iter().find(|(_, n)| *n > limits.max_prompts) {
-        return Err(RequestError::TooLarge(format!(
-            "`{flag}` {n}: at most {}",
-            limits.max_prompts
-        )));
-    }
-    Ok(())
-}
-
-/// The prompt counts of `compare` and `aird`.
-fn study_counts(study: &StudyRequest) -> [(&'static str, usize); 4] {
-    [
-        ("n-train", study.split.n_train),
-        ("n-val", study.split.n_val),
-        ("n-eval", study.n_eval),
-        ("n-calib", study.calibration.n_calib),
-    ]
+    .map_err(run_error)
 }
 
 /// One flag of a job kind, as `GET /api/jobs/kinds` describes it.

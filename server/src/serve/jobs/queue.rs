@@ -1,13 +1,17 @@
-//! The queue: a bounded channel of prepared jobs, worker threads that run them with the job's
-//! control (cancel, events), and the jobs the server knows in memory.
+//! The queue: prepared jobs waiting for worker threads that run them with the job's control
+//! (cancel, events), and the jobs the server knows in memory. It holds at most `capacity`
+//! waiting jobs, counted from the jobs themselves, so a job cancelled while it waits frees its
+//! place at once. A job that runs past the time limit is stopped as a cancel would stop it
+//! and recorded as failed, naming the limit.
 
 use std::collections::HashMap;
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -67,13 +71,15 @@ pub struct Jobs {
     store: Arc<Store>,
     registry: Arc<Registry>,
     jobs_dir: PathBuf,
-    queue: SyncSender<Arc<Job>>,
+    queue: Sender<Arc<Job>>,
     capacity: usize,
+    time_limit: Duration,
     live: Mutex<HashMap<String, Arc<Job>>>,
 }
 
 impl Jobs {
-    /// Starts `workers` threads taking jobs from a queue of `capacity`.
+    /// Starts `workers` threads taking jobs from a queue of `capacity`, each job stopped after
+    /// `time_limit`.
     ///
     /// # Errors
     ///
@@ -84,6 +90,7 @@ impl Jobs {
         jobs_dir: PathBuf,
         workers: usize,
         capacity: usize,
+        time_limit: Duration,
     ) -> Result<Arc<Jobs>> {
         // Work directories of jobs a previous process did not finish.
         if jobs_dir.exists() {
@@ -92,13 +99,14 @@ impl Jobs {
         }
         fs::create_dir_all(&jobs_dir)
             .with_context(|| format!("creating {}", jobs_dir.display()))?;
-        let (queue, rx) = sync_channel(capacity);
+        let (queue, rx) = channel();
         let jobs = Arc::new(Jobs {
             store,
             registry,
             jobs_dir,
             queue,
             capacity,
+            time_limit,
             live: Mutex::new(HashMap::new()),
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -150,29 +158,34 @@ impl Jobs {
             created: Instant::now(),
         });
         let request_json = serde_json::to_value(&job.request).context("encoding a request")?;
+        let mut live = lock(&self.live);
+        let unfinished = live.values().filter(|j| !j.is_finished());
+        let (ahead, waiting) = unfinished.fold((0, 0), |(ahead, waiting), j| {
+            (ahead + 1, waiting + usize::from(j.state() == "queued"))
+        });
+        // A refused job leaves nothing behind: no row, no work directory.
+        if waiting >= self.capacity {
+            drop(live);
+            let _ = fs::remove_dir_all(&job.dir);
+            return Err(SubmitError::QueueFull(self.capacity));
+        }
         self.store
             .insert_job(&id, job.kind.command(), &request_json)?;
-        let ahead = lock(&self.live)
-            .values()
-            .filter(|j| !j.is_finished())
-            .count();
         job.events.push(JobEvent::Queued { ahead });
-        lock(&self.live).insert(id.clone(), job.clone());
-        match self.queue.try_send(job.clone()) {
-            Ok(()) => Ok(job),
-            Err(e) => {
-                lock(&self.live).remove(&id);
-                let _ = fs::remove_dir_all(&job.dir);
-                let reason = "the queue was full";
-                self.store.finish_job(&id, "failed", Some(reason), None)?;
-                match e {
-                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.capacity)),
-                    TrySendError::Disconnected(_) => {
-                        Err(anyhow::anyhow!("the job workers have stopped").into())
-                    }
-                }
-            }
+        live.insert(id.clone(), job.clone());
+        drop(live);
+        if self.queue.send(job.clone()).is_err() {
+            let error = "the job workers have stopped".to_owned();
+            self.finish(
+                &job,
+                JobEvent::Failed {
+                    error,
+                    result_id: None,
+                },
+            );
+            return Err(anyhow::anyhow!("the job workers have stopped").into());
         }
+        Ok(job)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
@@ -248,9 +261,26 @@ impl Jobs {
         }
         job.events.push(JobEvent::Started);
         tracing::info!(job = %job.id, kind = job.kind.command(), "started");
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let (done, timer) = channel::<()>();
+        let (control, flag, limit) = (job.control.clone(), timed_out.clone(), self.time_limit);
+        // Ends when `done` drops (the job finished) or stops the job at its time limit.
+        let watch = move || {
+            if timer.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                flag.store(true, Ordering::SeqCst);
+                control.cancel();
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("job-timer".to_owned())
+            .spawn(watch)
+        {
+            tracing::error!("starting the time limit of job {}: {e}", job.id);
+        }
         let ran = catch_unwind(AssertUnwindSafe(|| {
             execute(&prepared, &self.registry, &job.control)
         }));
+        drop(done);
         let failed = |error: String| JobEvent::Failed {
             error,
             result_id: None,
@@ -263,6 +293,10 @@ impl Jobs {
                 },
                 Err(e) => failed(format!("storing the result: {e:#}")),
             },
+            _ if timed_out.load(Ordering::SeqCst) => failed(format!(
+                "stopped after {} s, the server's limit per job (serve --job-timeout-s)",
+                self.time_limit.as_secs()
+            )),
             _ if job.control.cancelled() => JobEvent::Cancelled,
             Ok(Err(e)) => {
                 let error = format!("{e:#}");
