@@ -758,6 +758,104 @@ fn connections_that_never_finish_their_headers_are_closed_and_do_not_lock_others
     }
 }
 
+/// `request` (a whole HTTP/1.1 request, Connection: close) sent as written, and the answer's
+/// status and lowercased text (head and body).
+fn raw(server: &Server, request: &str) -> (u16, String) {
+    use std::io::Write;
+    let addr = server.base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in `{answer}`"));
+    (status, answer.to_ascii_lowercase())
+}
+
+#[test]
+fn dns_rebinding_and_other_origins_are_refused_and_a_key_guards_jobs() {
+    let data = temp_data("access");
+    let server = Server::start(data.path(), models_dir(), &[]);
+    let ask = |host: &str, origin: &str| {
+        raw(
+            &server,
+            &format!(
+                "GET /api/models HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    // A page on attacker.example.com whose name now resolves to 127.0.0.1 sends its own name.
+    let (status, answer) = ask("attacker.example.com:8080", "");
+    assert_eq!(status, 421, "{answer}");
+    assert!(
+        answer.contains("--allow-host attacker.example.com"),
+        "{answer}"
+    );
+    for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+        assert_eq!(ask(host, "").0, 200, "{host}");
+    }
+    // No origin is allowed to read unless named.
+    let (status, answer) = ask("127.0.0.1", "Origin: https://example.org\r\n");
+    assert_eq!(status, 200);
+    assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+    drop(server);
+
+    let server = Server::start(
+        data.path(),
+        models_dir(),
+        &[
+            "--allow-host",
+            "lens.example.org",
+            "--allow-origin",
+            "https://example.org",
+            "--api-key",
+            "k3y",
+        ],
+    );
+    let ask = |request: &str| raw(&server, request);
+    let (status, answer) = ask(
+        "GET /api/models HTTP/1.1\r\nHost: lens.example.org\r\nOrigin: https://example.org\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("access-control-allow-origin: https://example.org"),
+        "{answer}"
+    );
+    let (_, answer) = ask(
+        "GET /api/models HTTP/1.1\r\nHost: lens.example.org\r\nOrigin: https://other.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+    let body =
+        json!({"kind": "generate", "args": {"model": TINY, "prompt": "Hi", "max-new-tokens": 1}})
+            .to_string();
+    let submit_with = |authorization: &str| {
+        ask(&format!(
+            "POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    let (status, answer) = submit_with("");
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer.contains("www-authenticate: bearer") && answer.contains("--api-key"),
+        "{answer}"
+    );
+    assert_eq!(submit_with("Authorization: Bearer wrong\r\n").0, 401);
+    let (status, answer) = submit_with("Authorization: Bearer k3y\r\n");
+    assert_eq!(status, 202, "{answer}");
+    let created: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let job = created["id"].as_str().unwrap();
+    // Cancelling needs the key too; reading what a job did does not.
+    let cancel =
+        format!("DELETE /api/jobs/{job} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(ask(&cancel).0, 401);
+    let events = job_events(&server, job);
+    assert_eq!(final_event(&events)["type"], "succeeded");
+}
+
 #[test]
 fn sixteen_concurrent_clients_lose_nothing() {
     let data = temp_data("concurrent");

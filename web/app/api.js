@@ -9,18 +9,36 @@ export class ApiError extends Error {
   }
 }
 
-/** `fetch` + JSON, throwing ApiError with the server's message on a non-2xx answer. */
+/** Where the server's API key is kept for this tab, once the user has given it. */
+const KEY_STORAGE = 'refusal-lens-api-key';
+
+/**
+ * `fetch` + JSON, throwing ApiError with the server's message on a non-2xx answer. A server
+ * started with an API key answers 401 to jobs submitted or cancelled without it: the user is
+ * asked for it once, and it is kept for the tab.
+ */
 export async function api(path, { method = 'GET', body } = {}) {
   const init = { method, headers: {} };
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  let res;
-  try {
-    res = await fetch(path, init);
-  } catch (e) {
-    throw new ApiError(0, `the server cannot be reached (${e.message})`);
+  const send = async () => {
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    if (key) init.headers.authorization = `Bearer ${key}`;
+    try {
+      return await fetch(path, init);
+    } catch (e) {
+      throw new ApiError(0, `the server cannot be reached (${e.message})`);
+    }
+  };
+  let res = await send();
+  if (res.status === 401 && method !== 'GET') {
+    const key = window.prompt('This server needs its API key to run or cancel jobs:');
+    if (key) {
+      sessionStorage.setItem(KEY_STORAGE, key.trim());
+      res = await send();
+    }
   }
   const text = await res.text();
   let json = null;

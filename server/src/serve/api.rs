@@ -11,19 +11,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tower::ServiceExt;
-use tower_http::cors::{Any, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+use super::access;
 use super::jobs::{JobEvent, SubmitError, model_fingerprint};
 use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
@@ -167,23 +167,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         Some(dir) => api.fallback_service(ServeDir::new(dir)),
         None => api.route("/", get(|| async { Html(NO_APP_PAGE) })),
     };
-    // Other origins (a static copy of the app, a notebook) may read models and results; only
-    // this origin's pages may submit or cancel jobs.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD])
-        .expose_headers([
-            header::CONTENT_RANGE,
-            header::CONTENT_LENGTH,
-            header::ACCEPT_RANGES,
-            header::ETAG,
-        ]);
-    app.layer(DefaultBodyLimit::max(body_limit))
+    let access = state.access.clone();
+    let app = app
+        .layer(DefaultBodyLimit::max(body_limit))
         // A body that stalls between reads holds its connection; it gets this long per read.
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
-        .layer(cors)
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
+    // Other origins (a static copy of the app, a notebook) read models and results only when
+    // named; none may submit or cancel jobs.
+    let app = match access.cors() {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(axum::middleware::from_fn(move |request, next| {
+        access::check(access.clone(), request, next)
+    }))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
 }
 
 /// The OpenAPI document, rendered by Redoc (loaded from its CDN: the page is for people

@@ -1,6 +1,7 @@
 //! `refusal-lens serve`: the web app and the JSON API behind it. Jobs run the CLI's own
 //! commands; their results are stored in SQLite and shared as links.
 
+pub mod access;
 pub mod api;
 pub mod jobs;
 pub mod listen;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
+use self::access::{Access, AccessPolicy};
 use self::jobs::Jobs;
 use self::listen::ConnectionLimits;
 use self::models::Registry;
@@ -57,6 +59,8 @@ pub struct ServeArgs {
     pub limits: Limits,
     #[command(flatten)]
     pub connections: ConnectionLimits,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 /// What every request handler shares.
@@ -67,6 +71,8 @@ pub struct AppState {
     pub limits: Limits,
     pub backend: Backend,
     pub web_dir: Option<PathBuf>,
+    /// Which hosts, origins and keys are answered.
+    pub access: Arc<AccessPolicy>,
     /// The job kinds and their flags, from the command line the server was started by.
     pub kinds: Vec<KindInfo>,
 }
@@ -92,6 +98,7 @@ impl ServeArgs {
     ///
     /// Unwritable data directory, unreadable database.
     pub fn state(&self, cli: &clap::Command) -> Result<Arc<AppState>> {
+        let access = Arc::new(self.access.policy()?);
         let data_dir = match &self.data_dir {
             Some(d) => d.clone(),
             None => dirs::data_dir()
@@ -125,6 +132,7 @@ impl ServeArgs {
             limits: self.limits.clone(),
             backend: self.backend,
             web_dir: self.web_dir.clone(),
+            access,
             kinds: self::request::describe_kinds(cli),
         }))
     }
@@ -174,6 +182,12 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
         // The first line on stdout, for scripts and tests that start the server on port 0.
         println!("listening on http://{addr}");
         tracing::info!("Refusal Lens at http://{addr} (API docs at /api/docs)");
+        if !addr.ip().is_loopback() && args.access.api_key.is_none() {
+            tracing::warn!(
+                "listening on {addr} with no API key: anyone who can reach it can run jobs \
+                 (serve --api-key KEY, or REFUSAL_LENS_API_KEY)"
+            );
+        }
         listen::serve(
             listener,
             api::router(state),
