@@ -1,7 +1,10 @@
 //! Writing results so that an interrupted or failed run leaves nothing half-written: files
 //! are staged in a temporary directory beside the destination and moved into place at the end.
+//! Every file is flushed to disk before it is moved, and the directory after, so a crash
+//! (or power loss) leaves either the old file or the whole new one.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -39,7 +42,12 @@ impl StagedDir {
 
     pub fn write(&mut self, name: &str, bytes: impl AsRef<[u8]>) -> Result<()> {
         let path = self.staging.path().join(name);
-        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        let mut file = fs::File::create(&path)
+            .and_then(|mut f| f.write_all(bytes.as_ref()).map(|()| f))
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.flush()
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("flushing {}", path.display()))?;
         self.names.push(name.to_owned());
         Ok(())
     }
@@ -56,8 +64,22 @@ impl StagedDir {
                 .with_context(|| format!("moving {name} into {}", self.dest.display()))?;
             out.push(to);
         }
+        sync_dir(&self.dest)?;
+        // A destination created here is an entry of its parent.
+        sync_dir(&parent_dir(&self.dest))?;
         Ok(out)
     }
+}
+
+/// Flushes a directory's entries (a rename into it, a file created in it) to disk.
+///
+/// # Errors
+///
+/// An unreadable directory or a failed flush.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("flushing the directory {}", dir.display()))
 }
 
 /// Writes one file atomically: a temporary file in the same directory, renamed into place.
@@ -79,7 +101,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>
     file.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    sync_dir(&dir)
 }
 
 #[cfg(test)]

@@ -1169,3 +1169,85 @@ fn a_failed_directions_run_keeps_its_selection_table() {
     assert_eq!(record["state"], "failed");
     assert_eq!(record["result_id"], id);
 }
+
+#[test]
+fn a_result_is_deleted_by_its_token_only_and_its_link_then_answers_410() {
+    let data = temp_data("delete");
+    // A models directory with a dangling link beside a real model: skipped, not a 500.
+    let models = data.path().join("models-in");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(models_dir().join(TINY), models.join(TINY)).unwrap();
+    std::os::unix::fs::symlink(models.join("gone.gguf"), models.join("dangling.gguf")).unwrap();
+    let server = Server::start(data.path(), &models, &[]);
+    let (status, listed) = get(&server.url("/api/models"));
+    assert_eq!(status, 200, "{listed}");
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&TINY) && !ids.contains(&"dangling.gguf"),
+        "{ids:?}"
+    );
+
+    let (status, created, _) = post(
+        &server.url("/api/jobs"),
+        &json!({"kind": "directions", "args": {
+            "model": TINY, "harmful": harmful(), "n-train": 4, "n-val": 2,
+            "select": "1:-1", "refusal-tokens": ["I"], "batch-size": 4}}),
+    );
+    assert_eq!(status, 202, "{created}");
+    let token = created["delete_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 32);
+    let done = final_event(&job_events(&server, created["id"].as_str().unwrap())).clone();
+    assert_eq!(done["type"], "succeeded", "{done}");
+    let result = done["result_id"].as_str().unwrap();
+    let delete = |token: Option<&str>| {
+        let mut req = agent().delete(&server.url(&format!("/api/results/{result}")));
+        if let Some(t) = token {
+            req = req.header("x-delete-token", t);
+        }
+        let mut res = req.call().unwrap();
+        (
+            res.status().as_u16(),
+            res.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let (status, body) = delete(None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("X-Delete-Token"), "{body}");
+    assert_eq!(delete(Some(&"0".repeat(32))).0, 403);
+    // Refused deletes changed nothing: the result and its share link still answer.
+    assert_eq!(get(&server.url(&format!("/api/results/{result}"))).0, 200);
+    assert_eq!(get(&server.url(&format!("/r/{result}"))).0, 200);
+    assert_eq!(delete(Some(&token)).0, 204);
+    for path in [
+        format!("/api/results/{result}"),
+        format!("/api/results/{result}/files/direction.safetensors"),
+        format!("/r/{result}"),
+    ] {
+        let (status, body) = get(&server.url(&path));
+        assert_eq!(status, 410, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("deleted by its owner"),
+            "{body}"
+        );
+    }
+    assert_eq!(delete(Some(&token)).0, 410);
+    // Nothing of it is left: no job record names it, no file of it is stored.
+    let db = rusqlite::Connection::open(data.path().join("refusal-lens.sqlite3")).unwrap();
+    let left: i64 = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM jobs WHERE result_id = ?1)
+                  + (SELECT count(*) FROM result_files WHERE result_id = ?1)",
+            [result],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}

@@ -17,8 +17,8 @@ const KEY_STORAGE = 'refusal-lens-api-key';
  * started with an API key answers 401 to jobs submitted or cancelled without it: the user is
  * asked for it once, and it is kept for the tab.
  */
-export async function api(path, { method = 'GET', body } = {}) {
-  const init = { method, headers: {} };
+export async function api(path, { method = 'GET', body, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -64,6 +64,36 @@ export const resultFileUrl = (id, name) =>
 export const exportUrl = (id) => `/api/results/${encodeURIComponent(id)}/export`;
 export const shareUrl = (id) => new URL(`/r/${id}`, location.origin).href;
 
+/** Delete tokens of the results this browser's jobs made, by result id (given once, at submit). */
+const TOKENS_STORAGE = 'refusal-lens-delete-tokens';
+
+function deleteTokens() {
+  try {
+    return JSON.parse(localStorage.getItem(TOKENS_STORAGE) || '{}');
+  } catch {
+    return {};
+  }
+}
+
+function rememberDeleteToken(resultId, token) {
+  const tokens = deleteTokens();
+  tokens[resultId] = token;
+  localStorage.setItem(TOKENS_STORAGE, JSON.stringify(tokens));
+}
+
+/** Whether this browser may delete the result (its job was submitted here). */
+export const canDelete = (resultId) => Boolean(deleteTokens()[resultId]);
+
+/** `DELETE /api/results/{id}` with the token its job was given; its link then answers 410. */
+export async function deleteResult(resultId) {
+  const tokens = deleteTokens();
+  await api(`/api/results/${encodeURIComponent(resultId)}`, {
+    method: 'DELETE', headers: { 'x-delete-token': tokens[resultId] || '' },
+  });
+  delete tokens[resultId];
+  localStorage.setItem(TOKENS_STORAGE, JSON.stringify(tokens));
+}
+
 /** Events a job can end with. */
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const EVENT_TYPES = ['queued', 'started', 'progress', 'token', 'succeeded', 'failed', 'cancelled'];
@@ -101,6 +131,7 @@ export class Job {
         if (FINAL.has(event.type)) {
           this.final = event;
           this.source.close();
+          if (event.result_id && created.delete_token) rememberDeleteToken(event.result_id, created.delete_token);
         }
         onEvent(event);
         if (this.final) this.resolve(this.final);

@@ -2,7 +2,7 @@
 // messages, tables of numbers.
 
 import { fmt } from './plot.js';
-import { shareUrl } from './api.js';
+import { canDelete, deleteResult, shareUrl } from './api.js';
 
 /** An HTML element: h('div', {class: 'x', onclick: f}, 'text', child). */
 export function h(tag, attrs = {}, ...children) {
@@ -209,11 +209,22 @@ export function shareBar(resultId, { exportLink = true, extra = [] } = {}) {
       note.textContent = (await copyText(url)) ? 'link copied' : 'copy the link by hand';
     },
   }, 'Share');
+  const remove = canDelete(resultId) ? h('button', {
+    type: 'button', class: 'delete-result', onclick: async (e) => {
+      if (!window.confirm('Delete this result from the server? Its link will stop working.')) return;
+      try {
+        await deleteResult(resultId);
+        e.target.closest('.share-bar').replaceChildren(h('span', { class: 'hint' }, 'Result deleted.'));
+      } catch (err) {
+        note.textContent = `not deleted: ${err.message}`;
+      }
+    },
+  }, 'Delete') : null;
   return h('div', { class: 'share-bar', dataset: { resultId } },
     copy,
     h('a', { href: `/r/${resultId}`, class: 'share-link', 'data-share': url }, `/r/${resultId.slice(0, 8)}…`),
     exportLink ? h('a', { href: `/api/results/${resultId}/export`, download: '' }, 'Download zip') : null,
-    ...extra, note);
+    ...extra, remove, note);
 }
 
 /** A table; columns: [{key, label, num}] (num: right-aligned, formatted). */

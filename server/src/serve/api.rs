@@ -17,6 +17,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -27,7 +28,8 @@ use super::access;
 use super::jobs::{JobEvent, SubmitError, model_fingerprint};
 use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
-use super::store::{JobRecord, StoredResult};
+use super::retention;
+use super::store::{JobRecord, Lookup, Removal, StoredResult};
 use super::{AppState, is_generated_id};
 use crate::model::fetch::ensure_builtin;
 
@@ -126,6 +128,7 @@ async fn blocking<T: Send + 'static>(
         cancel_job,
         job_events,
         get_result,
+        delete_result,
         result_file,
         export_result
     ),
@@ -154,7 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/jobs/kinds", get(job_kinds))
         .route("/api/jobs/{id}", get(job_status).delete(cancel_job))
         .route("/api/jobs/{id}/events", get(job_events))
-        .route("/api/results/{id}", get(get_result))
+        .route("/api/results/{id}", get(get_result).delete(delete_result))
         .route("/api/results/{id}/files/{*name}", get(result_file))
         .route("/api/results/{id}/export", get(export_result))
         .route(
@@ -326,6 +329,9 @@ pub struct JobCreated {
     pub status_url: String,
     /// The command line it corresponds to (inline prompts and texts shown by size).
     pub argv: Vec<String>,
+    /// Deletes the job's result (`DELETE /api/results/{id}` with the header
+    /// `X-Delete-Token`); given only here, once.
+    pub delete_token: String,
 }
 
 /// Queues a job. 202 with its id; 422 for invalid parameters, 413 over a limit, 503 (with
@@ -363,9 +369,10 @@ async fn submit_job(
             }
         };
         let argv = prepared.argv.clone();
+        let token = super::new_id();
         s.jobs
-            .submit(id, dir, req, prepared)
-            .map(|job| (job, argv))
+            .submit(id, dir, req, prepared, sha256_hex(&token))
+            .map(|job| (job, argv, token))
             .map_err(|e| match e {
                 SubmitError::QueueFull(_) => ApiError {
                     retry_after: Some(30),
@@ -375,7 +382,7 @@ async fn submit_job(
             })
     })
     .await?;
-    let (job, argv) = job;
+    let (job, argv, delete_token) = job;
     Ok((
         StatusCode::ACCEPTED,
         Json(JobCreated {
@@ -384,6 +391,7 @@ async fn submit_job(
             state: job.state().to_owned(),
             id: job.id.clone(),
             argv,
+            delete_token,
         }),
     ))
 }
@@ -534,13 +542,78 @@ fn immutable(mut res: Response) -> Response {
     res
 }
 
+fn sha256_hex(token: &str) -> String {
+    crate::model::fetch::hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// What a lookup of result `id` found, or 404 (never stored) / 410 (removed, and why).
+fn found<T>(id: &str, lookup: Lookup<T>, missing: impl FnOnce() -> String) -> Result<T, ApiError> {
+    match lookup {
+        Lookup::Found(t) => Ok(t),
+        Lookup::Removed { reason, removed_at } => {
+            let why = match reason.as_str() {
+                "deleted" => "deleted by its owner".to_owned(),
+                _ => "removed under this server's retention policy".to_owned(),
+            };
+            Err(ApiError::new(
+                StatusCode::GONE,
+                format!("result `{id}` was {why} on {removed_at}"),
+            ))
+        }
+        Lookup::Missing => Err(ApiError::not_found(missing())),
+    }
+}
+
 fn find_result(s: &AppState, id: &str) -> Result<StoredResult, ApiError> {
     if !is_generated_id(id) {
         return Err(ApiError::bad_id(id));
     }
-    s.store
-        .result(id)?
-        .ok_or_else(|| ApiError::not_found(format!("no result `{id}`")))
+    found(id, s.store.result(id)?, || format!("no result `{id}`"))
+}
+
+/// Deletes a result, its files, its job's record and any model it wrote, for whoever holds
+/// its delete token (given once, when its job was submitted). Its share link then answers
+/// 410 Gone.
+#[utoipa::path(delete, path = "/api/results/{id}", params(("id" = String, Path),
+        ("X-Delete-Token" = String, Header, description = "the job's `delete_token`")),
+    responses((status = 204, description = "deleted"), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+async fn delete_result(
+    State(s): AppStateRef,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let token = headers
+        .get("x-delete-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    blocking(move || {
+        if !is_generated_id(&id) {
+            return Err(ApiError::bad_id(&id));
+        }
+        let stored = found(&id, s.store.delete_token(&id)?, || {
+            format!("no result `{id}`")
+        })?;
+        let matches = !token.is_empty()
+            && stored.is_some_and(|hash| {
+                access::same_secret(hash.as_bytes(), sha256_hex(&token).as_bytes())
+            });
+        if !matches {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "result `{id}` is deleted only with the delete token its job was given \
+                     (header X-Delete-Token)"
+                ),
+            ));
+        }
+        retention::remove_result(&s.store, &s.registry, &id, Removal::Deleted)?;
+        tracing::info!(result = %id, "deleted by its owner");
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 /// A finished result: inputs, model fingerprint, parameters, every report (metrics, plot
@@ -571,10 +644,9 @@ async fn result_file(
         if !is_generated_id(&id) {
             return Err(ApiError::bad_id(&id));
         }
-        let bytes = s
-            .store
-            .result_file(&id, &name)?
-            .ok_or_else(|| ApiError::not_found(format!("result `{id}` has no file `{name}`")))?;
+        let bytes = found(&id, s.store.result_file(&id, &name)?, || {
+            format!("result `{id}` has no file `{name}`")
+        })?;
         Ok(immutable(
             ([(header::CONTENT_TYPE, media_type(&name))], bytes).into_response(),
         ))

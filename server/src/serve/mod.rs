@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod listen;
 pub mod models;
 pub mod request;
+pub mod retention;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use self::jobs::Jobs;
 use self::listen::ConnectionLimits;
 use self::models::Registry;
 use self::request::{KindInfo, Limits};
+use self::retention::Retention;
 use self::store::Store;
 use crate::device::Backend;
 use crate::model::builtin::BuiltinModel;
@@ -61,7 +63,12 @@ pub struct ServeArgs {
     pub connections: ConnectionLimits,
     #[command(flatten)]
     pub access: Access,
+    #[command(flatten)]
+    pub retention: Retention,
 }
+
+/// How often results are checked against the retention policy besides after each job.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// What every request handler shares.
 pub struct AppState {
@@ -124,7 +131,20 @@ impl ServeArgs {
             self.workers,
             self.queue,
             Duration::from_secs(self.limits.job_timeout_s),
+            self.retention.clone(),
         )?;
+        // Results also age while no job runs.
+        let weak = Arc::downgrade(&jobs);
+        std::thread::Builder::new()
+            .name("retention".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(SWEEP_EVERY);
+                    let Some(jobs) = weak.upgrade() else { return };
+                    jobs.sweep();
+                }
+            })
+            .context("starting the retention sweep")?;
         Ok(Arc::new(AppState {
             store,
             registry,

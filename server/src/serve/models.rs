@@ -161,7 +161,15 @@ impl Registry {
                     continue;
                 }
                 let path = entry.path();
-                let meta = fs::metadata(&path)?;
+                // A dangling link or an unreadable entry is the operator's to fix; it must
+                // not take the listing (and every job) down with it.
+                let meta = match fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("skipping the model {name} in {}: {e}", dir.display());
+                        continue;
+                    }
+                };
                 if meta.is_file() && name.to_ascii_lowercase().ends_with(".gguf") {
                     found.push(ModelEntry {
                         id: name,
@@ -175,7 +183,13 @@ impl Registry {
                         location: Location::Path(path),
                     });
                 } else if meta.is_dir() && check_model_dir(&path).is_ok() {
-                    let files = hf_files(&path)?;
+                    let files = match hf_files(&path) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!("skipping the model {name}: {e:#}");
+                            continue;
+                        }
+                    };
                     let bytes = files
                         .iter()
                         .filter_map(|f| fs::metadata(path.join(f)).ok())

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::models::{Format, LookupError, ModelEntry, Registry};
-use super::store::Store;
+use super::store::{Lookup, Store};
 use crate::device::Backend;
 use crate::direction_file::DirectionFile;
 use crate::model::builtin::BuiltinModel;
@@ -481,10 +481,17 @@ fn stored_direction(id: &str, store: &Store) -> Result<DirectionFile, RequestErr
     if !super::is_generated_id(id) {
         return Err(not_stored());
     }
-    let meta = store
-        .result(id)?
-        .and_then(|r| r.report.get("direction.json").cloned());
-    let vector = store.result_file(id, "direction.safetensors")?;
+    let result = match store.result(id)? {
+        Lookup::Found(r) => r,
+        Lookup::Removed { reason, .. } => {
+            return Err(invalid(format!(
+                "`direction`: the result `{id}` was {reason} and is no longer stored"
+            )));
+        }
+        Lookup::Missing => return Err(not_stored()),
+    };
+    let meta = result.report.get("direction.json").cloned();
+    let vector = store.result_file(id, "direction.safetensors")?.found();
     let (Some(meta), Some(vector)) = (meta, vector) else {
         return Err(not_stored());
     };

@@ -4,6 +4,10 @@
 //! WAL journal with `synchronous = FULL`: a result's transaction is on disk before its id is
 //! handed out, so killing the server (even `kill -9`) loses no committed result and leaves no
 //! half-written row.
+//!
+//! A result never changes, but it can be removed, by whoever holds its delete token or by the
+//! retention policy; its id is then remembered as removed (with why), so its share link
+//! answers 410 Gone instead of 404.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -43,6 +47,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,
     result_id   TEXT REFERENCES results(id)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS removed_results (
+    id          TEXT PRIMARY KEY,
+    removed_at  TEXT NOT NULL,
+    reason      TEXT NOT NULL    -- deleted (by its owner) or expired (retention)
+) STRICT;
 CREATE TABLE IF NOT EXISTS model_fingerprints (
     path        TEXT PRIMARY KEY,
     size        INTEGER NOT NULL,
@@ -61,6 +70,8 @@ pub struct NewResult {
     pub argv: Vec<String>,
     pub report: Value,
     pub files: Vec<(String, Vec<u8>)>,
+    /// SHA-256 (hex) of the token that may delete it.
+    pub delete_token_sha256: String,
 }
 
 /// A stored result, without its blobs.
@@ -105,6 +116,72 @@ pub struct JobRecord {
     pub result_id: Option<String>,
 }
 
+/// Columns added after the first release, added to a database that lacks them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // SHA-256 (hex) of the result's delete token; NULL for results stored before tokens.
+    ("results", "delete_token", "TEXT"),
+    // When a cancel was asked for: a job a crash then interrupted is recorded as cancelled.
+    ("jobs", "cancel_requested_at", "TEXT"),
+];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, ty) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a result is no longer stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// By whoever held its delete token.
+    Deleted,
+    /// By the server's retention policy (age or total size).
+    Expired,
+}
+
+impl Removal {
+    fn name(self) -> &'static str {
+        match self {
+            Removal::Deleted => "deleted",
+            Removal::Expired => "expired",
+        }
+    }
+}
+
+/// A result the store holds, or what became of it.
+#[derive(Debug, Clone)]
+pub enum Lookup<T> {
+    Found(T),
+    Removed { reason: String, removed_at: String },
+    Missing,
+}
+
+impl<T> Lookup<T> {
+    pub fn found(self) -> Option<T> {
+        match self {
+            Lookup::Found(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// A stored result as retention weighs it.
+#[derive(Debug, Clone)]
+pub struct ResultSize {
+    pub id: String,
+    pub created_at: String,
+    /// Its rows: request, argv, report, files, and the records of the jobs that made it.
+    pub bytes: u64,
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
@@ -121,11 +198,15 @@ impl Store {
     /// A file that is not a SQLite database, or one that cannot be written.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // Pages freed by removed results are given back to the file system after each sweep
+        // (takes effect on a new database; an older one reuses its free pages instead).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
             .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
             .and_then(|()| conn.busy_timeout(std::time::Duration::from_secs(10)))
             .and_then(|()| conn.execute_batch(SCHEMA))
+            .and_then(|()| add_missing_columns(&conn))
             .with_context(|| format!("setting up the database {}", path.display()))?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -147,8 +228,8 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO results (id, kind, created_at, model, request, argv, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO results (id, kind, created_at, model, request, argv, report, delete_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 r.id,
                 r.kind,
@@ -157,6 +238,7 @@ impl Store {
                 r.request.to_string(),
                 serde_json::to_string(&r.argv)?,
                 r.report.to_string(),
+                r.delete_token_sha256,
             ],
         )
         .with_context(|| format!("storing result {}", r.id))?;
@@ -173,7 +255,7 @@ impl Store {
     /// # Errors
     ///
     /// Database errors and unreadable JSON.
-    pub fn result(&self, id: &str) -> Result<Option<StoredResult>> {
+    pub fn result(&self, id: &str) -> Result<Lookup<StoredResult>> {
         let conn = self.conn();
         let row = conn
             .query_row(
@@ -192,7 +274,7 @@ impl Store {
             )
             .optional()?;
         let Some((kind, created_at, model, request, argv, report)) = row else {
-            return Ok(None);
+            return removal(&conn, id);
         };
         let mut stmt = conn.prepare(
             "SELECT name, length(bytes) FROM result_files WHERE result_id = ?1 ORDER BY name",
@@ -205,7 +287,7 @@ impl Store {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(StoredResult {
+        Ok(Lookup::Found(StoredResult {
             id: id.to_owned(),
             kind,
             created_at,
@@ -217,20 +299,161 @@ impl Store {
         }))
     }
 
-    /// One file of a result.
+    /// One file of a result (`Missing` when the result has no file of that name).
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub fn result_file(&self, id: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn()
+    pub fn result_file(&self, id: &str, name: &str) -> Result<Lookup<Vec<u8>>> {
+        let conn = self.conn();
+        let bytes = conn
             .query_row(
                 "SELECT bytes FROM result_files WHERE result_id = ?1 AND name = ?2",
                 params![id, name],
                 |row| row.get(0),
             )
-            .optional()?)
+            .optional()?;
+        match bytes {
+            Some(b) => Ok(Lookup::Found(b)),
+            None => removal(&conn, id),
+        }
+    }
+
+    /// The SHA-256 (hex) of a result's delete token: `Found(None)` for a result stored
+    /// before there were tokens.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn delete_token(&self, id: &str) -> Result<Lookup<Option<String>>> {
+        let conn = self.conn();
+        let token = conn
+            .query_row(
+                "SELECT delete_token FROM results WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match token {
+            Some(t) => Ok(Lookup::Found(t)),
+            None => removal(&conn, id),
+        }
+    }
+
+    /// Removes a result, its files and the records of the jobs that made it, in one
+    /// transaction, remembering its id as removed. Returns false when there was none.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn remove_result(&self, id: &str, why: Removal) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM jobs WHERE result_id = ?1", params![id])?;
+        tx.execute("DELETE FROM result_files WHERE result_id = ?1", params![id])?;
+        let removed = tx.execute("DELETE FROM results WHERE id = ?1", params![id])? > 0;
+        if removed {
+            tx.execute(
+                "INSERT OR REPLACE INTO removed_results (id, removed_at, reason) VALUES (?1, ?2, ?3)",
+                params![id, now(), why.name()],
+            )?;
+        }
+        tx.commit()
+            .with_context(|| format!("removing result {id}"))?;
+        Ok(removed)
+    }
+
+    /// Whether a result with this id is stored.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn has_result(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM results WHERE id = ?1", params![id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Every stored result with the bytes it takes, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn result_sizes(&self) -> Result<Vec<ResultSize>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT r.id, r.created_at,
+                    length(r.request) + length(r.argv) + length(r.report)
+                    + coalesce((SELECT sum(length(f.bytes)) FROM result_files f
+                                WHERE f.result_id = r.id), 0)
+                    + coalesce((SELECT sum(length(j.request)) FROM jobs j
+                                WHERE j.result_id = r.id), 0)
+             FROM results r ORDER BY r.created_at, r.id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(ResultSize {
+                    id: row.get(0)?,
+                    created_at: row.get(1)?,
+                    bytes: row.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Bytes the records of finished jobs without a result take (failed and cancelled ones).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn resultless_job_bytes(&self) -> Result<u64> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(sum(length(request) + coalesce(length(error), 0)), 0) FROM jobs
+             WHERE result_id IS NULL AND state NOT IN ('queued', 'running')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Removes the records of finished jobs without a result that ended before `cutoff`
+    /// (RFC 3339, UTC), or, with `None`, the oldest half of them. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn remove_resultless_jobs(&self, cutoff: Option<&str>) -> Result<usize> {
+        let finished = "result_id IS NULL AND state NOT IN ('queued', 'running')";
+        let conn = self.conn();
+        Ok(match cutoff {
+            Some(cutoff) => conn.execute(
+                &format!("DELETE FROM jobs WHERE {finished} AND finished_at < ?1"),
+                params![cutoff],
+            )?,
+            None => conn.execute(
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {finished}
+                     ORDER BY finished_at LIMIT (SELECT (count(*) + 1) / 2 FROM jobs
+                     WHERE {finished}))"
+                ),
+                [],
+            )?,
+        })
+    }
+
+    /// Gives the pages removed rows left back to the file system (a database created with
+    /// incremental auto-vacuum; otherwise they are reused by later rows).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn release_free_pages(&self) -> Result<()> {
+        self.conn().execute_batch("PRAGMA incremental_vacuum")?;
+        Ok(())
     }
 
     /// Every file of a result, by name.
@@ -315,16 +538,32 @@ impl Store {
             .optional()?)
     }
 
-    /// Marks jobs that a previous server process left queued or running as failed; returns
-    /// how many there were.
+    /// Remembers that a job was asked to stop, so that a crash before it stops still records
+    /// it as cancelled.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn request_cancel(&self, id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET cancel_requested_at = ?2 WHERE id = ?1 AND cancel_requested_at IS NULL",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks jobs that a previous server process left queued or running as failed (or
+    /// cancelled, when a cancel had been asked for); returns how many there were.
     ///
     /// # Errors
     ///
     /// Database errors.
     pub fn fail_unfinished_jobs(&self) -> Result<usize> {
         Ok(self.conn().execute(
-            "UPDATE jobs SET state = 'failed', finished_at = ?1,
-                 error = 'the server stopped before the job finished; submit it again'
+            "UPDATE jobs SET finished_at = ?1,
+                 state = CASE WHEN cancel_requested_at IS NULL THEN 'failed' ELSE 'cancelled' END,
+                 error = CASE WHEN cancel_requested_at IS NULL
+                     THEN 'the server stopped before the job finished; submit it again' END
              WHERE state IN ('queued', 'running')",
             params![now()],
         )?)
@@ -366,4 +605,19 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// `Removed` when the result `id` was removed, else `Missing`.
+fn removal<T>(conn: &Connection, id: &str) -> Result<Lookup<T>> {
+    let row = conn
+        .query_row(
+            "SELECT reason, removed_at FROM removed_results WHERE id = ?1",
+            params![id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((reason, removed_at)) => Lookup::Removed { reason, removed_at },
+        None => Lookup::Missing,
+    })
 }

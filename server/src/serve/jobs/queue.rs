@@ -23,6 +23,7 @@ use crate::progress::RunControl;
 use crate::serve::models::Registry;
 use crate::serve::new_id;
 use crate::serve::request::{JobKind, JobRequest, JobRun, Prepared};
+use crate::serve::retention::{Retention, Swept};
 use crate::serve::store::Store;
 
 /// A job the server knows in memory (since it started).
@@ -31,6 +32,8 @@ pub struct Job {
     pub kind: JobKind,
     pub request: JobRequest,
     pub events: Arc<EventLog>,
+    /// SHA-256 (hex) of the token that may delete the job's result.
+    pub delete_token_sha256: String,
     control: RunControl,
     prepared: Mutex<Option<Prepared>>,
     pub(super) dir: PathBuf,
@@ -74,12 +77,13 @@ pub struct Jobs {
     queue: Sender<Arc<Job>>,
     capacity: usize,
     time_limit: Duration,
+    retention: Retention,
     live: Mutex<HashMap<String, Arc<Job>>>,
 }
 
 impl Jobs {
     /// Starts `workers` threads taking jobs from a queue of `capacity`, each job stopped after
-    /// `time_limit`.
+    /// `time_limit`, after sweeping what `retention` no longer keeps.
     ///
     /// # Errors
     ///
@@ -91,6 +95,7 @@ impl Jobs {
         workers: usize,
         capacity: usize,
         time_limit: Duration,
+        retention: Retention,
     ) -> Result<Arc<Jobs>> {
         // Work directories of jobs a previous process did not finish.
         if jobs_dir.exists() {
@@ -99,6 +104,7 @@ impl Jobs {
         }
         fs::create_dir_all(&jobs_dir)
             .with_context(|| format!("creating {}", jobs_dir.display()))?;
+        log_sweep(retention.sweep(&store, &registry, true));
         let (queue, rx) = channel();
         let jobs = Arc::new(Jobs {
             store,
@@ -107,6 +113,7 @@ impl Jobs {
             queue,
             capacity,
             time_limit,
+            retention,
             live: Mutex::new(HashMap::new()),
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -144,6 +151,7 @@ impl Jobs {
         dir: PathBuf,
         request: JobRequest,
         prepared: Prepared,
+        delete_token_sha256: String,
     ) -> Result<Arc<Job>, SubmitError> {
         let events = Arc::new(EventLog::new());
         let log = events.clone();
@@ -152,6 +160,7 @@ impl Jobs {
             kind: request.kind,
             control: RunControl::observed(move |e| log.push_run_event(e)),
             events,
+            delete_token_sha256,
             request,
             prepared: Mutex::new(Some(prepared)),
             dir,
@@ -188,6 +197,11 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Removes what the retention policy no longer keeps (logged, never fatal).
+    pub fn sweep(&self) {
+        log_sweep(self.retention.sweep(&self.store, &self.registry, false));
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
         lock(&self.live).get(id).cloned()
     }
@@ -196,6 +210,9 @@ impl Jobs {
     pub fn cancel(&self, job: &Job) -> bool {
         if job.is_finished() {
             return false;
+        }
+        if let Err(e) = self.store.request_cancel(&job.id) {
+            tracing::error!("recording the cancel of job {}: {e:#}", job.id);
         }
         job.control.cancel();
         if job.state() == "queued" {
@@ -318,7 +335,11 @@ impl Jobs {
             )),
         };
         tracing::info!(job = %job.id, outcome = event.name(), "finished");
+        let stored = matches!(&event, JobEvent::Succeeded { .. });
         self.finish(job, event);
+        if stored {
+            self.sweep();
+        }
     }
 }
 
@@ -348,6 +369,19 @@ fn execute(prepared: &Prepared, registry: &Registry, control: &RunControl) -> Re
     // The bar is cleared before the summary is printed.
     drop(io);
     written.finish()
+}
+
+fn log_sweep(swept: Result<Swept>) {
+    match swept {
+        Ok(s) if s != Swept::default() => tracing::info!(
+            results = s.results,
+            jobs = s.jobs,
+            orphans = s.orphans,
+            "retention removed old results (serve --keep-days, --keep-mib)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("sweeping old results: {e:#}"),
+    }
 }
 
 fn work(jobs: &std::sync::Weak<Jobs>, rx: &Mutex<Receiver<Arc<Job>>>) {

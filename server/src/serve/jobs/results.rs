@@ -1,5 +1,6 @@
 //! A finished job's outputs stored as a result: its reports and files in SQLite, a model it
-//! wrote moved among the server's models.
+//! wrote moved among the server's models (hidden until the result has committed, see
+//! [`crate::serve::retention`]).
 
 use std::fs;
 use std::path::Path;
@@ -10,9 +11,11 @@ use serde_json::Value;
 use super::Job;
 use crate::model::open::fingerprint;
 use crate::model::source::{ModelSource, ResolvedModel, size_and_mtime};
+use crate::outputs::sync_dir;
 use crate::serve::models::{Format, ModelEntry, Registry};
 use crate::serve::new_id;
 use crate::serve::request::Prepared;
+use crate::serve::retention::{derived_name, pending_path, publish};
 use crate::serve::store::{NewResult, Store};
 
 /// Moves a written model among the server's models and stores everything else. With
@@ -41,14 +44,17 @@ pub(super) fn store_result(
     }
     let mut derived = None;
     if job.kind.writes_model() {
-        let (from, name) = match prepared.model.format {
-            Format::Gguf => (prepared.out.clone(), format!("{id}.gguf")),
-            Format::Safetensors => (out_dir.join("model"), id.clone()),
+        let gguf = prepared.model.format == Format::Gguf;
+        let from = if gguf {
+            prepared.out.clone()
+        } else {
+            out_dir.join("model")
         };
-        let to = registry.derived_dir().join(&name);
+        let name = derived_name(&id, gguf);
+        let to = pending_path(registry, &name);
         fs::create_dir_all(registry.derived_dir())?;
-        fs::rename(&from, &to)
-            .with_context(|| format!("moving the job's model to {}", to.display()))?;
+        fs::rename(&from, &to).with_context(|| format!("moving the job's model {name}"))?;
+        sync_dir(registry.derived_dir())?;
         report.insert("model_id".into(), Value::String(name.clone()));
         derived = Some(name);
     }
@@ -61,13 +67,17 @@ pub(super) fn store_result(
         argv: prepared.argv.clone(),
         report: Value::Object(report),
         files,
+        delete_token_sha256: job.delete_token_sha256.clone(),
     };
     if let Err(e) = store.insert_result(&stored) {
         if let Some(name) = derived {
-            let _ = fs::remove_file(registry.derived_dir().join(&name))
-                .or_else(|_| fs::remove_dir_all(registry.derived_dir().join(&name)));
+            let pending = pending_path(registry, &name);
+            let _ = fs::remove_file(&pending).or_else(|_| fs::remove_dir_all(&pending));
         }
         return Err(e);
+    }
+    if let Some(name) = derived {
+        publish(registry, &name)?;
     }
     Ok(id)
 }
