@@ -56,6 +56,7 @@ impl Tokenizer {
     /// [`TokenizerError::UnknownPreTokenizer`].
     pub fn from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
         let n = v.tokens.len();
+        super::check_vocab_bounds(n, v.tokens.iter().map(String::as_str), v.merges.len())?;
         if !v.token_types.is_empty() && v.token_types.len() != n {
             return Err(TokenizerError::InvalidVocab(format!(
                 "{} token types for {n} tokens",

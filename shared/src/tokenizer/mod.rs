@@ -76,6 +76,90 @@ const STOP_TOKEN_TEXTS: &[&str] = &[
 /// what would exhaust memory.
 const MAX_VOCAB: usize = 1 << 21;
 
+/// The longest token text accepted, in bytes; real vocabularies' longest are a few hundred
+/// (runs of spaces or `=` in code models).
+const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The largest `tokenizer.json` read; real ones are under 35 MB (Gemma 3's).
+const MAX_TOKENIZER_JSON_BYTES: usize = 64 << 20;
+
+/// Refuses a vocabulary past what any real tokenizer has, before anything is sized by it: a
+/// model file is not trusted to be sane. A BPE merge makes one token, so there are about as
+/// many merges as tokens.
+fn check_vocab_bounds<'a>(
+    n_tokens: usize,
+    tokens: impl IntoIterator<Item = &'a str>,
+    n_merges: usize,
+) -> Result<(), TokenizerError> {
+    if n_tokens > MAX_VOCAB {
+        return Err(TokenizerError::InvalidVocab(format!(
+            "{n_tokens} tokens; a vocabulary has at most {MAX_VOCAB}"
+        )));
+    }
+    if n_merges > MAX_VOCAB || n_merges > 2 * n_tokens + 1024 {
+        return Err(TokenizerError::InvalidVocab(format!(
+            "{n_merges} merges for {n_tokens} tokens; a BPE vocabulary has about one merge per \
+             token (at most {MAX_VOCAB})"
+        )));
+    }
+    if let Some(long) = tokens.into_iter().find(|t| t.len() > MAX_TOKEN_BYTES) {
+        let start: String = long.chars().take(24).collect();
+        return Err(TokenizerError::InvalidVocab(format!(
+            "a token of {} bytes ({start:?}…); tokens are at most {MAX_TOKEN_BYTES}",
+            long.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How many tokens and merges the model of a `tokenizer.json` lists, counted without keeping
+/// them, so that their bounds hold before the tokenizer library allocates for them (zeros
+/// where it has none or is malformed, which the library then reports).
+fn json_model_counts(tokenizer_json: &[u8]) -> (usize, usize) {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    #[derive(serde::Deserialize)]
+    struct Outline {
+        model: Option<ModelOutline>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ModelOutline {
+        #[serde(default, deserialize_with = "count")]
+        vocab: usize,
+        #[serde(default, deserialize_with = "count")]
+        merges: usize,
+    }
+    /// The entries of a list or a map.
+    struct Count;
+    impl<'de> Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list or a map")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(Count)
+    }
+    serde_json::from_slice::<Outline>(tokenizer_json)
+        .ok()
+        .and_then(|o| o.model)
+        .map_or((0, 0), |m| (m.vocab, m.merges))
+}
+
 /// A text tokenizer with the special-token information needed for chat generation.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -107,10 +191,20 @@ impl Tokenizer {
         tokenizer_json: &[u8],
         tokenizer_config_json: Option<&[u8]>,
     ) -> Result<Tokenizer, TokenizerError> {
+        if tokenizer_json.len() > MAX_TOKENIZER_JSON_BYTES {
+            return Err(TokenizerError::InvalidVocab(format!(
+                "{} MiB of tokenizer description; at most {} MiB",
+                tokenizer_json.len() >> 20,
+                MAX_TOKENIZER_JSON_BYTES >> 20
+            )));
+        }
+        let (n_listed, n_merges) = json_model_counts(tokenizer_json);
+        check_vocab_bounds(n_listed, std::iter::empty(), n_merges)?;
         let inner =
             tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(TokenizerError::Backend)?;
 
         let vocab = inner.get_vocab(true);
+        check_vocab_bounds(vocab.len(), vocab.keys().map(String::as_str), n_merges)?;
         let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
         // Ids are a table's indices: a hostile file's id 2^31 would allocate gigabytes.
         if size > MAX_VOCAB || size > 2 * vocab.len() + 1024 {
@@ -578,5 +672,45 @@ pub(crate) mod tests {
             panic!("a vocabulary spanning 2^31 ids loaded");
         };
         assert!(e.to_string().contains("token ids run to 2147483648"), "{e}");
+    }
+
+    #[test]
+    fn too_many_merges_or_too_long_a_token_is_an_error() {
+        let t = Tokenizer::from_gguf_vocab(&toy_vocab("gpt-2")).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&t.inner.to_string(false).unwrap()).unwrap();
+        let n_merges = json["model"]["merges"].as_array().unwrap().len();
+        assert_eq!(
+            json_model_counts(json.to_string().as_bytes()),
+            (json["model"]["vocab"].as_object().unwrap().len(), n_merges)
+        );
+
+        let mut many = json.clone();
+        let merges = many["model"]["merges"].as_array_mut().unwrap();
+        let merge = merges[0].clone();
+        merges.resize(3 * t.vocab_size() + 2048, merge);
+        let Err(e) = Tokenizer::from_json_bytes(many.to_string().as_bytes(), None) else {
+            panic!("thousands of merges for a few tokens loaded");
+        };
+        assert!(e.to_string().contains("merges for"), "{e}");
+
+        let mut long = json;
+        let vocab = long["model"]["vocab"].as_object_mut().unwrap();
+        vocab.insert(
+            "a".repeat(MAX_TOKEN_BYTES + 1),
+            serde_json::json!(vocab.len()),
+        );
+        let Err(e) = Tokenizer::from_json_bytes(long.to_string().as_bytes(), None) else {
+            panic!("a 4 KiB token loaded");
+        };
+        assert!(e.to_string().contains("a token of 4097 bytes"), "{e}");
+
+        let mut v = toy_vocab("gpt-2");
+        v.tokens.push("b".repeat(MAX_TOKEN_BYTES + 1));
+        v.token_types.push(1);
+        let Err(e) = Tokenizer::from_gguf_vocab(&v) else {
+            panic!("a 4 KiB token loaded from GGUF metadata");
+        };
+        assert!(e.to_string().contains("a token of 4097 bytes"), "{e}");
     }
 }
