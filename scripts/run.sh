@@ -3,7 +3,8 @@
 # sources changed), fetch and verify the default model (Qwen2.5-Coder-0.5B-Instruct), and serve
 # the app with its API.
 #
-#   scripts/run.sh                      # http://127.0.0.1:8080 (ADDR=0.0.0.0:8080 to share it)
+#   scripts/run.sh                      # http://127.0.0.1:8080 (ADDR=0.0.0.0:8080 to share it,
+#                                       # with REFUSAL_LENS_API_KEY=KEY: a key is required there)
 #   scripts/run.sh generate --prompt "Create a tutorial on how to hack a website"
 #                                       # any other refusal-lens command instead of serving
 set -euo pipefail

@@ -65,6 +65,11 @@ impl Cache {
         Cache { root: root.into() }
     }
 
+    /// Where the cache keeps its models.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `$REFUSAL_LENS_CACHE` if set and non-empty, else
     /// `<user cache dir>/refusal-lens/models` (e.g. `~/.cache/...` on Linux).
     pub fn from_env() -> Result<Cache> {

@@ -7,7 +7,7 @@
 //! origin is named (CORS). With an API key, whatever changes state (submitting and cancelling
 //! jobs) needs it; reading models and results does not, so share links keep working.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -48,6 +48,10 @@ pub struct Access {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// Listen beyond loopback with no API key, letting anyone who can reach the server run
+    /// jobs on it. Without this flag (or a key) such an `--addr` is refused.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// [`Access`] checked, as the middleware uses it.
@@ -106,6 +110,29 @@ impl Access {
             api_key: self.api_key.clone(),
             cors,
         })
+    }
+
+    /// Refuses to listen on `addr` beyond loopback without a key, unless told to.
+    ///
+    /// # Errors
+    ///
+    /// A non-loopback address with neither `--api-key` nor `--insecure-no-auth`.
+    pub fn check_listen(&self, addr: SocketAddr) -> Result<()> {
+        if addr.ip().is_loopback() || self.api_key.is_some() {
+            return Ok(());
+        }
+        if !self.insecure_no_auth {
+            bail!(
+                "--addr {addr} is reachable beyond this machine and there is no API key: \
+                 anyone who can reach it could run jobs. Pass --api-key KEY (or set \
+                 REFUSAL_LENS_API_KEY), or --insecure-no-auth to serve without one"
+            );
+        }
+        tracing::warn!(
+            "listening on {addr} with no API key (--insecure-no-auth): anyone who can reach it \
+             can run jobs"
+        );
+        Ok(())
     }
 }
 
@@ -221,9 +248,38 @@ mod tests {
             allow_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             allow_origins: Vec::new(),
             api_key: key.map(str::to_owned),
+            insecure_no_auth: false,
         }
         .policy()
         .unwrap()
+    }
+
+    #[test]
+    fn beyond_loopback_needs_a_key_or_the_insecure_flag() {
+        let addr = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let open = Access::default();
+        for loopback in ["127.0.0.1:8080", "[::1]:0", "127.0.0.2:80"] {
+            open.check_listen(addr(loopback)).unwrap();
+        }
+        for beyond in ["0.0.0.0:8080", "[::]:8080", "192.168.1.5:80"] {
+            let e = open.check_listen(addr(beyond)).unwrap_err().to_string();
+            assert!(
+                e.contains("--api-key") && e.contains("--insecure-no-auth"),
+                "{e}"
+            );
+            Access {
+                api_key: Some("k".into()),
+                ..Access::default()
+            }
+            .check_listen(addr(beyond))
+            .unwrap();
+            Access {
+                insecure_no_auth: true,
+                ..Access::default()
+            }
+            .check_listen(addr(beyond))
+            .unwrap();
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -19,6 +20,7 @@ use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -27,6 +29,7 @@ use utoipa::OpenApi;
 use super::access;
 use super::jobs::{JobEvent, SubmitError, model_fingerprint};
 use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
+use super::redact;
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
 use super::retention;
 use super::store::{JobRecord, Lookup, Removal, StoredResult};
@@ -36,7 +39,7 @@ use crate::model::fetch::ensure_builtin;
 type AppStateRef = State<Arc<AppState>>;
 
 /// Longest a request body may go without sending more.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An error answer: `{"error": "..."}` with its status.
 #[derive(Debug)]
@@ -46,7 +49,7 @@ pub struct ApiError {
     retry_after: Option<u32>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
@@ -74,6 +77,15 @@ impl From<anyhow::Error> for ApiError {
         tracing::error!("{e:#}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
     }
+}
+
+/// A model file that is there but cannot be read: the client named it, so 422, not a 500.
+fn unreadable_model(id: &str, e: &anyhow::Error) -> ApiError {
+    tracing::warn!("model `{id}`: {e:#}");
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("model `{id}` cannot be read: {e:#}"),
+    )
 }
 
 impl From<LookupError> for ApiError {
@@ -172,6 +184,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     let access = state.access.clone();
     let app = app
+        .layer(axum::middleware::map_response_with_state(
+            state.redactor.clone(),
+            redact::redact_errors,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         // A body that stalls between reads holds its connection; it gets this long per read.
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT));
@@ -184,8 +200,19 @@ pub fn router(state: Arc<AppState>) -> Router {
     app.layer(axum::middleware::from_fn(move |request, next| {
         access::check(access.clone(), request, next)
     }))
-    .layer(TraceLayer::new_for_http())
+    .layer(TraceLayer::new_for_http().on_failure(log_failure))
     .with_state(state)
+}
+
+/// A full queue is the server working as meant (the client is told to retry), not an error
+/// worth an operator's attention; a storm of retries would otherwise flood the log.
+fn log_failure(failure: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    match failure {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(?latency, "answered 503");
+        }
+        failure => tracing::error!(?latency, "request failed: {failure}"),
+    }
 }
 
 /// The OpenAPI document, rendered by Redoc (loaded from its CDN: the page is for people
@@ -241,7 +268,8 @@ async fn model_file(
         };
         let etag = match &entry.sha256 {
             Some(sha) => sha.clone(),
-            None => model_fingerprint(&s.store, &s.registry, &entry)?["sha256"]
+            None => model_fingerprint(&s.store, &s.registry, &entry)
+                .map_err(|e| unreadable_model(&id, &e))?["sha256"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
@@ -334,6 +362,16 @@ pub struct JobCreated {
     pub delete_token: String,
 }
 
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull(_) => ApiError {
+            retry_after: Some(30),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        },
+        SubmitError::Internal(e) => e.into(),
+    }
+}
+
 /// Queues a job. 202 with its id; 422 for invalid parameters, 413 over a limit, 503 (with
 /// Retry-After) when the queue is full.
 #[utoipa::path(post, path = "/api/jobs", request_body = JobRequest,
@@ -346,6 +384,7 @@ async fn submit_job(
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let job = blocking(move || {
+        s.jobs.check_room().map_err(submit_error)?;
         let (id, dir) = s.jobs.new_dir()?;
         let cx = Context {
             kinds: &s.kinds,
@@ -373,13 +412,7 @@ async fn submit_job(
         s.jobs
             .submit(id, dir, req, prepared, sha256_hex(&token))
             .map(|job| (job, argv, token))
-            .map_err(|e| match e {
-                SubmitError::QueueFull(_) => ApiError {
-                    retry_after: Some(30),
-                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                },
-                SubmitError::Internal(e) => e.into(),
-            })
+            .map_err(submit_error)
     })
     .await?;
     let (job, argv, delete_token) = job;

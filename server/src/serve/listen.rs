@@ -1,12 +1,15 @@
 //! Accepting connections with bounds a client cannot hold open: at most `max_connections` at
-//! once (the next waits in the kernel's backlog until one closes), request headers read within
+//! once (the next waits in the kernel's backlog until one closes) and `max_connections_per_ip`
+//! from one address (more are answered 429 and closed), request headers read within
 //! a deadline (which also closes an idle keep-alive connection), and a request body that stalls
 //! between reads is dropped. axum's own `serve` sets none of these, so the accept loop is
 //! hyper's, with the same router.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -23,6 +27,10 @@ pub struct ConnectionLimits {
     /// Most connections open at once; more wait until one closes.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Most connections open at once from one IP address; more are refused with 429. A
+    /// classroom behind one NAT address shares it (a tab holds up to 6).
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_ip: usize,
     /// Seconds a client has to send a request's headers (and that an idle keep-alive
     /// connection stays open).
     #[arg(long, default_value_t = 10)]
@@ -41,6 +49,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerAddress::new(limits.max_connections_per_ip.max(1)));
     let header_timeout = Duration::from_secs(limits.header_timeout_s.max(1));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -49,7 +58,11 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = accept(&listener, &permits) => accepted,
         };
-        let (stream, permit) = accepted;
+        let (stream, peer, permit) = accepted;
+        let Some(slot) = per_ip.take(peer) else {
+            tokio::spawn(refuse(stream, peer));
+            continue;
+        };
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
@@ -60,7 +73,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!("connection closed: {e}");
             }
-            drop(permit);
+            drop((slot, permit));
         });
     }
     drop(listener);
@@ -72,11 +85,71 @@ pub async fn serve(
     }
 }
 
-/// The next connection, once fewer than the most are open.
+/// Open connections by client address.
+struct PerAddress {
+    most: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address, counted until dropped.
+struct Slot {
+    of: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn new(most: usize) -> PerAddress {
+        PerAddress {
+            most,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= self.most {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            of: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.of.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection past its address's share with 429 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, ip: IpAddr) {
+    tracing::warn!("{ip} has too many connections open (serve --max-connections-per-ip)");
+    let answer = "HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\n\
+                  content-type: text/plain\r\ncontent-length: 60\r\n\r\n\
+                  too many connections from this address; close some and retry";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The next connection and its client's address, once fewer than the most are open.
 async fn accept(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
-) -> (tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) {
+) -> (
+    tokio::net::TcpStream,
+    IpAddr,
+    tokio::sync::OwnedSemaphorePermit,
+) {
     let permit = permits
         .clone()
         .acquire_owned()
@@ -84,7 +157,7 @@ async fn accept(
         .expect("the connection semaphore is never closed");
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return (stream, permit),
+            Ok((stream, peer)) => return (stream, peer.ip(), permit),
             // Out of file descriptors or a connection reset before it was accepted: the
             // listener itself is fine, so wait a moment rather than spin or stop.
             Err(e) => {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod jobs;
 pub mod listen;
 pub mod models;
+pub mod redact;
 pub mod request;
 pub mod retention;
 pub mod store;
@@ -22,6 +23,7 @@ use self::access::{Access, AccessPolicy};
 use self::jobs::Jobs;
 use self::listen::ConnectionLimits;
 use self::models::Registry;
+use self::redact::Redactor;
 use self::request::{KindInfo, Limits};
 use self::retention::Retention;
 use self::store::Store;
@@ -80,6 +82,8 @@ pub struct AppState {
     pub web_dir: Option<PathBuf>,
     /// Which hosts, origins and keys are answered.
     pub access: Arc<AccessPolicy>,
+    /// Takes server paths out of error answers.
+    pub redactor: Redactor,
     /// The job kinds and their flags, from the command line the server was started by.
     pub kinds: Vec<KindInfo>,
 }
@@ -145,7 +149,14 @@ impl ServeArgs {
                 }
             })
             .context("starting the retention sweep")?;
+        let redactor = Redactor::new(
+            registry
+                .directories()
+                .chain([data_dir.as_path()])
+                .chain(self.web_dir.as_deref()),
+        );
         Ok(Arc::new(AppState {
+            redactor,
             store,
             registry,
             jobs,
@@ -172,6 +183,7 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    args.access.check_listen(args.addr)?;
     args.backend.device()?;
     if !args.no_fetch {
         let model = BuiltinModel::default();
@@ -202,12 +214,6 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
         // The first line on stdout, for scripts and tests that start the server on port 0.
         println!("listening on http://{addr}");
         tracing::info!("Refusal Lens at http://{addr} (API docs at /api/docs)");
-        if !addr.ip().is_loopback() && args.access.api_key.is_none() {
-            tracing::warn!(
-                "listening on {addr} with no API key: anyone who can reach it can run jobs \
-                 (serve --api-key KEY, or REFUSAL_LENS_API_KEY)"
-            );
-        }
         listen::serve(
             listener,
             api::router(state),

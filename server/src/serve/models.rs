@@ -122,6 +122,17 @@ impl Registry {
         &self.derived_dir
     }
 
+    /// Every directory models are read from or written to.
+    pub fn directories(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(self.cache.root()),
+            self.models_dir.as_deref(),
+            Some(self.derived_dir.as_path()),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Every model, built-in ones first.
     ///
     /// # Errors

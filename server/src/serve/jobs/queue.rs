@@ -22,6 +22,7 @@ use crate::commands::{Terminal, aird, compare, compress, directions, eval, gener
 use crate::progress::RunControl;
 use crate::serve::models::Registry;
 use crate::serve::new_id;
+use crate::serve::redact::Redactor;
 use crate::serve::request::{JobKind, JobRequest, JobRun, Prepared};
 use crate::serve::retention::{Retention, Swept};
 use crate::serve::store::Store;
@@ -78,6 +79,8 @@ pub struct Jobs {
     capacity: usize,
     time_limit: Duration,
     retention: Retention,
+    /// Failed jobs' errors are shown to clients and stored: without server paths.
+    redactor: Redactor,
     live: Mutex<HashMap<String, Arc<Job>>>,
 }
 
@@ -106,9 +109,11 @@ impl Jobs {
             .with_context(|| format!("creating {}", jobs_dir.display()))?;
         log_sweep(retention.sweep(&store, &registry, true));
         let (queue, rx) = channel();
+        let redactor = Redactor::new(registry.directories().chain(jobs_dir.parent()));
         let jobs = Arc::new(Jobs {
             store,
             registry,
+            redactor,
             jobs_dir,
             queue,
             capacity,
@@ -140,6 +145,20 @@ impl Jobs {
         Ok((id, dir))
     }
 
+    /// Whether the queue has room now: checked before a submission is prepared, so that a full
+    /// queue answers at once, without reading models or writing a directory. `submit` checks
+    /// again, as a slot may be taken in between.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::QueueFull`] when it has none.
+    pub fn check_room(&self) -> Result<(), SubmitError> {
+        if counts(&lock(&self.live)).1 >= self.capacity {
+            return Err(SubmitError::QueueFull(self.capacity));
+        }
+        Ok(())
+    }
+
     /// Queues a prepared job.
     ///
     /// # Errors
@@ -168,10 +187,7 @@ impl Jobs {
         });
         let request_json = serde_json::to_value(&job.request).context("encoding a request")?;
         let mut live = lock(&self.live);
-        let unfinished = live.values().filter(|j| !j.is_finished());
-        let (ahead, waiting) = unfinished.fold((0, 0), |(ahead, waiting), j| {
-            (ahead + 1, waiting + usize::from(j.state() == "queued"))
-        });
+        let (ahead, waiting) = counts(&live);
         // A refused job leaves nothing behind: no row, no work directory.
         if waiting >= self.capacity {
             drop(live);
@@ -231,6 +247,13 @@ impl Jobs {
 
     /// Records a job's final event (`succeeded`, `failed` or `cancelled`: its state's name).
     fn finish(&self, job: &Job, event: JobEvent) {
+        let event = match event {
+            JobEvent::Failed { error, result_id } => JobEvent::Failed {
+                error: self.redactor.redact(&error).into_owned(),
+                result_id,
+            },
+            other => other,
+        };
         let (error, result) = match &event {
             JobEvent::Succeeded { result_id, .. } => (None, Some(result_id.as_str())),
             JobEvent::Failed { error, result_id } => (Some(error.as_str()), result_id.as_deref()),
@@ -303,7 +326,14 @@ impl Jobs {
             result_id: None,
         };
         let event = match ran {
-            Ok(Ok(())) => match store_result(&self.store, &self.registry, job, &prepared, None) {
+            Ok(Ok(())) => match store_result(
+                &self.store,
+                &self.registry,
+                &self.redactor,
+                job,
+                &prepared,
+                None,
+            ) {
                 Ok(result_id) => JobEvent::Succeeded {
                     share_url: format!("/r/{result_id}"),
                     result_id,
@@ -316,11 +346,19 @@ impl Jobs {
             )),
             _ if job.control.cancelled() => JobEvent::Cancelled,
             Ok(Err(e)) => {
-                let error = format!("{e:#}");
+                let error = self.redactor.redact(&format!("{e:#}")).into_owned();
                 // A model written by a failed job is never offered; reports are kept.
                 let result_id = (!job.kind.writes_model())
                     .then(|| {
-                        store_result(&self.store, &self.registry, job, &prepared, Some(&error)).ok()
+                        store_result(
+                            &self.store,
+                            &self.registry,
+                            &self.redactor,
+                            job,
+                            &prepared,
+                            Some(&error),
+                        )
+                        .ok()
                     })
                     .flatten();
                 JobEvent::Failed { error, result_id }
@@ -369,6 +407,15 @@ fn execute(prepared: &Prepared, registry: &Registry, control: &RunControl) -> Re
     // The bar is cleared before the summary is printed.
     drop(io);
     written.finish()
+}
+
+/// Unfinished jobs, and those of them still waiting for a worker.
+fn counts(live: &HashMap<String, Arc<Job>>) -> (usize, usize) {
+    live.values()
+        .filter(|j| !j.is_finished())
+        .fold((0, 0), |(ahead, waiting), j| {
+            (ahead + 1, waiting + usize::from(j.state() == "queued"))
+        })
 }
 
 fn log_sweep(swept: Result<Swept>) {

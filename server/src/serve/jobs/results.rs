@@ -14,15 +14,18 @@ use crate::model::source::{ModelSource, ResolvedModel, size_and_mtime};
 use crate::outputs::sync_dir;
 use crate::serve::models::{Format, ModelEntry, Registry};
 use crate::serve::new_id;
+use crate::serve::redact::Redactor;
 use crate::serve::request::Prepared;
 use crate::serve::retention::{derived_name, pending_path, publish};
 use crate::serve::store::{NewResult, Store};
 
-/// Moves a written model among the server's models and stores everything else. With
+/// Moves a written model among the server's models and stores everything else, without
+/// server paths. With
 /// `error` (the command failed), stores what it wrote, if anything, with the error.
 pub(super) fn store_result(
     store: &Store,
     registry: &Registry,
+    redactor: &Redactor,
     job: &Job,
     prepared: &Prepared,
     error: Option<&str>,
@@ -58,6 +61,8 @@ pub(super) fn store_result(
         report.insert("model_id".into(), Value::String(name.clone()));
         derived = Some(name);
     }
+    let mut report = Value::Object(report);
+    redactor.redact_paths_in(&mut report);
     let model = model_fingerprint(store, registry, &prepared.model)?;
     let stored = NewResult {
         id: id.clone(),
@@ -65,7 +70,7 @@ pub(super) fn store_result(
         model,
         request: serde_json::to_value(&job.request)?,
         argv: prepared.argv.clone(),
-        report: Value::Object(report),
+        report,
         files,
         delete_token_sha256: job.delete_token_sha256.clone(),
     };
