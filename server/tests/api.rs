@@ -1114,6 +1114,27 @@ fn a_compressed_model_joins_the_models_and_runs() {
     assert_eq!(fit["lambda"], aird_report["fit"]["lambda"]);
     assert_eq!(fit["train"], aird_report["fit"]["train"]);
     let repaired_id = repaired["report"]["model_id"].as_str().unwrap();
+    let data_dir = data.path().display().to_string();
+    assert!(!repaired.to_string().contains(&data_dir), "{repaired}");
+    let (_, models) = get(&server.url("/api/models"));
+    let entry = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == repaired_id)
+        .expect("the repaired model is listed");
+    for file in entry["files"].as_array().unwrap() {
+        let url = format!("/api/models/{repaired_id}/files/{}", file.as_str().unwrap());
+        let mut res = agent().get(&server.url(&url)).call().unwrap();
+        let bytes = res
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&data_dir), "{url} names the data directory");
+    }
     for (model, column) in [(&*model_id, 4), (repaired_id, 5)] {
         let alone = generated(
             &server,
@@ -1250,4 +1271,323 @@ fn a_result_is_deleted_by_its_token_only_and_its_link_then_answers_410() {
         )
         .unwrap();
     assert_eq!(left, 0);
+}
+
+fn cancel(server: &Server, job: &str) -> u16 {
+    agent()
+        .delete(&server.url(&format!("/api/jobs/{job}")))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_cancel_cut_short_by_kill_9_is_recorded_as_cancelled() {
+    let tmp = temp_data("cancel-kill");
+    let first = Server::start(tmp.path(), models_dir(), &["--workers", "1"]);
+    let long = json!({"kind": "directions", "args": {"model": "smollm2-135m", "n-train": 200, "n-val": 32, "batch-size": 4}});
+    let job = submit(&first, &long);
+    wait_for_state(&first, &job, "running");
+    // The worker notices a cancel at its next progress point; the kill comes before that.
+    assert_eq!(cancel(&first, &job), 202);
+    first.kill();
+    let second = Server::start(tmp.path(), models_dir(), &[]);
+    let (_, record) = get(&second.url(&format!("/api/jobs/{job}")));
+    assert_eq!(record["state"], "cancelled", "{record}");
+    assert!(record["result_id"].is_null());
+}
+
+/// A GGUF file that is cut off after its header's first fields.
+fn write_truncated_gguf(path: &Path) {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(291u64.to_le_bytes());
+    bytes.extend(24u64.to_le_bytes());
+    bytes.extend(b"\x14\x00\x00\x00\x00\x00\x00\x00general.archi");
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn no_answer_job_error_or_result_shows_a_server_path() {
+    let tmp = temp_data("redact");
+    let models = tmp.path().join("offered models");
+    std::fs::create_dir_all(&models).unwrap();
+    write_tiny_model(&models, TINY);
+    write_truncated_gguf(&models.join("broken.gguf"));
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, &models, &[]);
+    let mut roots = vec![tmp.path().display().to_string(), "/tmp/".to_owned()];
+    roots.extend(std::env::var("HOME").ok().filter(|h| h.len() > 1));
+    let shows_no_path = |text: &str| {
+        for root in &roots {
+            assert!(!text.contains(root.as_str()), "`{root}` shown in: {text}");
+        }
+    };
+
+    // Listed by its file name (its bytes are there to download); loading it is what fails.
+    let (_, listed) = get(&server.url("/api/models"));
+    assert!(listed.to_string().contains("\"broken.gguf\""), "{listed}");
+    let job = submit(
+        &server,
+        &json!({"kind": "generate", "args": {"model": "broken.gguf", "prompt": "x", "max-new-tokens": 2}}),
+    );
+    let events = job_events(&server, &job);
+    let failed = final_event(&events);
+    assert_eq!(failed["type"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("broken.gguf"), "the file is named: {error}");
+    shows_no_path(error);
+    let (_, record) = get(&server.url(&format!("/api/jobs/{job}")));
+    shows_no_path(&record.to_string());
+
+    let done = job_events(&server, &tiny_directions(&server));
+    let id = final_event(&done)["result_id"].as_str().unwrap().to_owned();
+    let (status, result) = get(&server.url(&format!("/api/results/{id}")));
+    assert_eq!(status, 200);
+    shows_no_path(&result.to_string());
+    shows_no_path(&serde_json::to_string(&done).unwrap());
+    for file in result["files"].as_array().unwrap() {
+        let name = file["name"].as_str().unwrap();
+        let mut res = agent()
+            .get(&server.url(&format!("/api/results/{id}/files/{name}")))
+            .call()
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let bytes = res.body_mut().read_to_vec().unwrap();
+        shows_no_path(&String::from_utf8_lossy(&bytes));
+    }
+    for path in ["/api/models", "/api/jobs/kinds", "/api/models/nope/file"] {
+        let (_, v) = get(&server.url(path));
+        shows_no_path(&v.to_string());
+    }
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_key_or_an_explicit_flag() {
+    let tmp = temp_data("bind");
+    let out = Command::new(env!("CARGO_BIN_EXE_refusal-lens"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--no-fetch", "--data-dir"])
+        .arg(tmp.path())
+        .env_remove("REFUSAL_LENS_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--api-key") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+    for flag in [&["--api-key", "k"][..], &["--insecure-no-auth"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_refusal-lens"))
+            .args(["serve", "--addr", "0.0.0.0:0", "--no-fetch", "--data-dir"])
+            .arg(tmp.path())
+            .args(flag)
+            .env_remove("REFUSAL_LENS_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            line.starts_with("listening on http://0.0.0.0:"),
+            "{flag:?}: {line}"
+        );
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failure names a seed that replays it.
+struct Fuzz(u64);
+
+impl Fuzz {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn value(&mut self, depth: usize, flag_values: &[String]) -> Value {
+        let strings = [
+            "",
+            "x",
+            "-1",
+            "1e9",
+            "NaN",
+            "I,As",
+            "builtin:harmful",
+            "builtin:nope",
+            "../x",
+            "/etc/passwd",
+            TINY,
+            "smollm2-135m",
+            "0:-1",
+            "ablate",
+            "rtn:4:32",
+            "2:4",
+        ];
+        match self.below(if depth > 1 { 7 } else { 9 }) {
+            0 => Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.next() as i64),
+            3 => json!(*self.pick(&[0i64, 1, 2, 7, -1, 65_536, 1_000_000_000, i64::MAX])),
+            4 => json!(*self.pick(&[0.5, -0.0, 1e300, 1e-300, 3.25])),
+            5 => json!(*self.pick(&strings)),
+            6 if !flag_values.is_empty() => json!(self.pick(flag_values)),
+            6 => json!("x".repeat(self.below(5000))),
+            7 => Value::Array(
+                (0..self.below(40))
+                    .map(|_| self.value(depth + 1, &[]))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..self.below(4))
+                    .map(|i| (format!("k{i}"), self.value(depth + 1, &[])))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+#[test]
+fn random_job_bodies_get_2xx_or_4xx_and_leave_the_server_working() {
+    let tmp = temp_data("fuzz");
+    let server = Server::start(
+        tmp.path(),
+        models_dir(),
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "64",
+            "--max-work-tokens",
+            "20000",
+        ],
+    );
+    let (_, kinds) = get(&server.url("/api/jobs/kinds"));
+    let kinds = kinds.as_array().unwrap().clone();
+    let seed = std::env::var("API_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026_1207_u64);
+    let mut fuzz = Fuzz(seed);
+    let mut accepted = 0;
+    for round in 0..300 {
+        let kind = fuzz.pick(&kinds).clone();
+        let flags = kind["flags"].as_array().unwrap();
+        let mut args = serde_json::Map::new();
+        if fuzz.below(3) > 0 {
+            args.insert("model".into(), json!(TINY));
+        }
+        for _ in 0..fuzz.below(6) {
+            let flag = fuzz.pick(flags);
+            let values: Vec<String> = flag["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            args.insert(
+                flag["name"].as_str().unwrap().to_owned(),
+                fuzz.value(0, &values),
+            );
+        }
+        if fuzz.below(10) == 0 {
+            args.insert(format!("no-such-flag-{round}"), json!(1));
+        }
+        let body = match fuzz.below(12) {
+            0 => json!({"kind": fuzz.value(1, &[]), "args": args}),
+            1 => json!({"args": args}),
+            2 => json!([kind["kind"], args]),
+            3 => fuzz.value(0, &[]),
+            _ => json!({"kind": kind["kind"], "args": args}),
+        };
+        let (status, v, _) = post(&server.url("/api/jobs"), &body);
+        assert!(
+            (200..500).contains(&status),
+            "seed {seed}, round {round}: {status} {v} for {body}"
+        );
+        if status == 202 {
+            accepted += 1;
+            let job = v["id"].as_str().unwrap();
+            let cancelled = cancel(&server, job);
+            assert!(matches!(cancelled, 202 | 409), "cancel {job}: {cancelled}");
+        }
+    }
+    for raw_body in [
+        "",
+        "{",
+        "null",
+        "\u{0}\u{1}",
+        "{\"kind\": \"generate\", \"args\": 7}",
+    ] {
+        let mut res = agent()
+            .post(&server.url("/api/jobs"))
+            .header("content-type", "application/json")
+            .send(raw_body)
+            .unwrap();
+        let status = res.status().as_u16();
+        let _ = res.body_mut().read_to_string();
+        assert!((400..500).contains(&status), "{raw_body:?}: {status}");
+    }
+    assert!(accepted > 0, "some random bodies were valid jobs");
+    // Still serving, and still running jobs to the end.
+    let (status, _) = get(&server.url("/api/models"));
+    assert_eq!(status, 200);
+    let job = submit(
+        &server,
+        &json!({"kind": "generate", "args": {"model": TINY, "prompt": "still here", "max-new-tokens": 2}}),
+    );
+    assert_eq!(final_event(&job_events(&server, &job))["type"], "succeeded");
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    use std::io::Write;
+    let data = temp_data("per-ip");
+    let server = Server::start(
+        data.path(),
+        models_dir(),
+        &["--max-connections-per-ip", "3", "--header-timeout-s", "60"],
+    );
+    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let mut hogs: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /api/models HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    // The accept loop counts a connection once it has taken it; give it the three first.
+    std::thread::sleep(Duration::from_millis(300));
+    let request = "GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let (status, answer) = raw(&server, request);
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("too many connections from this address"));
+    hogs.pop();
+    let started = Instant::now();
+    loop {
+        let (status, answer) = raw(&server, request);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a closed connection frees its place: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
