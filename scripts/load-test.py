@@ -308,18 +308,23 @@ def job_state(base, job, storm):
     return record["state"]
 
 
+def run_threads(target, arg_lists):
+    """TARGET run on a thread per argument tuple, all at once; the seconds until all are done."""
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=target, args=a) for a in arg_lists]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - t0
+
+
 def cancel_storm(base, n, args):
     """N jobs submitted and cancelled at once from CLIENTS threads; then every one must finish
     and the queue must run a fresh job. Returns (summary, errors)."""
     storm = Storm()
     per = [list(range(k, n, args.clients)) for k in range(min(args.clients, n))]
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=storm_worker, args=(base, jobs, args, storm)) for jobs in per]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    storm_wall = time.monotonic() - t0
+    storm_wall = run_threads(storm_worker, [(base, jobs, args, storm) for jobs in per])
 
     t0 = time.monotonic()
     pending, outcomes = set(storm.accepted), {}
@@ -404,22 +409,10 @@ def main():
     stats, results = Stats(), []
     try:
         per = [args.jobs // args.clients + (1 if i < args.jobs % args.clients else 0) for i in range(args.clients)]
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=client, args=(base, n, args, stats, results)) for n in per if n]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        job_wall = time.monotonic() - t0
+        job_wall = run_threads(client, [(base, n, args, stats, results) for n in per if n])
 
-        t0 = time.monotonic()
         per = [args.reads // args.clients] * args.clients
-        threads = [threading.Thread(target=reader, args=(base, n, results, stats)) for n in per if n]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        read_wall = time.monotonic() - t0
+        read_wall = run_threads(reader, [(base, n, results, stats) for n in per if n])
 
         extra = []  # (summary, errors) of the slow-header and cancel-storm cases
         if args.slow_clients:

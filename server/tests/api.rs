@@ -724,24 +724,14 @@ fn a_job_past_the_time_limit_is_stopped_and_fails_naming_the_limit() {
 
 #[test]
 fn connections_that_never_finish_their_headers_are_closed_and_do_not_lock_others_out() {
-    use std::io::Write;
     let data = temp_data("slow-clients");
     let server = Server::start(
         data.path(),
         models_dir(),
         &["--max-connections", "4", "--header-timeout-s", "1"],
     );
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
     // As many half-sent requests as the server takes connections.
-    let hogs: Vec<std::net::TcpStream> = (0..4)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            s.write_all(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-                .unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s
-        })
-        .collect();
+    let hogs = half_sent_requests(&server, 4);
     let started = Instant::now();
     let (status, models) = get(&server.url("/api/models"));
     assert_eq!(status, 200, "{models}");
@@ -756,6 +746,21 @@ fn connections_that_never_finish_their_headers_are_closed_and_do_not_lock_others
         hog.read_to_end(&mut rest)
             .expect("the server closes a connection whose headers never finish");
     }
+}
+
+/// `n` connections, each holding a request whose headers never end (read from for 30 s at most).
+fn half_sent_requests(server: &Server, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    let addr = server.base.strip_prefix("http://").unwrap();
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s
+        })
+        .collect()
 }
 
 /// `request` (a whole HTTP/1.1 request, Connection: close) sent as written, and the answer's
@@ -1556,21 +1561,13 @@ fn random_job_bodies_get_2xx_or_4xx_and_leave_the_server_working() {
 
 #[test]
 fn one_address_cannot_hold_every_connection() {
-    use std::io::Write;
     let data = temp_data("per-ip");
     let server = Server::start(
         data.path(),
         models_dir(),
         &["--max-connections-per-ip", "3", "--header-timeout-s", "60"],
     );
-    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
-    let mut hogs: Vec<std::net::TcpStream> = (0..3)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            s.write_all(b"GET /api/models HTTP/1.1\r\n").unwrap();
-            s
-        })
-        .collect();
+    let mut hogs = half_sent_requests(&server, 3);
     // The accept loop counts a connection once it has taken it; give it the three first.
     std::thread::sleep(Duration::from_millis(300));
     let request = "GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";

@@ -128,6 +128,12 @@ impl ServeArgs {
             self.models_dir.clone(),
             data_dir.join("models"),
         ));
+        let redactor = Redactor::new(
+            registry
+                .directories()
+                .chain([data_dir.as_path()])
+                .chain(self.web_dir.as_deref()),
+        );
         let jobs = Jobs::start(
             store.clone(),
             registry.clone(),
@@ -136,6 +142,7 @@ impl ServeArgs {
             self.queue,
             Duration::from_secs(self.limits.job_timeout_s),
             self.retention.clone(),
+            redactor.clone(),
         )?;
         // Results also age while no job runs.
         let weak = Arc::downgrade(&jobs);
@@ -149,12 +156,6 @@ impl ServeArgs {
                 }
             })
             .context("starting the retention sweep")?;
-        let redactor = Redactor::new(
-            registry
-                .directories()
-                .chain([data_dir.as_path()])
-                .chain(self.web_dir.as_deref()),
-        );
         Ok(Arc::new(AppState {
             redactor,
             store,

@@ -86,11 +86,13 @@ pub struct Jobs {
 
 impl Jobs {
     /// Starts `workers` threads taking jobs from a queue of `capacity`, each job stopped after
-    /// `time_limit`, after sweeping what `retention` no longer keeps.
+    /// `time_limit`, after sweeping what `retention` no longer keeps; errors and results are
+    /// shown and stored through `redactor`.
     ///
     /// # Errors
     ///
     /// An unwritable jobs directory.
+    #[allow(clippy::too_many_arguments)] // the server's settings for its jobs, one per flag
     pub fn start(
         store: Arc<Store>,
         registry: Arc<Registry>,
@@ -99,6 +101,7 @@ impl Jobs {
         capacity: usize,
         time_limit: Duration,
         retention: Retention,
+        redactor: Redactor,
     ) -> Result<Arc<Jobs>> {
         // Work directories of jobs a previous process did not finish.
         if jobs_dir.exists() {
@@ -109,7 +112,6 @@ impl Jobs {
             .with_context(|| format!("creating {}", jobs_dir.display()))?;
         log_sweep(retention.sweep(&store, &registry, true));
         let (queue, rx) = channel();
-        let redactor = Redactor::new(registry.directories().chain(jobs_dir.parent()));
         let jobs = Arc::new(Jobs {
             store,
             registry,
@@ -346,7 +348,7 @@ impl Jobs {
             )),
             _ if job.control.cancelled() => JobEvent::Cancelled,
             Ok(Err(e)) => {
-                let error = self.redactor.redact(&format!("{e:#}")).into_owned();
+                let error = format!("{e:#}");
                 // A model written by a failed job is never offered; reports are kept.
                 let result_id = (!job.kind.writes_model())
                     .then(|| {

@@ -43,7 +43,7 @@ pub(super) fn store_result(
     )?;
     if let Some(error) = error {
         anyhow::ensure!(!report.is_empty(), "the job wrote no report");
-        report.insert("error".into(), Value::String(error.to_owned()));
+        report.insert("error".into(), redactor.redact(error).into_owned().into());
     }
     let mut derived = None;
     if job.kind.writes_model() {
