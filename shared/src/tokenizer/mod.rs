@@ -84,8 +84,8 @@ const MAX_TOKEN_BYTES: usize = 4096;
 const MAX_TOKENIZER_JSON_BYTES: usize = 64 << 20;
 
 /// Refuses a vocabulary past what any real tokenizer has, before anything is sized by it: a
-/// model file is not trusted to be sane. A BPE merge makes one token, so there are about as
-/// many merges as tokens.
+/// model file is not trusted to be sane. Merges are not bounded by the token count: vocabularies
+/// converted from tiktoken list more merges than tokens (Llama 3: 280147 for 128256).
 fn check_vocab_bounds<'a>(
     n_tokens: usize,
     tokens: impl IntoIterator<Item = &'a str>,
@@ -96,10 +96,9 @@ fn check_vocab_bounds<'a>(
             "{n_tokens} tokens; a vocabulary has at most {MAX_VOCAB}"
         )));
     }
-    if n_merges > MAX_VOCAB || n_merges > 2 * n_tokens + 1024 {
+    if n_merges > MAX_VOCAB {
         return Err(TokenizerError::InvalidVocab(format!(
-            "{n_merges} merges for {n_tokens} tokens; a BPE vocabulary has about one merge per \
-             token (at most {MAX_VOCAB})"
+            "{n_merges} merges for {n_tokens} tokens; a vocabulary has at most {MAX_VOCAB}"
         )));
     }
     if let Some(long) = tokens.into_iter().find(|t| t.len() > MAX_TOKEN_BYTES) {
@@ -688,9 +687,9 @@ pub(crate) mod tests {
         let mut many = json.clone();
         let merges = many["model"]["merges"].as_array_mut().unwrap();
         let merge = merges[0].clone();
-        merges.resize(3 * t.vocab_size() + 2048, merge);
+        merges.resize(MAX_VOCAB + 1, merge);
         let Err(e) = Tokenizer::from_json_bytes(many.to_string().as_bytes(), None) else {
-            panic!("thousands of merges for a few tokens loaded");
+            panic!("more than 2^21 merges loaded");
         };
         assert!(e.to_string().contains("merges for"), "{e}");
 
