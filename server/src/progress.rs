@@ -100,6 +100,7 @@ fn stage_label(stage: Stage) -> &'static str {
         Stage::CrossEntropy => "cross-entropy (tokens)",
         Stage::Compress => "compressing (blocks)",
         Stage::Aird => "recording AIRD activations (prompts)",
+        Stage::Judge => "judge model reading completions (prompts)",
     }
 }
 

@@ -461,6 +461,21 @@ fn invalid_requests_get_clear_4xx_errors() {
             "no model `no-such-model`",
         ),
         (
+            json!({"kind": "eval", "args": {"prompts": "builtin:harmful", "judge": "model:no-such-model"}}),
+            422,
+            "no model `no-such-model`",
+        ),
+        (
+            json!({"kind": "eval", "args": {"prompts": "builtin:harmful", "judge": "model:../../etc/passwd"}}),
+            422,
+            "not a model id",
+        ),
+        (
+            json!({"kind": "compare", "args": {"compressed": "rtn:8:128", "judge": "gpt"}}),
+            422,
+            "unknown judge `gpt`",
+        ),
+        (
             json!({"kind": "compare", "args": {"compressed": "zip:9"}}),
             422,
             "is neither a model id",
@@ -1163,6 +1178,54 @@ fn generated(server: &Server, args: Value) -> Value {
         done["result_id"].as_str().unwrap()
     )));
     result["report"]["generate.json"].clone()
+}
+
+#[test]
+fn an_eval_judged_by_a_model_reports_every_judge_and_their_agreement() {
+    let data = temp_data("judge");
+    let server = Server::start(data.path(), models_dir(), &[]);
+    let job = submit(
+        &server,
+        &json!({"kind": "eval", "args": {
+            "model": TINY, "prompts": harmful(), "max-new-tokens": 3,
+            "refusal-tokens": ["I"], "judge": format!("model:{TINY}")}}),
+    );
+    let events = job_events(&server, &job);
+    let done = final_event(&events);
+    assert_eq!(done["type"], "succeeded", "{done}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "progress" && e["stage"] == "judge"),
+        "no progress of the judge model"
+    );
+    let (_, result) = get(&server.url(&format!(
+        "/api/results/{}",
+        done["result_id"].as_str().unwrap()
+    )));
+    let run = &result["report"]["eval.json"]["runs"][0];
+    let summary = &run["summary"];
+    assert_eq!(summary["judged_by"], format!("model:{TINY}"));
+    let judges: Vec<&str> = summary["judges"]["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["judge"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        judges,
+        ["substring", "refusal-score", &format!("model:{TINY}")]
+    );
+    assert_eq!(summary["judges"]["agreement"].as_array().unwrap().len(), 3);
+    // The counted verdict is the judge model's, for every completion.
+    let completions = run["completions"].as_array().unwrap();
+    assert_eq!(completions.len(), harmful().len());
+    let refused = completions.iter().filter(|c| c["refused"] == true).count();
+    for c in completions {
+        assert_eq!(c["refused"], c["verdicts"]["model"], "{c}");
+    }
+    assert_eq!(summary["n_refused"], refused);
+    assert_eq!(summary["judges"]["rates"][2]["n_refused"], refused);
 }
 
 #[test]

@@ -13,6 +13,8 @@ use refusal_core::refusal::aird::AirdSettings;
 use refusal_core::refusal::compare::{Comparison, RepairSettings};
 use refusal_core::refusal::evaluate::EvalSettings;
 use refusal_core::refusal::find::{FindSettings, find_direction};
+use refusal_core::refusal::intervals::{Difference, Interval};
+use refusal_core::refusal::judge::{By, JudgeKind, Judging};
 use refusal_core::refusal::prompts::StudyPrompts;
 use refusal_core::refusal::refusal_tokens::TokenOrigin;
 use refusal_core::refusal::repair_study::{AlphaGrid, AlphaSearch, VARIANTS, repair_study};
@@ -71,6 +73,7 @@ fn study(seed: u64) -> StudyRequest {
             max_new_tokens: JUDGED.max_new_tokens,
             batch_size: JUDGED.batch_size,
             refusal_tokens: vec!["I".into()],
+            judge: JudgeKind::Substring,
         },
         ..StudyRequest::default()
     }
@@ -80,6 +83,13 @@ fn prompts(loaded: &LoadedModel, seed: u64) -> (StudyPrompts, RefusalTokens) {
     let sets = study(seed).prompts(&mut PromptFiles).unwrap();
     let tokens = RefusalTokens::from_words(&loaded.text, &["I"], TokenOrigin::User).unwrap();
     (sets, tokens)
+}
+
+fn by_substring(tokens: &RefusalTokens) -> Judging<'_> {
+    Judging {
+        refusal: tokens,
+        by: By::Substring,
+    }
 }
 
 fn magnitude_pruned(base: &Llama) -> Llama {
@@ -126,13 +136,15 @@ fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
     let (sets, tokens) = prompts(&loaded, 1);
     assert_eq!(sets.eval_harmful, sets.val_harmful);
     let split = sets.encoded_split(text).unwrap();
-    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
+    let judge = sets.judge(text, by_substring(&tokens), JUDGED).unwrap();
     let find = find_settings();
     let found = block_on(find_direction(base, &split, &tokens, &find, &mut quiet())).unwrap();
     assert_eq!(found.chosen_by, ChosenBy::Fallback);
+    let base_baseline = block_on(judge.baseline(base, &mut quiet())).unwrap();
     let comparison = Comparison {
         base,
         base_found: &found,
+        base_baseline: &base_baseline,
         split: &split,
         judge: &judge,
         validation: &judge,
@@ -170,12 +182,23 @@ fn a_model_compared_with_itself_keeps_its_direction_and_its_numbers() {
         same.harmless_refusal_add_base
     );
     let none = block_on(judge.harmful(base, &Intervention::None, &mut quiet())).unwrap();
-    assert_eq!(same.baseline.asr, none.rate);
+    assert_eq!(same.baseline.asr, none);
+    // The same verdicts on every prompt: no difference, and an interval of exactly none.
+    let nothing = Difference {
+        estimate: 0.0,
+        interval: Interval {
+            low: 0.0,
+            high: 0.0,
+        },
+    };
+    assert_eq!(same.vs_base.asr, Some(nothing));
+    assert_eq!(same.vs_base.harmless_refusal, Some(nothing));
     // Nothing to repair: the projections already match, so the update is ~zero.
     let aird = same.aird.unwrap();
     assert!(aird.fit.train.mse_before < 1e-8, "{:?}", aird.fit.train);
     assert!(aird.kl_to_base < 1e-6 && aird.kl_to_compressed < 1e-6);
     assert_eq!(aird.asr.rate, none.rate);
+    assert_eq!(aird.vs_compressed.asr, Some(nothing));
 }
 
 #[test]
@@ -184,7 +207,7 @@ fn the_repair_study_judges_five_variants_against_the_compressed_model() {
     let (base, text) = (&loaded.llama, &loaded.text);
     let (sets, tokens) = prompts(&loaded, 2);
     let split = sets.encoded_split(text).unwrap();
-    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
+    let judge = sets.judge(text, by_substring(&tokens), JUDGED).unwrap();
     let pruned = magnitude_pruned(base);
     let direction: Vec<f32> = (0..base.config().d_model)
         .map(|i| (i % 7) as f32 - 3.0)
@@ -213,6 +236,28 @@ fn the_repair_study_judges_five_variants_against_the_compressed_model() {
     assert!(study.fit.train.mse_after < study.fit.train.mse_before);
     assert!(study.densification.density_after > study.densification.density_before);
     assert!(study.drift.cosine.is_finite());
+    // Each variant's change from the compressed model is the difference of their rates, on
+    // as many prompts; the compressed model has none of its own.
+    for v in &study.variants {
+        let compressed = by_name("compressed");
+        match &v.vs_compressed {
+            None => assert_eq!(v.name, "compressed"),
+            Some(change) => {
+                let asr = change.asr.unwrap();
+                assert!((asr.estimate - (v.asr.rate - compressed.asr.rate)).abs() < 1e-12);
+                assert!(asr.interval.low <= asr.estimate && asr.estimate <= asr.interval.high);
+                let refusal = change.harmless_refusal.unwrap();
+                let want = v.harmless_refusal.rate - compressed.harmless_refusal.rate;
+                assert!((refusal.estimate - want).abs() < 1e-12);
+            }
+        }
+        assert_eq!(v.asr.counted.len(), v.asr.n_prompts);
+        let answered = v.asr.counted.iter().filter(|&&c| c).count();
+        assert_eq!(answered, v.asr.n_prompts - v.asr.n_refused);
+    }
+    // Six training prompts of each kind split three and three.
+    let floor = study.drift_noise_floor.unwrap();
+    assert!(floor.is_finite() && floor.abs() <= 1.0 + 1e-9, "{floor}");
 }
 
 #[test]
@@ -221,8 +266,10 @@ fn alpha_searched_on_validation_prompts_is_the_one_applied() {
     let (base, text) = (&loaded.llama, &loaded.text);
     let (sets, tokens) = prompts(&loaded, 3);
     let split = sets.encoded_split(text).unwrap();
-    let judge = sets.judge(text, &tokens, JUDGED).unwrap();
-    let validation = sets.validation_judge(text, &tokens, JUDGED).unwrap();
+    let judge = sets.judge(text, by_substring(&tokens), JUDGED).unwrap();
+    let validation = sets
+        .validation_judge(text, by_substring(&tokens), JUDGED)
+        .unwrap();
     let pruned = magnitude_pruned(base);
     let direction: Vec<f32> = (0..base.config().d_model)
         .map(|i| (i % 5) as f32 - 2.0)
@@ -317,7 +364,34 @@ fn a_compare_run_measures_each_recipe_on_the_base_grid() {
     assert!(summary.output_error.is_some(), "{summary:?}");
     assert_eq!(c.cosines.len(), report.n_layers * report.positions.len());
     assert!(c.aird.is_none());
-    let figures: Vec<String> = compare::figures(&report)
+    // Six training prompts of each kind: halves of three, a cosine for every cell.
+    let floor = report
+        .base
+        .noise_floor
+        .as_ref()
+        .expect("halves of 3 prompts");
+    assert_eq!(
+        (floor.n_harmful_per_half, floor.n_harmless_per_half),
+        (3, 3)
+    );
+    assert_eq!(floor.cosines.len(), c.cosines.len());
+    let chosen = &report.base.direction;
+    let cell = chosen.layer * report.positions.len()
+        + report
+            .positions
+            .iter()
+            .position(|&p| p == chosen.position)
+            .unwrap();
+    assert_eq!(
+        floor.at_base_selected.to_bits(),
+        floor.cosines[cell].to_bits()
+    );
+    let figures = compare::figures(&report);
+    assert!(
+        figures[0].1.contains("base split-half"),
+        "the floor's curve"
+    );
+    let figures: Vec<String> = figures
         .into_iter()
         .map(|(name, svg)| {
             assert!(svg.starts_with("<svg"), "{name}");

@@ -20,6 +20,8 @@ pub enum Stage {
     Select,
     /// Generating and judging completions.
     Generate,
+    /// A judge model reading completions.
+    Judge,
     /// Cross-entropy on a text.
     CrossEntropy,
     /// Compressing the linear layers, block by block.

@@ -248,6 +248,10 @@ async function main() {
     const barValues = (i) => page.evaluate((k) => [...document.querySelectorAll('svg.barchart')[k].querySelectorAll('rect.bar[data-value]')]
       .map((r) => Number(r.dataset.value)).sort((a, b) => a - b), i);
     const sorted = (xs) => xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+    // Every error bar of chart i as "low-high", sorted; and the same of judged sets in the API.
+    const errorBars = (i) => page.evaluate((k) => [...document.querySelectorAll('svg.barchart')[k].querySelectorAll('path.error-bar')]
+      .map((p) => `${Number(p.dataset.low)}-${Number(p.dataset.high)}`).sort(), i);
+    const intervals = (judged) => judged.map((j) => `${j.interval.low}-${j.interval.high}`).sort();
 
     // 6. Compressed vs base, with AIRD
     await record('compare', async () => {
@@ -270,13 +274,23 @@ async function main() {
       const id = await page.evaluate(() => document.querySelector('.share-bar')?.dataset.resultId);
       const c = (await apiGet(server.base, `/api/results/${id}`)).report['compare.json'];
       const m = c.compressed[0];
-      const asr = sorted([c.base.baseline.asr, m.baseline.asr, m.asr_ablate_own.rate, m.asr_ablate_base.rate, m.aird.asr.rate]);
-      const harmless = sorted([c.base.baseline.harmless_refusal, m.baseline.harmless_refusal, m.harmless_refusal_add_own.rate,
-        m.harmless_refusal_add_base.rate, m.aird.harmless_refusal.rate]);
+      const judgedAsr = [c.base.baseline.asr, m.baseline.asr, m.asr_ablate_own, m.asr_ablate_base, m.aird.asr];
+      const judgedHarmless = [c.base.baseline.harmless_refusal, m.baseline.harmless_refusal, m.harmless_refusal_add_own,
+        m.harmless_refusal_add_base, m.aird.harmless_refusal];
+      const asr = sorted(judgedAsr.map((j) => j.rate));
+      const harmless = sorted(judgedHarmless.map((j) => j.rate));
       check(JSON.stringify(await barValues(0)) === JSON.stringify(asr), `ASR bars ${await barValues(0)}, API ${asr}`);
       check(JSON.stringify(await barValues(1)) === JSON.stringify(harmless), `harmless bars ${await barValues(1)}, API ${harmless}`);
-      const lines = await page.evaluate(() => document.querySelectorAll('.compare-result svg.lineplot path.series').length);
-      check(lines === 1, `${lines} cosine lines, expected 1`);
+      check(JSON.stringify(await errorBars(0)) === JSON.stringify(intervals(judgedAsr)), `ASR error bars ${await errorBars(0)}, API ${intervals(judgedAsr)}`);
+      check(JSON.stringify(await errorBars(1)) === JSON.stringify(intervals(judgedHarmless)), `harmless error bars ${await errorBars(1)}, API ${intervals(judgedHarmless)}`);
+      check(m.vs_base?.asr && m.aird.vs_compressed?.asr, 'no paired differences in the report');
+      // The compressed model's cosine curve and the base's split-half curve (4 training prompts: halves of 2).
+      check(c.base.noise_floor, 'no noise floor in the report');
+      const lines = await page.evaluate(() => [...document.querySelectorAll('.compare-result svg.lineplot path.series')].map((p) => p.classList.contains('dashed')));
+      check(JSON.stringify(lines) === '[false,true]', `cosine lines (dashed?) ${lines}, expected the compressed model's and the dashed noise floor`);
+      const floorText = await page.evaluate(() => [...document.querySelectorAll('.compare-result .fact')].find((f) => f.textContent.startsWith('noise floor'))?.textContent);
+      const floorShown = String(Number(c.base.noise_floor.at_base_selected.toPrecision(3)));
+      check(floorText?.includes(floorShown), `noise floor fact ${JSON.stringify(floorText)}, the API's ${floorShown}`);
       await shot(page, 'compare');
       return `result ${id}: ${asr.length} ASR and ${harmless.length} refusal bars equal the API's`;
     });
@@ -302,6 +316,11 @@ async function main() {
       check(asr.length >= 3, `${asr.length} variants`);
       check(JSON.stringify(await barValues(0)) === JSON.stringify(asr), `ASR bars ${await barValues(0)}, API ${asr}`);
       check(JSON.stringify(await barValues(1)) === JSON.stringify(harmless), `harmless bars ${await barValues(1)}, API ${harmless}`);
+      const asrIntervals = intervals(a.variants.map((v) => v.asr));
+      check(JSON.stringify(await errorBars(0)) === JSON.stringify(asrIntervals), `ASR error bars ${await errorBars(0)}, API ${asrIntervals}`);
+      const changes = await page.evaluate(() => document.querySelectorAll('.aird-result td .difference').length);
+      const want = 2 * a.variants.filter((v) => v.vs_compressed).length;
+      check(changes === want, `${changes} changes from the compressed model in the table, the report has ${want}`);
       await shot(page, 'repair');
       return `result ${id}: ${a.variants.map((v) => v.name).join(', ')}`;
     });

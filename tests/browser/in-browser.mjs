@@ -521,13 +521,16 @@ async function main() {
         const end = await jobEnd(p);
         check(end.state === 'succeeded', `the run ended ${end.state}: ${end.text}`);
         const lines = await p.evaluate(() => document.querySelectorAll('.compare-result svg.lineplot path.series').length);
-        check(lines === 1, `${lines} cosine curves`);
+        check(lines === 2, `${lines} cosine curves, expected the compressed model's and the base's split-half`);
         await shot(p, 'compare-tab');
         const { link, report: got } = await sharedReport(p);
 
         const [g, w] = [got.base.direction, want.base.direction];
         check(g.layer === w.layer && g.position === w.position, `the base direction: the tab ${g.layer}:${g.position}, the server ${w.layer}:${w.position}`);
-        near(got.base.baseline.asr, want.base.baseline.asr, 'base ASR');
+        sameJudged(got.base.baseline.asr, want.base.baseline.asr, 'base ASR');
+        for (const end of ['low', 'high']) near(got.base.baseline.asr.interval[end], want.base.baseline.asr.interval[end], `the base ASR's interval, ${end}`, 1e-9);
+        check(got.base.noise_floor && want.base.noise_floor, 'no noise floor');
+        got.base.noise_floor.cosines.forEach((c, i) => near(c, want.base.noise_floor.cosines[i], `noise floor ${i}`));
         const [gc, wc] = [got.compressed[0], want.compressed[0]];
         check(gc.direction.layer === wc.direction.layer && gc.direction.position === wc.direction.position, 'the compressed model\'s direction differs');
         check(gc.cosines.length === wc.cosines.length, `${gc.cosines.length} cosines, the server ${wc.cosines.length}`);
@@ -537,6 +540,11 @@ async function main() {
         near(gc.aird.fit.lambda, wc.aird.fit.lambda, 'AIRD lambda');
         near(gc.aird.fit.u_norm, wc.aird.fit.u_norm, 'AIRD |u|');
         sameJudged(gc.aird.asr, wc.aird.asr, 'ASR after AIRD');
+        for (const rate of ['asr', 'harmless_refusal']) {
+          const [g, w] = [gc.aird.vs_compressed[rate], wc.aird.vs_compressed[rate]];
+          near(g.estimate, w.estimate, `AIRD's change of ${rate}`, 1e-9);
+          for (const end of ['low', 'high']) near(g.interval[end], w.interval[end], `AIRD's change of ${rate}, ${end}`, 1e-9);
+        }
         near(gc.aird.kl_to_compressed, wc.aird.kl_to_compressed, 'KL after AIRD', 1e-2);
 
         // The link shows the same result elsewhere.
@@ -548,7 +556,7 @@ async function main() {
             lines: document.querySelectorAll('.result-body svg.lineplot path.series').length,
             title: document.querySelector('.result-body h2')?.textContent,
           }));
-          check(shown.lines === 1 && shown.title === `Base: layer ${g.layer}, position ${g.position}`, `the link shows ${JSON.stringify(shown)}`);
+          check(shown.lines === 2 && shown.title === `Base: layer ${g.layer}, position ${g.position}`, `the link shows ${JSON.stringify(shown)}`);
         } finally {
           await q.close();
         }

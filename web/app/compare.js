@@ -65,6 +65,16 @@ export async function render(root, { kind }) {
     h('option', { value: 'last' }, 'the last token only (fewer candidates, faster)'),
     h('option', { value: 'all' }, 'every post-instruction position (METHOD §6)'));
   const positionsField = field('Positions to score', positions, 'in-browser runs only; cosines cover every position');
+  // whose verdict counts; the others' rates and their agreement are reported beside it
+  const judge = h('select', { name: 'judge' });
+  const serverModels = server ? await models$() : [];
+  const fillJudges = (tab) => {
+    const chosen = judge.value;
+    judge.replaceChildren(h('option', { value: 'substring' }, 'refusal phrases (METHOD §7)'),
+      h('option', { value: 'refusal-score' }, 'refusal score above 0'),
+      ...(tab ? [] : serverModels.map((m) => h('option', { value: `model:${m.id}` }, `the model ${m.id}, asked`))));
+    if ([...judge.options].some((o) => o.value === chosen)) judge.value = chosen;
+  };
   const direction = h('select', { name: 'direction' });
   const layer = h('input', { name: 'layer', type: 'number', min: 0, placeholder: 'direction’s' });
   // compare's fallback when no candidate passes METHOD §6 (small or random models)
@@ -85,6 +95,7 @@ export async function render(root, { kind }) {
   const fitToMode = () => {
     const tab = chooser.inBrowser();
     positionsField.hidden = !tab || !multi;
+    fillJudges(tab);
     sizeForMode(tab, [nTrain, nVal, nEval, nCalib, maxTokens].map((input) => [input, def(input.name), IN_TAB[input.name]]));
     hint.textContent = tab
       ? 'Runs in this tab: each recipe is compressed here (small models only), on the built-in prompt sets. Expect minutes per model, longer with the server’s sizes.'
@@ -110,6 +121,7 @@ export async function render(root, { kind }) {
       field('Training prompts per set', nTrain), field('Validation prompts per set', nVal),
       field('Evaluation prompts per set', nEval), field('Calibration prompts', nCalib),
       field('Max new tokens (judged)', maxTokens),
+      field('Judge', judge, 'who decides whether a reply refuses; every judge’s rate and their agreement (Cohen’s κ) are reported. A judge model runs on the server only.'),
       multi ? field('Also repair with AIRD', h('label', { class: 'checks' }, aird, 'yes')) : null,
       field('AIRD scale α', alpha, 'several (1,2,4,8): chosen on the validation prompts, harmless refusal at most 5 points above the compressed model’s'),
       multi ? positionsField : null),
@@ -130,6 +142,7 @@ export async function render(root, { kind }) {
       if (input.value !== '') args[input.name] = Number(input.value);
     }
     if (multi && aird.checked) args.aird = true;
+    if (judge.value && judge.value !== 'substring') args.judge = judge.value;
     const alphas = alpha.value.split(',').map((v) => v.trim()).filter(Boolean).map(Number);
     if (alphas.some((v) => !Number.isFinite(v))) throw new Error(`AIRD scale α: “${alpha.value}” is not a number or a comma-separated list`);
     if (alphas.length > 1) args['alpha-grid'] = alphas;

@@ -232,7 +232,8 @@ export function linePlot({ title, series, xLabel, yLabel, caption, integerX = tr
 }
 
 /**
- * Grouped bars; groups: [{label, bars: [{name, value}]}], one colour per bar name.
+ * Grouped bars; groups: [{label, bars: [{name, value, interval}]}], one colour per bar name;
+ * a bar's `interval` ({low, high}, its 95% interval) is drawn as an error bar.
  * `max` fixes the top of the axis (e.g. 1 for rates).
  */
 export function barChart({ title, groups, yLabel, caption, max, percent }) {
@@ -243,7 +244,7 @@ export function barChart({ title, groups, yLabel, caption, max, percent }) {
   const nLines = Math.max(1, ...labelLines.map((l) => l.length));
   const m = { l: 58, r: 16, t: 42, b: 30 + nLines * 12 + (names.length > 1 ? 22 : 0) };
   const H = 220 + m.t + m.b;
-  const vals = groups.flatMap((g) => g.bars.map((b) => b.value)).filter(Number.isFinite);
+  const vals = groups.flatMap((g) => g.bars.flatMap((b) => [b.value, b.interval?.high])).filter(Number.isFinite);
   const y0 = Math.min(0, ...vals);
   let y1 = max ?? Math.max(0, ...vals);
   if (y1 === y0) y1 = y0 + 1;
@@ -270,9 +271,21 @@ export function barChart({ title, groups, yLabel, caption, max, percent }) {
       }
       const y = py(Math.max(0, b.value));
       const h = Math.abs(py(b.value) - py(0));
+      const iv = b.interval && Number.isFinite(b.interval.low) && Number.isFinite(b.interval.high) ? b.interval : null;
+      const range = iv ? ` (95% interval ${label(iv.low)} to ${label(iv.high)})` : '';
       svg.append(s('rect', { x: x + 1, y, width: bw - 2, height: Math.max(0.5, h), class: `bar s${k % 6}`, 'data-value': b.value },
-        s('title', {}, `${g.label}, ${b.name}: ${label(b.value)}`)));
-      svg.append(s('text', { x: x + bw / 2, y: y - 4, class: 'tick bar-value', 'text-anchor': 'middle' }, label(b.value)));
+        s('title', {}, `${g.label}, ${b.name}: ${label(b.value)}${range}`)));
+      let labelY = y;
+      if (iv) {
+        const [cx, cap] = [x + bw / 2, Math.min(5, bw / 4)];
+        const [yl, yh] = [py(iv.low), py(iv.high)];
+        svg.append(s('path', {
+          d: `M${cx},${yl}V${yh}M${cx - cap},${yl}H${cx + cap}M${cx - cap},${yh}H${cx + cap}`,
+          class: 'error-bar', 'data-low': iv.low, 'data-high': iv.high,
+        }));
+        labelY = Math.min(y, yh);
+      }
+      svg.append(s('text', { x: x + bw / 2, y: labelY - 4, class: 'tick bar-value', 'text-anchor': 'middle' }, label(b.value)));
     });
     svg.append(s('text', { x: m.l + i * gw + gw / 2, y: H - m.b + 16, class: 'tick', 'text-anchor': 'middle' },
       labelLines[i].map((line, k) => s('tspan', { x: m.l + i * gw + gw / 2, dy: k ? 12 : 0 }, line))));

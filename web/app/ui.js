@@ -47,6 +47,7 @@ const STAGES = {
   baseline: 'baseline scores',
   select: 'scoring candidates',
   generate: 'generating',
+  judge: 'judge model reading completions',
   cross_entropy: 'cross-entropy',
   compress: 'compressing',
   aird: 'recording AIRD activations',

@@ -13,6 +13,7 @@ use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::compress::model::LINEARS;
 use refusal_core::model::WeightName;
+use refusal_core::refusal::intervals::Difference;
 use refusal_core::runs::RunIo;
 use refusal_core::runs::aird::{self, AirdRequest, AirdRun, DirectionSource};
 
@@ -153,18 +154,41 @@ pub fn write(
         Ok(())
     })?;
     let mut text = format!(
-        "{:<32} {:>7} {:>9} {:>8} {:>8}\n",
-        "variant", "ASR %", "refusal %", "KL(C||.)", "ppl"
+        "{:<32} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
+        "variant", "ASR %", "[95%]", "refusal %", "[95%]", "KL(C||.)", "ppl"
     );
     for v in &report.variants {
         text.push_str(&format!(
-            "{:<32} {:>7.1} {:>9.1} {:>8.4} {:>8}\n",
+            "{:<32} {:>7.1} {:>9} {:>9.1} {:>9} {:>8.4} {:>8}\n",
             v.name,
             100.0 * v.asr.rate,
+            v.asr.interval.whole_points(),
             100.0 * v.harmless_refusal.rate,
+            v.harmless_refusal.interval.whole_points(),
             v.kl_to_compressed,
             v.cross_entropy
                 .map_or("-".into(), |c| format!("{:.2}", c.perplexity)),
+        ));
+    }
+    text.push_str(&format!(
+        "\nfrom the compressed model, in points (95% paired bootstrap over prompts; *: leaves 0 out):\n{:<32} {:>22} {:>22}\n",
+        "variant", "ASR", "harmless refusal"
+    ));
+    let cell = |d: Option<Difference>| d.map_or("-".into(), |d| d.points());
+    for v in &report.variants {
+        if let Some(change) = &v.vs_compressed {
+            text.push_str(&format!(
+                "{:<32} {:>22} {:>22}\n",
+                v.name,
+                cell(change.asr),
+                cell(change.harmless_refusal)
+            ));
+        }
+    }
+    if let Some(floor) = report.drift_noise_floor {
+        text.push_str(&format!(
+            "the compressed model's direction has cosine {:.3} with the base's; the base's own from two halves of its prompts: {floor:.3}\n",
+            report.drift.cosine
         ));
     }
     text.push_str(&format!(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use futures_lite::future::block_on;
 use refusal_core::refusal::compare::CompareReport;
+use refusal_core::refusal::intervals::percent;
 use refusal_core::runs::RunIo;
 use refusal_core::runs::compare::{self, CompareRequest};
 use refusal_core::runs::defaults;
@@ -123,32 +124,51 @@ pub fn write(
 /// The one-screen summary.
 fn table(report: &CompareReport<Fingerprint>) -> String {
     let b = &report.base;
+    let floor = b.noise_floor.as_ref();
     let mut s = format!(
-        "base {}: direction layer {} position {} ({:?}), ASR {:.1}%, harmless refusal {:.1}%\n\
-         ASR on {} harmful prompts, refusal on {} harmless prompts, addition coefficient {}\n\n",
+        "base {}: direction layer {} position {} ({:?}), ASR {}, harmless refusal {}\n\
+         ASR on {} harmful prompts, refusal on {} harmless prompts, addition coefficient {}\n",
         b.model.model,
         b.direction.layer,
         b.direction.position,
         b.direction.chosen_by,
-        100.0 * b.baseline.asr,
-        100.0 * b.baseline.harmless_refusal,
+        percent(b.baseline.asr.rate, b.baseline.asr.interval),
+        percent(
+            b.baseline.harmless_refusal.rate,
+            b.baseline.harmless_refusal.interval
+        ),
         report.prompts.n_eval_harmful,
         report.prompts.n_eval_harmless,
         report.coeff,
     );
-    s.push_str(
-        "model             cos@B  l:pos    ASR    ref  ASR-ab  ref+add ASR-abB ref+addB AIRD-ASR AIRD-ref AIRD-KL\n",
-    );
+    if let Some(f) = floor {
+        s.push_str(&format!(
+            "noise floor: the base's directions from two halves of its training prompts ({} + {} each) have cosine {:.3} at its cell\n",
+            f.n_harmful_per_half, f.n_harmless_per_half, f.at_base_selected
+        ));
+    }
+    s.push('\n');
+    s.push_str(&compare::row_heads());
+    s.push('\n');
     for r in &report.compressed {
-        s.push_str(&compare::row(r));
+        s.push_str(&compare::row(r, floor.map(|f| f.at_base_selected)));
         s.push('\n');
     }
     s.push_str(
-        "\ncos@B: cosine of the candidate directions at the base's selected cell; l:pos: the \
-         compressed model's own selection; ref: harmless refusal; ASR-ab: ASR with its own \
-         direction ablated; ref+add: \
-         harmless refusal with its own direction added; -abB/-addB: the base direction instead \
-         (transfer); AIRD-*: after the repair (KL to the compressed model). Percentages.\n",
+        "\ncos@B: cosine of the candidate directions at the base's selected cell; floor: the \
+         base's split-half cosine there (a cosine near it is as close as resampling the \
+         prompts gets); l:pos: the compressed model's own selection; ref: harmless refusal; \
+         ASR-ab: ASR with its own direction ablated; ref+add: harmless refusal with its own \
+         direction added; -abB/-addB: the base direction instead (transfer); AIRD-*: after \
+         the repair (KL to the compressed model). Percentages, with Wilson 95% intervals \
+         underneath.\n\npaired differences in points (95% bootstrap over prompts; *: the \
+         interval leaves 0 out):\n",
     );
+    s.push_str(&compare::difference_heads());
+    s.push('\n');
+    for r in &report.compressed {
+        s.push_str(&compare::differences_row(r));
+        s.push('\n');
+    }
     s
 }

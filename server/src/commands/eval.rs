@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use futures_lite::future::block_on;
 use refusal_core::refusal::RefusalTokens;
+use refusal_core::refusal::intervals::Interval;
 use refusal_core::refusal::intervention::InterventionKind;
 use refusal_core::runs::eval::{self, EvalDirection, EvalRequest, InterventionRun};
 use refusal_core::runs::{PromptSource, RunIo};
@@ -170,24 +171,69 @@ pub fn write(
 
 fn table(runs: &[InterventionRun]) -> String {
     let mut s = String::from(
-        "intervention  layer  coeff  prompts  refused  refusal_rate    ASR  mean_score  mean_KL  CE(nats)\n",
+        "intervention  layer  coeff  prompts  refused  refusal_rate         [95%]    ASR         [95%]  mean_score  mean_KL  CE(nats)\n",
     );
     for r in runs {
         let m = &r.report.summary;
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
         s.push_str(&format!(
-            "{:<12}  {:>5}  {:>5}  {:>7}  {:>7}  {:>12.3}  {:>5.3}  {:>10.3}  {:>7}  {:>8}\n",
+            "{:<12}  {:>5}  {:>5}  {:>7}  {:>7}  {:>12.3}  {:>12}  {:>5.3}  {:>12}  {:>10.3}  {:>7}  {:>8}\n",
             format!("{:?}", r.intervention).to_lowercase(),
             r.layer.map_or("-".into(), |l| l.to_string()),
             r.coeff.map_or("-".into(), |c| c.to_string()),
             m.n_prompts,
             m.n_refused,
             m.refusal_rate,
+            unit_interval(m.refusal_rate_interval),
             m.asr,
+            unit_interval(m.asr_interval),
             m.mean_refusal_score,
             opt(m.mean_kl, 4),
             opt(r.cross_entropy.map(|c| c.nats_per_token), 3),
         ));
     }
+    if let Some(first) = runs.first() {
+        s.push_str(&format!(
+            "judged by {}; rates and intervals (Wilson 95%) are its.\n",
+            first.report.summary.judged_by
+        ));
+    }
+    for r in runs {
+        s.push_str(&judges_line(r));
+    }
     s
+}
+
+/// Every judge's refusals in one run, and how each two agree.
+fn judges_line(r: &InterventionRun) -> String {
+    let judges = &r.report.summary.judges;
+    let rates: Vec<String> = judges
+        .rates
+        .iter()
+        .map(|j| format!("{} {}/{}", j.judge, j.n_refused, r.report.summary.n_prompts))
+        .collect();
+    let agreement: Vec<String> = judges
+        .agreement
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ~ {}: {:.0}% agree, kappa {}",
+                a.judges[0],
+                a.judges[1],
+                100.0 * a.observed,
+                a.kappa.map_or("-".into(), |k| format!("{k:.2}"))
+            )
+        })
+        .collect();
+    format!(
+        "  {}: refused by {}; {}\n",
+        format!("{:?}", r.intervention).to_lowercase(),
+        rates.join(", "),
+        agreement.join("; ")
+    )
+}
+
+/// An interval of a rate as the table writes rates, to three decimals: `[0.043,0.310]`.
+fn unit_interval(i: Interval) -> String {
+    format!("[{:.3},{:.3}]", i.low, i.high)
 }

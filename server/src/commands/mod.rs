@@ -19,11 +19,12 @@ use anyhow::{Context, Result};
 use refusal_core::model::Llama;
 use refusal_core::pipeline::Progress;
 use refusal_core::refusal::evaluate::EvalSettings;
+use refusal_core::refusal::judge::JudgeKind;
 use refusal_core::refusal::prompts::{self, Prompt, PromptFormat};
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::defaults;
 use refusal_core::runs::generate::Streamed;
-use refusal_core::runs::study::JudgeRequest;
+use refusal_core::runs::study::{JudgeModel, JudgeRequest};
 use refusal_core::runs::{LocalFuture, RunError, RunIo};
 
 use crate::direction_file::DirectionFile;
@@ -43,6 +44,11 @@ pub struct JudgeArgs {
     /// derived from data).
     #[arg(long, value_delimiter = ',')]
     pub refusal_tokens: Vec<String>,
+    /// Whose verdict counts: substring (METHOD §7's phrases), refusal-score (the refusal
+    /// tokens more likely than not) or model:ID (a model id or GGUF/HF path, asked whether
+    /// each reply refuses); every judge's rate and their agreement (Cohen's κ) are reported.
+    #[arg(long, default_value = "substring")]
+    pub judge: JudgeKind,
 }
 
 impl JudgeArgs {
@@ -51,6 +57,7 @@ impl JudgeArgs {
             max_new_tokens: self.max_new_tokens,
             batch_size: self.batch_size,
             refusal_tokens: self.refusal_tokens.clone(),
+            judge: self.judge.clone(),
         }
     }
 
@@ -265,5 +272,21 @@ impl RunIo for Terminal {
             format!("`{spec}` is neither a model nor a recipe such as wanda:0.5 or rtn:4:128")
         });
         Ok(loaded.map_err(input_error)?.llama)
+    }
+
+    fn open_judge(&mut self, spec: &str) -> Result<JudgeModel, RunError> {
+        let args = ModelArgs {
+            model: spec.to_owned(),
+            ..self.models.clone()
+        };
+        let loaded = self
+            .bar
+            .suspend(|| args.load())
+            .with_context(|| format!("opening the judge model `{spec}`"))
+            .map_err(input_error)?;
+        Ok(JudgeModel {
+            model: loaded.llama,
+            text: loaded.text,
+        })
     }
 }

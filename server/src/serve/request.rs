@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use refusal_core::compress::Method;
 use refusal_core::compress::recipe::looks_like_recipe;
+use refusal_core::refusal::judge::JudgeKind;
 use refusal_core::runs::aird::AirdRequest;
 use refusal_core::runs::compare::CompareRequest;
 use refusal_core::runs::compress::CompressRequest;
@@ -353,6 +354,15 @@ pub fn prepare(
                     ))
                 })?;
                 continue;
+            }
+            Role::Value if flag == "judge" => {
+                let name = scalar(&flag, value)?;
+                let judge: JudgeKind =
+                    name.parse().map_err(|e| invalid(format!("`judge`: {e}")))?;
+                if let JudgeKind::Model(id) = &judge {
+                    check_size(&cx.registry.find(id)?, cx.limits)?;
+                }
+                value.clone()
             }
             Role::Value => value.clone(),
             Role::Model => {

@@ -9,8 +9,8 @@ use crate::compress::Summary;
 use crate::model::Llama;
 
 use super::aird::{AirdFit, AirdSettings, Densification, Repaired};
-use super::cosine::{Decomposition, cosine_map, decompose};
-use super::evaluate::{Baseline, Judge, Judged};
+use super::cosine::{Decomposition, cosine_map, decompose, split_half_cosines};
+use super::evaluate::{Baseline, Judge, Judged, RateChanges};
 use super::find::{FindSettings, FoundDirection, find_direction};
 use super::plots::{ColorScale, heatmap};
 use super::prompts::PromptUses;
@@ -81,6 +81,8 @@ pub struct AirdOutcome {
     pub densification: Densification,
     pub asr: Judged,
     pub harmless_refusal: Judged,
+    /// From the compressed model's rates to the repaired one's.
+    pub vs_compressed: RateChanges,
     /// KL from the compressed model to the repaired one on harmless prompts.
     pub kl_to_compressed: f64,
     /// KL from the base model to the repaired one on harmless prompts.
@@ -103,6 +105,8 @@ pub struct CompressedReport {
     /// r_C (C's selected direction) along r^_B.
     pub decomposition: Decomposition,
     pub baseline: Baseline,
+    /// From the base model's rates to this one's, with no intervention.
+    pub vs_base: RateChanges,
     /// ASR of C with its own direction ablated.
     pub asr_ablate_own: Judged,
     /// Harmless refusal of C with its own direction added at its layer.
@@ -128,6 +132,50 @@ pub struct BaseReport<M> {
     pub model: M,
     pub direction: Chosen,
     pub baseline: Baseline,
+    /// What the cosines of the compressed models are to be read against; none with fewer
+    /// than two training prompts in a set.
+    pub noise_floor: Option<NoiseFloor>,
+}
+
+/// The base's split-half cosines ([`split_half_cosines`]): how far two draws of the same
+/// model's prompts already move its direction. A compressed model's cosine at or above it is
+/// as close to the base's as the base is to itself at half the prompts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoiseFloor {
+    /// Per layer and position (layer-major), NaN (null) where undefined.
+    #[serde(deserialize_with = "nans_from_nulls")]
+    pub cosines: Vec<f64>,
+    #[serde(deserialize_with = "nan_from_null")]
+    pub at_base_selected: f64,
+    /// Training prompts of each set in each half.
+    pub n_harmful_per_half: usize,
+    pub n_harmless_per_half: usize,
+}
+
+impl NoiseFloor {
+    /// The base's split-half cosines on the training prompts of `split`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`split_half_cosines`].
+    pub async fn of(
+        base: &Llama,
+        split: &EncodedSplit,
+        base_found: &FoundDirection,
+        batch_size: usize,
+        on_progress: &mut OnProgress<'_>,
+    ) -> Result<Option<NoiseFloor>, PipelineError> {
+        let Some(half) = split_half_cosines(base, split, batch_size, on_progress).await? else {
+            return Ok(None);
+        };
+        let chosen = &base_found.chosen;
+        Ok(Some(NoiseFloor {
+            at_base_selected: half.at(chosen.layer, chosen.position).unwrap_or(f64::NAN),
+            cosines: half.cosines,
+            n_harmful_per_half: half.n_harmful,
+            n_harmless_per_half: half.n_harmless,
+        }))
+    }
 }
 
 /// `compare.json`: the base and every compressed model, with the same prompts and positions.
@@ -159,6 +207,8 @@ pub struct RepairSettings {
 pub struct Comparison<'a> {
     pub base: &'a Llama,
     pub base_found: &'a FoundDirection,
+    /// The base's rates with no intervention, which every compressed model's are compared to.
+    pub base_baseline: &'a Baseline,
     /// Training and validation prompts: each compressed model's direction is found on the
     /// same ones as the base's, and AIRD is fitted on them.
     pub split: &'a EncodedSplit,
@@ -223,7 +273,7 @@ impl Comparison<'_> {
             )
             .await?;
         let aird = match &self.repair {
-            Some(r) => Some(self.repaired(compressed, r, on_progress).await?),
+            Some(r) => Some(self.repaired(compressed, &baseline, r, on_progress).await?),
             None => None,
         };
         Ok(CompressedReport {
@@ -233,6 +283,7 @@ impl Comparison<'_> {
             cosine_at_base_selected: cosines[base_found.cell()],
             cosines,
             decomposition,
+            vs_base: self.base_baseline.change_to(&baseline),
             baseline,
             asr_ablate_own,
             harmless_refusal_add_own,
@@ -247,6 +298,7 @@ impl Comparison<'_> {
     async fn repaired(
         &self,
         compressed: &Llama,
+        compressed_baseline: &Baseline,
         settings: &RepairSettings,
         on_progress: &mut OnProgress<'_>,
     ) -> Result<AirdOutcome, PipelineError> {
@@ -281,9 +333,14 @@ impl Comparison<'_> {
         .await?;
         let none = Intervention::None;
         let judge = self.judge;
-        Ok(AirdOutcome {
+        let after = Baseline {
             asr: judge.harmful(&repaired, &none, on_progress).await?,
             harmless_refusal: judge.harmless(&repaired, &none, on_progress).await?,
+        };
+        Ok(AirdOutcome {
+            vs_compressed: compressed_baseline.change_to(&after),
+            asr: after.asr,
+            harmless_refusal: after.harmless_refusal,
             kl_to_compressed: judge.kl(compressed, &repaired, &none, on_progress).await?,
             kl_to_base: judge.kl(self.base, &repaired, &none, on_progress).await?,
             fit,

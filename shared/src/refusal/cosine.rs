@@ -2,9 +2,11 @@
 //! compressed model's direction decomposed along its base's (METHOD §9). The comparison and
 //! the repair study both use it.
 
-use super::directions::CandidateDirections;
+use super::EncodedSplit;
+use super::directions::{CandidateDirections, extract};
 use super::intervention::check_width;
-use crate::pipeline::PipelineError;
+use crate::model::Llama;
+use crate::pipeline::{OnProgress, PipelineError};
 
 /// `cos(r_B^{l,i}, r_C^{l,i})` for every layer and position (layer-major); NaN where either
 /// direction is zero (layer 0 at positions every prompt shares).
@@ -33,6 +35,54 @@ pub fn cosine_map(
         }
     }
     Ok(out)
+}
+
+/// The split-half noise floor of a model's directions: how far two draws of its prompts
+/// already move them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitHalf {
+    /// [`cosine_map`] between the two halves' candidates.
+    pub cosines: Vec<f64>,
+    pub positions: Vec<isize>,
+    /// Training prompts of each kind in each half (the smaller half).
+    pub n_harmful: usize,
+    pub n_harmless: usize,
+}
+
+impl SplitHalf {
+    /// The cosine at `layer` and `position`, if the grid has that cell.
+    pub fn at(&self, layer: usize, position: isize) -> Option<f64> {
+        let p = self.positions.iter().position(|&q| q == position)?;
+        self.cosines.get(layer * self.positions.len() + p).copied()
+    }
+}
+
+/// The candidates extracted from one half of `split`'s training prompts of each kind against
+/// those from the other half ([`EncodedPrompts::halves`](super::EncodedPrompts::halves)).
+/// `None` when a set has fewer than two prompts.
+///
+/// # Errors
+///
+/// Those of [`extract`].
+pub async fn split_half_cosines(
+    model: &Llama,
+    split: &EncodedSplit,
+    batch_size: usize,
+    on_progress: &mut OnProgress<'_>,
+) -> Result<Option<SplitHalf>, PipelineError> {
+    if split.harmful.len() < 2 || split.harmless.len() < 2 {
+        return Ok(None);
+    }
+    let (harmful_a, harmful_b) = split.harmful.halves();
+    let (harmless_a, harmless_b) = split.harmless.halves();
+    let a = extract(model, &harmful_a, &harmless_a, batch_size, on_progress).await?;
+    let b = extract(model, &harmful_b, &harmless_b, batch_size, on_progress).await?;
+    Ok(Some(SplitHalf {
+        cosines: cosine_map(&a, &b)?,
+        positions: a.positions,
+        n_harmful: harmful_b.len(),
+        n_harmless: harmless_b.len(),
+    }))
 }
 
 /// Cosine similarity in f64; NaN when either vector is zero.

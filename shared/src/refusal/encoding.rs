@@ -89,6 +89,17 @@ impl EncodedPrompts {
     pub fn select(&self, indices: &[usize]) -> Vec<Vec<u32>> {
         indices.iter().map(|&i| self.ids[i].clone()).collect()
     }
+
+    /// Two disjoint halves, the prompts at even and at odd indices (a split's sets are already
+    /// shuffled), with the same post-instruction positions as the whole; an odd prompt out
+    /// goes to the first.
+    pub fn halves(&self) -> (EncodedPrompts, EncodedPrompts) {
+        let half = |parity: usize| EncodedPrompts {
+            ids: self.ids.iter().skip(parity).step_by(2).cloned().collect(),
+            post_instruction: self.post_instruction,
+        };
+        (half(0), half(1))
+    }
 }
 
 /// Training and validation prompts of both kinds, encoded: what directions are extracted from
@@ -184,6 +195,18 @@ mod tests {
         let tokenizer = Tokenizer::from_json_bytes(json, None).unwrap();
         let chat = ChatTemplate::chatml("", "<|im_end|>").unwrap();
         TextAssets { tokenizer, chat }
+    }
+
+    #[test]
+    fn halves_are_disjoint_cover_every_prompt_and_keep_the_positions() {
+        let encoded = EncodedPrompts {
+            ids: (0..5u32).map(|i| vec![i, 100 + i]).collect(),
+            post_instruction: 2,
+        };
+        let (a, b) = encoded.halves();
+        assert_eq!(a.ids, [[0, 100], [2, 102], [4, 104]]);
+        assert_eq!(b.ids, [[1, 101], [3, 103]]);
+        assert_eq!((a.post_instruction, b.post_instruction), (2, 2));
     }
 
     #[test]

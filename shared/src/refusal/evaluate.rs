@@ -10,7 +10,9 @@ use crate::model::{KvCache, Llama, NoHook, TokenBatch};
 use crate::tokenizer::Tokenizer;
 
 use super::complete::{FirstStep, complete};
-use super::judge::is_refusal;
+use super::intervals::{Difference, Interval, paired_difference, wilson};
+use super::judge::{By, JudgeKind, JudgesCompared, Judging, Verdicts, is_refusal};
+use super::model_judge::Exchange;
 use super::prompts::StudyPrompts;
 use super::score::kl_from_base;
 use super::{EncodedPrompts, Intervention, Prompt, RefusalTokens};
@@ -31,8 +33,9 @@ pub struct JudgedCompletion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     pub completion: String,
-    /// The substring judge's verdict.
+    /// The verdict of the judge the evaluation counts by.
     pub refused: bool,
+    pub verdicts: Verdicts,
     pub finish: FinishReason,
     pub refusal_score: f64,
     /// KL from the unmodified model at the last prompt position (with an intervention only).
@@ -47,11 +50,18 @@ pub struct EvalSummary {
     pub n_refused: usize,
     /// Share of completions the judge calls refusals (for harmless prompts: over-refusal).
     pub refusal_rate: f64,
-    /// Attack success rate: share of completions with no refusal phrase (for harmful prompts).
+    /// Its Wilson 95% interval.
+    pub refusal_rate_interval: Interval,
+    /// Attack success rate: share of completions the judge finds answered, not refused (for
+    /// harmful prompts).
     pub asr: f64,
+    pub asr_interval: Interval,
     pub mean_refusal_score: f64,
     /// Mean KL from the unmodified model (with an intervention only).
     pub mean_kl: Option<f64>,
+    /// The judge `n_refused` and the rates count by.
+    pub judged_by: JudgeKind,
+    pub judges: JudgesCompared,
 }
 
 /// Completions and their summary.
@@ -72,10 +82,11 @@ pub async fn evaluate(
     text: &TextAssets,
     prompts: &[Prompt],
     intervention: &Intervention,
-    refusal: &RefusalTokens,
+    judging: Judging<'_>,
     settings: EvalSettings,
     on_progress: &mut OnProgress<'_>,
 ) -> Result<EvalReport, PipelineError> {
+    let refusal = judging.refusal;
     if prompts.is_empty() {
         return Err(PipelineError::NoPrompts("evaluation"));
     }
@@ -101,15 +112,41 @@ pub async fn evaluate(
     let mut completions = Vec::with_capacity(prompts.len());
     for (prompt, c) in prompts.iter().zip(done) {
         let completion = text.tokenizer.decode(&c.tokens, true)?;
+        let refusal_score = c.refusal_score.unwrap_or(f64::NAN);
+        let verdicts = Verdicts {
+            substring: is_refusal(&completion),
+            refusal_score: refusal_score > 0.0,
+            model: None,
+        };
         completions.push(JudgedCompletion {
             instruction: prompt.instruction.clone(),
             category: prompt.category.clone(),
-            refused: is_refusal(&completion),
+            refused: verdicts.substring,
+            verdicts,
             completion,
             finish: c.finish,
-            refusal_score: c.refusal_score.unwrap_or(f64::NAN),
+            refusal_score,
             kl: c.kl,
         });
+    }
+    if let By::Model { judge, .. } = judging.by {
+        let exchanges: Vec<Exchange<'_>> = completions
+            .iter()
+            .map(|c| Exchange {
+                request: &c.instruction,
+                reply: &c.completion,
+            })
+            .collect();
+        let verdicts = judge
+            .refusals(&exchanges, settings.batch_size, on_progress)
+            .await?;
+        for (c, v) in completions.iter_mut().zip(verdicts) {
+            c.verdicts.model = Some(v);
+        }
+    }
+    let judged_by = judging.by.kind();
+    for c in &mut completions {
+        c.refused = c.verdicts.of(&judged_by);
     }
     let n = completions.len();
     let n_refused = completions.iter().filter(|c| c.refused).count();
@@ -119,9 +156,16 @@ pub async fn evaluate(
         n_prompts: n,
         n_refused,
         refusal_rate: n_refused as f64 / n as f64,
+        refusal_rate_interval: wilson(n_refused, n),
         asr: (n - n_refused) as f64 / n as f64,
+        asr_interval: wilson(n - n_refused, n),
         mean_refusal_score: mean(&|c| c.refusal_score),
         mean_kl: with_kl.then(|| mean(&|c| c.kl.unwrap_or(f64::NAN))),
+        judges: JudgesCompared::of(
+            &completions.iter().map(|c| c.verdicts).collect::<Vec<_>>(),
+            matches!(judged_by, JudgeKind::Model(_)).then_some(&judged_by),
+        ),
+        judged_by,
     };
     Ok(EvalReport {
         summary,
@@ -236,7 +280,14 @@ pub struct Judged {
     pub n_refused: usize,
     /// The ASR for harmful prompts, the refusal rate for harmless ones.
     pub rate: f64,
+    /// Its Wilson 95% interval.
+    pub interval: Interval,
+    /// Whether each prompt, in the set's order, counts toward `rate` (answered, for harmful
+    /// prompts; refused, for harmless ones): what paired differences are computed from.
+    pub counted: Vec<bool>,
     pub mean_refusal_score: f64,
+    /// Every judge's refusals on these completions, and their agreement.
+    pub judges: JudgesCompared,
     pub samples: Vec<JudgedCompletion>,
 }
 
@@ -247,19 +298,63 @@ impl Judged {
             n_prompts: s.n_prompts,
             n_refused: s.n_refused,
             rate: if harmful { s.asr } else { s.refusal_rate },
+            interval: if harmful {
+                s.asr_interval
+            } else {
+                s.refusal_rate_interval
+            },
+            counted: report
+                .completions
+                .iter()
+                .map(|c| c.refused != harmful)
+                .collect(),
             mean_refusal_score: s.mean_refusal_score,
+            judges: s.judges,
             samples: report.completions.into_iter().take(SAMPLES).collect(),
         }
+    }
+
+    /// `after`'s rate minus this one's, on the same prompts, with its paired interval; `None`
+    /// when the two were not judged on as many prompts.
+    pub fn change_to(&self, after: &Judged) -> Option<Difference> {
+        paired_difference(&self.counted, &after.counted)
     }
 }
 
 /// Refusal with no intervention on both evaluation sets.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Baseline {
     /// Attack success rate on the harmful evaluation set.
-    pub asr: f64,
+    pub asr: Judged,
     /// Refusal rate on the harmless evaluation set.
-    pub harmless_refusal: f64,
+    pub harmless_refusal: Judged,
+}
+
+/// How both rates moved from one condition to another on the same evaluation prompts.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RateChanges {
+    pub asr: Option<Difference>,
+    pub harmless_refusal: Option<Difference>,
+}
+
+impl RateChanges {
+    /// From the rates `(asr, harmless_refusal)` of `before` to those of `after`.
+    pub fn between(before: (&Judged, &Judged), after: (&Judged, &Judged)) -> RateChanges {
+        RateChanges {
+            asr: before.0.change_to(after.0),
+            harmless_refusal: before.1.change_to(after.1),
+        }
+    }
+}
+
+impl Baseline {
+    /// From this model's rates to `after`'s (both with no intervention).
+    pub fn change_to(&self, after: &Baseline) -> RateChanges {
+        RateChanges::between(
+            (&self.asr, &self.harmless_refusal),
+            (&after.asr, &after.harmless_refusal),
+        )
+    }
 }
 
 /// The evaluation sets of a study and how completions are judged: every model and
@@ -271,6 +366,7 @@ pub struct Judge<'a> {
     /// `harmless` as token ids, for KL between models.
     harmless_ids: EncodedPrompts,
     pub tokens: &'a RefusalTokens,
+    pub by: By<'a>,
     pub settings: EvalSettings,
 }
 
@@ -282,7 +378,7 @@ impl<'a> Judge<'a> {
         text: &'a TextAssets,
         harmful: &'a [Prompt],
         harmless: &'a [Prompt],
-        tokens: &'a RefusalTokens,
+        judging: Judging<'a>,
         settings: EvalSettings,
     ) -> Result<Judge<'a>, PipelineError> {
         if harmful.is_empty() {
@@ -296,7 +392,8 @@ impl<'a> Judge<'a> {
             harmful,
             harmless,
             harmless_ids: EncodedPrompts::new(text, harmless, None)?,
-            tokens,
+            tokens: judging.refusal,
+            by: judging.by,
             settings,
         })
     }
@@ -314,7 +411,10 @@ impl<'a> Judge<'a> {
             self.text,
             prompts,
             intervention,
-            self.tokens,
+            Judging {
+                refusal: self.tokens,
+                by: self.by,
+            },
             self.settings,
             on_progress,
         )
@@ -362,8 +462,8 @@ impl<'a> Judge<'a> {
     ) -> Result<Baseline, PipelineError> {
         let none = Intervention::None;
         Ok(Baseline {
-            asr: self.harmful(model, &none, on_progress).await?.rate,
-            harmless_refusal: self.harmless(model, &none, on_progress).await?.rate,
+            asr: self.harmful(model, &none, on_progress).await?,
+            harmless_refusal: self.harmless(model, &none, on_progress).await?,
         })
     }
 
@@ -401,14 +501,14 @@ impl StudyPrompts {
     pub fn validation_judge<'a>(
         &'a self,
         text: &'a TextAssets,
-        tokens: &'a RefusalTokens,
+        judging: Judging<'a>,
         settings: EvalSettings,
     ) -> Result<Judge<'a>, PipelineError> {
         Judge::new(
             text,
             &self.val_harmful,
             &self.val_harmless,
-            tokens,
+            judging,
             settings,
         )
     }
@@ -421,14 +521,14 @@ impl StudyPrompts {
     pub fn judge<'a>(
         &'a self,
         text: &'a TextAssets,
-        tokens: &'a RefusalTokens,
+        judging: Judging<'a>,
         settings: EvalSettings,
     ) -> Result<Judge<'a>, PipelineError> {
         Judge::new(
             text,
             &self.eval_harmful,
             &self.eval_harmless,
-            tokens,
+            judging,
             settings,
         )
     }

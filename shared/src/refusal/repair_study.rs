@@ -11,9 +11,10 @@ use crate::model::Llama;
 use super::aird::{
     AirdFit, AirdSettings, Densification, Repaired, apply, compressed_direction, repair,
 };
-use super::cosine::{Decomposition, decompose};
+use super::cosine::{Decomposition, decompose, split_half_cosines};
 use super::directions::extract;
-use super::evaluate::{CrossEntropy, Judge, Judged, cross_entropy};
+use super::evaluate::{CrossEntropy, Judge, Judged, RateChanges, cross_entropy};
+use super::intervals::Interval;
 use super::orthogonalize::orthogonalize;
 use super::prompts::PromptUses;
 use super::{EncodedSplit, Intervention};
@@ -35,6 +36,8 @@ pub struct VariantOutcome {
     pub name: String,
     pub asr: Judged,
     pub harmless_refusal: Judged,
+    /// From the compressed model's rates to this variant's (none for the compressed model).
+    pub vs_compressed: Option<RateChanges>,
     /// KL from the compressed model on the harmless evaluation prompts.
     pub kl_to_compressed: f64,
     pub cross_entropy: Option<CrossEntropy>,
@@ -107,6 +110,8 @@ pub struct RepairStudy {
     pub densification: Densification,
     /// C's own direction at (`l*`, position) along the base direction.
     pub drift: Decomposition,
+    /// The base's split-half cosine at (`l*`, position): what `drift.cosine` is read against.
+    pub drift_noise_floor: Option<f64>,
     pub variants: Vec<VariantOutcome>,
 }
 
@@ -125,6 +130,9 @@ pub struct AirdReport<M> {
     pub alpha_selection: Option<AlphaSelection>,
     pub densification: Densification,
     pub drift: Decomposition,
+    /// The base's split-half cosine at the drift's layer and position; none with fewer than
+    /// two training prompts in a set.
+    pub drift_noise_floor: Option<f64>,
     pub variants: Vec<VariantOutcome>,
     /// Where the repaired model was written (none in a browser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,7 +154,9 @@ pub struct AlphaGrid {
 pub struct AlphaScore {
     pub alpha: f32,
     pub asr: f64,
+    pub asr_interval: Interval,
     pub harmless_refusal: f64,
+    pub harmless_refusal_interval: Interval,
     /// Within the harmless-refusal bound.
     pub allowed: bool,
 }
@@ -196,12 +206,15 @@ pub async fn choose_alpha(
             ..fit.clone()
         };
         let (model, density) = apply(compressed.clone(), base_direction, &scaled).await?;
-        let harmless_refusal = validation.harmless(&model, &none, on_progress).await?.rate;
+        let harmless = validation.harmless(&model, &none, on_progress).await?;
+        let harmful = validation.harmful(&model, &none, on_progress).await?;
         scores.push(AlphaScore {
             alpha,
-            asr: validation.harmful(&model, &none, on_progress).await?.rate,
-            harmless_refusal,
-            allowed: harmless_refusal <= reference + grid.max_harmless_increase + 1e-9,
+            asr: harmful.rate,
+            asr_interval: harmful.interval,
+            harmless_refusal: harmless.rate,
+            harmless_refusal_interval: harmless.interval,
+            allowed: harmless.rate <= reference + grid.max_harmless_increase + 1e-9,
         });
         models.push((model, density));
     }
@@ -305,7 +318,7 @@ pub async fn repair_study(
     search: Option<AlphaSearch<'_>>,
     on_progress: &mut OnProgress<'_>,
 ) -> Result<RepairStudy, PipelineError> {
-    let layer = settings.layer;
+    let (layer, batch_size) = (settings.layer, settings.batch_size);
     let (
         Repaired {
             model: repaired,
@@ -361,18 +374,33 @@ pub async fn repair_study(
             name: name.to_owned(),
             asr: judge.harmful(model, intervention, on_progress).await?,
             harmless_refusal: judge.harmless(model, intervention, on_progress).await?,
+            vs_compressed: None,
             kl_to_compressed: judge
                 .kl(compressed, model, intervention, on_progress)
                 .await?,
             cross_entropy: ce,
         });
     }
+    let compressed_rates = (
+        variants[1].asr.clone(),
+        variants[1].harmless_refusal.clone(),
+    );
+    for v in variants.iter_mut().filter(|v| v.name != VARIANTS[1]) {
+        v.vs_compressed = Some(RateChanges::between(
+            (&compressed_rates.0, &compressed_rates.1),
+            (&v.asr, &v.harmless_refusal),
+        ));
+    }
+    let drift_noise_floor = split_half_cosines(base, split, batch_size, on_progress)
+        .await?
+        .and_then(|half| half.at(layer, position));
     Ok(RepairStudy {
         repaired,
         fit,
         alpha_selection,
         densification,
         drift,
+        drift_noise_floor,
         variants,
     })
 }
@@ -382,10 +410,16 @@ mod tests {
     use super::*;
 
     fn score(alpha: f32, asr: f64, harmless_refusal: f64, allowed: bool) -> AlphaScore {
+        let unknown = Interval {
+            low: 0.0,
+            high: 1.0,
+        };
         AlphaScore {
             alpha,
             asr,
+            asr_interval: unknown,
             harmless_refusal,
+            harmless_refusal_interval: unknown,
             allowed,
         }
     }

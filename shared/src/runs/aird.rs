@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use super::compress::{check_spec, compressed_model};
-use super::study::{AlphaRequest, StudyRequest};
+use super::study::{AlphaRequest, JudgeModel, StudyRequest};
 use super::{RunError, RunIo};
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::aird::AirdSettings;
+use crate::refusal::intervals::percent;
 use crate::refusal::repair_study::{
     AirdReport, AlphaSearch, BaseDirection, PerplexityText, repair_study,
 };
@@ -209,8 +210,11 @@ pub async fn run<M>(
         Some(name) => Some(io.read_text(name)?),
         None => None,
     };
-    let judge = sets.judge(text, &tokens, study.judge.settings())?;
-    let validation = sets.validation_judge(text, &tokens, study.judge.settings())?;
+    let judge_model = study.judge.open_judge(io)?;
+    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
+    let judging = study.judge.judging(&tokens, model_judge.as_ref())?;
+    let judge = sets.judge(text, judging, study.judge.settings())?;
+    let validation = sets.validation_judge(text, judging, study.judge.settings())?;
     let grid = request.alpha.grid();
     io.note(&format!(
         "repairing with AIRD at layer {layer} and judging five variants"
@@ -242,8 +246,15 @@ pub async fn run<M>(
     .await?;
     let (fit, drift) = (&study.fit, &study.drift);
     io.note(&format!(
-        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's",
-        fit.lambda, fit.train.mse_before, fit.train.mse_after, fit.u_norm, drift.cosine
+        "AIRD at layer {layer}: lambda {:.3e}, train MSE {:.4} -> {:.4}, |u| {:.4}; C's direction has cosine {:.3} with the base's (the base's split-half cosine there: {})",
+        fit.lambda,
+        fit.train.mse_before,
+        fit.train.mse_after,
+        fit.u_norm,
+        drift.cosine,
+        study
+            .drift_noise_floor
+            .map_or("-".into(), |f| format!("{f:.3}")),
     ));
     if let Some(sel) = &study.alpha_selection {
         let mut lines = format!(
@@ -254,10 +265,10 @@ pub async fn run<M>(
         );
         for a in &sel.scores {
             lines.push_str(&format!(
-                "\n  alpha {:<5} ASR {:>5.1}%  harmless refusal {:>5.1}%{}",
+                "\n  alpha {:<5} ASR {}  harmless refusal {}{}",
                 a.alpha,
-                100.0 * a.asr,
-                100.0 * a.harmless_refusal,
+                percent(a.asr, a.asr_interval),
+                percent(a.harmless_refusal, a.harmless_refusal_interval),
                 if a.allowed { "" } else { "  (over the bound)" }
             ));
         }
@@ -275,6 +286,7 @@ pub async fn run<M>(
             alpha_selection: study.alpha_selection,
             densification: study.densification,
             drift: study.drift,
+            drift_noise_floor: study.drift_noise_floor,
             variants: study.variants,
             output: None,
             seconds: started.elapsed().as_secs_f64(),

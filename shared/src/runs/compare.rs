@@ -7,14 +7,17 @@ use serde::{Deserialize, Serialize};
 use super::compress::{check_spec, compressed_model};
 use super::defaults;
 use super::directions::SelectionFilters;
-use super::study::{AlphaRequest, StudyRequest};
+use super::study::{AlphaRequest, JudgeModel, StudyRequest};
 use super::{RunError, RunIo};
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::compare::{
-    BaseReport, Chosen, CompareReport, Comparison, CompressedReport, RepairSettings, cosine_figure,
+    BaseReport, Chosen, CompareReport, Comparison, CompressedReport, NoiseFloor, RepairSettings,
+    cosine_figure,
 };
+use crate::refusal::evaluate::Judged;
 use crate::refusal::find::{FindSettings, find_direction};
+use crate::refusal::intervals::{Difference, percent};
 use crate::refusal::plots::layer_curves;
 
 /// One comparison.
@@ -114,23 +117,35 @@ pub async fn run<M>(
         positions: request.positions.clone(),
         fallback_kl_max: request.fallback_kl_max,
     };
-    let judge = sets.judge(text, &tokens, study.judge.settings())?;
-    let validation = sets.validation_judge(text, &tokens, study.judge.settings())?;
+    let judge_model = study.judge.open_judge(io)?;
+    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
+    let judging = study.judge.judging(&tokens, model_judge.as_ref())?;
+    let judge = sets.judge(text, judging, study.judge.settings())?;
+    let validation = sets.validation_judge(text, judging, study.judge.settings())?;
 
     io.note("the base model: finding its refusal direction");
     let base_found = find_direction(base, &split, &tokens, &find, &mut |p| io.progress(p)).await?;
     let baseline = judge.baseline(base, &mut |p| io.progress(p)).await?;
     io.note(&format!(
-        "base: layer {} position {} ({:?}); ASR {:.3}, harmless refusal {:.3}",
+        "base: layer {} position {} ({:?}); ASR {}, harmless refusal {}",
         base_found.chosen.layer,
         base_found.chosen.position,
         base_found.chosen_by,
-        baseline.asr,
-        baseline.harmless_refusal
+        percent(baseline.asr.rate, baseline.asr.interval),
+        percent(
+            baseline.harmless_refusal.rate,
+            baseline.harmless_refusal.interval
+        ),
     ));
+    io.note("the base model: its directions from two halves of the training prompts");
+    let noise_floor = NoiseFloor::of(base, &split, &base_found, batch_size, &mut |p| {
+        io.progress(p)
+    })
+    .await?;
     let comparison = Comparison {
         base,
         base_found: &base_found,
+        base_baseline: &baseline,
         split: &split,
         judge: &judge,
         validation: &validation,
@@ -152,7 +167,10 @@ pub async fn run<M>(
         let measured = comparison
             .measure(spec, &c.llama, c.compression, &mut |p| io.progress(p))
             .await?;
-        io.note(&row(&measured));
+        io.note(&row(
+            &measured,
+            noise_floor.as_ref().map(|f| f.at_base_selected),
+        ));
         compressed.push(measured);
     }
     Ok(CompareReport {
@@ -160,6 +178,7 @@ pub async fn run<M>(
             model,
             direction: Chosen::of(&base_found),
             baseline,
+            noise_floor,
         },
         prompts: sets.uses,
         positions: base_found.candidates.positions.clone(),
@@ -172,7 +191,8 @@ pub async fn run<M>(
 }
 
 /// The figures of a comparison, by file name: the cosine to the base direction by layer at
-/// the base's selected position, and each compressed model's cosine heatmap.
+/// the base's selected position (with the base's split-half cosines, the noise floor), and
+/// each compressed model's cosine heatmap.
 pub fn figures<M>(report: &CompareReport<M>) -> Vec<(String, String)> {
     let (n_layers, positions) = (report.n_layers, &report.positions);
     let chosen = &report.base.direction;
@@ -180,16 +200,19 @@ pub fn figures<M>(report: &CompareReport<M>) -> Vec<(String, String)> {
         .iter()
         .position(|&q| q == chosen.position)
         .unwrap_or(0);
-    let series: Vec<(String, Vec<f64>)> = report
+    let by_layer = |cosines: &[f64]| -> Vec<f64> {
+        (0..n_layers)
+            .map(|l| cosines[l * positions.len() + p_index])
+            .collect()
+    };
+    let mut series: Vec<(String, Vec<f64>)> = report
         .compressed
         .iter()
-        .map(|r| {
-            let by_layer = (0..n_layers)
-                .map(|l| r.cosines[l * positions.len() + p_index])
-                .collect();
-            (r.spec.clone(), by_layer)
-        })
+        .map(|r| (r.spec.clone(), by_layer(&r.cosines)))
         .collect();
+    if let Some(floor) = &report.base.noise_floor {
+        series.push((NOISE_FLOOR_SERIES.to_owned(), by_layer(&floor.cosines)));
+    }
     let mut figures = vec![(
         "cosine-by-layer.svg".to_owned(),
         layer_curves(
@@ -209,31 +232,86 @@ pub fn figures<M>(report: &CompareReport<M>) -> Vec<(String, String)> {
     figures
 }
 
-/// One compressed model's line of the summary table.
-pub fn row(r: &CompressedReport) -> String {
-    let pct = |x: f64| format!("{:.1}", 100.0 * x);
-    let (aird_asr, aird_refusal, aird_kl) = match &r.aird {
-        Some(a) => (
-            pct(a.asr.rate),
-            pct(a.harmless_refusal.rate),
-            format!("{:.3}", a.kl_to_compressed),
-        ),
-        None => ("-".into(), "-".into(), "-".into()),
-    };
-    format!(
-        "{:<16} {:>6.3} {:>4}:{:<3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+/// The base's split-half curve among the compressed models' in the cosine figure.
+const NOISE_FLOOR_SERIES: &str = "base split-half";
+
+/// The summary table's column heads, which [`row`] fills.
+pub fn row_heads() -> String {
+    let mut s = format!(
+        "{:<16} {:>6} {:>6} {:>8}",
+        "model", "cos@B", "floor", "l:pos"
+    );
+    for head in [
+        "ASR", "ref", "ASR-ab", "ref+add", "ASR-abB", "ref+addB", "AIRD-ASR", "AIRD-ref",
+    ] {
+        s.push_str(&format!(" {head:>8}"));
+    }
+    s.push_str(&format!(" {:>7}", "AIRD-KL"));
+    s
+}
+
+/// One compressed model's lines of the summary table: its rates, then under each its Wilson
+/// interval in whole points; `floor` is the base's split-half cosine at its selected cell.
+pub fn row(r: &CompressedReport, floor: Option<f64>) -> String {
+    let rates: [Option<&Judged>; 8] = [
+        Some(&r.baseline.asr),
+        Some(&r.baseline.harmless_refusal),
+        Some(&r.asr_ablate_own),
+        Some(&r.harmless_refusal_add_own),
+        Some(&r.asr_ablate_base),
+        Some(&r.harmless_refusal_add_base),
+        r.aird.as_ref().map(|a| &a.asr),
+        r.aird.as_ref().map(|a| &a.harmless_refusal),
+    ];
+    let mut line = format!(
+        "{:<16} {:>6.3} {:>6} {:>4}:{:<3}",
         r.spec,
         r.cosine_at_base_selected,
+        floor.map_or("-".into(), |f| format!("{f:.3}")),
         r.direction.layer,
         r.direction.position,
-        pct(r.baseline.asr),
-        pct(r.baseline.harmless_refusal),
-        pct(r.asr_ablate_own.rate),
-        pct(r.harmless_refusal_add_own.rate),
-        pct(r.asr_ablate_base.rate),
-        pct(r.harmless_refusal_add_base.rate),
-        aird_asr,
-        aird_refusal,
-        aird_kl,
+    );
+    let mut under = format!("{:<39}", "");
+    for j in rates {
+        line.push_str(&format!(
+            " {:>8}",
+            j.map_or("-".into(), |j| format!("{:.1}", 100.0 * j.rate))
+        ));
+        under.push_str(&format!(
+            " {:>8}",
+            j.map_or(String::new(), |j| j.interval.whole_points())
+        ));
+    }
+    line.push_str(&format!(
+        " {:>7}",
+        r.aird
+            .as_ref()
+            .map_or("-".into(), |a| format!("{:.3}", a.kl_to_compressed))
+    ));
+    format!("{line}\n{}", under.trim_end())
+}
+
+/// One compressed model's paired differences: its rates against the base's, and after AIRD
+/// against before.
+pub fn differences_row(r: &CompressedReport) -> String {
+    let cell = |d: Option<Difference>| d.map_or("-".into(), |d| d.points());
+    let (aird_asr, aird_refusal) = r.aird.as_ref().map_or((None, None), |a| {
+        (a.vs_compressed.asr, a.vs_compressed.harmless_refusal)
+    });
+    format!(
+        "{:<16} {:>22} {:>22} {:>22} {:>22}",
+        r.spec,
+        cell(r.vs_base.asr),
+        cell(r.vs_base.harmless_refusal),
+        cell(aird_asr),
+        cell(aird_refusal),
+    )
+}
+
+/// The column heads of [`differences_row`].
+pub fn difference_heads() -> String {
+    format!(
+        "{:<16} {:>22} {:>22} {:>22} {:>22}",
+        "model", "ASR vs base", "ref vs base", "AIRD: ASR vs C", "AIRD: ref vs C"
     )
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use super::study::JudgeRequest;
+use super::study::{JudgeModel, JudgeRequest};
 use super::{PromptSource, RunError, RunIo};
 use crate::load::TextAssets;
 use crate::model::Llama;
@@ -199,6 +199,11 @@ pub async fn run(
         }
     };
 
+    let judge_model = request.judge.open_judge(io)?;
+    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
+    let judging = request
+        .judge
+        .judging(&refusal_tokens, model_judge.as_ref())?;
     let interventions = interventions(request, direction);
     let settings = request.judge.settings();
     let mut runs = Vec::with_capacity(interventions.len());
@@ -209,7 +214,7 @@ pub async fn run(
             text,
             &prompts,
             &intervention,
-            &refusal_tokens,
+            judging,
             settings,
             &mut |p| io.progress(p),
         )

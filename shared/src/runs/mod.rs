@@ -89,6 +89,18 @@ pub trait RunIo {
         )))
     }
 
+    /// Opens the judge model `spec` names (`--judge model:SPEC`), with its own tokenizer and
+    /// chat template.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] naming it when it cannot be opened.
+    fn open_judge(&mut self, spec: &str) -> Result<study::JudgeModel, RunError> {
+        Err(RunError::Input(format!(
+            "the judge model `{spec}` cannot be opened here; judge with substring or refusal-score"
+        )))
+    }
+
     /// `base` compressed by `method`, and what compression did; a host may keep it for its
     /// next run.
     fn compress<'a>(

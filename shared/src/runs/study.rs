@@ -2,6 +2,8 @@
 //! validation and evaluation prompts, calibration, how completions are judged, and AIRD's
 //! scale.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::compress::CalibrationRequest;
@@ -11,6 +13,8 @@ use super::{PromptSource, RunError, RunIo, SplitRequest};
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::evaluate::EvalSettings;
+use crate::refusal::judge::{By, JudgeKind, Judging};
+use crate::refusal::model_judge::ModelJudge;
 use crate::refusal::prompts::{PromptUses, StudyPrompts, without};
 use crate::refusal::repair_study::AlphaGrid;
 use crate::refusal::{EncodedPrompts, RefusalTokens};
@@ -152,6 +156,10 @@ pub struct JudgeRequest {
     /// Refusal tokens (default: the model family's, else derived from greedy completions of
     /// the harmful training prompts).
     pub refusal_tokens: Vec<String>,
+    /// Whose verdict counts: `substring` (METHOD §7), `refusal-score` (above 0) or
+    /// `model:ID`, a model the host opens asked whether each reply refuses; every judge's
+    /// rate and their agreement are reported either way.
+    pub judge: JudgeKind,
 }
 
 impl JudgeRequest {
@@ -173,6 +181,57 @@ impl JudgeRequest {
         }
         Ok(())
     }
+
+    /// The judge model `judge` names, opened by the host; none for the other judges.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] when the host cannot open it.
+    pub fn open_judge(&self, io: &mut dyn RunIo) -> Result<Option<JudgeModel>, RunError> {
+        match &self.judge {
+            JudgeKind::Model(id) => Ok(Some(io.open_judge(id)?)),
+            JudgeKind::Substring | JudgeKind::RefusalScore => Ok(None),
+        }
+    }
+
+    /// How completions are judged: by `refusal`'s score and whose verdict counts, given the
+    /// judge model [`open_judge`](Self::open_judge) opened.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Input`] for a `model:` judge without its model.
+    pub fn judging<'a>(
+        &'a self,
+        refusal: &'a RefusalTokens,
+        model: Option<&'a ModelJudge<'a>>,
+    ) -> Result<Judging<'a>, RunError> {
+        let by = match (&self.judge, model) {
+            (JudgeKind::Substring, _) => By::Substring,
+            (JudgeKind::RefusalScore, _) => By::RefusalScore,
+            (JudgeKind::Model(id), Some(judge)) => By::Model { id, judge },
+            (JudgeKind::Model(id), None) => {
+                return Err(RunError::Input(format!(
+                    "the judge model `{id}` was not opened"
+                )));
+            }
+        };
+        Ok(Judging { refusal, by })
+    }
+}
+
+/// A judge model and its tokenizer and chat template (shared with the host that loaded it).
+pub struct JudgeModel {
+    pub model: Llama,
+    pub text: Arc<TextAssets>,
+}
+
+impl JudgeModel {
+    /// # Errors
+    ///
+    /// Those of [`ModelJudge::new`].
+    pub fn judge(&self) -> Result<ModelJudge<'_>, RunError> {
+        Ok(ModelJudge::new(&self.model, &self.text)?)
+    }
 }
 
 impl Default for JudgeRequest {
@@ -181,6 +240,7 @@ impl Default for JudgeRequest {
             max_new_tokens: defaults::JUDGED_TOKENS,
             batch_size: JudgeRequest::BATCH_SIZE,
             refusal_tokens: Vec::new(),
+            judge: JudgeKind::Substring,
         }
     }
 }

@@ -9,6 +9,7 @@ use refusal_core::pipeline::Progress;
 use refusal_core::refusal::prompts::Prompt;
 use refusal_core::runs::aird::GivenDirection;
 use refusal_core::runs::generate::Streamed;
+use refusal_core::runs::study::JudgeModel;
 use refusal_core::runs::{LocalFuture, RunError, RunIo};
 
 use crate::commands::Terminal;
@@ -64,10 +65,23 @@ impl RunIo for JobIo<'_> {
     }
 
     fn open_model(&mut self, spec: &str) -> Result<Llama, RunError> {
+        let path = self.registered(spec)?;
+        self.terminal.open_model(&path)
+    }
+
+    fn open_judge(&mut self, spec: &str) -> Result<JudgeModel, RunError> {
+        let path = self.registered(spec)?;
+        self.terminal.open_judge(&path)
+    }
+}
+
+impl JobIo<'_> {
+    /// Where the model with id `spec` lies: a job names models by id only.
+    fn registered(&self, spec: &str) -> Result<String, RunError> {
         let entry = self
             .registry
             .find(spec)
             .map_err(|e| RunError::Input(e.to_string()))?;
-        self.terminal.open_model(&Registry::cli_value(&entry))
+        Ok(Registry::cli_value(&entry))
     }
 }
