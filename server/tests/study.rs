@@ -439,6 +439,66 @@ fn a_compare_run_names_what_it_cannot_compress_or_open() {
 }
 
 #[test]
+fn a_study_under_several_seeds_reports_each_seeds_own_numbers() {
+    let loaded = tiny();
+    let run = |seed: u64, seeds: Vec<u64>| {
+        let request = settled(CompareRequest {
+            compressed: vec!["magnitude:0.5".into()],
+            study: StudyRequest {
+                seeds,
+                ..study(seed)
+            },
+            ..CompareRequest::default()
+        });
+        block_on(compare::run(
+            &request,
+            &loaded.llama,
+            &loaded.text,
+            "tiny",
+            &mut PromptFiles,
+        ))
+        .unwrap()
+    };
+    // `seeds` replaces `seed`, each seed once, in order; the report is the first seed's.
+    let both = run(99, vec![7, 8, 7]);
+    let (seven, eight) = (run(7, vec![]), run(8, vec![]));
+    assert!(seven.seeds.is_none());
+    let spread = both.seeds.as_ref().expect("a spread over two seeds");
+    assert_eq!(spread.seeds, [7, 8]);
+    assert_eq!(both.compressed[0].baseline, seven.compressed[0].baseline);
+    assert_eq!(
+        both.compressed[0].cosine_at_base_selected.to_bits(),
+        seven.compressed[0].cosine_at_base_selected.to_bits()
+    );
+    let [c] = spread.compressed.as_slice() else {
+        panic!("{:?}", spread.compressed);
+    };
+    let each = |r: &refusal_core::refusal::compare::CompareReport<&str>| {
+        (
+            r.compressed[0].cosine_at_base_selected,
+            r.compressed[0].baseline.asr.rate,
+            r.base.noise_floor.as_ref().unwrap().at_base_selected,
+        )
+    };
+    for (i, r) in [&seven, &eight].into_iter().enumerate() {
+        let (cosine, asr, floor) = each(r);
+        assert_eq!(
+            c.cosine_at_base_selected.values[i].to_bits(),
+            cosine.to_bits()
+        );
+        assert_eq!(c.asr.values[i], asr);
+        assert_eq!(spread.noise_floor.values[i].to_bits(), floor.to_bits());
+    }
+    // Other seeds draw other training prompts, so the directions differ.
+    assert_ne!(each(&seven).0, each(&eight).0);
+    let cos = &c.cosine_at_base_selected;
+    assert!(
+        cos.min <= cos.mean && cos.mean <= cos.max && cos.sd > 0.0,
+        "{cos:?}"
+    );
+}
+
+#[test]
 fn an_aird_run_repairs_toward_the_direction_it_is_given() {
     let loaded = tiny();
     let d_model = loaded.llama.config().d_model;

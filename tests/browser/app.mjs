@@ -263,6 +263,7 @@ async function main() {
         await page.fill(`#compare-form input[name=${name}]`, String(v));
       }
       await page.check('#compare-form input[name=aird]');
+      await page.fill('#compare-form input[name=seeds]', '3, 4');
       // The random model has no refusal: let compare's fallback choose a direction.
       await page.click('#compare-form details.more summary');
       await page.fill('#compare-form input[name=max-layer-fraction]', '1');
@@ -284,6 +285,10 @@ async function main() {
       check(JSON.stringify(await errorBars(0)) === JSON.stringify(intervals(judgedAsr)), `ASR error bars ${await errorBars(0)}, API ${intervals(judgedAsr)}`);
       check(JSON.stringify(await errorBars(1)) === JSON.stringify(intervals(judgedHarmless)), `harmless error bars ${await errorBars(1)}, API ${intervals(judgedHarmless)}`);
       check(m.vs_base?.asr && m.aird.vs_compressed?.asr, 'no paired differences in the report');
+      // Two seeds: the page shows the spread the report holds.
+      check(JSON.stringify(c.seeds?.seeds) === '[3,4]', `seeds in the report: ${JSON.stringify(c.seeds?.seeds)}`);
+      const seedRows = await page.evaluate(() => document.querySelectorAll('.compare-result .seeds tbody tr').length);
+      check(seedRows === 1 + c.compressed.length, `${seedRows} rows in the seeds table, expected the base and ${c.compressed.length} compressed`);
       // The compressed model's cosine curve and the base's split-half curve (4 training prompts: halves of 2).
       check(c.base.noise_floor, 'no noise floor in the report');
       const lines = await page.evaluate(() => [...document.querySelectorAll('.compare-result svg.lineplot path.series')].map((p) => p.classList.contains('dashed')));

@@ -111,6 +111,20 @@ function compareView(result, c) {
     { key: (m) => m.aird?.kl_to_base, label: 'AIRD KL to base', num: true },
     { key: (m) => m.aird?.fit?.settings?.alpha, label: 'AIRD α', num: true },
   ])));
+  if (c.seeds) {
+    out.append(seedsTable(c.seeds, [
+      { spec: 'base', asr: c.seeds.base_asr, harmless: c.seeds.base_harmless_refusal, floor: c.seeds.noise_floor },
+      ...c.seeds.compressed.map((m) => ({ spec: m.spec, cosine: m.cosine_at_base_selected, asr: m.asr, harmless: m.harmless_refusal, abB: m.asr_ablate_base, addB: m.harmless_refusal_add_base, aird: m.aird_asr })),
+    ], [
+      { key: 'spec', label: 'model' },
+      { key: (r) => (r.floor ? `floor ${spread(r.floor)}` : spread(r.cosine)), label: 'cosine at base cell' },
+      { key: (r) => spread(r.asr, 100), label: 'ASR (%)' },
+      { key: (r) => spread(r.harmless, 100), label: 'harmless refusal (%)' },
+      { key: (r) => spread(r.abB, 100), label: 'ASR, base direction ablated' },
+      { key: (r) => spread(r.addB, 100), label: 'harmless refusal, base added' },
+      { key: (r) => spread(r.aird, 100), label: 'ASR after AIRD' },
+    ]));
+  }
   out.append(judgesTable([
     { label: 'base, harmful', judged: base.baseline.asr },
     { label: 'base, harmless', judged: base.baseline.harmless_refusal },
@@ -125,6 +139,21 @@ function compareView(result, c) {
     m.aird ? { label: `${m.spec} + AIRD`, judged: m.aird.asr } : null,
   ].filter(Boolean))) || '');
   return out;
+}
+
+/** A number over seeds: `mean ± sd [min, max]`, scaled by `k` (100 for percent). */
+function spread(sp, k = 1) {
+  if (!sp) return '—';
+  const v = (x) => (Number.isFinite(x) ? fmt(k * x) : '—');
+  return `${v(sp.mean)} ± ${v(sp.sd)} [${v(sp.min)}, ${v(sp.max)}]`;
+}
+
+/** The headline numbers over the seeds a study ran under. */
+function seedsTable(seeds, rows, columns) {
+  if (!seeds) return null;
+  return h('div', {}, h('h3', {}, `Over seeds ${seeds.seeds.join(', ')}`),
+    h('p', { class: 'hint' }, 'The whole study again for each seed of the prompt sampling (other training, validation and evaluation prompts): mean ± standard deviation [min, max]. Everything above is the first seed’s.'),
+    h('div', { class: 'table-wrap seeds' }, table(rows, columns)));
 }
 
 /** Each judge's rate on the same completions, and how every two judges agree. */
@@ -191,6 +220,13 @@ function airdView(result, a, modelId) {
     { key: 'kl_to_compressed', label: 'KL to compressed', num: true },
     { key: (v) => v.cross_entropy?.mean ?? v.cross_entropy, label: 'cross-entropy', num: true },
   ])));
+  if (a.seeds) {
+    out.append(seedsTable(a.seeds, a.seeds.variants, [
+      { key: label, label: 'model' },
+      { key: (v) => spread(v.asr, 100), label: 'ASR (%)' },
+      { key: (v) => spread(v.harmless_refusal, 100), label: 'harmless refusal (%)' },
+    ]));
+  }
   out.append(judgesTable(vs.flatMap((v) => [
     { label: `${label(v)} · harmful`, judged: v.asr },
     { label: `${label(v)} · harmless`, judged: v.harmless_refusal },

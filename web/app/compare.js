@@ -75,6 +75,8 @@ export async function render(root, { kind }) {
       ...(tab ? [] : serverModels.map((m) => h('option', { value: `model:${m.id}` }, `the model ${m.id}, asked`))));
     if ([...judge.options].some((o) => o.value === chosen)) judge.value = chosen;
   };
+  // the whole study again under each seed of the prompt sampling, with the spread reported
+  const seedsIn = h('input', { name: 'seeds', placeholder: 'one run; 0,1,2 for three', pattern: '\\s*\\d+(\\s*,\\s*\\d+)*\\s*' });
   const direction = h('select', { name: 'direction' });
   const layer = h('input', { name: 'layer', type: 'number', min: 0, placeholder: 'direction’s' });
   // compare's fallback when no candidate passes METHOD §6 (small or random models)
@@ -121,6 +123,7 @@ export async function render(root, { kind }) {
       field('Training prompts per set', nTrain), field('Validation prompts per set', nVal),
       field('Evaluation prompts per set', nEval), field('Calibration prompts', nCalib),
       field('Max new tokens (judged)', maxTokens),
+      field('Seeds', seedsIn, 'several: the study runs once per seed (other prompts each time) and reports each number’s spread; takes that many times as long'),
       field('Judge', judge, 'who decides whether a reply refuses; every judge’s rate and their agreement (Cohen’s κ) are reported. A judge model runs on the server only.'),
       multi ? field('Also repair with AIRD', h('label', { class: 'checks' }, aird, 'yes')) : null,
       field('AIRD scale α', alpha, 'several (1,2,4,8): chosen on the validation prompts, harmless refusal at most 5 points above the compressed model’s'),
@@ -143,6 +146,9 @@ export async function render(root, { kind }) {
     }
     if (multi && aird.checked) args.aird = true;
     if (judge.value && judge.value !== 'substring') args.judge = judge.value;
+    const seeds = seedsIn.value.split(',').map((v) => v.trim()).filter(Boolean).map(Number);
+    if (seeds.some((v) => !Number.isInteger(v) || v < 0)) throw new Error(`Seeds: “${seedsIn.value}” is not a comma-separated list of whole numbers`);
+    if (seeds.length) args.seeds = seeds;
     const alphas = alpha.value.split(',').map((v) => v.trim()).filter(Boolean).map(Number);
     if (alphas.some((v) => !Number.isFinite(v))) throw new Error(`AIRD scale α: “${alpha.value}” is not a number or a comma-separated list`);
     if (alphas.length > 1) args['alpha-grid'] = alphas;

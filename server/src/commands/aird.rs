@@ -185,6 +185,22 @@ pub fn write(
             ));
         }
     }
+    if let Some(seeds) = &report.seeds {
+        let list: Vec<String> = seeds.seeds.iter().map(u64::to_string).collect();
+        text.push_str(&format!(
+            "over seeds {} (mean ± sd [min, max]): drift cosine {}\n",
+            list.join(","),
+            seeds.drift_cosine.describe(1.0, 3)
+        ));
+        for v in &seeds.variants {
+            text.push_str(&format!(
+                "{:<32} ASR {}%  refusal {}%\n",
+                v.name,
+                v.asr.describe(100.0, 1),
+                v.harmless_refusal.describe(100.0, 1)
+            ));
+        }
+    }
     if let Some(floor) = report.drift_noise_floor {
         text.push_str(&format!(
             "the compressed model's direction has cosine {:.3} with the base's; the base's own from two halves of its prompts: {floor:.3}\n",

@@ -170,5 +170,8 @@ fn table(report: &CompareReport<Fingerprint>) -> String {
         s.push_str(&compare::differences_row(r));
         s.push('\n');
     }
+    if let Some(seeds) = &report.seeds {
+        s.push_str(&compare::seeds_table(seeds));
+    }
     s
 }

@@ -28,6 +28,11 @@ pub struct PromptArgs {
     /// Evaluate at most this many prompts of each evaluation set.
     #[arg(long, default_value_t = StudyRequest::N_EVAL)]
     pub n_eval: usize,
+    /// Run the whole study once per seed of the prompt sampling (comma-separated, e.g.
+    /// 0,1,2) instead of --seed alone: the report is the first seed's, with every seed's
+    /// headline numbers and their spread.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
 }
 
 impl PromptArgs {
@@ -42,6 +47,7 @@ impl PromptArgs {
                 .map(|p| PromptSource::Named(p.display().to_string())),
             eval_harmless: self.eval_harmless.clone().map(PromptSource::Named),
             n_eval: self.n_eval,
+            seeds: self.seeds.clone(),
             calibration: calibration.request(),
             judge: judge.request(),
         }

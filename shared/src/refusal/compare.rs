@@ -15,7 +15,8 @@ use super::find::{FindSettings, FoundDirection, find_direction};
 use super::plots::{ColorScale, heatmap};
 use super::prompts::PromptUses;
 use super::repair_study::{AlphaGrid, AlphaSearch, AlphaSelection, repair_with_alpha};
-use super::select::{CandidateScore, ChosenBy, nan_from_null};
+use super::seeds::CompareSeeds;
+use super::select::{CandidateScore, ChosenBy, nan_from_null, nans_from_nulls};
 use super::{EncodedSplit, Intervention, RefusalTokens};
 use crate::pipeline::{OnProgress, PipelineError};
 
@@ -119,12 +120,6 @@ pub struct CompressedReport {
     pub seconds: f64,
 }
 
-/// [`nan_from_null`] for every element of a list.
-fn nans_from_nulls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-    let v = <Vec<Option<f64>> as serde::Deserialize>::deserialize(d)?;
-    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
-}
-
 /// The base model's side of a comparison.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BaseReport<M> {
@@ -189,6 +184,10 @@ pub struct CompareReport<M> {
     pub coeff: f32,
     pub max_new_tokens: usize,
     pub compressed: Vec<CompressedReport>,
+    /// With several seeds: the report above is the first seed's, and this every seed's
+    /// headline numbers and their spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<CompareSeeds>,
 }
 
 /// AIRD's scale and penalty in a comparison (it is fitted at the base's selected layer).

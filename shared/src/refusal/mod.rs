@@ -25,6 +25,7 @@ pub mod prompts;
 pub mod refusal_tokens;
 pub mod repair_study;
 pub mod score;
+pub mod seeds;
 pub mod select;
 pub mod variant;
 

@@ -17,6 +17,7 @@ use super::evaluate::{CrossEntropy, Judge, Judged, RateChanges, cross_entropy};
 use super::intervals::Interval;
 use super::orthogonalize::orthogonalize;
 use super::prompts::PromptUses;
+use super::seeds::AirdSeeds;
 use super::{EncodedSplit, Intervention};
 use crate::pipeline::{OnProgress, PipelineError};
 
@@ -137,6 +138,10 @@ pub struct AirdReport<M> {
     /// Where the repaired model was written (none in a browser).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// With several seeds: the report above (and the repaired model) is the first seed's,
+    /// and this every seed's headline numbers and their spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<AirdSeeds>,
     pub seconds: f64,
 }
 

@@ -98,6 +98,14 @@ pub(crate) fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f6
     Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+/// [`nan_from_null`] for every element of a list.
+pub(crate) fn nans_from_nulls<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<f64>, D::Error> {
+    let v = <Vec<Option<f64>> as serde::Deserialize>::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+}
+
 /// The full selection table and the choice.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Selection {

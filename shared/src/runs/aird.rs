@@ -16,6 +16,7 @@ use crate::refusal::intervals::percent;
 use crate::refusal::repair_study::{
     AirdReport, AlphaSearch, BaseDirection, PerplexityText, repair_study,
 };
+use crate::refusal::seeds::AirdSeeds;
 
 /// One repair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,13 +139,14 @@ pub struct AirdRun<M> {
 }
 
 /// Repairs the compressed model of the request toward `base`'s direction (`base` described
-/// in the report by `model`) and judges every variant.
+/// in the report by `model`) and judges every variant, under each of its seeds; the repaired
+/// model is the first seed's.
 ///
 /// # Errors
 ///
 /// [`RunError::Invalid`] for a request out of bounds, inputs the host cannot read or open, a
 /// direction that does not fit, cancellation and the pipeline's errors.
-pub async fn run<M>(
+pub async fn run<M: Clone>(
     request: &AirdRequest,
     base: &Llama,
     text: &TextAssets,
@@ -154,6 +156,40 @@ pub async fn run<M>(
     let started = Instant::now();
     request.validate()?;
     check_spec(&request.compressed, io)?;
+    let seeds = request.study.seeds();
+    let mut first = None;
+    let mut reports = Vec::with_capacity(seeds.len());
+    for &seed in &seeds {
+        if seeds.len() > 1 {
+            io.note(&format!("seed {seed}"));
+        }
+        let one = AirdRequest {
+            study: request.study.with_seed(seed),
+            ..request.clone()
+        };
+        let run = run_seed(&one, base, text, model.clone(), io).await?;
+        reports.push(run.report);
+        first.get_or_insert(run.repaired);
+    }
+    let spread = (seeds.len() > 1).then(|| AirdSeeds::of(&seeds, &reports));
+    let mut report = reports.swap_remove(0);
+    report.seeds = spread;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(AirdRun {
+        repaired: first.ok_or_else(|| RunError::Input("no seed to run".into()))?,
+        report,
+    })
+}
+
+/// [`run`] under the request's one seed.
+async fn run_seed<M>(
+    request: &AirdRequest,
+    base: &Llama,
+    text: &TextAssets,
+    model: M,
+    io: &mut dyn RunIo,
+) -> Result<AirdRun<M>, RunError> {
+    let started = Instant::now();
     let study = &request.study;
     let sets = study.prompts(io)?;
     let split = sets.encoded_split(text)?;
@@ -289,6 +325,7 @@ pub async fn run<M>(
             drift_noise_floor: study.drift_noise_floor,
             variants: study.variants,
             output: None,
+            seeds: None,
             seconds: started.elapsed().as_secs_f64(),
         },
     })

@@ -145,6 +145,7 @@ impl StudyRequest {
     fn check_bounds(&self, b: &Bounds) -> Result<(), RunError> {
         self.split.check_bounds(b)?;
         b.count("n-eval", self.n_eval)?;
+        b.list("seeds", self.seeds.len())?;
         self.calibration.check_bounds(b)?;
         self.judge.check_bounds(b)
     }
@@ -274,10 +275,11 @@ impl CompareRequest {
             });
         let work = per_model
             .saturating_mul(self.compressed.len() as u64)
-            .saturating_add(self.study.judged_tokens(2));
+            .saturating_add(self.study.judged_tokens(2))
+            .saturating_mul(self.study.seeds().len() as u64);
         b.work(
             work,
-            "compressed × (judged sets × n-eval × max-new-tokens + n-calib × calib-seq)",
+            "seeds × compressed × (judged sets × n-eval × max-new-tokens + n-calib × calib-seq)",
         )
     }
 }
@@ -297,10 +299,11 @@ impl AirdRequest {
             .study
             .judged_tokens(2 * VARIANTS.len())
             .saturating_add(self.study.alpha_tokens(&self.alpha))
-            .saturating_add(self.study.calibration.work_tokens());
+            .saturating_add(self.study.calibration.work_tokens())
+            .saturating_mul(self.study.seeds().len() as u64);
         b.work(
             work,
-            "models × 2 × n-eval × max-new-tokens + α grid on validation + n-calib × calib-seq",
+            "seeds × (models × 2 × n-eval × max-new-tokens + α grid on validation + n-calib × calib-seq)",
         )
     }
 }

@@ -19,6 +19,7 @@ use crate::refusal::evaluate::Judged;
 use crate::refusal::find::{FindSettings, find_direction};
 use crate::refusal::intervals::{Difference, percent};
 use crate::refusal::plots::layer_curves;
+use crate::refusal::seeds::CompareSeeds;
 
 /// One comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,13 +89,13 @@ impl CompareRequest {
 }
 
 /// Runs METHOD §9 on `base` (described in the report by `model`) and every compressed model
-/// of the request.
+/// of the request, under each of its seeds.
 ///
 /// # Errors
 ///
 /// [`RunError::Invalid`] for a request out of bounds, inputs the host cannot read or open,
 /// cancellation and the pipeline's errors.
-pub async fn run<M>(
+pub async fn run<M: Clone>(
     request: &CompareRequest,
     base: &Llama,
     text: &TextAssets,
@@ -105,6 +106,32 @@ pub async fn run<M>(
     for spec in &request.compressed {
         check_spec(spec, io)?;
     }
+    let seeds = request.study.seeds();
+    let mut reports = Vec::with_capacity(seeds.len());
+    for &seed in &seeds {
+        if seeds.len() > 1 {
+            io.note(&format!("seed {seed}"));
+        }
+        let one = CompareRequest {
+            study: request.study.with_seed(seed),
+            ..request.clone()
+        };
+        reports.push(run_seed(&one, base, text, model.clone(), io).await?);
+    }
+    let spread = (seeds.len() > 1).then(|| CompareSeeds::of(&seeds, &reports));
+    let mut report = reports.swap_remove(0);
+    report.seeds = spread;
+    Ok(report)
+}
+
+/// [`run`] under the request's one seed.
+async fn run_seed<M>(
+    request: &CompareRequest,
+    base: &Llama,
+    text: &TextAssets,
+    model: M,
+    io: &mut dyn RunIo,
+) -> Result<CompareReport<M>, RunError> {
     let study = &request.study;
     let sets = study.prompts(io)?;
     let split = sets.encoded_split(text)?;
@@ -187,6 +214,7 @@ pub async fn run<M>(
         coeff: request.coeff,
         max_new_tokens: study.judge.max_new_tokens,
         compressed,
+        seeds: None,
     })
 }
 
@@ -314,4 +342,32 @@ pub fn difference_heads() -> String {
         "{:<16} {:>22} {:>22} {:>22} {:>22}",
         "model", "ASR vs base", "ref vs base", "AIRD: ASR vs C", "AIRD: ref vs C"
     )
+}
+
+/// The headline numbers over the seeds, as mean ± sd [min, max].
+pub fn seeds_table(seeds: &CompareSeeds) -> String {
+    let list: Vec<String> = seeds.seeds.iter().map(u64::to_string).collect();
+    let mut s = format!(
+        "\nover seeds {} (mean ± sd [min, max]): base ASR {}%, harmless refusal {}%, noise floor {}\n",
+        list.join(","),
+        seeds.base_asr.describe(100.0, 1),
+        seeds.base_harmless_refusal.describe(100.0, 1),
+        seeds.noise_floor.describe(1.0, 3),
+    );
+    for c in &seeds.compressed {
+        s.push_str(&format!(
+            "{:<16} cos@B {}  ASR {}  ref {}  ASR-abB {}  ref+addB {}",
+            c.spec,
+            c.cosine_at_base_selected.describe(1.0, 3),
+            c.asr.describe(100.0, 1),
+            c.harmless_refusal.describe(100.0, 1),
+            c.asr_ablate_base.describe(100.0, 1),
+            c.harmless_refusal_add_base.describe(100.0, 1),
+        ));
+        if let Some(a) = &c.aird_asr {
+            s.push_str(&format!("  AIRD-ASR {}", a.describe(100.0, 1)));
+        }
+        s.push('\n');
+    }
+    s
 }

@@ -33,6 +33,9 @@ pub struct StudyRequest {
     pub eval_harmless: Option<PromptSource>,
     /// At most this many prompts of each evaluation set.
     pub n_eval: usize,
+    /// Seeds of the prompt sampling to run the whole study under, instead of `seed` alone:
+    /// the report is the first seed's, with every seed's headline numbers and their spread.
+    pub seeds: Vec<u64>,
     #[serde(flatten)]
     pub calibration: CalibrationRequest,
     #[serde(flatten)]
@@ -105,6 +108,32 @@ impl StudyRequest {
 }
 
 impl StudyRequest {
+    /// The seeds the study runs under, in order, each once: `seeds`, else `seed`.
+    pub fn seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            return vec![self.split.seed];
+        }
+        let mut seeds = Vec::with_capacity(self.seeds.len());
+        for &s in &self.seeds {
+            if !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
+        seeds
+    }
+
+    /// This study under `seed` alone.
+    pub fn with_seed(&self, seed: u64) -> StudyRequest {
+        StudyRequest {
+            split: SplitRequest {
+                seed,
+                ..self.split.clone()
+            },
+            seeds: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The refusal tokens the study judges by: the request's, else `model`'s (its family's,
     /// or derived from greedy completions of `harmful`).
     ///
@@ -139,6 +168,7 @@ impl Default for StudyRequest {
             exclude: None,
             eval_harmless: None,
             n_eval: StudyRequest::N_EVAL,
+            seeds: Vec::new(),
             calibration: CalibrationRequest::default(),
             judge: JudgeRequest::default(),
         }
