@@ -59,15 +59,17 @@ function compareView(result, c) {
       fact('bypass', fmt(base.direction.scores?.bypass)), fact('induce', fmt(base.direction.scores?.induce)),
       fact('KL', fmt(base.direction.scores?.kl)), fact('chosen by', String(base.direction.chosen_by))));
 
+  /** A layer-major grid of cosines at the base's position, as [layer, cosine] points. */
+  const byLayer = (cells) => Array.from({ length: nL }, (_, l) => [l, cells?.[l * positions.length + posIndex] ?? NaN]);
   // cosine per layer between each compressed model's candidates and the base's
   const series = c.compressed.map((m) => ({
     name: m.spec,
-    points: Array.from({ length: nL }, (_, l) => [l, m.cosines?.[l * positions.length + posIndex] ?? NaN]),
+    points: byLayer(m.cosines),
   }));
   if (base.noise_floor) {
     series.push({
       name: 'base split-half (noise floor)', dashed: true,
-      points: Array.from({ length: nL }, (_, l) => [l, base.noise_floor.cosines?.[l * positions.length + posIndex] ?? NaN]),
+      points: byLayer(base.noise_floor.cosines),
     });
   }
   const models = ['base', ...c.compressed.map((m) => m.spec)];

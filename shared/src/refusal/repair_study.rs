@@ -386,15 +386,16 @@ pub async fn repair_study(
             cross_entropy: ce,
         });
     }
-    let compressed_rates = (
-        variants[1].asr.clone(),
-        variants[1].harmless_refusal.clone(),
-    );
-    for v in variants.iter_mut().filter(|v| v.name != VARIANTS[1]) {
-        v.vs_compressed = Some(RateChanges::between(
-            (&compressed_rates.0, &compressed_rates.1),
-            (&v.asr, &v.harmless_refusal),
-        ));
+    let compressed_rates = (&variants[1].asr, &variants[1].harmless_refusal);
+    let changes: Vec<Option<RateChanges>> = variants
+        .iter()
+        .map(|v| {
+            (v.name != VARIANTS[1])
+                .then(|| RateChanges::between(compressed_rates, (&v.asr, &v.harmless_refusal)))
+        })
+        .collect();
+    for (v, change) in variants.iter_mut().zip(changes) {
+        v.vs_compressed = change;
     }
     let drift_noise_floor = split_half_cosines(base, split, batch_size, on_progress)
         .await?

@@ -13,6 +13,7 @@ use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::aird::AirdSettings;
 use crate::refusal::intervals::percent;
+use crate::refusal::model_judge::ModelJudge;
 use crate::refusal::repair_study::{
     AirdReport, AlphaSearch, BaseDirection, PerplexityText, repair_study,
 };
@@ -156,6 +157,9 @@ pub async fn run<M: Clone>(
     let started = Instant::now();
     request.validate()?;
     check_spec(&request.compressed, io)?;
+    // Opened once: every seed's study is judged by the same model.
+    let judge_model = request.study.judge.open_judge(io)?;
+    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
     let seeds = request.study.seeds();
     let mut first = None;
     let mut reports = Vec::with_capacity(seeds.len());
@@ -167,7 +171,7 @@ pub async fn run<M: Clone>(
             study: request.study.with_seed(seed),
             ..request.clone()
         };
-        let run = run_seed(&one, base, text, model.clone(), io).await?;
+        let run = run_seed(&one, base, text, model.clone(), model_judge.as_ref(), io).await?;
         reports.push(run.report);
         first.get_or_insert(run.repaired);
     }
@@ -181,12 +185,14 @@ pub async fn run<M: Clone>(
     })
 }
 
-/// [`run`] under the request's one seed.
+/// [`run`] under the request's one seed, judged with `model_judge` when the request's judge
+/// is a model.
 async fn run_seed<M>(
     request: &AirdRequest,
     base: &Llama,
     text: &TextAssets,
     model: M,
+    model_judge: Option<&ModelJudge<'_>>,
     io: &mut dyn RunIo,
 ) -> Result<AirdRun<M>, RunError> {
     let started = Instant::now();
@@ -246,9 +252,7 @@ async fn run_seed<M>(
         Some(name) => Some(io.read_text(name)?),
         None => None,
     };
-    let judge_model = study.judge.open_judge(io)?;
-    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
-    let judging = study.judge.judging(&tokens, model_judge.as_ref())?;
+    let judging = study.judge.judging(&tokens, model_judge)?;
     let judge = sets.judge(text, judging, study.judge.settings())?;
     let validation = sets.validation_judge(text, judging, study.judge.settings())?;
     let grid = request.alpha.grid();

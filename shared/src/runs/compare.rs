@@ -18,6 +18,7 @@ use crate::refusal::compare::{
 use crate::refusal::evaluate::Judged;
 use crate::refusal::find::{FindSettings, find_direction};
 use crate::refusal::intervals::{Difference, percent};
+use crate::refusal::model_judge::ModelJudge;
 use crate::refusal::plots::layer_curves;
 use crate::refusal::seeds::CompareSeeds;
 
@@ -106,6 +107,9 @@ pub async fn run<M: Clone>(
     for spec in &request.compressed {
         check_spec(spec, io)?;
     }
+    // Opened once: every seed's study is judged by the same model.
+    let judge_model = request.study.judge.open_judge(io)?;
+    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
     let seeds = request.study.seeds();
     let mut reports = Vec::with_capacity(seeds.len());
     for &seed in &seeds {
@@ -116,7 +120,7 @@ pub async fn run<M: Clone>(
             study: request.study.with_seed(seed),
             ..request.clone()
         };
-        reports.push(run_seed(&one, base, text, model.clone(), io).await?);
+        reports.push(run_seed(&one, base, text, model.clone(), model_judge.as_ref(), io).await?);
     }
     let spread = (seeds.len() > 1).then(|| CompareSeeds::of(&seeds, &reports));
     let mut report = reports.swap_remove(0);
@@ -124,12 +128,14 @@ pub async fn run<M: Clone>(
     Ok(report)
 }
 
-/// [`run`] under the request's one seed.
+/// [`run`] under the request's one seed, judged with `model_judge` when the request's judge
+/// is a model.
 async fn run_seed<M>(
     request: &CompareRequest,
     base: &Llama,
     text: &TextAssets,
     model: M,
+    model_judge: Option<&ModelJudge<'_>>,
     io: &mut dyn RunIo,
 ) -> Result<CompareReport<M>, RunError> {
     let study = &request.study;
@@ -144,9 +150,7 @@ async fn run_seed<M>(
         positions: request.positions.clone(),
         fallback_kl_max: request.fallback_kl_max,
     };
-    let judge_model = study.judge.open_judge(io)?;
-    let model_judge = judge_model.as_ref().map(JudgeModel::judge).transpose()?;
-    let judging = study.judge.judging(&tokens, model_judge.as_ref())?;
+    let judging = study.judge.judging(&tokens, model_judge)?;
     let judge = sets.judge(text, judging, study.judge.settings())?;
     let validation = sets.validation_judge(text, judging, study.judge.settings())?;
 
