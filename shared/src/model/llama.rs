@@ -12,6 +12,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
+use super::cached_attention::{HostKv, HostRope, attend};
 use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
 use super::quantized::QuantizedMatrix;
@@ -77,12 +78,22 @@ impl TokenBatch {
 /// Keys and values of every layer for the positions seen so far (run state, not weights).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    /// Per layer: keys and values, `[batch, n_kv_heads, cached, head_dim]`.
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<LayerKv>,
     /// Left padding of each row, fixed by the first (prompt) call.
     pad: Vec<usize>,
     /// Number of cached positions, padding included.
     len: usize,
+}
+
+/// One layer's cached keys and values.
+#[derive(Debug, Clone, Default)]
+enum LayerKv {
+    #[default]
+    Empty,
+    /// Rotated keys and values, `[batch, n_kv_heads, cached, head_dim]`, on the model's device.
+    Tensors(Tensor<4>, Tensor<4>),
+    /// On the host, for the CPU backend's decoding steps (see [`super::cached_attention`]).
+    Host(HostKv),
 }
 
 impl KvCache {
@@ -297,6 +308,9 @@ struct Rope {
     /// `[batch, 1, seq, head_dim/2]`
     cos: Tensor<4>,
     sin: Tensor<4>,
+    /// The same values on the host, `[batch, seq, head_dim/2]`, for attention over a host cache.
+    host_cos: Vec<f32>,
+    host_sin: Vec<f32>,
     pairing: RopePairing,
 }
 
@@ -325,9 +339,19 @@ impl Rope {
         }
         let shape = [pad.len(), 1, seq, half];
         Rope {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), shape), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), shape), device),
+            host_cos: cos,
+            host_sin: sin,
             pairing: config.rope_pairing,
+        }
+    }
+
+    fn host(&self) -> HostRope<'_> {
+        HostRope {
+            cos: &self.host_cos,
+            sin: &self.host_sin,
+            pairing: self.pairing,
         }
     }
 
@@ -381,7 +405,7 @@ impl Attention {
         x: Tensor<3>,
         rope: &Rope,
         bias: Tensor<4>,
-        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        cache: &mut LayerKv,
     ) -> Tensor<3> {
         self.o.forward(self.heads(x, rope, bias, cache))
     }
@@ -390,24 +414,26 @@ impl Attention {
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → `[batch, seq, n_heads * head_dim]`
-    fn heads(
-        &self,
-        x: Tensor<3>,
-        rope: &Rope,
-        bias: Tensor<4>,
-        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
-    ) -> Tensor<3> {
+    fn heads(&self, x: Tensor<3>, rope: &Rope, bias: Tensor<4>, cache: &mut LayerKv) -> Tensor<3> {
+        if let LayerKv::Host(kv) = cache {
+            let projections = (
+                self.q.forward(x.clone()),
+                self.k.forward(x.clone()),
+                self.v.forward(x),
+            );
+            return attend(projections, self.n_heads, &rope.host(), kv);
+        }
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
         let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
         let v = heads(self.v.forward(x), self.n_kv_heads);
-        let (k, v) = match cache.take() {
-            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
-            None => (k, v),
+        let (k, v) = match std::mem::take(cache) {
+            LayerKv::Tensors(ck, cv) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+            _ => (k, v),
         };
-        *cache = Some((k.clone(), v.clone()));
+        *cache = LayerKv::Tensors(k.clone(), v.clone());
 
         let group = self.n_heads / self.n_kv_heads;
         let expand = |t: Tensor<4>| {
@@ -491,9 +517,12 @@ impl Block {
     pub fn forward_observed(&self, x: Tensor<3>, ctx: &BlockContext) -> (Tensor<3>, LinearInputs) {
         on_pool(|| {
             let attn_in = self.attn_norm.forward(x.clone());
-            let o_in = self
-                .attn
-                .heads(attn_in.clone(), &ctx.rope, ctx.bias.clone(), &mut None);
+            let o_in = self.attn.heads(
+                attn_in.clone(),
+                &ctx.rope,
+                ctx.bias.clone(),
+                &mut LayerKv::Empty,
+            );
             let x = x + self.attn.o.forward(o_in.clone());
             let mlp_in = self.mlp_norm.forward(x.clone());
             let down_in = self.mlp.activation(mlp_in.clone());
@@ -518,7 +547,7 @@ impl Block {
                 self.attn_norm.forward(x.clone()),
                 &ctx.rope,
                 ctx.bias.clone(),
-                &mut None,
+                &mut LayerKv::Empty,
             );
             let x = x + attn;
             let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
@@ -624,8 +653,17 @@ impl Llama {
         let [n, seq] = batch.dims();
         let device = self.device();
         if cache.layers.is_empty() {
-            cache.layers = vec![None; self.blocks.len()];
+            cache.layers = vec![LayerKv::Empty; self.blocks.len()];
             cache.pad = batch.pad.clone();
+        }
+        // The prompt's keys go to the host once, when the first step after it runs on the CPU.
+        if device == Device::flex() {
+            for layer in &mut cache.layers {
+                if let LayerKv::Tensors(k, v) = layer {
+                    let host = HostKv::from_tensors(k.clone(), v.clone(), &cache.pad);
+                    *layer = LayerKv::Host(host);
+                }
+            }
         }
         let offset = cache.len;
         let rope = Rope::new(&self.config, &cache.pad, offset, seq, &device);
@@ -864,6 +902,24 @@ mod tests {
         let (model, device) = tiny();
         let prompts = vec![vec![5, 9, 17, 3, 44], vec![8, 1, 2]];
         let steps = vec![vec![11, 12], vec![13, 14], vec![15, 16]];
+        let a = cached_logits(&model, &prompts, &steps, &mut NoHook, &device);
+        let b = recomputed_logits(&model, &prompts, &steps, &mut NoHook, &device);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(max_abs_diff(x, y) < TOL, "diff {}", max_abs_diff(x, y));
+        }
+    }
+
+    /// The CPU backend's host cache rotates keys itself: with GGUF's interleaved pairs too.
+    #[test]
+    fn kv_cache_decoding_equals_full_recomputation_with_interleaved_pairs() {
+        let device = Device::flex();
+        let config = ModelConfig {
+            rope_pairing: RopePairing::Interleaved,
+            ..ModelConfig::tiny()
+        };
+        let model = Llama::random(&config, 7, &device);
+        let prompts = vec![vec![5, 9, 17, 3, 44], vec![8, 1, 2]];
+        let steps = vec![vec![11, 12], vec![13, 14]];
         let a = cached_logits(&model, &prompts, &steps, &mut NoHook, &device);
         let b = recomputed_logits(&model, &prompts, &steps, &mut NoHook, &device);
         for (x, y) in a.iter().zip(&b) {

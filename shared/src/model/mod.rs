@@ -1,5 +1,6 @@
 //! The decoder, its configuration, hooks, and (test support) random initialisation.
 
+mod cached_attention;
 pub mod config;
 pub mod hooks;
 pub mod llama;
