@@ -86,6 +86,8 @@ pub struct KvCache {
 }
 
 /// One layer's cached keys and values.
+// One per layer, replaced in place: the two tensors' size is no reason for a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default)]
 enum LayerKv {
     #[default]
