@@ -15,10 +15,8 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::RopePairing;
+use crate::gguf::dot::float_dot;
 use crate::threads::for_each_chunk;
-
-/// Lanes of the dot products and weighted sums: fixed, so that every vector width sums alike.
-const LANES: usize = 8;
 
 /// Keys and values of one layer, per batch row and key-value head, appended in place.
 #[derive(Debug, Clone)]
@@ -31,8 +29,6 @@ pub struct HostKv {
     keys: Vec<Vec<f32>>,
     /// Same layout as `keys`.
     values: Vec<Vec<f32>>,
-    /// Positions cached, padding included.
-    len: usize,
 }
 
 impl HostKv {
@@ -55,8 +51,12 @@ impl HostKv {
             pad: pad.to_vec(),
             keys: split(keys),
             values: split(values),
-            len,
         }
+    }
+
+    /// Positions cached, padding included.
+    fn len(&self) -> usize {
+        self.keys.first().map_or(0, |k| k.len() / self.head_dim)
     }
 
     /// Appends `seq` positions of every row: `keys` and `values` are `[batch, seq,
@@ -71,7 +71,6 @@ impl HostKv {
                 v.extend_from_slice(&values[at..at + d]);
             }
         }
-        self.len += seq;
     }
 }
 
@@ -122,7 +121,7 @@ pub fn attend(
     let (mut q, mut k, v) = (super::read_f32(q), super::read_f32(k), super::read_f32(v));
     rope.apply(&mut q, n_heads, d);
     rope.apply(&mut k, n_kv, d);
-    let offset = cache.len;
+    let offset = cache.len();
     cache.append(&k, &v, seq);
 
     let group = n_heads / n_kv;
@@ -194,7 +193,7 @@ fn heads_portable(
             .iter_mut()
             .zip(k[first * d..end * d].chunks_exact(d))
         {
-            *w = dot(query, key) * scale;
+            *w = float_dot(query, key) * scale;
         }
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
@@ -209,23 +208,6 @@ fn heads_portable(
             }
         }
     }
-}
-
-/// `Σ a·b` in [`LANES`] lanes, then the lanes in order.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (ac, at) = a.as_chunks::<LANES>();
-    let (bc, bt) = b.as_chunks::<LANES>();
-    for (x, y) in ac.iter().zip(bc) {
-        for l in 0..LANES {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    for (l, (x, y)) in at.iter().zip(bt).enumerate() {
-        lanes[l] += x * y;
-    }
-    lanes.iter().sum()
 }
 
 #[cfg(test)]

@@ -385,9 +385,10 @@ fn widen_bf16(b: [u8; 2]) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes(b)) << 16)
 }
 
-/// The dot product of a row of widened weights with one activation row, in [`FLOAT_LANES`].
+/// The dot product of a row of widened weights with one activation row (or of any two f32
+/// rows), in [`FLOAT_LANES`] summed in a fixed order: the same bits at every vector width.
 #[inline(always)]
-fn float_dot(w: &[f32], x: &[f32]) -> f32 {
+pub(crate) fn float_dot(w: &[f32], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; FLOAT_LANES];
     let (wc, wt) = w.as_chunks::<FLOAT_LANES>();
     let (xc, xt) = x.as_chunks::<FLOAT_LANES>();
