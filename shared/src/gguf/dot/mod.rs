@@ -751,7 +751,7 @@ mod tests {
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
         for ty in ALL {
-            let (rows, cols, n) = (19, 768, 2);
+            let (rows, cols, n) = (19, 768, 7);
             let (packed, _, x) = case(ty, rows, cols, n);
             let runs: Vec<Vec<u32>> = Isa::available()
                 .into_iter()
@@ -805,25 +805,22 @@ mod tests {
         }
     }
 
+    /// Also the prompts' loops, which take several activation rows side by side: 11 rows are
+    /// whole groups of 2 and 4 and a remainder.
     #[test]
     fn each_row_of_a_batch_equals_that_row_alone() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q6K] {
-            let (rows, cols, n) = (40, 256, 5);
-            let (packed, _, x) = case(ty, rows, cols, n);
-            let mut batch = vec![0.0f32; n * rows];
-            matmul(Isa::detect(), ty, &packed, rows, cols, &x, &mut batch);
-            for i in 0..n {
-                let mut alone = vec![0.0f32; rows];
-                matmul(
-                    Isa::detect(),
-                    ty,
-                    &packed,
-                    rows,
-                    cols,
-                    &x[i * cols..][..cols],
-                    &mut alone,
-                );
-                assert_eq!(alone, batch[i * rows..][..rows], "{ty} row {i}");
+        for isa in Isa::available() {
+            for ty in ALL {
+                let (rows, cols, n) = (40, 256, 11);
+                let (packed, _, x) = case(ty, rows, cols, n);
+                let mut batch = vec![0.0f32; n * rows];
+                matmul(isa, ty, &packed, rows, cols, &x, &mut batch);
+                for i in 0..n {
+                    let mut alone = vec![0.0f32; rows];
+                    let row = &x[i * cols..][..cols];
+                    matmul(isa, ty, &packed, rows, cols, row, &mut alone);
+                    assert_eq!(alone, batch[i * rows..][..rows], "{isa:?} {ty} row {i}");
+                }
             }
         }
     }

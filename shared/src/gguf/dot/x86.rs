@@ -199,16 +199,24 @@ struct SuperSums {
     dmin: f32,
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k(b: &[u8; Q4K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
-    four_or_five_bits::<Q4K_BYTES, false>(b, q, bsums)
+/// One activation row's 256-value block, as Q8_K quantized it: what a k-quant block is dotted
+/// with.
+#[derive(Clone, Copy)]
+struct SuperAct<'a> {
+    q: &'a [i8; QK_K],
+    bsums: &'a [i16; QK_K / 16],
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_k(b: &[u8; Q5K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
-    four_or_five_bits::<Q5K_BYTES, true>(b, q, bsums)
+fn q4_k<const A: usize>(b: &[u8; Q4K_BYTES], acts: [SuperAct; A]) -> [SuperSums; A] {
+    four_or_five_bits::<Q4K_BYTES, false, A>(b, acts)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k<const A: usize>(b: &[u8; Q5K_BYTES], acts: [SuperAct; A]) -> [SuperSums; A] {
+    four_or_five_bits::<Q5K_BYTES, true, A>(b, acts)
 }
 
 /// The eight 6-bit scales and eight minimums of a Q4_K/Q5_K block (its 12 scale bytes) as
@@ -250,35 +258,40 @@ fn broadcast_i16(v: __m256i, j: usize) -> __m256i {
 /// and `2c + 1` are the low and high nibbles of 32 bytes, and Q5_K's fifth bit of group `j`
 /// is bit `j` of every byte of `qh` (bytes 16..48, before the nibbles). The minimums' sum is
 /// one multiply-add of the eight minimums with the activations' pairs of group sums.
+///
+/// The block is unpacked once for the `A` activation blocks it is dotted with (the rows of a
+/// prompt side by side); each one's sums are those it would have alone.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn four_or_five_bits<const N: usize, const FIFTH: bool>(
+fn four_or_five_bits<const N: usize, const FIFTH: bool, const A: usize>(
     b: &[u8; N],
-    q: &[i8; QK_K],
-    bsums: &[i16; QK_K / 16],
-) -> SuperSums {
+    acts: [SuperAct; A],
+) -> [SuperSums; A] {
     let qs = if FIFTH { 48 } else { 16 };
     let packed = k_scales_and_mins(&k_scales(b));
     // Scales as i16 in both 128-bit halves, so each group's is one byte shuffle away.
     let scales16 = _mm_cvtepu8_epi16(packed);
     let scales = _mm256_set_m128i(scales16, scales16);
     let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(packed, packed));
-    // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
-    let sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
-    let pairs = _mm_hadd_epi16(
-        _mm256_castsi256_si128(sums),
-        _mm256_extracti128_si256::<1>(sums),
-    );
-    let m = _mm_madd_epi16(mins, pairs);
-    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
-    let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+    let msum = acts.map(|act| {
+        // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
+        let sums = unsafe { _mm256_loadu_si256(act.bsums.as_ptr().cast()) };
+        let pairs = _mm_hadd_epi16(
+            _mm256_castsi256_si128(sums),
+            _mm256_extracti128_si256::<1>(sums),
+        );
+        let m = _mm_madd_epi16(mins, pairs);
+        let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+        let m = _mm_add_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+        _mm_cvtsi128_si32(m)
+    });
     let mask = _mm256_set1_epi8(0x0F);
     let qh = if FIFTH {
         load(sub(b, 16))
     } else {
         _mm256_setzero_si256()
     };
-    let mut acc = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_si256(); A];
     for c in 0..4 {
         let x = load(sub(b, qs + 32 * c));
         let halves = [
@@ -296,35 +309,42 @@ fn four_or_five_bits<const N: usize, const FIFTH: bool>(
             } else {
                 low
             };
-            let qv = load(sub_i8(q, 32 * j));
-            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, broadcast_i16(scales, j)));
+            let scale = broadcast_i16(scales, j);
+            for (acc, act) in acc.iter_mut().zip(&acts) {
+                let qv = load(sub_i8(act.q, 32 * j));
+                *acc = _mm256_add_epi32(*acc, scaled_dot(v, qv, scale));
+            }
         }
     }
-    SuperSums {
-        isum: hsum(acc),
-        msum: _mm_cvtsi128_si32(m),
-        d: f16_at(b[0], b[1]),
-        dmin: f16_at(b[2], b[3]),
-    }
+    let (d, dmin) = (f16_at(b[0], b[1]), f16_at(b[2], b[3]));
+    std::array::from_fn(|a| SuperSums {
+        isum: hsum(acc[a]),
+        msum: msum[a],
+        d,
+        dmin,
+    })
 }
 
 /// Q6_K: the unsigned 6-bit values `v` (the stored `v - 32` is restored by subtracting
 /// 32 · Σ scale · group sum, one multiply-add of the sixteen scales with the group sums).
+/// Unpacked once for `A` activation blocks, as [`four_or_five_bits`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperSums {
+fn q6_k<const A: usize>(b: &[u8; Q6K_BYTES], acts: [SuperAct; A]) -> [SuperSums; A] {
     const QH: usize = QK_K / 2;
     const SCALES: usize = QH + QK_K / 4;
     const D: usize = SCALES + QK_K / 16;
     // SAFETY: the block holds 16 scale bytes at SCALES; unaligned loads are allowed.
     let bytes = unsafe { _mm_loadu_si128(b[SCALES..].as_ptr().cast()) };
     let all = _mm256_cvtepi8_epi16(bytes);
-    // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
-    let sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
-    let offset = hsum(_mm256_madd_epi16(all, sums));
+    let offset = acts.map(|act| {
+        // SAFETY: `bsums` holds 16 i16 (32 bytes); unaligned loads are allowed.
+        let sums = unsafe { _mm256_loadu_si256(act.bsums.as_ptr().cast()) };
+        hsum(_mm256_madd_epi16(all, sums))
+    });
     let mask = _mm256_set1_epi8(0x0F);
     let three = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_si256(); A];
     for h in 0..2 {
         // Scales 8h..8h+8 as i16 in both halves: group `g` is in the low half of a product,
         // group `g + 1` in the high half.
@@ -349,16 +369,19 @@ fn q6_k(b: &[u8; Q6K_BYTES], q: &[i8; QK_K], bsums: &[i16; QK_K / 16]) -> SuperS
                 broadcast_i16(scales8, 2 * k),
                 broadcast_i16(scales8, 2 * k + 1),
             );
-            let qv = load(sub_i8(q, 128 * h + 32 * k));
-            acc = _mm256_add_epi32(acc, scaled_dot(v, qv, scales));
+            for (acc, act) in acc.iter_mut().zip(&acts) {
+                let qv = load(sub_i8(act.q, 128 * h + 32 * k));
+                *acc = _mm256_add_epi32(*acc, scaled_dot(v, qv, scales));
+            }
         }
     }
-    SuperSums {
-        isum: hsum(acc) - 32 * offset,
+    let d = f16_at(b[D], b[D + 1]);
+    std::array::from_fn(|a| SuperSums {
+        isum: hsum(acc[a]) - 32 * offset[a],
         msum: 0,
-        d: f16_at(b[D], b[D + 1]),
+        d,
         dmin: 0.0,
-    }
+    })
 }
 
 fn sub_i8(q: &[i8; QK_K], at: usize) -> &[u8; 32] {
@@ -390,18 +413,22 @@ const ROWS: usize = 4;
 /// `fn TYPE(w, blocks_per_row, acts, n, out)` computes `out` (`[rows, n]`) for the rows whose
 /// blocks are `w`, against `n` activation rows. `$dot` is the dot product of 32 unsigned and
 /// 32 signed bytes into eight i32 lanes; `$q5_0` and `$q5_1` unpack those blocks (with the
-/// feature set's fastest instructions).
+/// feature set's fastest instructions). A prompt's activation rows are taken `$small` (for the
+/// 32-element types) or `$super` (k-quants) at a time, so that each weight block is unpacked
+/// once for all of them; as many as the feature set's registers hold.
 macro_rules! rows {
-    ($m:ident, $features:literal, $dot:ident, $q5_0:ident, $q5_1:ident) => {
+    ($m:ident, $features:literal, $dot:ident, $q5_0:ident, $q5_1:ident, $small:literal,
+        $super:literal) => {
         pub(super) mod $m {
             use super::*;
-            rows!(@small $features, $dot, q4_0 q4_0 Q4_0_BYTES false, q4_1 q4_1 Q4_1_BYTES true,
-                q5_0 $q5_0 Q5_0_BYTES false, q5_1 $q5_1 Q5_1_BYTES true,
-                q8_0 q8_0 Q8_0_BYTES false);
-            rows!(@super $features, q4_k Q4K_BYTES, q5_k Q5K_BYTES, q6_k Q6K_BYTES);
+            rows!(@small $features, $dot, $small, q4_0 q4_0 Q4_0_BYTES false,
+                q4_1 q4_1 Q4_1_BYTES true, q5_0 $q5_0 Q5_0_BYTES false,
+                q5_1 $q5_1 Q5_1_BYTES true, q8_0 q8_0 Q8_0_BYTES false);
+            rows!(@super $features, $super, q4_k Q4K_BYTES, q5_k Q5K_BYTES, q6_k Q6K_BYTES);
         }
     };
-    (@small $features:literal, $dot:ident, $($ty:ident $unpack:ident $bytes:ident $min:literal),*) => {$(
+    (@small $features:literal, $dot:ident, $acts:literal,
+        $($ty:ident $unpack:ident $bytes:ident $min:literal),*) => {$(
         #[target_feature(enable = $features)]
         pub(in super::super) fn $ty(
             w: &[u8],
@@ -426,9 +453,8 @@ macro_rules! rows {
         mod $ty {
             use super::*;
 
-            /// `R` consecutive rows (`blocks`, `out` `[R, n]`) side by side: each row keeps
-            /// its own accumulator and order of blocks, so its sum has the same bits as alone,
-            /// and the rows' independent additions overlap instead of waiting on one chain.
+            /// `R` consecutive rows (`blocks`, `out` `[R, n]`) against every activation row,
+            /// `$acts` activation rows at a time and the rest one by one.
             #[inline]
             #[target_feature(enable = $features)]
             pub(super) fn rows<const R: usize>(
@@ -438,43 +464,65 @@ macro_rules! rows {
                 n: usize,
                 out: &mut [f32],
             ) {
-                let (qs, _) = acts.qs.as_chunks::<QK>();
                 let rows: [&[[u8; $bytes]]; R] =
                     std::array::from_fn(|k| &blocks[k * blocks_per_row..][..blocks_per_row]);
-                for i in 0..n {
-                    let qs = &qs[i * blocks_per_row..][..blocks_per_row];
-                    let ds = &acts.d[i * blocks_per_row..][..blocks_per_row];
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    let mut min_sum = [0.0f32; R];
-                    for b in 0..blocks_per_row {
-                        let a = i * blocks_per_row + b;
-                        // SAFETY: the chunk holds 32 bytes; unaligned loads are allowed.
-                        let q = unsafe { _mm256_loadu_si256(qs[b].as_ptr().cast()) };
-                        let da = ds[b];
-                        for k in 0..R {
-                            let block = &rows[k][b];
-                            prefetch(block);
-                            let u = super::super::$unpack(block);
-                            // |v| with the sign moved onto q: the product stays v·q, and the
-                            // unsigned operand that the byte multiplications need is |v|.
-                            let lanes =
-                                $dot(_mm256_sign_epi8(u.v, u.v), _mm256_sign_epi8(q, u.v));
-                            let scale = _mm256_set1_ps(u.d * da);
-                            acc[k] = _mm256_add_ps(
-                                acc[k],
+                let whole = n - n % $acts;
+                for i in (0..whole).step_by($acts) {
+                    side_by_side::<R, $acts>(rows, blocks_per_row, acts, i, n, out);
+                }
+                for i in whole..n {
+                    side_by_side::<R, 1>(rows, blocks_per_row, acts, i, n, out);
+                }
+            }
+
+            /// Rows `rows` against activation rows `i..i + A`, into `out[k * n + i + a]`:
+            /// each (row, activation) pair keeps its own accumulator and order of blocks, so
+            /// its sum has the same bits as alone, and the pairs' independent additions
+            /// overlap instead of waiting on one chain.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn side_by_side<const R: usize, const A: usize>(
+                rows: [&[[u8; $bytes]]; R],
+                blocks_per_row: usize,
+                acts: &SmallActs,
+                i: usize,
+                n: usize,
+                out: &mut [f32],
+            ) {
+                let (qs, _) = acts.qs.as_chunks::<QK>();
+                let mut acc = [[_mm256_setzero_ps(); A]; R];
+                let mut min_sum = [[0.0f32; A]; R];
+                for b in 0..blocks_per_row {
+                    let at: [usize; A] = std::array::from_fn(|a| (i + a) * blocks_per_row + b);
+                    // SAFETY: each chunk holds 32 bytes; unaligned loads are allowed.
+                    let q = at.map(|a| unsafe { _mm256_loadu_si256(qs[a].as_ptr().cast()) });
+                    for k in 0..R {
+                        let block = &rows[k][b];
+                        prefetch(block);
+                        let u = super::super::$unpack(block);
+                        // |v| with the sign moved onto q: the product stays v·q, and the
+                        // unsigned operand that the byte multiplications need is |v|.
+                        let magnitude = _mm256_sign_epi8(u.v, u.v);
+                        for a in 0..A {
+                            let lanes = $dot(magnitude, _mm256_sign_epi8(q[a], u.v));
+                            let scale = _mm256_set1_ps(u.d * acts.d[at[a]]);
+                            acc[k][a] = _mm256_add_ps(
+                                acc[k][a],
                                 _mm256_mul_ps(scale, _mm256_cvtepi32_ps(lanes)),
                             );
                             if $min {
-                                min_sum[k] += u.m * acts.s[a];
+                                min_sum[k][a] += u.m * acts.s[at[a]];
                             }
                         }
                     }
-                    for k in 0..R {
+                }
+                for k in 0..R {
+                    for a in 0..A {
                         let mut lanes = [0.0f32; LANES];
                         // SAFETY: `lanes` holds eight f32; unaligned stores are allowed.
-                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k]) };
-                        out[k * n + i] = if $min {
-                            lane_sum(&lanes) + min_sum[k]
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k][a]) };
+                        out[k * n + i + a] = if $min {
+                            lane_sum(&lanes) + min_sum[k][a]
                         } else {
                             lane_sum(&lanes)
                         };
@@ -483,7 +531,7 @@ macro_rules! rows {
             }
         }
     )*};
-    (@super $features:literal, $($ty:ident $bytes:ident),*) => {$(
+    (@super $features:literal, $acts:literal, $($ty:ident $bytes:ident),*) => {$(
         #[target_feature(enable = $features)]
         pub(in super::super) fn $ty(
             w: &[u8],
@@ -492,20 +540,51 @@ macro_rules! rows {
             n: usize,
             out: &mut [f32],
         ) {
-            let (qs, _) = acts.qs.as_chunks::<QK_K>();
-            let (bsums, _) = acts.bsums.as_chunks::<{ QK_K / 16 }>();
             let (blocks, _) = w.as_chunks::<$bytes>();
+            let whole = n - n % $acts;
             for (row, o) in blocks.chunks_exact(blocks_per_row).zip(out.chunks_exact_mut(n)) {
-                for (i, acc) in o.iter_mut().enumerate() {
-                    *acc = 0.0;
-                    for (b, block) in row.iter().enumerate() {
-                        prefetch(block);
-                        let a = i * blocks_per_row + b;
-                        let s = super::$ty(block, &qs[a], &bsums[a]);
+                for i in (0..whole).step_by($acts) {
+                    $ty::side_by_side::<$acts>(row, acts, i, o);
+                }
+                for i in whole..n {
+                    $ty::side_by_side::<1>(row, acts, i, o);
+                }
+            }
+        }
+
+        mod $ty {
+            use super::*;
+
+            /// One row (`row`: its blocks) against activation rows `i..i + A`, into
+            /// `out[i + a]`; each pair sums its blocks in order, as alone.
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub(super) fn side_by_side<const A: usize>(
+                row: &[[u8; $bytes]],
+                acts: &SuperActs,
+                i: usize,
+                out: &mut [f32],
+            ) {
+                let (qs, _) = acts.qs.as_chunks::<QK_K>();
+                let (bsums, _) = acts.bsums.as_chunks::<{ QK_K / 16 }>();
+                let blocks_per_row = row.len();
+                let mut acc = [0.0f32; A];
+                for (b, block) in row.iter().enumerate() {
+                    prefetch(block);
+                    let at: [usize; A] = std::array::from_fn(|a| (i + a) * blocks_per_row + b);
+                    let sums = super::super::$ty::<A>(
+                        block,
+                        at.map(|a| SuperAct {
+                            q: &qs[a],
+                            bsums: &bsums[a],
+                        }),
+                    );
+                    for ((acc, s), a) in acc.iter_mut().zip(sums).zip(at) {
                         let da = acts.d[a];
                         *acc += s.d * da * s.isum as f32 - s.dmin * da * s.msum as f32;
                     }
                 }
+                out[i..i + A].copy_from_slice(&acc);
             }
         }
     )*};
@@ -518,13 +597,16 @@ fn dot_vnni(u: __m256i, q: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
 }
 
-rows!(avx2, "avx2,fma,f16c", dot_u8_i8, q5_0, q5_1);
+// AVX2 has 16 vector registers, AVX-512 32.
+rows!(avx2, "avx2,fma,f16c", dot_u8_i8, q5_0, q5_1, 2, 4);
 rows!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni,
     q5_0_masked,
-    q5_1_masked
+    q5_1_masked,
+    4,
+    4
 );
 
 /// Eight 16-bit floats (`BF16`, else F16) widened to f32.
