@@ -7,7 +7,9 @@
 use refusal_core::chat::{Message, Role};
 use refusal_core::gguf::GgmlType;
 use refusal_core::load;
-use refusal_core::model::{Capture, HookPoint, Llama, NoHook, TokenBatch, WeightStorage, read_f32};
+use refusal_core::model::{
+    Capture, HookPoint, KvCache, Llama, NoHook, TokenBatch, WeightStorage, read_f32,
+};
 use refusal_lens::model::builtin::BuiltinModel;
 use refusal_tests::{builtin_gguf, fixture, load_builtin_as, load_builtin_assets, widened_gguf};
 use serde::Deserialize;
@@ -33,14 +35,24 @@ struct Case {
 /// reference that sums in another order; 2e-2 absolute is what the issue asks for and leaves
 /// room for that only.
 const LOGIT_TOL: f64 = 2e-2;
-/// Logits of the weights kept as GGML blocks. Prompt batches are multiplied in f32 as above,
-/// but a product of at most a few rows (the head on one prompt's last position, every step of
+/// Logits of the weights kept as GGML blocks. Prompt batches that measure activations are
+/// multiplied in f32 as above, but a product of at most a few rows (the head on one prompt's last position, every step of
 /// decoding) quantizes its activations to 8 bits per block, as llama.cpp does. Each activation
 /// then moves by up to 1/254 of its block's largest magnitude; over the head's 576- and
 /// 896-wide dot products that measured up to 0.14 on the two models' top-10 logits (logsumexp:
-/// up to 0.065), against 2e-5 for prompt batches. 0.25 leaves room for prompts we do not test;
-/// the greedy completions below must still equal the reference's token for token.
+/// up to 0.065), against 2e-5 for prompt batches. 0.25 leaves room for prompts we do not test.
 const QUANTIZED_LOGIT_TOL: f64 = 0.25;
+/// A generation (`KvCache::generating`) rounds its activations to 8 bits in the products where
+/// the kernels are faster, prompt rows included, as llama.cpp does, so its logits wander further
+/// from the float reference than one rounded product's: on the six prompts up to 0.55 (SmolLM2)
+/// and 0.19 (Qwen), where llama.cpp's own logits, measured against the same reference, are off
+/// by up to 0.34 and 0.17. 0.75 leaves room for prompts we do not test.
+///
+/// A greedy completion may then leave the reference's, but only where the exact product's top
+/// two tokens are within this of each other, and the exact product's choice there must continue
+/// the reference (measured: 1 of 6 prompts on Qwen at a margin of 0.09, 3 of 6 on SmolLM2 at
+/// 0.001-0.20).
+const ROUNDED_LOGIT_TOL: f64 = 0.75;
 /// Residual norms grow to a few hundred in late layers; compare relatively.
 const NORM_REL_TOL: f64 = 1e-3;
 
@@ -54,6 +66,17 @@ fn logsumexp(row: &[f32]) -> f64 {
 }
 
 fn check_logits(case: &Case, row: &[f32], what: &str, tol: f64) {
+    check_logit_values(case, row, what, tol);
+    let argmax = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+    assert_eq!(
+        argmax, case.top10_ids[0],
+        "{what} `{}`: top token",
+        case.instruction
+    );
+}
+
+/// The reference's top-10 logits and logsumexp, to `tol`.
+fn check_logit_values(case: &Case, row: &[f32], what: &str, tol: f64) {
     for (&id, &want) in case.top10_ids.iter().zip(&case.top10_logits) {
         let got = row[id] as f64;
         assert!(
@@ -68,12 +91,6 @@ fn check_logits(case: &Case, row: &[f32], what: &str, tol: f64) {
         "{what} `{}`: logsumexp {lse}, reference {}",
         case.instruction,
         case.logsumexp
-    );
-    let argmax = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-    assert_eq!(
-        argmax, case.top10_ids[0],
-        "{what} `{}`: top token",
-        case.instruction
     );
 }
 
@@ -93,6 +110,10 @@ fn check_model(model: BuiltinModel, fixture_name: &str, storage: WeightStorage) 
         let mut capture = Capture::every_layer(n_layers, HookPoint::ResidPre, vec![1]);
         let row = read_f32(llama.last_logits(&batch, &mut capture));
         check_logits(case, &row, "alone", tol);
+        if llama.has_quantized_weights() {
+            let row = read_f32(llama.forward(&batch, &mut KvCache::generating(), &mut NoHook));
+            check_logit_values(case, &row, "generation prompt", ROUNDED_LOGIT_TOL);
+        }
         assert_eq!(case.resid_pre_norm_last.len(), n_layers);
         for (l, &want) in case.resid_pre_norm_last.iter().enumerate() {
             let x = read_f32(
@@ -169,12 +190,54 @@ fn check_tokens_and_greedy(llama: &Llama, model: BuiltinModel, reference: &Refer
         .iter()
         .map(|c| c.token_ids.clone())
         .collect();
-    let completions = refusal_tests::greedy(llama, &assets.tokenizer, &prompts, 24);
-    for (case, text) in reference.cases.iter().zip(completions) {
-        assert_eq!(
-            text, case.greedy24_reference,
-            "greedy completion of `{}`",
-            case.instruction
+    let completions = refusal_tests::greedy_tokens(llama, &assets.tokenizer, &prompts, 24);
+    for (case, tokens) in reference.cases.iter().zip(completions) {
+        let text = |t: &[u32]| {
+            assets
+                .tokenizer
+                .decode(t, true)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // f32 weights round nothing: token for token.
+        if !llama.has_quantized_weights() {
+            assert_eq!(
+                text(&tokens),
+                case.greedy24_reference,
+                "greedy completion of `{}`",
+                case.instruction
+            );
+            continue;
+        }
+        // The first token whose text leaves the reference's completion.
+        let Some(p) = (1..=tokens.len()).find(|&n| {
+            let ours = text(&tokens[..n]);
+            !case.greedy24_reference.starts_with(&ours)
+                && !ours.starts_with(&case.greedy24_reference)
+        }) else {
+            continue;
+        };
+        let p = p - 1;
+        let mut context = case.token_ids.clone();
+        context.extend(&tokens[..p]);
+        let batch = TokenBatch::left_padded(std::slice::from_ref(&context), 0, &llama.device());
+        let row = read_f32(llama.last_logits(&batch, &mut NoHook));
+        let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+        let mut exact = tokens[..p].to_vec();
+        exact.push(best as u32);
+        assert!(
+            case.greedy24_reference.starts_with(&text(&exact)),
+            "`{}`: the exact product's choice after {p} tokens, {:?}, leaves the reference",
+            case.instruction,
+            text(&exact)
+        );
+        let margin = (row[best] - row[tokens[p] as usize]) as f64;
+        assert!(
+            margin <= ROUNDED_LOGIT_TOL,
+            "`{}`: generation chose {:?} after {p} tokens ({:?}), {margin} logits below the \
+             exact choice",
+            case.instruction,
+            text(&tokens[p..=p]),
+            text(&tokens[..p])
         );
     }
 }

@@ -107,18 +107,28 @@ pub fn load_builtin_assets(model: BuiltinModel) -> TextAssets {
 
 /// Greedy completions (special tokens skipped), stopping at the model's stop tokens.
 pub fn greedy(llama: &Llama, tokenizer: &Tokenizer, prompts: &[Vec<u32>], n: usize) -> Vec<String> {
+    greedy_tokens(llama, tokenizer, prompts, n)
+        .iter()
+        .map(|t| tokenizer.decode(t, true).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+/// The token ids of [`greedy`]'s completions.
+pub fn greedy_tokens(
+    llama: &Llama,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Vec<Vec<u32>> {
     let settings = GenerationSettings {
         max_new_tokens: n,
         sampling: Sampling::Greedy,
         stop_ids: tokenizer.stop_ids(),
     };
-    let out = generate(llama, prompts, 0, settings, &mut NoHook, &mut |_, _| {
+    generate(llama, prompts, 0, settings, &mut NoHook, &mut |_, _| {
         ControlFlow::Continue(())
-    });
-    out.tokens
-        .iter()
-        .map(|t| tokenizer.decode(t, true).unwrap_or_else(|e| panic!("{e}")))
-        .collect()
+    })
+    .tokens
 }
 
 /// A file of llama.cpp's vocabulary tests (`ggml-vocab-NAME.gguf`, `.inp`, `.out`), fetched

@@ -1,6 +1,9 @@
 //! `refusal-lens bench`: prefill and decode throughput, direction extraction time and peak
 //! memory on a real model.
 //!
+//! Prefill is a generation's prompt (its products round activations to 8 bits as the decoding
+//! steps and llama.cpp do); extraction runs its prompts exactly, as the product does.
+//!
 //! The report carries the exact prompt token ids so that `scripts/bench-llamacpp.sh` can feed
 //! llama.cpp the same tokens in the same run and print the ratios.
 
@@ -13,7 +16,7 @@ use std::ops::ControlFlow;
 use anyhow::{Result, bail};
 use futures_lite::future::block_on;
 use refusal_core::generate::{Decoder, GenerationSettings, Sampling};
-use refusal_core::model::{NoHook, TokenBatch, read_f32};
+use refusal_core::model::{KvCache, NoHook, TokenBatch, read_f32};
 use refusal_core::refusal::EncodedPrompts;
 use refusal_core::refusal::directions::extract;
 use refusal_core::refusal::prompts::{Prompt, builtin_harmful, builtin_harmless};
@@ -229,16 +232,16 @@ pub fn run(loaded: &LoadedModel, options: &BenchOptions, load_seconds: f64) -> R
         })
         .collect::<Result<Vec<Vec<u32>>>>()?;
 
+    let prompt = |batch: &TokenBatch| {
+        read_f32(model.forward(batch, &mut KvCache::generating(), &mut NoHook));
+    };
     // Warm-up: first calls allocate buffers and spin up the thread pool.
-    read_f32(model.last_logits(
-        &TokenBatch::left_padded(&token_ids[..1], 0, &device),
-        &mut NoHook,
-    ));
+    prompt(&TokenBatch::left_padded(&token_ids[..1], 0, &device));
 
     let batch = TokenBatch::left_padded(&token_ids, 0, &device);
     let (prefill_s, prefill_runs) = repeated(options.repeats, || {
         let start = Instant::now();
-        read_f32(model.last_logits(&batch, &mut NoHook));
+        prompt(&batch);
         Ok(start.elapsed().as_secs_f64())
     })?;
     let tokens: usize = token_ids.iter().map(Vec::len).sum();

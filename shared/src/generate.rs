@@ -93,7 +93,7 @@ impl<'m> Decoder<'m> {
         let done = settings.max_new_tokens == 0;
         Decoder {
             model,
-            cache: KvCache::new(),
+            cache: KvCache::generating(),
             rng: StdRng::seed_from_u64(seed),
             next: (!done).then(|| TokenBatch::left_padded(prompts, pad_id, &model.device())),
             tokens: vec![Vec::new(); prompts.len()],

@@ -15,7 +15,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use super::cached_attention::{HostKv, HostRope, attend};
 use super::config::{ModelConfig, RopePairing};
 use super::hooks::{Hook, HookContext, HookPoint};
-use super::quantized::QuantizedMatrix;
+use super::quantized::{PromptProducts, QuantizedMatrix};
 use super::swiglu::swiglu;
 use crate::gguf::GgmlType;
 use crate::threads::on_pool;
@@ -83,6 +83,8 @@ pub struct KvCache {
     pad: Vec<usize>,
     /// Number of cached positions, padding included.
     len: usize,
+    /// How the prompt's products with block weights are computed.
+    prompts: PromptProducts,
 }
 
 /// One layer's cached keys and values.
@@ -99,8 +101,19 @@ enum LayerKv {
 }
 
 impl KvCache {
+    /// A cache whose prompt is computed exactly (see [`PromptProducts::Exact`]): for passes
+    /// that measure activations.
     pub fn new() -> Self {
         KvCache::default()
+    }
+
+    /// A cache for generation: the prompt's products round activations to 8 bits as the
+    /// decoding steps after it do (see [`PromptProducts::Rounded`]).
+    pub fn generating() -> Self {
+        KvCache {
+            prompts: PromptProducts::Rounded,
+            ..KvCache::default()
+        }
     }
 
     /// Positions cached so far (padding included).
@@ -231,6 +244,14 @@ impl Linear {
     /// # Shapes
     /// - `x`: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_with(x, PromptProducts::Exact)
+    }
+
+    /// [`Linear::forward`] with many-row products of block weights computed as `prompts` says.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]` → `[..., d_out]`
+    pub fn forward_with<const D: usize>(&self, x: Tensor<D>, prompts: PromptProducts) -> Tensor<D> {
         let bias = self.bias.as_ref().map(Param::val);
         match &self.weight {
             // The cast is a no-op for f32 weights.
@@ -241,7 +262,7 @@ impl Linear {
                 let rows = dims[..D - 1].iter().product();
                 let mut out_dims = dims;
                 out_dims[D - 1] = d_out;
-                let y: Tensor<D> = q.matmul(x.reshape([rows, d_in])).reshape(out_dims);
+                let y: Tensor<D> = q.matmul(x.reshape([rows, d_in]), prompts).reshape(out_dims);
                 match bias {
                     Some(b) => y + b.unsqueeze(),
                     None => y,
@@ -408,29 +429,39 @@ impl Attention {
         rope: &Rope,
         bias: Tensor<4>,
         cache: &mut LayerKv,
+        prompts: PromptProducts,
     ) -> Tensor<3> {
-        self.o.forward(self.heads(x, rope, bias, cache))
+        let heads = self.heads(x, rope, bias, cache, prompts);
+        self.o.forward_with(heads, prompts)
     }
 
     /// The attended values of every head, concatenated: the input of the output projection.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → `[batch, seq, n_heads * head_dim]`
-    fn heads(&self, x: Tensor<3>, rope: &Rope, bias: Tensor<4>, cache: &mut LayerKv) -> Tensor<3> {
+    fn heads(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        bias: Tensor<4>,
+        cache: &mut LayerKv,
+        prompts: PromptProducts,
+    ) -> Tensor<3> {
+        let project = |w: &Linear, x| w.forward_with(x, prompts);
         if let LayerKv::Host(kv) = cache {
             let projections = (
-                self.q.forward(x.clone()),
-                self.k.forward(x.clone()),
-                self.v.forward(x),
+                project(&self.q, x.clone()),
+                project(&self.k, x.clone()),
+                project(&self.v, x),
             );
             return attend(projections, self.n_heads, &rope.host(), kv);
         }
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.k.forward(x.clone()), self.n_kv_heads));
-        let v = heads(self.v.forward(x), self.n_kv_heads);
+        let q = rope.apply(heads(project(&self.q, x.clone()), self.n_heads));
+        let k = rope.apply(heads(project(&self.k, x.clone()), self.n_kv_heads));
+        let v = heads(project(&self.v, x), self.n_kv_heads);
         let (k, v) = match std::mem::take(cache) {
             LayerKv::Tensors(ck, cv) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
             _ => (k, v),
@@ -467,16 +498,19 @@ pub struct Mlp {
 impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → same
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(self.activation(x))
+    pub fn forward(&self, x: Tensor<3>, prompts: PromptProducts) -> Tensor<3> {
+        self.down.forward_with(self.activation(x, prompts), prompts)
     }
 
     /// `silu(gate(h)) * up(h)`: the input of the down projection.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]` → `[batch, seq, d_ff]`
-    pub fn activation(&self, x: Tensor<3>) -> Tensor<3> {
-        swiglu(self.gate.forward(x.clone()), self.up.forward(x))
+    pub fn activation(&self, x: Tensor<3>, prompts: PromptProducts) -> Tensor<3> {
+        swiglu(
+            self.gate.forward_with(x.clone(), prompts),
+            self.up.forward_with(x, prompts),
+        )
     }
 }
 
@@ -524,10 +558,11 @@ impl Block {
                 &ctx.rope,
                 ctx.bias.clone(),
                 &mut LayerKv::Empty,
+                PromptProducts::Exact,
             );
             let x = x + self.attn.o.forward(o_in.clone());
             let mlp_in = self.mlp_norm.forward(x.clone());
-            let down_in = self.mlp.activation(mlp_in.clone());
+            let down_in = self.mlp.activation(mlp_in.clone(), PromptProducts::Exact);
             let out = x + self.mlp.down.forward(down_in.clone());
             let inputs = LinearInputs {
                 attn: attn_in,
@@ -550,9 +585,12 @@ impl Block {
                 &ctx.rope,
                 ctx.bias.clone(),
                 &mut LayerKv::Empty,
+                PromptProducts::Exact,
             );
             let x = x + attn;
-            let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+            let mlp = self
+                .mlp
+                .forward(self.mlp_norm.forward(x.clone()), PromptProducts::Exact);
             x + mlp
         })
     }
@@ -690,12 +728,17 @@ impl Llama {
         };
         for (l, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = call(l, HookPoint::ResidPre, x);
-            let attn =
-                block
-                    .attn
-                    .forward(block.attn_norm.forward(x.clone()), &rope, bias.clone(), kv);
+            let attn = block.attn.forward(
+                block.attn_norm.forward(x.clone()),
+                &rope,
+                bias.clone(),
+                kv,
+                cache.prompts,
+            );
             x = x + call(l, HookPoint::AttnOut, attn);
-            let mlp = block.mlp.forward(block.mlp_norm.forward(x.clone()));
+            let mlp = block
+                .mlp
+                .forward(block.mlp_norm.forward(x.clone()), cache.prompts);
             x = x + call(l, HookPoint::MlpOut, mlp);
             x = call(l, HookPoint::ResidPost, x);
         }
@@ -737,11 +780,16 @@ impl Llama {
     /// # Shapes
     /// - `hidden`: `[rows, d_model]` → `[rows, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.logits_with(hidden, PromptProducts::Exact)
+    }
+
+    /// [`Llama::logits`] with many-row products of block weights computed as `prompts` says.
+    fn logits_with(&self, hidden: Tensor<2>, prompts: PromptProducts) -> Tensor<2> {
         // `head @ hidden^T` reads the `[vocab, d_model]` matrix as stored, so a tied embedding
         // needs no transposed copy of the largest matrix in the model.
         let head = match self.head.as_ref().unwrap_or(&self.embedding) {
             Weight::Dense(head) => head.val(),
-            Weight::Quantized(q) => return q.matmul(hidden),
+            Weight::Quantized(q) => return q.matmul(hidden, prompts),
         };
         if head.dtype() == DType::F32 {
             return head.matmul(hidden.transpose()).transpose();
@@ -774,7 +822,7 @@ impl Llama {
         on_pool(|| {
             let hidden = self.hidden(batch, cache, hook);
             let [n, seq, d] = hidden.dims();
-            self.logits(hidden.narrow(1, seq - 1, 1).reshape([n, d]))
+            self.logits_with(hidden.narrow(1, seq - 1, 1).reshape([n, d]), cache.prompts)
         })
     }
 

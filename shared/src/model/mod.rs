@@ -18,7 +18,7 @@ pub use hooks::{
     ActivationAddition, Capture, DirectionalAblation, Hook, HookContext, HookPoint, NoHook,
 };
 pub use llama::{BlockContext, KvCache, Linear, LinearInputs, Llama, TokenBatch, Weight};
-pub use quantized::QuantizedMatrix;
+pub use quantized::{PromptProducts, QuantizedMatrix};
 pub use weights::{
     BlockWeight, HostTensor, StoredTensor, StoredValues, WeightError, WeightName, WeightSource,
     WeightStorage,

@@ -3,12 +3,13 @@
 //!
 //! A few activation rows at a time (decoding) go through the kernels of [`crate::gguf::dot`],
 //! which read the blocks directly (integer dot products for the block types, f32 ones for the
-//! 16-bit floats). Many rows at a time (a prompt batch)
-//! are multiplied in f32 against tiles of the matrix dequantized for that one product: there
-//! the f32 matrix multiplication is several times faster than any integer dot product, the
-//! cost of dequantizing is shared by every row, and only one tile (at most [`TILE_ELEMENTS`]
-//! values) exists at a time, so memory stays at the size of the blocks. That path computes
-//! exactly the float reference's product of the dequantized weights.
+//! 16-bit floats), activations rounded to 8 bits as llama.cpp does. Many rows at a time (a
+//! prompt batch) are multiplied as [`PromptProducts`] says: exactly, in f32 against tiles of the
+//! matrix dequantized for that one product (the cost of dequantizing is shared by every row,
+//! and only one tile, at most [`TILE_ELEMENTS`] values, exists at a time, so memory stays at
+//! the size of the blocks), which computes the float reference's product of the dequantized
+//! weights; or, for generation, through the kernels where the CPU has byte dot products, as
+//! llama.cpp processes a prompt.
 //!
 //! An edit of the matrix (orthogonalization, AIRD's rank-one term) is kept beside the blocks
 //! as exact rank-one terms `W + a bᵀ` in f32: re-quantizing the edited matrix would add the
@@ -29,10 +30,38 @@ use crate::gguf::quant::check_sizes;
 use crate::gguf::{GgmlType, GgufError, dequantize_into};
 use crate::threads::for_each_chunk;
 
-/// Activation rows up to which the kernels are used; from here on the dequantized tiles and
-/// f32 matrix multiplication are faster (measured on the 0.5B model's layers with AVX-512:
-/// the two break even between 4 and 8 rows).
+/// Activation rows up to which every product goes through the kernels: a decoding step, or
+/// one prompt's last position through the head. Beyond it, products that measure activations
+/// ([`PromptProducts::Exact`]) use the exact tiles whatever their speed.
 pub const KERNEL_ROWS: usize = 4;
+
+/// The most rows of a generation's product ([`PromptProducts::Rounded`]) that go through the
+/// kernels, for a `rows x cols` matrix. The kernels' time grows with every activation row; the
+/// tiles' is mostly the dequantization, shared by all rows and growing with the matrix. With
+/// AVX-512 on 2 cores they broke even at 17 rows on SmolLM2's 1536 x 576 Q4_1, 40-80 on
+/// Qwen's 4864 x 896 and 896 x 4864 (Q5_0, Q4_K, Q6_K), 50-80 on every type at 3072 x 1024,
+/// and past 64 on a 7B-shaped 11008 x 4096 Q4_K (kernels 3.4x faster there at 64 rows):
+/// 12 rows per million weights, at least 16 and at most 256, follows those measurements.
+fn generation_kernel_rows(rows: usize, cols: usize) -> usize {
+    (12 * rows * cols / (1 << 20)).clamp(16, 256)
+}
+
+/// How a product of many activation rows (more than [`KERNEL_ROWS`]: a prompt) with the
+/// blocks is computed. Decoding rows always go through the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptProducts {
+    /// In f32 against dequantized tiles: exactly the float reference's product. For what
+    /// measures activations (directions, scores, calibration), whose agreement with the
+    /// reference is tested to cosine 1.000000.
+    #[default]
+    Exact,
+    /// For generation: activations rounded to 8 bits and multiplied through the integer
+    /// kernels, as the decoding steps after a prompt are and as llama.cpp processes prompts,
+    /// wherever that is faster than the exact tiles: on CPUs and types whose kernels multiply
+    /// prompts ([`dot::multiplies_prompts`]), up to a number of rows that grows with the matrix
+    /// ([`generation_kernel_rows`]).
+    Rounded,
+}
 
 /// The most values of a dequantized tile: 64 MiB of f32.
 const TILE_ELEMENTS: usize = 1 << 24;
@@ -222,18 +251,22 @@ impl QuantizedMatrix {
     }
 
     /// `x · Wᵀ`: decoding rows through the kernels (for block types, activations rounded to 8
-    /// bits, as llama.cpp does), more rows in f32.
+    /// bits, as llama.cpp does), more rows as `prompts` says.
     ///
     /// # Shapes
     /// - `x`: `[n, cols]` → `[n, rows]`
-    pub fn matmul(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn matmul(&self, x: Tensor<2>, prompts: PromptProducts) -> Tensor<2> {
         let [n, cols] = x.dims();
         assert_eq!(cols, self.cols, "input width of a {} matrix", self.ty);
+        let kernels = n <= KERNEL_ROWS
+            || (prompts == PromptProducts::Rounded
+                && n <= generation_kernel_rows(self.rows, self.cols)
+                && dot::multiplies_prompts(Isa::detect(), self.ty));
         let blocks = |x| {
-            if n > KERNEL_ROWS {
-                self.matmul_tiled(x, self.tile_rows())
-            } else {
+            if kernels {
                 self.matmul_kernels(x)
+            } else {
+                self.matmul_tiled(x, self.tile_rows())
             }
         };
         if self.terms.is_empty() {
@@ -425,10 +458,40 @@ mod tests {
         let (m, dense) = matrix(GgmlType::Q4K, 70, 512);
         let x: Vec<f32> = (0..9 * 512).map(|i| (i as f32 * 0.37).sin()).collect();
         let tensor = Tensor::<2>::from_data(TensorData::new(x.clone(), [9, 512]), &device);
-        let got = read_f32(m.matmul(tensor));
+        let got = read_f32(m.matmul(tensor, PromptProducts::Exact));
         let want = f32_product(&dense, m.dims(), &x, &device);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+
+    /// A generation prompt's rows are each what a decoding step computes for that row alone
+    /// (the kernels, whose error against the exact product `gguf::dot`'s tests bound), where
+    /// the CPU's kernels multiply prompts and up to the matrix's row limit; past the limit, and
+    /// elsewhere, they are the exact product.
+    #[test]
+    fn rounded_rows_are_each_the_decoding_product_up_to_the_limit() {
+        let device = Device::flex();
+        let limit = generation_kernel_rows(70, 512);
+        assert_eq!(limit, 16);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::Q6K] {
+            let (m, _) = matrix(ty, 70, 512);
+            for n in [11, limit, limit + 1] {
+                let x: Vec<f32> = (0..n * 512).map(|i| (i as f32 * 0.37).sin()).collect();
+                let tensor = |x: &[f32]| {
+                    let rows = x.len() / 512;
+                    Tensor::<2>::from_data(TensorData::new(x.to_vec(), [rows, 512]), &device)
+                };
+                let got = read_f32(m.matmul(tensor(&x), PromptProducts::Rounded));
+                let want: Vec<f32> = if n <= limit && dot::multiplies_prompts(Isa::detect(), ty) {
+                    x.chunks_exact(512)
+                        .flat_map(|row| read_f32(m.matmul(tensor(row), PromptProducts::Exact)))
+                        .collect()
+                } else {
+                    read_f32(m.matmul(tensor(&x), PromptProducts::Exact))
+                };
+                assert_eq!(got, want, "{ty}, {n} rows");
+            }
         }
     }
 
@@ -487,7 +550,11 @@ mod tests {
         };
         let x: Vec<f32> = (0..9 * 64).map(|i| (i as f32 * 0.37).cos()).collect();
         let want = f32_product(&dense, m.dims(), &x, &device);
-        close(&read_f32(m.matmul(tensor(&x, 9, 64))), &want, 1e-5);
+        close(
+            &read_f32(m.matmul(tensor(&x, 9, 64), PromptProducts::Exact)),
+            &want,
+            1e-5,
+        );
         close(
             &read_f32(m.matmul_f32(tensor(&x[..64], 1, 64))),
             &want[..6],
@@ -495,7 +562,7 @@ mod tests {
         );
         // Decoding rows round the activations to 8 bits, which moves the blocks' product by
         // up to 1 % of sum |x w| (the kernels' bound); the terms stay exact.
-        let decoded = read_f32(m.matmul(tensor(&x[..2 * 64], 2, 64)));
+        let decoded = read_f32(m.matmul(tensor(&x[..2 * 64], 2, 64), PromptProducts::Exact));
         let blocks = m.dequantize_blocks();
         for (k, (g, w)) in decoded.iter().zip(&want).enumerate() {
             let (n, i) = (k / 6, k % 6);
@@ -541,9 +608,9 @@ mod tests {
                 .map(|row| row.iter().zip(&r).map(|(a, b)| a * b).sum::<f32>().abs())
                 .fold(0.0f32, f32::max)
         };
-        let before = along(m.matmul(x.clone()));
+        let before = along(m.matmul(x.clone(), PromptProducts::Exact));
         m.remove_from_columns(Tensor::from_data(TensorData::new(r.clone(), [8]), &device));
-        let after = along(m.matmul(x));
+        let after = along(m.matmul(x, PromptProducts::Exact));
         // The integer kernels round x to 8 bits; the projection acts on what they computed.
         assert!(
             before > 0.1 && after <= 1e-6 * before,

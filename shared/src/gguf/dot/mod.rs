@@ -40,6 +40,19 @@ pub const fn has_kernel(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32)
 }
 
+/// Whether the kernels on `isa` multiply many activation rows (a prompt) by `ty` faster than
+/// f32 matrix multiplication against dequantized weights: the x86 byte dot products, which
+/// unpack each weight block once for several activation rows. The portable loops (wasm) and
+/// the 16-bit floats (re-widened for every row) are not.
+pub fn multiplies_prompts(isa: Isa, ty: GgmlType) -> bool {
+    isa != Isa::Portable
+        && has_kernel(ty)
+        && !matches!(
+            ty,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::F16 | GgmlType::BF16
+        )
+}
+
 /// Instruction sets the kernels are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
