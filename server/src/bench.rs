@@ -1,8 +1,9 @@
 //! `refusal-lens bench`: prefill and decode throughput, direction extraction time and peak
 //! memory on a real model.
 //!
-//! Prefill is a generation's prompt (its products round activations to 8 bits as the decoding
-//! steps and llama.cpp do); extraction runs its prompts exactly, as the product does.
+//! Prefill is a generation's prompt (its products round activations to 8 bits, as the decoding
+//! steps and llama.cpp do, wherever that is faster); extraction runs its prompts exactly, as
+//! the product does.
 //!
 //! The report carries the exact prompt token ids so that `scripts/bench-llamacpp.sh` can feed
 //! llama.cpp the same tokens in the same run and print the ratios.

@@ -8,8 +8,8 @@
 //! matrix dequantized for that one product (the cost of dequantizing is shared by every row,
 //! and only one tile, at most [`TILE_ELEMENTS`] values, exists at a time, so memory stays at
 //! the size of the blocks), which computes the float reference's product of the dequantized
-//! weights; or, for generation, through the kernels where the CPU has byte dot products, as
-//! llama.cpp processes a prompt.
+//! weights; or, for generation, through the kernels wherever they are faster, as llama.cpp
+//! processes a prompt.
 //!
 //! An edit of the matrix (orthogonalization, AIRD's rank-one term) is kept beside the blocks
 //! as exact rank-one terms `W + a bᵀ` in f32: re-quantizing the edited matrix would add the
