@@ -37,13 +37,13 @@ pub const KERNEL_ROWS: usize = 4;
 
 /// The most rows of a generation's product ([`PromptProducts::Rounded`]) that go through the
 /// kernels, for a `rows x cols` matrix. The kernels' time grows with every activation row; the
-/// tiles' is mostly the dequantization, shared by all rows and growing with the matrix. With
-/// AVX-512 on 2 cores they broke even at 17 rows on SmolLM2's 1536 x 576 Q4_1, 40-80 on
-/// Qwen's 4864 x 896 and 896 x 4864 (Q5_0, Q4_K, Q6_K), 50-80 on every type at 3072 x 1024,
-/// and past 64 on a 7B-shaped 11008 x 4096 Q4_K (kernels 3.4x faster there at 64 rows):
-/// 12 rows per million weights, at least 16 and at most 256, follows those measurements.
+/// tiles' has a part shared by all rows (dequantizing, building each tile) that grows with the
+/// matrix. With AVX-512 on 2 cores they broke even at about 16 rows on SmolLM2's 1536 x 576
+/// Q4_1, 24 on Qwen's 4864 x 896 Q5_0 and 896 x 4864 Q4_K, and past 128 on Qwen's
+/// 151936 x 896 Q8_0 head and a 7B-shaped 11008 x 4096 Q4_K (kernels 1.3-1.4x faster there at
+/// 128 rows): 4 rows per million weights, at least 16 and at most 256, follows those.
 fn generation_kernel_rows(rows: usize, cols: usize) -> usize {
-    (12 * rows * cols / (1 << 20)).clamp(16, 256)
+    (4 * rows * cols / (1 << 20)).clamp(16, 256)
 }
 
 /// How a product of many activation rows (more than [`KERNEL_ROWS`]: a prompt) with the
@@ -348,15 +348,18 @@ impl QuantizedMatrix {
     /// `x · Wᵀ` of the blocks through dequantized tiles of rows and f32 matrix multiplication.
     fn matmul_tiled(&self, x: Tensor<2>, tile_rows: usize) -> Tensor<2> {
         let device = x.device();
+        // `tile · xᵀ`, transposed back: gemm then packs only the few activation rows, where
+        // `x · tileᵀ` packed the whole transposed tile (3.6 → 1.0 ms for 16 rows of a
+        // 3072 x 1024 matrix, most of what the tiles cost below a few hundred rows).
+        let xt = x.transpose();
         let parts: Vec<Tensor<2>> = (0..self.rows)
             .step_by(tile_rows)
             .map(|start| {
                 let count = tile_rows.min(self.rows - start);
-                x.clone()
-                    .matmul(self.tile(start, count, &device).transpose())
+                self.tile(start, count, &device).matmul(xt.clone())
             })
             .collect();
-        Tensor::cat(parts, 1)
+        Tensor::cat(parts, 0).transpose()
     }
 
     /// Rows `start..start + count` of the blocks dequantized, `[count, cols]` on `device`.
