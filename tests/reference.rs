@@ -36,8 +36,9 @@ struct Case {
 /// room for that only.
 const LOGIT_TOL: f64 = 2e-2;
 /// Logits of the weights kept as GGML blocks. Prompt batches that measure activations are
-/// multiplied in f32 as above, but a product of at most a few rows (the head on one prompt's last position, every step of
-/// decoding) quantizes its activations to 8 bits per block, as llama.cpp does. Each activation
+/// multiplied in f32 as above, but a product of at most a few rows (the head on one prompt's
+/// last position, every step of decoding) quantizes its activations to 8 bits per block, as
+/// llama.cpp does. Each activation
 /// then moves by up to 1/254 of its block's largest magnitude; over the head's 576- and
 /// 896-wide dot products that measured up to 0.14 on the two models' top-10 logits (logsumexp:
 /// up to 0.065), against 2e-5 for prompt batches. 0.25 leaves room for prompts we do not test.
@@ -65,11 +66,16 @@ fn logsumexp(row: &[f32]) -> f64 {
         .ln()
 }
 
+/// The index of the largest logit (the first of equals).
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
+}
+
 fn check_logits(case: &Case, row: &[f32], what: &str, tol: f64) {
     check_logit_values(case, row, what, tol);
-    let argmax = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
     assert_eq!(
-        argmax, case.top10_ids[0],
+        argmax(row),
+        case.top10_ids[0],
         "{what} `{}`: top token",
         case.instruction
     );
@@ -221,7 +227,7 @@ fn check_tokens_and_greedy(llama: &Llama, model: BuiltinModel, reference: &Refer
         context.extend(&tokens[..p]);
         let batch = TokenBatch::left_padded(std::slice::from_ref(&context), 0, &llama.device());
         let row = read_f32(llama.last_logits(&batch, &mut NoHook));
-        let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+        let best = argmax(&row);
         let mut exact = tokens[..p].to_vec();
         exact.push(best as u32);
         assert!(

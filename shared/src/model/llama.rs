@@ -107,8 +107,8 @@ impl KvCache {
         KvCache::default()
     }
 
-    /// A cache for generation: the prompt's products round activations to 8 bits as the
-    /// decoding steps after it do (see [`PromptProducts::Rounded`]).
+    /// A cache for generation: its products round activations to 8 bits wherever the kernels
+    /// are faster, prompt rows included (see [`PromptProducts::Rounded`]).
     pub fn generating() -> Self {
         KvCache {
             prompts: PromptProducts::Rounded,

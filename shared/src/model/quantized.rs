@@ -46,8 +46,8 @@ fn generation_kernel_rows(rows: usize, cols: usize) -> usize {
     (4 * rows * cols / (1 << 20)).clamp(16, 256)
 }
 
-/// How a product of many activation rows (more than [`KERNEL_ROWS`]: a prompt) with the
-/// blocks is computed. Decoding rows always go through the kernels.
+/// How a product of more than [`KERNEL_ROWS`] activation rows (a prompt, or a decoding step
+/// of a larger batch) with the blocks is computed; fewer rows always go through the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PromptProducts {
     /// In f32 against dequantized tiles: exactly the float reference's product. For what

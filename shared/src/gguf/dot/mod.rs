@@ -40,10 +40,11 @@ pub const fn has_kernel(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32)
 }
 
-/// Whether the kernels on `isa` multiply many activation rows (a prompt) by `ty` faster than
-/// f32 matrix multiplication against dequantized weights: the x86 byte dot products, which
-/// unpack each weight block once for several activation rows. The portable loops (wasm) and
-/// the 16-bit floats (re-widened for every row) are not.
+/// Whether the kernels on `isa` can multiply a prompt's activation rows by `ty` faster than
+/// f32 matrix multiplication against dequantized weights, up to a number of rows the caller
+/// bounds: the x86 byte dot products, which unpack each weight block once for several
+/// activation rows. The portable loops (wasm) and the 16-bit floats (re-widened for every row)
+/// cannot.
 pub fn multiplies_prompts(isa: Isa, ty: GgmlType) -> bool {
     isa != Isa::Portable
         && has_kernel(ty)
