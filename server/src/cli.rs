@@ -78,6 +78,10 @@ pub enum Command {
     },
     /// The web app and its API: jobs with live progress, stored results and share links.
     Serve(ServeArgs),
+    /// Renders chat templates for `serve` in a process of their own, one JSON request per
+    /// line on stdin (started by the server with its memory limit, not by hand).
+    #[command(name = crate::serve::template_sandbox::SUBCOMMAND, hide = true)]
+    RenderTemplates,
 }
 
 fn parse_builtin(s: &str) -> Result<BuiltinModel, String> {
@@ -131,6 +135,7 @@ impl Cli {
             Command::Compare(args) => compare::run(&args, &RunControl::ctrl_c()?)?,
             Command::Aird(args) => aird::run(&args, &RunControl::ctrl_c()?)?,
             Command::Serve(args) => serve::run(&args, &Cli::command())?,
+            Command::RenderTemplates => serve::template_sandbox::serve_requests()?,
             Command::Fetch { models } => {
                 let cache = Cache::from_env()?;
                 let models = if models.is_empty() {

@@ -1469,6 +1469,43 @@ fn serving_beyond_loopback_needs_a_key_or_an_explicit_flag() {
     }
 }
 
+/// A template that doubles a string forty times (2^41 bytes): few instructions for the fuel,
+/// nothing printed for the output cap, a process abort when rendered in the server's memory.
+const DOUBLING_TEMPLATE: &str = "{% set ns = namespace(s='ab') %}{% for i in range(40) %}\
+    {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+
+#[test]
+fn a_template_that_takes_gigabytes_fails_its_job_and_the_server_goes_on() {
+    let tmp = temp_data("template-memory");
+    let models = tmp.path().join("models");
+    let hostile = write_tiny_model(&models, "hostile-template");
+    std::fs::write(hostile.join("chat_template.jinja"), DOUBLING_TEMPLATE).unwrap();
+    write_tiny_model(&models, TINY);
+    let server = Server::start(
+        &tmp.path().join("data"),
+        &models,
+        &["--template-memory-mib", "64"],
+    );
+
+    let job = submit(
+        &server,
+        &json!({"kind": "generate", "args": {"model": "hostile-template", "prompt": "x", "max-new-tokens": 2}}),
+    );
+    let failed = final_event(&job_events(&server, &job)).clone();
+    assert_eq!(failed["type"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("64 MiB") && error.contains("--template-memory-mib"),
+        "{error}"
+    );
+    // The renderer is started again for the next template, and the server never stopped.
+    let reply = generated(
+        &server,
+        json!({"model": TINY, "prompt": "Hello", "max-new-tokens": 2}),
+    );
+    assert!(reply.is_object(), "{reply}");
+}
+
 /// A small deterministic generator (xorshift64*), so a failure names a seed that replays it.
 struct Fuzz(u64);
 

@@ -9,10 +9,16 @@
 //! A template is code from the model file, so rendering is bounded: it runs on a fuel budget
 //! (a template that loops ends with an error instead of holding its worker forever) and its
 //! output is capped (one that prints gigabytes stops at the cap instead of filling memory).
+//! What neither bounds is the memory of the values it builds: a loop that doubles a string
+//! (`s ~ s`) reaches gigabytes in a few dozen instructions, and an allocation that fails aborts
+//! the process. A server that renders other people's templates therefore hands rendering to a
+//! [`Renderer`] outside its own memory.
+
+use std::sync::Arc;
 
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::Tokenizer;
 
@@ -75,10 +81,26 @@ pub enum ChatError {
     /// `tokenizer_config.json` is not valid JSON.
     #[error("invalid tokenizer_config.json: {0}")]
     Config(#[from] serde_json::Error),
+    /// A [`Renderer`] outside this process stopped the rendering or failed on it; the message
+    /// says which (a memory limit, an error the template raised there, ...).
+    #[error("{0}")]
+    Elsewhere(String),
+}
+
+/// Renders a template's conversations somewhere other than this process's memory (a child
+/// process with a memory limit, say), for templates this process must not trust.
+pub trait Renderer: Send + Sync + std::fmt::Debug {
+    /// What [`ChatTemplate::render`] would return for `template`, rendered elsewhere.
+    fn render(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError>;
 }
 
 /// Who speaks a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// System prompt.
@@ -90,7 +112,7 @@ pub enum Role {
 }
 
 /// One chat message, serialized for templates as `{"role": ..., "content": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Speaker.
     pub role: Role,
@@ -185,6 +207,8 @@ pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// Where [`ChatTemplate::render`] renders, when not here.
+    renderer: Option<Arc<dyn Renderer>>,
 }
 
 impl ChatTemplate {
@@ -206,7 +230,16 @@ impl ChatTemplate {
             source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            renderer: None,
         })
+    }
+
+    /// This template, rendered by `renderer` from now on instead of in this process.
+    pub fn rendered_by(self, renderer: Arc<dyn Renderer>) -> Self {
+        ChatTemplate {
+            renderer: Some(renderer),
+            ..self
+        }
     }
 
     /// The ChatML fallback ([`CHATML_TEMPLATE`]).
@@ -230,8 +263,30 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// The text the template sees as `bos_token`.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The text the template sees as `eos_token`.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
     /// Renders a conversation; `add_generation_prompt` appends the assistant-turn header.
     pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        match &self.renderer {
+            Some(renderer) => renderer.render(self, messages, add_generation_prompt),
+            None => self.render_here(messages, add_generation_prompt),
+        }
+    }
+
+    /// [`ChatTemplate::render`] in this process, whatever renderer the template was given.
+    pub fn render_here(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
@@ -384,6 +439,64 @@ mod tests {
 
     fn user(content: &str) -> Vec<Message> {
         vec![Message::new(Role::User, content)]
+    }
+
+    /// Renders in this process, counting the renderings it was asked for.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Renderer for Counting {
+        fn render(
+            &self,
+            template: &ChatTemplate,
+            messages: &[Message],
+            add_generation_prompt: bool,
+        ) -> Result<String, ChatError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            template.render_here(messages, add_generation_prompt)
+        }
+    }
+
+    /// Fails every rendering, as a renderer whose child ran out of memory does.
+    #[derive(Debug)]
+    struct OutOfMemory;
+
+    impl Renderer for OutOfMemory {
+        fn render(&self, _: &ChatTemplate, _: &[Message], _: bool) -> Result<String, ChatError> {
+            Err(ChatError::Elsewhere("needed more than its 64 MiB".into()))
+        }
+    }
+
+    const BRACKETS: &str = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}\
+        {% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+
+    #[test]
+    fn a_template_given_a_renderer_renders_every_prompt_through_it() {
+        let counting = Arc::new(Counting::default());
+        let elsewhere = ChatTemplate::new(BRACKETS, "<s>", "</s>")
+            .unwrap()
+            .rendered_by(counting.clone());
+        let here = ChatTemplate::new(BRACKETS, "<s>", "</s>").unwrap();
+        for system in [None, Some("Be brief.")] {
+            assert_eq!(
+                elsewhere.user_prompt("Why?", system).unwrap(),
+                here.user_prompt("Why?", system).unwrap()
+            );
+        }
+        // Each prompt: the stand-in and the real instruction, plus the default-system probe.
+        assert!(counting.0.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+        assert_eq!(elsewhere.bos_token(), "<s>");
+        assert_eq!(elsewhere.eos_token(), "</s>");
+    }
+
+    #[test]
+    fn a_renderer_that_fails_fails_the_prompt_with_its_reason() {
+        let t = ChatTemplate::new(BRACKETS, "", "")
+            .unwrap()
+            .rendered_by(Arc::new(OutOfMemory));
+        let err = t.user_prompt("Why?", None).unwrap_err();
+        assert!(matches!(err, ChatError::Elsewhere(_)), "{err:?}");
+        assert_eq!(err.to_string(), "needed more than its 64 MiB");
     }
 
     #[test]

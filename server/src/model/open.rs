@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
@@ -11,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
+use refusal_core::chat::Renderer;
 use refusal_core::gguf::GgufFile;
 use refusal_core::load::{self, LoadOptions, TextAssets};
 use refusal_core::model::{Llama, ModelConfig, RopeScaling, WeightStorage};
@@ -20,13 +22,23 @@ use sha2::{Digest, Sha256};
 use crate::model::hf_dir::safetensors_shards;
 use crate::model::source::ResolvedModel;
 
+/// Where the chat templates of models opened from now on render, when not in this process.
+static TEMPLATE_RENDERER: OnceLock<Arc<dyn Renderer>> = OnceLock::new();
+
+/// Renders the chat templates of every model opened from now on with `renderer` (the server's
+/// [`crate::serve::template_sandbox`]); the first call decides.
+pub fn render_templates_with(renderer: Arc<dyn Renderer>) {
+    // A second call (a second server in one process) would pass the same kind of renderer.
+    let _ = TEMPLATE_RENDERER.set(renderer);
+}
+
 /// A model ready to run, with what describes it. Cloning is cheap: the weights are shared
 /// tensors, the tokenizer and description are shared.
 #[derive(Clone)]
 pub struct LoadedModel {
     pub llama: Llama,
-    pub text: std::sync::Arc<TextAssets>,
-    pub info: std::sync::Arc<ModelInfo>,
+    pub text: Arc<TextAssets>,
+    pub info: Arc<ModelInfo>,
 }
 
 /// What `inspect` shows.
@@ -190,7 +202,7 @@ impl Checkpoint {
     }
 
     fn text_assets(&self) -> Result<TextAssets> {
-        Ok(match self {
+        let mut text = match self {
             Checkpoint::Gguf { path, file, .. } => {
                 load::gguf_text_assets(&path.display().to_string(), file)?
             }
@@ -207,7 +219,11 @@ impl Checkpoint {
                     jinja.as_deref(),
                 )?
             }
-        })
+        };
+        if let Some(renderer) = TEMPLATE_RENDERER.get() {
+            text.chat = text.chat.rendered_by(renderer.clone());
+        }
+        Ok(text)
     }
 
     /// The validated config, tensor counts per storage type and the parameter count, read

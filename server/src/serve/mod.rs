@@ -10,6 +10,7 @@ pub mod redact;
 pub mod request;
 pub mod retention;
 pub mod store;
+pub mod template_sandbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use self::redact::Redactor;
 use self::request::{KindInfo, Limits};
 use self::retention::Retention;
 use self::store::Store;
+use self::template_sandbox::TemplateSandbox;
 use crate::device::Backend;
 use crate::model::builtin::BuiltinModel;
 use crate::model::fetch::{Cache, ensure_builtin};
@@ -201,6 +203,11 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
     }
     let state = args.state(cli)?;
     crate::model::kept::keep_last_model();
+    let program = std::env::current_exe().context("finding this program, to render templates")?;
+    crate::model::open::render_templates_with(Arc::new(TemplateSandbox::new(
+        program,
+        args.limits.template_memory_mib,
+    )));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

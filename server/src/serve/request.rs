@@ -125,6 +125,11 @@ pub struct Limits {
     /// README's compare and aird runs take 20-40 minutes on 2 cores).
     #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..))]
     pub job_timeout_s: u64,
+    /// Memory a model's chat template may use while rendering one prompt, in MiB: templates
+    /// render in a child process with this limit, so a hostile one fails its job instead of
+    /// taking the server's memory.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
+    pub template_memory_mib: u64,
 }
 
 impl Limits {
