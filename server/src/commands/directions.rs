@@ -109,6 +109,14 @@ pub struct DirectionsArgs {
     /// Choose the direction yourself, as LAYER:POSITION (e.g. 12:-1), instead of METHOD §6.
     #[arg(long)]
     pub select: Option<Choice>,
+    /// Score only these post-instruction positions, comma-separated and counted from the end
+    /// (-1 is the last token): fewer candidates, a proportionally shorter run (default: all).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub positions: Option<Vec<isize>>,
+    /// When no candidate passes METHOD §6: take the lowest bypass score among candidates with
+    /// KL at most this (and below the layer limit) instead of failing, as `compare` does.
+    #[arg(long)]
+    pub fallback_kl_max: Option<f64>,
 }
 
 impl DirectionsArgs {
@@ -119,7 +127,8 @@ impl DirectionsArgs {
             refusal_tokens: self.refusal_tokens.clone(),
             filters: self.filters.filters(),
             select: self.select,
-            positions: None,
+            positions: self.positions.clone(),
+            fallback_kl_max: self.fallback_kl_max,
         }
     }
 }

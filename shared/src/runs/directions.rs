@@ -9,6 +9,7 @@ use super::{Choice, RunError, RunIo, SplitRequest};
 use crate::load::TextAssets;
 use crate::model::Llama;
 use crate::refusal::directions::extract;
+use crate::refusal::find::choose_or_fall_back;
 use crate::refusal::prompts::PromptUse;
 use crate::refusal::refusal_tokens::TokenOrigin;
 use crate::refusal::select::{CandidateScore, ChosenBy, select};
@@ -34,6 +35,10 @@ pub struct DirectionsRequest {
     /// Score only these post-instruction positions (all of them when absent): fewer
     /// candidates, a proportionally shorter run.
     pub positions: Option<Vec<isize>>,
+    /// When no candidate passes METHOD §6 and none is chosen with `select`: the lowest bypass
+    /// score among candidates below the layer limit with KL at most this, as the comparison
+    /// falls back (no direction when absent: the run reports the table and fails).
+    pub fallback_kl_max: Option<f64>,
 }
 
 impl DirectionsRequest {
@@ -50,6 +55,9 @@ impl DirectionsRequest {
             return Err(RunError::invalid("batch-size", "must be at least 1"));
         }
         self.filters.validate()?;
+        if self.fallback_kl_max.is_some_and(f64::is_nan) {
+            return Err(RunError::invalid("fallback-kl-max", "is not a number"));
+        }
         check_positions(self.positions.as_deref())
     }
 }
@@ -80,6 +88,7 @@ impl Default for DirectionsRequest {
             filters: SelectionFilters::default(),
             select: None,
             positions: None,
+            fallback_kl_max: None,
         }
     }
 }
@@ -299,7 +308,11 @@ pub async fn run(
     let t_select = started.elapsed().as_secs_f64();
 
     let user = request.select.map(|c| (c.layer, c.position));
-    let chosen = match selection.choose(user)? {
+    let choice = match (selection.choose(user)?, request.fallback_kl_max) {
+        (None, Some(kl_max)) => Some(choose_or_fall_back(&selection, kl_max)?),
+        (choice, _) => choice,
+    };
+    let chosen = match choice {
         Some((i, by)) => {
             let score = selection.candidates[i].clone();
             let p = candidates.position_index(score.position)?;
