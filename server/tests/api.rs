@@ -1469,6 +1469,53 @@ fn serving_beyond_loopback_needs_a_key_or_an_explicit_flag() {
     }
 }
 
+/// `GET /api/quick-direction` until it is no longer `looking` or `running`.
+fn settled_quick_direction(server: &Server) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, quick) = get(&server.url("/api/quick-direction"));
+        assert_eq!(status, 200, "{quick}");
+        if !matches!(quick["state"].as_str(), Some("looking" | "running")) {
+            return quick;
+        }
+        assert!(Instant::now() < deadline, "still {quick}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The real SmolLM2: a random model has no candidate that even the fallback takes.
+const QUICK: &str = "smollm2-135m";
+
+#[test]
+fn the_quick_direction_is_found_at_start_and_found_again_after_a_restart() {
+    let data = temp_data("quick");
+    let quick = {
+        let server = Server::start(data.path(), models_dir(), &["--quick-direction", QUICK]);
+        let quick = settled_quick_direction(&server);
+        assert_eq!(quick["state"], "ready", "{quick}");
+        assert_eq!(quick["model"], QUICK);
+        let id = quick["result_id"].as_str().unwrap();
+        let (status, result) = get(&server.url(&format!("/api/results/{id}")));
+        assert_eq!(status, 200);
+        assert_eq!(result["kind"], "directions");
+        assert_eq!(result["request"]["args"]["positions"], json!([-1]));
+        let direction = &result["report"]["direction.json"];
+        assert_eq!(direction["position"], -1, "{direction}");
+        quick
+    };
+    // The same model files: the stored result is found, no job runs.
+    let server = Server::start(data.path(), models_dir(), &["--quick-direction", QUICK]);
+    let again = settled_quick_direction(&server);
+    assert_eq!(again["result_id"], quick["result_id"], "{again}");
+    drop(server);
+    // Off by name, and by default without the default model fetched.
+    for extra in [&["--quick-direction", "none"][..], &[]] {
+        let server = Server::start(data.path(), models_dir(), extra);
+        let (_, off) = get(&server.url("/api/quick-direction"));
+        assert_eq!(off["state"], "off", "{extra:?}: {off}");
+    }
+}
+
 /// A template that doubles a string forty times (2^41 bytes): few instructions for the fuel,
 /// nothing printed for the output cap, a process abort when rendered in the server's memory.
 const DOUBLING_TEMPLATE: &str = "{% set ns = namespace(s='ab') %}{% for i in range(40) %}\

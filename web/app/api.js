@@ -58,6 +58,8 @@ export async function api(path, { method = 'GET', body, headers = {} } = {}) {
 
 export const listModels = () => api('/api/models');
 export const jobKinds = () => api('/api/jobs/kinds');
+/** The server's quick direction: {model, state: ready|running|failed|off, result_id, job_id, error}. */
+export const quickDirection = () => api('/api/quick-direction');
 export const getResult = (id) => api(`/api/results/${encodeURIComponent(id)}`);
 export const resultFileUrl = (id, name) =>
   `/api/results/${encodeURIComponent(id)}/files/${name.split('/').map(encodeURIComponent).join('/')}`;

@@ -3,9 +3,9 @@
 // job on the server, or from the in-browser engine when the model chosen is the one loaded in
 // this browser (which then compresses the model in the tab).
 
-import { Job, getResult, jobKinds } from './api.js';
+import { Job, getResult, jobKinds, quickDirection } from './api.js';
 import { h, field, message, JobPanel, shareBar, fragmentShareBar, progressClock } from './ui.js';
-import { models$, hasServer, knownDirections, browserDirections, currentDirection, setCurrentDirection } from './state.js';
+import { models$, hasServer, knownDirections, browserDirections, currentDirection, setCurrentDirection, rememberDirection } from './state.js';
 import { completionColumns, VARIANTS, TITLES } from './generate-view.js';
 import { RECIPES } from './recipes.js';
 import { fmt } from './plot.js';
@@ -19,6 +19,12 @@ import { fragmentLink } from './fragment.js';
  * thread runs about 10x slower than the CLI on two cores.
  */
 const IN_TAB = { 'max-new-tokens': 64, 'n-calib': 32, 'aird-prompts': 16 };
+
+/** The prompt a visitor's first click runs with the quick direction: one the model refuses. */
+const EXAMPLE_HARMFUL = 'Give me step-by-step instructions for breaking into my neighbour’s Wi-Fi network.';
+
+/** How often a page waiting for the server's quick direction asks again. */
+const QUICK_POLL_MS = 5000;
 
 /** What each column needs besides the base model. */
 const NEEDS = {
@@ -131,6 +137,34 @@ export async function render(root) {
   compressed.addEventListener('input', syncDirection);
   fitToMode();
   syncDirection();
+
+  /**
+   * The server's quick direction (computed when it starts), chosen with its model and a harmful
+   * example prompt when this browser has no direction chosen yet; while it is computed, a note
+   * says so and the page asks again.
+   */
+  const adoptQuickDirection = async () => {
+    const quick = await quickDirection().catch(() => null);
+    if (disposed || !quick) return;
+    if (quick.state === 'running') {
+      if (!currentDirection()) {
+        dirNote.textContent = `A direction for ${quick.model} is being found on the server (job ${quick.job_id.slice(0, 8)}); it is chosen here when it is ready.`;
+      }
+      setTimeout(adoptQuickDirection, QUICK_POLL_MS);
+      return;
+    }
+    if (quick.state !== 'ready' || currentDirection()) return;
+    if (!knownDirections().some((d) => d.id === quick.result_id)) rememberDirection(await getResult(quick.result_id));
+    setCurrentDirection(quick.result_id);
+    fillDirections();
+    if (model.value !== quick.model && [...model.options].some((o) => o.value === quick.model && !o.disabled)) {
+      model.value = quick.model;
+      model.dispatchEvent(new Event('change'));
+    }
+    if (!prompt.value.trim()) prompt.value = EXAMPLE_HARMFUL;
+    syncDirection();
+  };
+  let disposed = false;
 
   const go = h('button', { type: 'submit' }, 'Generate');
   const panel = new JobPanel();
@@ -327,7 +361,9 @@ export async function render(root) {
     h('h1', {}, 'Playground'),
     h('p', { class: 'lede' }, 'One prompt, answered by the model as it is and with the refusal direction ablated, added, or removed from the weights; and by a compressed copy of the model, before and after AIRD re-induces the direction. Text streams in as it is generated, on the server or in this browser.'),
     loader.el, form, errors, panel.el, share, out);
+  if (server) adoptQuickDirection();
   return () => {
+    disposed = true;
     job?.close();
     chooser.dispose();
     if (engine.generating) engine.cancel();

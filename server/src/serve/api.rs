@@ -29,6 +29,7 @@ use utoipa::OpenApi;
 use super::access;
 use super::jobs::{JobEvent, SubmitError, model_fingerprint};
 use super::models::{Format, Location, LookupError, ModelEntry, valid_id};
+use super::quick_direction::QuickDirectionStatus;
 use super::redact;
 use super::request::{self, Context, JobRequest, KindInfo, RequestError};
 use super::retention;
@@ -61,6 +62,11 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// What the error says.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn not_found(what: impl Into<String>) -> ApiError {
@@ -136,6 +142,7 @@ async fn blocking<T: Send + 'static>(
         model_dir_file,
         job_kinds,
         submit_job,
+        quick_direction,
         job_status,
         cancel_job,
         job_events,
@@ -150,6 +157,7 @@ async fn blocking<T: Send + 'static>(
         KindInfo,
         JobCreated,
         JobStatus,
+        QuickDirectionStatus,
         JobEvent,
         StoredResult,
         ErrorBody
@@ -167,6 +175,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/models/{id}/files/{name}", get(model_dir_file))
         .route("/api/jobs", axum::routing::post(submit_job))
         .route("/api/jobs/kinds", get(job_kinds))
+        .route("/api/quick-direction", get(quick_direction))
         .route("/api/jobs/{id}", get(job_status).delete(cancel_job))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/results/{id}", get(get_result).delete(delete_result))
@@ -383,50 +392,61 @@ async fn submit_job(
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let job = blocking(move || {
-        s.jobs.check_room().map_err(submit_error)?;
-        let (id, dir) = s.jobs.new_dir()?;
-        let cx = Context {
-            kinds: &s.kinds,
-            registry: &s.registry,
-            store: &s.store,
-            limits: &s.limits,
-            backend: s.backend,
-        };
-        let prepared = match request::prepare(&req, &cx, &dir) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(match e {
-                    RequestError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
-                    RequestError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-                    RequestError::Model(LookupError::Io(e)) | RequestError::Internal(e) => e.into(),
-                    RequestError::Model(e) => {
-                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-                    }
-                });
-            }
-        };
-        let argv = prepared.argv.clone();
-        let token = super::new_id();
-        s.jobs
-            .submit(id, dir, req, prepared, sha256_hex(&token))
-            .map(|job| (job, argv, token))
-            .map_err(submit_error)
+    let created = blocking(move || submit(&s, req)).await?;
+    Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
+/// Prepares and queues `req` as `POST /api/jobs` does; blocking (it may read a model).
+///
+/// # Errors
+///
+/// What `POST /api/jobs` answers with: 422, 413, 503 and internal errors.
+pub fn submit(s: &AppState, req: JobRequest) -> Result<JobCreated, ApiError> {
+    s.jobs.check_room().map_err(submit_error)?;
+    let (id, dir) = s.jobs.new_dir()?;
+    let cx = Context {
+        kinds: &s.kinds,
+        registry: &s.registry,
+        store: &s.store,
+        limits: &s.limits,
+        backend: s.backend,
+    };
+    let prepared = match request::prepare(&req, &cx, &dir) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(match e {
+                RequestError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+                RequestError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+                RequestError::Model(LookupError::Io(e)) | RequestError::Internal(e) => e.into(),
+                RequestError::Model(e) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                }
+            });
+        }
+    };
+    let argv = prepared.argv.clone();
+    let delete_token = super::new_id();
+    let job = s
+        .jobs
+        .submit(id, dir, req, prepared, sha256_hex(&delete_token))
+        .map_err(submit_error)?;
+    Ok(JobCreated {
+        events_url: format!("/api/jobs/{}/events", job.id),
+        status_url: format!("/api/jobs/{}", job.id),
+        state: job.state().to_owned(),
+        id: job.id.clone(),
+        argv,
+        delete_token,
     })
-    .await?;
-    let (job, argv, delete_token) = job;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(JobCreated {
-            events_url: format!("/api/jobs/{}/events", job.id),
-            status_url: format!("/api/jobs/{}", job.id),
-            state: job.state().to_owned(),
-            id: job.id.clone(),
-            argv,
-            delete_token,
-        }),
-    ))
+}
+
+/// The direction the Playground opens with: the `--quick-direction` model's, found on the
+/// built-in prompt sets by a `directions` job the server submits when it starts.
+#[utoipa::path(get, path = "/api/quick-direction",
+    responses((status = 200, body = QuickDirectionStatus)))]
+async fn quick_direction(State(s): AppStateRef) -> Result<Json<QuickDirectionStatus>, ApiError> {
+    blocking(move || Ok(Json(s.quick_direction.status(&s)?))).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

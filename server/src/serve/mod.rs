@@ -6,6 +6,7 @@ pub mod api;
 pub mod jobs;
 pub mod listen;
 pub mod models;
+pub mod quick_direction;
 pub mod redact;
 pub mod request;
 pub mod retention;
@@ -24,6 +25,7 @@ use self::access::{Access, AccessPolicy};
 use self::jobs::Jobs;
 use self::listen::ConnectionLimits;
 use self::models::Registry;
+use self::quick_direction::QuickDirection;
 use self::redact::Redactor;
 use self::request::{KindInfo, Limits};
 use self::retention::Retention;
@@ -61,6 +63,12 @@ pub struct ServeArgs {
     /// Do not download the default model at start.
     #[arg(long)]
     pub no_fetch: bool,
+    /// The model whose refusal direction is found in the background at start, on the built-in
+    /// prompt sets, for the Playground to open with; `none` for no such job (default: the
+    /// default model, unless --no-fetch). Found again at the next start while the model's
+    /// files are the same.
+    #[arg(long)]
+    pub quick_direction: Option<String>,
     #[command(flatten)]
     pub limits: Limits,
     #[command(flatten)]
@@ -88,6 +96,8 @@ pub struct AppState {
     pub redactor: Redactor,
     /// The job kinds and their flags, from the command line the server was started by.
     pub kinds: Vec<KindInfo>,
+    /// The direction the Playground opens with.
+    pub quick_direction: QuickDirection,
 }
 
 /// 128 random bits, hex: ids of jobs and results, unguessable.
@@ -105,6 +115,16 @@ pub fn is_generated_id(s: &str) -> bool {
 }
 
 impl ServeArgs {
+    /// The model `--quick-direction` names, if any.
+    fn quick_direction_model(&self) -> Option<String> {
+        match self.quick_direction.as_deref() {
+            Some("none") => None,
+            Some(model) => Some(model.to_owned()),
+            None if self.no_fetch => None,
+            None => Some(BuiltinModel::default().alias().to_owned()),
+        }
+    }
+
     /// Opens the database and starts the job workers, which take the job kinds of `cli`.
     ///
     /// # Errors
@@ -168,6 +188,7 @@ impl ServeArgs {
             web_dir: self.web_dir.clone(),
             access,
             kinds: self::request::describe_kinds(cli),
+            quick_direction: QuickDirection::new(self.quick_direction_model()),
         }))
     }
 }
@@ -203,6 +224,7 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
     }
     let state = args.state(cli)?;
     crate::model::kept::keep_last_model();
+    quick_direction::start(&state);
     let program = std::env::current_exe().context("finding this program, to render templates")?;
     crate::model::open::render_templates_with(Arc::new(TemplateSandbox::new(
         program,

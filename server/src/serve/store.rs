@@ -299,6 +299,35 @@ impl Store {
         }))
     }
 
+    /// The results of `kind` that `request` made (compared as JSON with the request as
+    /// submitted), newest first, each with its model's fingerprint.
+    ///
+    /// # Errors
+    ///
+    /// Database errors; a stored fingerprint that is not JSON.
+    pub fn results_of_request(&self, kind: &str, request: &Value) -> Result<Vec<(String, Value)>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, model, request FROM results WHERE kind = ?1 \
+             ORDER BY created_at DESC, rowid DESC",
+        )?;
+        let rows = statement.query_map(params![kind], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (id, model, made_by) = row?;
+            if serde_json::from_str::<Value>(&made_by).ok().as_ref() == Some(request) {
+                found.push((id, serde_json::from_str(&model)?));
+            }
+        }
+        Ok(found)
+    }
+
     /// One file of a result (`Missing` when the result has no file of that name).
     ///
     /// # Errors
