@@ -222,14 +222,16 @@ pub fn run(args: &ServeArgs, cli: &clap::Command) -> Result<()> {
             web.display()
         );
     }
-    let state = args.state(cli)?;
-    crate::model::kept::keep_last_model();
-    quick_direction::start(&state);
+    // Before any job can open a model: a model opened earlier (and kept for the next job)
+    // would render its template in this process.
     let program = std::env::current_exe().context("finding this program, to render templates")?;
     crate::model::open::render_templates_with(Arc::new(TemplateSandbox::new(
         program,
         args.limits.template_memory_mib,
     )));
+    let state = args.state(cli)?;
+    crate::model::kept::keep_last_model();
+    quick_direction::start(&state);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
